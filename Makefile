@@ -1,0 +1,34 @@
+# The few commands a user needs. `make run` on a fresh machine: venv, install, dvc repro.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# No network here: keep DVC and MLflow from phoning home (and waiting on it).
+export DVC_NO_ANALYTICS := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup run test ui bench readme clean-mlflow
+
+$(BIN)/activate: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+setup: $(BIN)/activate  ## create the virtual environment and install requirements.txt
+
+run: setup  ## run the whole pipeline (only what changed reruns)
+	dvc repro
+
+test: setup  ## the test suite (unit tests + a real dvc repro / exp run on a small copy)
+	$(BIN)/python -m pytest -q
+
+ui: setup  ## MLflow UI on http://127.0.0.1:5000 against the project's store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+bench: setup  ## timings: full dvc repro, incremental exp run, training throughput
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+readme: setup  ## refresh the results tables in README.md from metrics/*.json
+	$(BIN)/python -m shiftwatch.readme README.md

@@ -1,0 +1,15 @@
+"""shiftwatch: detect distribution shift in image data and measure what it does to a classifier."""
+
+CLASS_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+NUM_CLASSES = len(CLASS_NAMES)
+IMAGE_SIZE = 28
+
+
+class ShiftwatchError(Exception):
+    """A problem the user can fix (bad parameter, missing or corrupt file, empty set).
+
+    Stage scripts turn it into one line on stderr and exit code 2.
+    """

@@ -1,0 +1,163 @@
+"""Label-free shift detectors: reference images (domain A) vs a deployment batch.
+
+All take float images (N, 28, 28) in [0, 1] (or any (N, ...) array) and return small
+result objects with `statistic` and, where the test has one, `pvalue`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+from shiftwatch import ShiftwatchError
+
+
+@dataclass(frozen=True)
+class TestResult:
+    statistic: float
+    pvalue: float | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def mean_pixel(images: np.ndarray) -> np.ndarray:
+    """Per-image mean pixel intensity (the study's summary statistic), shape (N,)."""
+    _require_nonempty(images, "images")
+    return images.reshape(len(images), -1).mean(axis=1)
+
+
+def ks_test(reference: np.ndarray, deployment: np.ndarray) -> TestResult:
+    """Two-sample Kolmogorov–Smirnov test (scipy's `ks_2samp`, two-sided, exact or asymptotic
+    as scipy chooses) on two 1-D samples, e.g. per-image mean pixels."""
+    _require_nonempty(reference, "reference")
+    _require_nonempty(deployment, "deployment")
+    result = stats.ks_2samp(reference, deployment)
+    return TestResult(float(result.statistic), float(result.pvalue))
+
+
+def histogram_probabilities(values: np.ndarray, bins: int, smoothing: float,
+                            value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """Probability masses over `bins` fixed, equal-width bins on `value_range`.
+
+    Additive smoothing: `smoothing` pseudo-counts go into every bin before normalising, so
+    no bin is zero and KL stays finite. Values outside the range fall into the end bins.
+    """
+    _require_nonempty(values, "values")
+    edges = np.linspace(*value_range, bins + 1)
+    counts, _ = np.histogram(np.clip(values, *value_range), bins=edges)
+    smoothed = counts + smoothing
+    return smoothed / smoothed.sum()
+
+
+def kl_divergence(reference: np.ndarray, deployment: np.ndarray, bins: int = 50,
+                  smoothing: float = 0.5) -> TestResult:
+    """KL(reference || deployment) in nats between histograms of two 1-D samples on [0, 1].
+
+    Computed over probability masses (not densities), so identical samples give exactly 0.
+    No p-value: KL alerts on a threshold.
+    """
+    p = histogram_probabilities(reference, bins, smoothing)
+    q = histogram_probabilities(deployment, bins, smoothing)
+    return TestResult(float(stats.entropy(p, q)))
+
+
+def domain_classifier_test(reference: np.ndarray, deployment: np.ndarray, samples: int,
+                           folds: int, seed: int) -> TestResult:
+    """Can a logistic regression on raw pixels tell the deployment images from the reference?
+
+    Draws min(samples, len(reference), len(deployment)) images from each side (equal class
+    sizes, seeded), scores every image with a model that never saw it (k-fold out-of-fold
+    predictions), and returns the out-of-fold ROC AUC. p-value: one-sided Mann–Whitney U
+    test of the out-of-fold scores (AUC = U / (n1 n2)), H0 that the two sides are
+    exchangeable; AUC ~ 0.5 means the classifier cannot tell the domains apart.
+    """
+    n = min(samples, len(reference), len(deployment))
+    if n < folds:
+        raise ShiftwatchError(f"domain classifier needs at least {folds} images per side "
+                              f"(detect.classifier_folds), got {n}")
+    rng = np.random.default_rng(seed)
+    features = np.concatenate([
+        reference[rng.choice(len(reference), n, replace=False)].reshape(n, -1),
+        deployment[rng.choice(len(deployment), n, replace=False)].reshape(n, -1),
+    ])
+    is_deployment = np.repeat([0, 1], n)
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    # C=0.1: the no-shift case converges in a third of the iterations at C=1 (measured), with
+    # the same verdicts; max_iter bounds the worst case.
+    scores = cross_val_predict(LogisticRegression(C=0.1, max_iter=300), features, is_deployment,
+                               cv=splitter, method="decision_function")
+    auc = roc_auc_score(is_deployment, scores)
+    pvalue = stats.mannwhitneyu(scores[is_deployment == 1], scores[is_deployment == 0],
+                                alternative="greater").pvalue
+    return TestResult(float(auc), float(pvalue))
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """Every detector's result for one reference-vs-deployment comparison, with verdicts."""
+    ks: TestResult
+    kl: TestResult
+    domain_classifier: TestResult
+    drift_ks: bool
+    drift_kl: bool
+    drift_domain_classifier: bool
+
+    @property
+    def drift(self) -> bool:
+        """Overall verdict: any detector alerts."""
+        return self.drift_ks or self.drift_kl or self.drift_domain_classifier
+
+    def as_metrics(self) -> dict[str, float | int]:
+        return {
+            "ks_statistic": self.ks.statistic, "ks_pvalue": self.ks.pvalue,
+            "kl_divergence": self.kl.statistic,
+            "domain_auc": self.domain_classifier.statistic,
+            "domain_auc_pvalue": self.domain_classifier.pvalue,
+            "drift_ks": int(self.drift_ks), "drift_kl": int(self.drift_kl),
+            "drift_domain_classifier": int(self.drift_domain_classifier),
+            "drift": int(self.drift),
+        }
+
+
+def detect_drift(reference: np.ndarray, deployment: np.ndarray, *, bins: int, smoothing: float,
+                 classifier_samples: int, classifier_folds: int, seed: int,
+                 alpha: float, kl_threshold: float, auc_threshold: float) -> DriftReport:
+    """Run all three detectors on two image arrays and apply the alert thresholds."""
+    reference_mean, deployment_mean = mean_pixel(reference), mean_pixel(deployment)
+    ks = ks_test(reference_mean, deployment_mean)
+    kl = kl_divergence(reference_mean, deployment_mean, bins, smoothing)
+    classifier = domain_classifier_test(reference, deployment, classifier_samples,
+                                        classifier_folds, seed)
+    return DriftReport(
+        ks=ks, kl=kl, domain_classifier=classifier,
+        drift_ks=ks.pvalue < alpha,
+        drift_kl=kl.statistic > kl_threshold,
+        drift_domain_classifier=classifier.statistic > auc_threshold and classifier.pvalue < alpha,
+    )
+
+
+def _require_nonempty(array: np.ndarray, name: str) -> None:
+    if len(array) == 0:
+        raise ShiftwatchError(f"{name} is empty: a detector needs at least one image per side")
+
+
+def label_proportion_test(labels_a: np.ndarray, labels_b: np.ndarray, num_classes: int) -> TestResult:
+    """Chi-squared test of homogeneity: do two sets have the same class proportions?
+
+    Uses scipy's `chi2_contingency` on the 2 x classes table of counts; classes absent
+    from both sets are dropped (they carry no information and would divide by zero).
+    """
+    _require_nonempty(labels_a, "labels_a")
+    _require_nonempty(labels_b, "labels_b")
+    table = np.stack([np.bincount(labels_a, minlength=num_classes),
+                      np.bincount(labels_b, minlength=num_classes)])
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2:
+        return TestResult(0.0, 1.0)
+    result = stats.chi2_contingency(table, correction=False)
+    return TestResult(float(result.statistic), float(result.pvalue))

@@ -1,0 +1,144 @@
+"""The classifier: torchvision's ResNet-18 for 1-channel 28x28 images, trained from memory.
+
+Images are fed as tensors sliced from one in-memory array (no per-sample PIL conversion,
+no DataLoader workers), which is what makes CPU training affordable here.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+from tqdm.auto import tqdm
+
+from shiftwatch import NUM_CLASSES, ShiftwatchError
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_resnet18(weights: str = "none", seed: int = 0) -> nn.Module:
+    """ResNet-18 with a 1-channel first conv (7x7, stride 2, as the study) and 10 outputs.
+
+    `weights="imagenet"` loads torchvision's IMAGENET1K_V1 weights (from the torch hub cache,
+    or downloaded) and initialises the 1-channel conv with the sum of the RGB filters, which
+    gives the same response to a gray image as the RGB model. `seed` fixes the random
+    initialisation of every layer not loaded from the weights.
+    """
+    torch.manual_seed(seed)
+    pretrained = _imagenet_weights() if weights == "imagenet" else None
+    model = resnet18(weights=None, num_classes=NUM_CLASSES)
+    gray_conv = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    if pretrained is not None:
+        rgb_conv = pretrained.pop("conv1.weight")
+        for key in ("fc.weight", "fc.bias"):  # 1000 ImageNet classes: not ours
+            pretrained.pop(key)
+        model.load_state_dict(pretrained, strict=False)
+        with torch.no_grad():
+            gray_conv.weight.copy_(rgb_conv.sum(dim=1, keepdim=True))
+    model.conv1 = gray_conv
+    return model
+
+
+def _imagenet_weights() -> dict[str, torch.Tensor]:
+    try:
+        return ResNet18_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as err:  # offline: URLError or socket errors
+        raise ShiftwatchError(
+            f"train.weights = 'imagenet': could not load torchvision's IMAGENET1K_V1 weights "
+            f"({type(err).__name__}); put resnet18-f37072fd.pth in the torch hub cache "
+            f"(~/.cache/torch/hub/checkpoints) or use train.weights: none") from None
+
+
+def as_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, 28, 28) float array -> (N, 1, 28, 28) tensor on `device`."""
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1).to(device)
+
+
+def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int,
+          batch_size: int, lr: float, seed: int, device: torch.device,
+          progress: bool = True) -> list[dict[str, float]]:
+    """Adam + cross-entropy; a fresh seeded shuffle every epoch.
+
+    Returns one row per epoch: mean training loss, training accuracy (on the fly, as the
+    batches went by), images per second.
+    """
+    if len(images) == 0:
+        raise ShiftwatchError("the training set (domain A) is empty")
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.CrossEntropyLoss()
+    all_images, all_labels = as_batch(images, device), torch.from_numpy(labels).to(device)
+    history = []
+    for epoch in range(1, epochs + 1):
+        order = torch.randperm(len(all_labels), generator=generator).to(device)
+        total_loss, correct, started = 0.0, 0, time.perf_counter()
+        batches = tqdm(order.split(batch_size), desc=f"train epoch {epoch}/{epochs}",
+                       unit="batch", disable=not progress, mininterval=2.0)
+        for rows in batches:
+            batch, target = all_images[rows], all_labels[rows]
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(batch)
+            loss = loss_fn(logits, target)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item() * len(rows)
+            correct += (logits.argmax(1) == target).sum().item()
+        seconds = time.perf_counter() - started
+        history.append({"epoch": epoch, "loss": total_loss / len(order),
+                        "accuracy": correct / len(order), "images_per_second": len(order) / seconds})
+    return history
+
+
+@torch.inference_mode()
+def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
+                  desc: str = "predict", progress: bool = True) -> np.ndarray:
+    """Softmax probabilities, shape (N, 10), in eval mode (BatchNorm running statistics)."""
+    model.to(device).eval()
+    chunks = [torch.softmax(model(as_batch(images[start:start + batch_size], device)), dim=1).cpu()
+              for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
+                                disable=not progress, mininterval=2.0)]
+    if not chunks:
+        return np.zeros((0, NUM_CLASSES), dtype=np.float32)
+    return torch.cat(chunks).numpy()
+
+
+def predict_set(model: nn.Module, image_set, batch_size: int, device: torch.device,
+                desc: str) -> "Predictions":
+    from shiftwatch.io import Predictions
+
+    probabilities = predict_proba(model, image_set.images, batch_size, device, desc=desc)
+    return Predictions(probabilities, image_set.labels, image_set.source_index)
+
+
+def save_state_dict(model: nn.Module, path: str | Path) -> None:
+    from shiftwatch.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """Rebuild the architecture and load a saved state_dict; clear error if it does not fit."""
+    path = Path(path)
+    if not path.exists():
+        raise ShiftwatchError(f"{path}: not found; run `dvc repro train`")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ShiftwatchError(f"{path}: unreadable or corrupt ({type(err).__name__}); "
+                              f"run `dvc repro -f train`") from None
+    model = build_resnet18("none")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise ShiftwatchError(f"{path}: does not match the ResNet-18 (1 channel, 10 classes) "
+                              f"architecture ({first}); run `dvc repro -f train`") from None
+    return model

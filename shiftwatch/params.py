@@ -1,0 +1,119 @@
+"""The schema of params.yaml: unknown keys and out-of-range values are errors.
+
+`load_params()` returns a validated `Params`; a bad value raises `ShiftwatchError`
+with one line naming the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shiftwatch import ShiftwatchError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Strict):
+    source: Optional[str] = None
+    domain_b_fraction: float = Field(0.3, gt=0, lt=1)
+    max_train_images: Optional[int] = Field(None, ge=20, le=60_000)
+    max_test_images: Optional[int] = Field(None, ge=10, le=10_000)
+
+
+class ShiftParams(_Strict):
+    downsample: int = Field(7, ge=1, le=28)
+    brightness: float = Field(0.1, ge=-1, le=1)
+    label_class: int = Field(7, ge=0, le=9)
+    label_keep: float = Field(0.1, ge=0, le=1)
+
+
+class Thresholds(_Strict):
+    alpha: float = Field(0.05, gt=0, lt=1)
+    kl: float = Field(0.05, ge=0)
+    auc: float = Field(0.6, ge=0.5, le=1)
+
+
+class DetectParams(_Strict):
+    bins: int = Field(50, ge=2, le=10_000)
+    smoothing: float = Field(0.5, gt=0)
+    classifier_samples: int = Field(2000, ge=10)
+    classifier_folds: int = Field(5, ge=2, le=20)
+    thresholds: Thresholds = Thresholds()
+
+
+class TrainParams(_Strict):
+    weights: Literal["none", "imagenet"] = "none"
+    epochs: int = Field(3, ge=1, le=1000)
+    batch_size: int = Field(128, ge=1, le=65_536)
+    lr: float = Field(1e-4, gt=0, le=1)
+
+
+class EvaluateParams(_Strict):
+    batch_size: int = Field(1000, ge=1, le=65_536)
+
+
+class Params(_Strict):
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    data: DataParams = DataParams()
+    shift: ShiftParams = ShiftParams()
+    detect: DetectParams = DetectParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    def flat(self, *sections: str) -> dict[str, object]:
+        """Dotted keys as DVC shows them ({'shift.brightness': 0.1, ...}), for MLflow.
+
+        With `sections`, only the keys under those (dotted) prefixes: the ones a stage
+        declares in dvc.yaml, e.g. ("seed", "shift.label_class").
+        """
+        return {k: v for k, v in _flatten(self.model_dump()).items()
+                if not sections or any(k == s or k.startswith(f"{s}.") for s in sections)}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def parse_params(raw: object, origin: str = "params.yaml") -> Params:
+    """Validate a params mapping; raise ShiftwatchError with one line on the first problem."""
+    if not isinstance(raw, dict):
+        raise ShiftwatchError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ShiftwatchError(_one_line(err, origin)) from None
+
+
+def _one_line(err: ValidationError, origin: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"{origin}: unknown key '{key}'; remove it or fix its spelling (allowed keys: see params.yaml)"
+    value = first.get("input")
+    allowed = first["msg"][0].lower() + first["msg"][1:]
+    return f"{origin}: {key} = {value!r} is not allowed: {allowed}"
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ShiftwatchError(f"{path}: not found; run from the repository root") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ShiftwatchError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return parse_params(raw, str(path))
