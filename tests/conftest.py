@@ -1,0 +1,23 @@
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# No network on CI: keep DVC and MLflow from trying to send telemetry.
+os.environ.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
+
+from shiftwatch.data import DEBIAN_DIR, _has_all_files  # noqa: E402
+
+needs_fashion_mnist = pytest.mark.skipif(
+    not _has_all_files(DEBIAN_DIR),
+    reason="FashionMNIST not installed: apt-get install dataset-fashion-mnist (.ci/run does)")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

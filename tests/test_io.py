@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from shiftwatch import ShiftwatchError
+from shiftwatch.io import (ImageSet, Predictions, atomic_path, load_predictions, load_set,
+                           rows_matching, save_predictions, save_set, write_json)
+
+
+def _set(n=5):
+    rng = np.random.default_rng(0)
+    return ImageSet(rng.random((n, 28, 28)).astype(np.float32), np.arange(n) % 10, np.arange(n) * 3)
+
+
+def test_save_and_load_roundtrip_float_and_uint8(tmp_path):
+    image_set = _set()
+    save_set(tmp_path / "a.npz", image_set)
+    loaded = load_set(tmp_path / "a.npz")
+    np.testing.assert_array_equal(loaded.images, image_set.images)
+    np.testing.assert_array_equal(loaded.source_index, image_set.source_index)
+    save_set(tmp_path / "b.npz", image_set, as_uint8=True)
+    assert np.abs(load_set(tmp_path / "b.npz").images - image_set.images).max() <= 0.5 / 255 + 1e-7
+
+
+def test_missing_corrupt_and_wrong_shape_files_are_clear_errors(tmp_path):
+    with pytest.raises(ShiftwatchError, match="not found; run `dvc repro prepare`"):
+        load_set(tmp_path / "nope.npz", hint="run `dvc repro prepare`")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(ShiftwatchError, match="unreadable or corrupt"):
+        load_set(tmp_path / "bad.npz")
+    np.savez(tmp_path / "shape.npz", images=np.zeros((2, 32, 32)), labels=np.zeros(2, int),
+             source_index=np.arange(2))
+    with pytest.raises(ShiftwatchError, match=r"expected \(N, 28, 28\)"):
+        load_set(tmp_path / "shape.npz")
+    np.savez(tmp_path / "nan.npz", images=np.full((2, 28, 28), np.nan), labels=np.zeros(2, int),
+             source_index=np.arange(2))
+    with pytest.raises(ShiftwatchError, match="not finite"):
+        load_set(tmp_path / "nan.npz")
+
+
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "out" / "metrics.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert list((tmp_path / "out").iterdir()) == []
+    write_json(target, {"a": 1})
+    assert target.read_text().strip().startswith("{")
+
+
+def test_rows_matching_finds_subset_rows_and_rejects_strangers():
+    parent = np.array([10, 3, 7, 42])
+    np.testing.assert_array_equal(rows_matching(np.array([3, 42]), parent), [1, 3])
+    with pytest.raises(ShiftwatchError, match="not in its parent set"):
+        rows_matching(np.array([5]), parent)
+
+
+def test_predictions_roundtrip(tmp_path):
+    probabilities = np.eye(10, dtype=np.float32)[[3, 7]]
+    save_predictions(tmp_path / "p.npz", Predictions(probabilities, np.array([3, 1]), np.array([0, 1])))
+    loaded = load_predictions(tmp_path / "p.npz", hint="x")
+    np.testing.assert_array_equal(loaded.predicted, [3, 7])
+    np.testing.assert_array_equal(loaded.subset(np.array([1])).labels, [1])

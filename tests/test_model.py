@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shiftwatch import ShiftwatchError
+from shiftwatch.model import build_resnet18, load_model, predict_proba, save_state_dict, train
+
+CPU = torch.device("cpu")
+
+
+def _toy(n=64, seed=0):
+    """Two easy classes: dark vs bright images."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    images = (rng.random((n, 28, 28)) * 0.3 + labels[:, None, None] * 0.6).astype(np.float32)
+    return images, labels.astype(np.int64)
+
+
+def test_architecture_takes_one_channel_and_gives_ten_classes():
+    model = build_resnet18()
+    assert model.conv1.in_channels == 1 and model.conv1.kernel_size == (7, 7)
+    assert model.conv1.stride == (2, 2) and model.fc.out_features == 10
+    assert model.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_same_seed_same_weights_and_same_training():
+    images, labels = _toy()
+    runs = []
+    for _ in range(2):
+        model = build_resnet18(seed=3)
+        history = train(model, images, labels, epochs=1, batch_size=16, lr=1e-3, seed=3,
+                        device=CPU, progress=False)
+        runs.append((history[0]["loss"], model.fc.weight.detach().clone()))
+    assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
+    assert not torch.equal(build_resnet18(seed=3).conv1.weight, build_resnet18(seed=4).conv1.weight)
+
+
+def test_training_learns_an_easy_problem():
+    images, labels = _toy(128)
+    model = build_resnet18(seed=0)
+    # 40 steps: enough for BatchNorm's running statistics (used in eval mode) to settle.
+    history = train(model, images, labels, epochs=10, batch_size=32, lr=1e-3, seed=0,
+                    device=CPU, progress=False)
+    assert history[-1]["loss"] < history[0]["loss"]
+    probabilities = predict_proba(model, images, 50, CPU, progress=False)
+    np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
+    assert np.mean(probabilities.argmax(1) == labels) > 0.9
+
+
+def test_state_dict_roundtrip_and_mismatch(tmp_path):
+    model = build_resnet18(seed=1)
+    save_state_dict(model, tmp_path / "m.pt")
+    loaded = load_model(tmp_path / "m.pt")
+    assert torch.equal(loaded.conv1.weight, model.conv1.weight)
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    with pytest.raises(ShiftwatchError, match="does not match the ResNet-18"):
+        load_model(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ShiftwatchError, match="unreadable or corrupt"):
+        load_model(tmp_path / "junk.pt")
+    with pytest.raises(ShiftwatchError, match="not found"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_empty_training_set_is_an_error():
+    with pytest.raises(ShiftwatchError, match="empty"):
+        train(build_resnet18(), np.zeros((0, 28, 28), np.float32), np.zeros(0, np.int64),
+              epochs=1, batch_size=8, lr=1e-3, seed=0, device=CPU, progress=False)
+
+
+def test_imagenet_weights_offline_fail_clearly(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    monkeypatch.setattr("torch.hub.download_url_to_file", _offline)
+    with pytest.raises(ShiftwatchError, match="train.weights = 'imagenet'.*use train.weights: none"):
+        build_resnet18("imagenet")
+
+
+def test_imagenet_weights_initialise_the_gray_conv_from_rgb(monkeypatch, tmp_path):
+    from torchvision.models import resnet18
+
+    rgb = resnet18(num_classes=1000).state_dict()  # stands in for the downloaded file
+    checkpoints = Path(tmp_path) / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(rgb, checkpoints / "resnet18-f37072fd.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr("torch.hub.download_url_to_file", _offline)
+    monkeypatch.setattr("torch.hub.check_hash", lambda *a, **k: None, raising=False)
+    model = build_resnet18("imagenet")
+    assert torch.allclose(model.conv1.weight, rgb["conv1.weight"].sum(1, keepdim=True))
+    assert torch.equal(model.layer1[0].conv1.weight, rgb["layer1.0.conv1.weight"])
+    assert model.fc.out_features == 10
+
+
+def _offline(*args, **kwargs):
+    raise OSError("no network")

@@ -1,0 +1,162 @@
+"""The pipeline for real: `dvc repro` and `dvc exp run` in a temp copy of the repo, on a small
+configuration (2,000 training images, 500 test images, one epoch), read back through MLflow."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from conftest import REPO, needs_fashion_mnist
+
+pytestmark = needs_fashion_mnist
+
+SMALL = {"data": {"max_train_images": 2000, "max_test_images": 500},
+         "train": {"epochs": 1}, "detect": {"classifier_samples": 300}}
+STAGES = ("prepare", "shift", "detect", "train", "evaluate")
+
+
+def _env(repo: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # `python` = this venv
+        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+        DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
+    )
+    return env
+
+
+def _run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(args, cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _run(repo, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def _copy_repo(destination: Path) -> Path:
+    """The working tree as git sees it (tracked and untracked-but-not-ignored files)."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file() and not name.startswith(("data/", "models/", "metrics/")):
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+    return destination
+
+
+def _small_params(repo: Path) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for section, values in SMALL.items():
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def _metrics(repo: Path, name: str) -> dict:
+    return json.loads((repo / "metrics" / f"{name}.json").read_text())
+
+
+def _runs(repo: Path):
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("shiftwatch")
+    return client, client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = _copy_repo(tmp_path_factory.mktemp("shiftwatch"))
+    _small_params(repo)
+    _run(repo, "git", "init", "-q", "-b", "main")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", "small configuration")
+    result = _dvc(repo, "repro")
+    assert all(f"Running stage '{stage}'" in result.stdout for stage in STAGES)
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "commit", "-qm", "baseline results")
+    return repo
+
+
+def test_repro_writes_every_output_and_metric(repo):
+    for path in ("data/prepared/domain_a.npz", "data/shifted/b_shift.npz", "models/resnet18.pt",
+                 "data/predictions/b_shift.npz", "metrics/plots/samples.png",
+                 "metrics/plots/mean_pixel_b_shift.png", "metrics/plots/confusion_b_shift.png",
+                 "metrics/confusion/b_shift.csv", "metrics/train_history.csv"):
+        assert (repo / path).is_file(), path
+    prepare = _metrics(repo, "prepare")
+    assert prepare["n"] == {"domain_a": 1400, "domain_b": 600, "test": 500}
+    assert prepare["overlap_a_b"] == 0
+    detect = _metrics(repo, "detect")
+    assert detect["b_shift"]["drift"] == 1 and detect["b_shift"]["domain_auc"] > 0.9
+    assert detect["b_raw"]["kl_divergence"] < detect["b_shift"]["kl_divergence"]
+    evaluate = _metrics(repo, "evaluate")
+    assert set(evaluate["accuracy"]) == {"domain_a_train", "test", "b_raw", "b_covariate",
+                                         "b_label", "b_shift"}
+    assert set(evaluate["class_7"]["b_shift"]) == {"precision", "recall", "f1"}
+    shift = _metrics(repo, "shift")
+    assert shift["b_shift"]["n"] == shift["b_label"]["n"] < shift["b_raw"]["n"]
+    assert shift["b_label"]["class_7_share"] < shift["b_raw"]["class_7_share"] / 5
+
+
+def test_repro_logs_one_run_per_stage_under_one_parent(repo):
+    client, runs = _runs(repo)
+    parents = [r for r in runs if r.data.tags.get("shiftwatch.role") == "pipeline"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1
+    assert sorted(r.data.tags["dvc.stage"] for r in children) == sorted(STAGES)
+    metrics = parents[0].data.metrics
+    for key in ("detect.b_shift.ks_statistic", "detect.b_shift.kl_divergence",
+                "detect.b_shift.domain_auc", "evaluate.accuracy.test", "evaluate.accuracy.b_shift",
+                "evaluate.class_7.b_shift.recall", "train.accuracy_domain_a_train"):
+        assert key in metrics, key
+    train_run = next(r for r in children if r.data.tags["dvc.stage"] == "train")
+    assert "model" in {a.path for a in client.list_artifacts(train_run.info.run_id)} | {
+        m.name for m in client.search_logged_models([train_run.info.experiment_id])}
+
+
+def test_experiment_reruns_only_what_the_shift_touches(repo):
+    model_before = (repo / "models" / "resnet18.pt").read_bytes()
+    detect_before = _metrics(repo, "detect")
+    result = _dvc(repo, "exp", "run", "-S", "shift.brightness=0.2")
+    assert "Stage 'prepare' didn't change, skipping" in result.stdout
+    assert "Stage 'train' didn't change, skipping" in result.stdout
+    assert all(f"Running stage '{stage}'" in result.stdout for stage in ("shift", "detect", "evaluate"))
+    assert (repo / "models" / "resnet18.pt").read_bytes() == model_before
+    detect_after = _metrics(repo, "detect")
+    assert detect_after["b_raw"] == detect_before["b_raw"]  # untouched by brightness
+    assert detect_after["b_shift"]["ks_statistic"] > detect_before["b_shift"]["ks_statistic"]
+
+    _, runs = _runs(repo)
+    assert sum(r.data.tags.get("dvc.stage") == "train" for r in runs) == 1
+    experiment_parents = [r for r in runs if r.data.tags.get("shiftwatch.role") == "pipeline"
+                          and r.data.tags["dvc.exp_name"] != "workspace"]
+    assert len(experiment_parents) == 1
+    assert experiment_parents[0].data.params["shift.brightness"] == "0.2"
+    assert "evaluate.accuracy.b_shift" in experiment_parents[0].data.metrics
+
+
+def test_bad_parameter_stops_the_stage_with_one_line_and_no_outputs(repo):
+    broken = _copy_repo(repo.parent / "broken")
+    (broken / "data" / "prepared").mkdir(parents=True)
+    for name in ("domain_a.npz", "domain_b.npz"):
+        shutil.copy2(repo / "data" / "prepared" / name, broken / "data" / "prepared" / name)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["shift"]["brightness"] = 5
+    (broken / "params.yaml").write_text(yaml.safe_dump(params))
+    result = _run(broken, sys.executable, "-m", "stages.shift", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("shiftwatch shift: error: params.yaml: shift.brightness = 5 is not "
+                                     "allowed: input should be less than or equal to 1")
+    assert not (broken / "data" / "shifted").exists() and not (broken / "metrics").exists()
+
+    result = _run(broken, sys.executable, "-m", "stages.evaluate", check=False)
+    assert result.returncode == 2 and "not found" in result.stderr and len(result.stderr.splitlines()) == 1
