@@ -17,7 +17,7 @@ from shiftwatch import ShiftwatchError
 
 
 @dataclass(frozen=True)
-class TestResult:
+class DetectorResult:
     statistic: float
     pvalue: float | None = None
 
@@ -31,13 +31,13 @@ def mean_pixel(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1).mean(axis=1)
 
 
-def ks_test(reference: np.ndarray, deployment: np.ndarray) -> TestResult:
+def ks_test(reference: np.ndarray, deployment: np.ndarray) -> DetectorResult:
     """Two-sample Kolmogorov–Smirnov test (scipy's `ks_2samp`, two-sided, exact or asymptotic
     as scipy chooses) on two 1-D samples, e.g. per-image mean pixels."""
     _require_nonempty(reference, "reference")
     _require_nonempty(deployment, "deployment")
     result = stats.ks_2samp(reference, deployment)
-    return TestResult(float(result.statistic), float(result.pvalue))
+    return DetectorResult(float(result.statistic), float(result.pvalue))
 
 
 def histogram_probabilities(values: np.ndarray, bins: int, smoothing: float,
@@ -55,7 +55,7 @@ def histogram_probabilities(values: np.ndarray, bins: int, smoothing: float,
 
 
 def kl_divergence(reference: np.ndarray, deployment: np.ndarray, bins: int = 50,
-                  smoothing: float = 0.5) -> TestResult:
+                  smoothing: float = 0.5) -> DetectorResult:
     """KL(reference || deployment) in nats between histograms of two 1-D samples on [0, 1].
 
     Computed over probability masses (not densities), so identical samples give exactly 0.
@@ -63,11 +63,11 @@ def kl_divergence(reference: np.ndarray, deployment: np.ndarray, bins: int = 50,
     """
     p = histogram_probabilities(reference, bins, smoothing)
     q = histogram_probabilities(deployment, bins, smoothing)
-    return TestResult(float(stats.entropy(p, q)))
+    return DetectorResult(float(stats.entropy(p, q)))
 
 
 def domain_classifier_test(reference: np.ndarray, deployment: np.ndarray, samples: int,
-                           folds: int, seed: int) -> TestResult:
+                           folds: int, seed: int) -> DetectorResult:
     """Can a logistic regression on raw pixels tell the deployment images from the reference?
 
     Draws min(samples, len(reference), len(deployment)) images from each side (equal class
@@ -94,15 +94,15 @@ def domain_classifier_test(reference: np.ndarray, deployment: np.ndarray, sample
     auc = roc_auc_score(is_deployment, scores)
     pvalue = stats.mannwhitneyu(scores[is_deployment == 1], scores[is_deployment == 0],
                                 alternative="greater").pvalue
-    return TestResult(float(auc), float(pvalue))
+    return DetectorResult(float(auc), float(pvalue))
 
 
 @dataclass(frozen=True)
 class DriftReport:
     """Every detector's result for one reference-vs-deployment comparison, with verdicts."""
-    ks: TestResult
-    kl: TestResult
-    domain_classifier: TestResult
+    ks: DetectorResult
+    kl: DetectorResult
+    domain_classifier: DetectorResult
     drift_ks: bool
     drift_kl: bool
     drift_domain_classifier: bool
@@ -146,7 +146,7 @@ def _require_nonempty(array: np.ndarray, name: str) -> None:
         raise ShiftwatchError(f"{name} is empty: a detector needs at least one image per side")
 
 
-def label_proportion_test(labels_a: np.ndarray, labels_b: np.ndarray, num_classes: int) -> TestResult:
+def label_proportion_test(labels_a: np.ndarray, labels_b: np.ndarray, num_classes: int) -> DetectorResult:
     """Chi-squared test of homogeneity: do two sets have the same class proportions?
 
     Uses scipy's `chi2_contingency` on the 2 x classes table of counts; classes absent
@@ -158,6 +158,6 @@ def label_proportion_test(labels_a: np.ndarray, labels_b: np.ndarray, num_classe
                       np.bincount(labels_b, minlength=num_classes)])
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2:
-        return TestResult(0.0, 1.0)
+        return DetectorResult(0.0, 1.0)
     result = stats.chi2_contingency(table, correction=False)
-    return TestResult(float(result.statistic), float(result.pvalue))
+    return DetectorResult(float(result.statistic), float(result.pvalue))

@@ -1,0 +1,120 @@
+"""Benchmarks that print numbers (not timed tests); results go to benchmarks/results.json.
+
+1. Wall time of a full `dvc repro` with the default params.yaml, in a fresh temp copy of the repo.
+2. Wall time of the incremental `dvc exp run -S shift.brightness=0.2` after it (target: < 10 %).
+3. Training throughput (images/s): shiftwatch's in-memory batches vs a plain
+   `DataLoader(torchvision FashionMNIST, transform=ToTensor())` loop, same model and batch size,
+   measured side by side in rounds; medians reported.
+
+Usage: python benchmarks/bench_pipeline.py [--skip-pipeline] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from shiftwatch.data import find_source, load_fashion_mnist  # noqa: E402
+from shiftwatch.model import build_resnet18, train  # noqa: E402
+
+sys.path.insert(0, str(REPO / "tests"))
+from test_pipeline import _copy_repo, _dvc, _run  # noqa: E402  (same temp-repo recipe as the tests)
+
+
+def time_pipeline() -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="shiftwatch-bench-") as tmp:
+        repo = _copy_repo(Path(tmp))
+        _run(repo, "git", "init", "-q", "-b", "main")
+        _run(repo, "git", "add", "-A")
+        _run(repo, "git", "commit", "-qm", "bench")
+        started = time.perf_counter()
+        _dvc(repo, "repro")
+        full = time.perf_counter() - started
+        _run(repo, "git", "add", "-A")
+        _run(repo, "git", "commit", "-qm", "baseline")
+        started = time.perf_counter()
+        _dvc(repo, "exp", "run", "-S", "shift.brightness=0.2")
+        incremental = time.perf_counter() - started
+    return {"full_repro_seconds": full, "exp_run_brightness_seconds": incremental,
+            "incremental_share": incremental / full}
+
+
+def time_training(rounds: int, steps: int = 30, batch_size: int = 128) -> dict[str, float]:
+    from torchvision.datasets import FashionMNIST
+    from torchvision.transforms import ToTensor
+
+    source = find_source(None, REPO / "data" / "raw")
+    train_set, _ = load_fashion_mnist(source)
+    images, labels = train_set.images[:steps * batch_size], train_set.labels[:steps * batch_size]
+    with tempfile.TemporaryDirectory() as tmp:  # torchvision's own layout: raw, uncompressed IDX files
+        raw = Path(tmp) / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True)
+        for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+            packed = source / f"{name}.gz"
+            (raw / name).write_bytes(gzip.decompress(packed.read_bytes()) if packed.exists()
+                                     else (source / name).read_bytes())
+        dataset = FashionMNIST(tmp, train=True, transform=ToTensor())
+        per_sample, in_memory = [], []
+        for _ in range(rounds):
+            per_sample.append(_dataloader_images_per_second(dataset, steps, batch_size))
+            model = build_resnet18(seed=0)
+            history = train(model, images, labels, epochs=1, batch_size=batch_size, lr=1e-4,
+                            seed=0, device=torch.device("cpu"), progress=False)
+            in_memory.append(history[0]["images_per_second"])
+    return {"in_memory_images_per_second": statistics.median(in_memory),
+            "dataloader_totensor_images_per_second": statistics.median(per_sample),
+            "speedup": statistics.median(in_memory) / statistics.median(per_sample),
+            "rounds": rounds, "steps": steps, "batch_size": batch_size}
+
+
+def _dataloader_images_per_second(dataset, steps: int, batch_size: int) -> float:
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    model = build_resnet18(seed=0).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True)
+    seen, started = 0, time.perf_counter()
+    for step, (batch, target) in enumerate(loader):
+        if step == steps:
+            break
+        optimizer.zero_grad()
+        loss_fn(model(batch), target).backward()
+        optimizer.step()
+        seen += len(target)
+    return seen / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-pipeline", action="store_true", help="only the training throughput")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    results = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+                          f"torch {torch.__version__}"}
+    results.update(time_training(args.rounds))
+    print(json.dumps(results, indent=2), flush=True)
+    if not args.skip_pipeline:
+        results.update(time_pipeline())
+    out = REPO / "benchmarks" / "results.json"
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    out.write_text(json.dumps({**previous, **results}, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Refresh the generated tables in README.md from metrics/*.json and benchmarks/results.json.
+
+`python -m shiftwatch.readme README.md` rewrites what lies between each
+`<!-- NAME:begin -->` / `<!-- NAME:end -->` pair, so the numbers in the README are always
+those of the last real run, never typed by hand.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+# The study's published numbers (from the project brief); None where it gave none.
+STUDY = {"accuracy_train": 0.9075, "kl_identical": 1.46}
+SETS = ("b_raw", "b_covariate", "b_label", "b_shift")
+
+
+def _load(path: str) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if value != 0 and abs(value) < 10 ** -digits:
+        return f"{value:.1e}"
+    return f"{value:.{digits}f}"
+
+
+def detection_table() -> str:
+    detect = _load("metrics/detect.json")
+    rows = ["| A vs | KS statistic | KS p-value | KL(A‖B), nats | domain-classifier AUC | AUC p-value | verdict |",
+            "|---|---|---|---|---|---|---|"]
+    for name in SETS:
+        d = detect[name]
+        alerts = [k for k, flag in (("KS", d["drift_ks"]), ("KL", d["drift_kl"]),
+                                    ("AUC", d["drift_domain_classifier"])) if flag]
+        verdict = f"**drift** ({', '.join(alerts)})" if alerts else "no drift"
+        rows.append(f"| {name} | {_num(d['ks_statistic'], 4)} | {_num(d['ks_pvalue'])} | "
+                    f"{_num(d['kl_divergence'], 4)} | {_num(d['domain_auc'])} | "
+                    f"{_num(d['domain_auc_pvalue'])} | {verdict} |")
+    return "\n".join(rows)
+
+
+def accuracy_table() -> str:
+    evaluate = _load("metrics/evaluate.json")
+    accuracy, class_7 = evaluate["accuracy"], evaluate["class_7"]
+    rows = ["| evaluated on | images | accuracy | class 7 (sneaker) precision | recall | F1 |",
+            "|---|---|---|---|---|---|"]
+    counts = {**_load("metrics/prepare.json")["n"],
+              **{name: v["n"] for name, v in _load("metrics/shift.json").items()}}
+    rows.append(f"| domain A, its own training images (the study's \"in-domain\") | "
+                f"{counts['domain_a']:,} | {_num(accuracy['domain_a_train'], 4)} | | | |")
+    for name, label in (("test", "held-out test set (honest in-domain)"), *((s, s) for s in SETS)):
+        c = class_7[name]
+        rows.append(f"| {label} | {counts[name]:,} | {_num(accuracy[name], 4)} | {_num(c['precision'])} | "
+                    f"{_num(c['recall'])} | {_num(c['f1'])} |")
+    return "\n".join(rows)
+
+
+def study_table() -> str:
+    evaluate, detect = _load("metrics/evaluate.json"), _load("metrics/detect.json")
+    return "\n".join([
+        "| quantity | the study | shiftwatch |",
+        "|---|---|---|",
+        f"| accuracy on the training images of A | {STUDY['accuracy_train']} | "
+        f"{_num(evaluate['accuracy']['domain_a_train'], 4)} |",
+        f"| in-domain accuracy on images the model never saw | not measured | "
+        f"{_num(evaluate['accuracy']['test'], 4)} |",
+        f"| KL between two samples of one distribution | {STUDY['kl_identical']} (densities summed) | "
+        f"{_num(detect['b_raw']['kl_divergence'], 4)} (A vs B_raw, probability masses) |",
+    ])
+
+
+def benchmark_table() -> str:
+    path = Path("benchmarks/results.json")
+    if not path.exists():
+        return "_no benchmark run yet: `make bench`_"
+    b = _load(str(path))
+    rows = ["| measurement | value |", "|---|---|"]
+    if "full_repro_seconds" in b:
+        rows += [f"| full `dvc repro`, defaults | {b['full_repro_seconds']:.0f} s |",
+                 f"| `dvc exp run -S shift.brightness=0.2` after it | {b['exp_run_brightness_seconds']:.0f} s "
+                 f"({100 * b['incremental_share']:.1f} % of the full run) |"]
+    rows += [f"| training, in-memory batches (shiftwatch) | {b['in_memory_images_per_second']:.0f} images/s |",
+             f"| training, `DataLoader(FashionMNIST, ToTensor())` | "
+             f"{b['dataloader_totensor_images_per_second']:.0f} images/s |",
+             f"| speed-up | {b['speedup']:.2f}x (median of {b['rounds']} rounds of {b['steps']} batches of "
+             f"{b['batch_size']}) |",
+             f"| machine | {b['machine']} |"]
+    return "\n".join(rows)
+
+
+TABLES = {"detection": detection_table, "accuracy": accuracy_table, "study": study_table,
+          "benchmark": benchmark_table}
+
+
+def refresh(text: str) -> str:
+    for name, build in TABLES.items():
+        pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
+        text = pattern.sub(lambda m: f"{m.group(1)}{build()}\n{m.group(2)}", text)
+    return text
+
+
+def main() -> None:
+    readme = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
+    readme.write_text(refresh(readme.read_text()))
+    print(f"refreshed the generated tables in {readme}")
+
+
+if __name__ == "__main__":
+    main()
