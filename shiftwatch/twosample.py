@@ -1,0 +1,379 @@
+"""Model-based and kernel two-sample tests, cheap image statistics, and a Holm verdict.
+
+Reference (domain A) vs a deployment batch, label-free:
+
+- BBSD (black-box shift detection, Rabanser et al. 2019, "Failing Loudly"): tests on the
+  classifier's softmax outputs, `bbsd_ks` (per-output KS, Bonferroni) and `bbsd_chi2`
+  (predicted-label counts).
+- `mmd_test`: maximum mean discrepancy with a Gaussian RBF kernel, permutation or
+  linear-time p-value (Gretton et al. 2012, JMLR).
+- `image_stats_test`: KS on per-image statistics a classifier tends to ignore (share of exact
+  zeros, pixel quantiles), e.g. a brightness shift lifting the black background.
+- `holm`: Holm–Bonferroni over several detectors' p-values into one verdict.
+
+Pure functions on numpy arrays; randomness only through an explicit `seed`. Bad input
+(empty, mismatched shapes, NaN/inf) raises ShiftwatchError.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from shiftwatch import ShiftwatchError
+from shiftwatch.detectors import DetectorResult, label_proportion_test
+
+# Row block for kernel sums: each temporary is _BLOCK_ROWS x len(other side) float64, 20 MB at
+# 10,000 rows on the other side, so memory stays linear in the sample size.
+_BLOCK_ROWS = 256
+# Permutations evaluated per matrix product: bounds the (pooled x batch) indicator matrices.
+_PERMUTATION_BATCH = 256
+# Permutation statistics within this of the observed one count as ties (>=): the same split
+# summed in a different order may differ in the last bits, and ties must not lower the p-value.
+_TIE_TOLERANCE = 1e-12
+
+
+# ---------------------------------------------------------------- BBSD on softmax outputs
+
+def bbsd_ks_columns(reference_probs: np.ndarray,
+                    deployment_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output KS tests for BBSD: (statistics, p-values), each shape (K,), uncorrected.
+
+    Column k compares the k-th softmax output of the reference (N, K) and deployment (M, K)
+    arrays with scipy's two-sided `ks_2samp`; use it to see which classes moved. A column
+    that is constant and equal on both sides has statistic 0 and p-value 1.
+    """
+    reference, deployment = _probabilities(reference_probs, deployment_probs)
+    return _ks_columns(reference, deployment)
+
+
+def bbsd_ks(reference_probs: np.ndarray, deployment_probs: np.ndarray) -> DetectorResult:
+    """BBSD-KS: KS test on each of the K softmax outputs, combined by Bonferroni.
+
+    Inputs are (N, K) and (M, K) arrays of class probabilities. statistic = the largest KS
+    distance (in [0, 1]); pvalue = min(1, K * smallest per-output p-value), a valid but
+    conservative p-value because the K outputs are dependent (they sum to 1).
+    """
+    return _bonferroni(*bbsd_ks_columns(reference_probs, deployment_probs))
+
+
+def bbsd_chi2(reference_probs: np.ndarray, deployment_probs: np.ndarray) -> DetectorResult:
+    """BBSD-χ²: chi-squared homogeneity test on predicted-label (argmax) counts.
+
+    Inputs are (N, K) and (M, K) class probabilities; K is the number of classes. statistic
+    = χ² (no continuity correction), pvalue from the asymptotic χ² distribution, which is
+    rough when expected counts fall below ~5. Both sides predicting one single class gives
+    (0, 1). See `label_proportion_test`.
+    """
+    reference, deployment = _probabilities(reference_probs, deployment_probs)
+    classes = reference.shape[1]
+    return label_proportion_test(reference.argmax(axis=1), deployment.argmax(axis=1), classes)
+
+
+# ---------------------------------------------------------------- MMD
+
+def rbf_kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Gaussian RBF kernel matrix exp(-||a_i - b_j||² / (2 bandwidth²)), shape (len(a), len(b)).
+
+    `bandwidth` is in the units of the features (a Euclidean distance). Materialises the full
+    matrix: for small inputs only.
+    """
+    a, b = _features(a, "a"), _features(b, "b")
+    _same_width(a, b)
+    return np.exp(-_squared_distances(a, b) / (2.0 * _check_bandwidth(bandwidth) ** 2))
+
+
+def median_bandwidth(x: np.ndarray, y: np.ndarray, seed: int = 0, max_points: int = 1000) -> float:
+    """Median heuristic: the median Euclidean distance between distinct pooled points.
+
+    Uses a seeded subsample of at most `max_points` rows of the pooled x and y (all rows when
+    fewer). Zero distances (duplicate rows) are left out so the bandwidth stays positive;
+    if every sampled row is identical, returns 1.0 (any bandwidth then gives MMD = 0).
+    """
+    x, y = _features(x, "x"), _features(y, "y")
+    _same_width(x, y)
+    rng = np.random.default_rng(seed)
+    pooled = rng.choice(len(x) + len(y), min(len(x) + len(y), max_points), replace=False)
+    # Gather from each side instead of concatenating: the inputs may be 10,000s of rows.
+    rows = np.concatenate([x[pooled[pooled < len(x)]], y[pooled[pooled >= len(x)] - len(x)]])
+    d2 = _squared_distances(rows, rows)[np.triu_indices(len(rows), k=1)]
+    d2 = d2[d2 > 0]
+    return float(np.sqrt(np.median(d2))) if d2.size else 1.0
+
+
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
+    """Unbiased estimate of MMD² between x (m, ...) and y (n, ...) with a Gaussian RBF kernel.
+
+    MMD²_u = Σ_{i≠j} k(x_i,x_j)/(m(m-1)) + Σ_{i≠j} k(y_i,y_j)/(n(n-1)) - 2 Σ k(x_i,y_j)/(mn)
+    (Gretton et al. 2012, eq. 3), kernel exp(-d²/(2 bandwidth²)); dimensionless, may be
+    slightly negative when the distributions are equal. Rows beyond the first axis are
+    flattened. Exact at any size: summed in row blocks, so memory is O((m + n) * block) but
+    time is O((m + n)² d) — about 2e11 flops at 10,000 rows per side x 512 features.
+    Needs at least 2 rows per side.
+    """
+    x, y = _features(x, "x", minimum=2), _features(y, "y", minimum=2)
+    _same_width(x, y)
+    gamma = 1.0 / (2.0 * _check_bandwidth(bandwidth) ** 2)
+    m, n = len(x), len(y)
+    # The diagonal of k(x, x) is exactly 1 (distance 0), so the i≠j sums subtract m and n.
+    xx = (_kernel_sum(x, x, gamma) - m) / (m * (m - 1))
+    yy = (_kernel_sum(y, y, gamma) - n) / (n * (n - 1))
+    return float(xx + yy - 2.0 * _kernel_sum(x, y, gamma) / (m * n))
+
+
+def mmd_test(x: np.ndarray, y: np.ndarray, n_permutations: int = 200, seed: int = 0,
+             bandwidth: float | None = None, max_per_side: int = 1000,
+             method: str = "permutation") -> DetectorResult:
+    """Kernel two-sample test: does x (m, ...) come from the same distribution as y (n, ...)?
+
+    Gaussian RBF kernel; `bandwidth` (feature units) defaults to the median heuristic on
+    ≤1000 pooled rows (`median_bandwidth`, seeded). Rows beyond the first axis are flattened.
+
+    method="permutation" (default): statistic = unbiased quadratic MMD² (`mmd2_unbiased`),
+    p-value = (1 + #{permuted MMD² ≥ observed}) / (1 + n_permutations), exact under H0.
+    When a side has more than `max_per_side` rows (default 1000), a seeded subsample of
+    `max_per_side` rows of it, without replacement, is tested instead — statistic and p-value
+    both come from that subsample. The pooled kernel matrix (≤ 2000 x 2000, 32 MB) is built
+    once and each permutation is a reindexed sum, so 10,000 rows per side x 512 features take
+    about a second (two CPU cores). Needs ≥ 2 rows per side.
+
+    method="linear": the linear-time estimator of Gretton et al. (2012, Sec. 6) on all rows:
+    both sides are shuffled (seeded), cut to 2 * floor(min(m, n) / 2) rows and paired; the
+    statistic is the mean of h = k(x, x') + k(y, y') - k(x, y') - k(x', y) over the pairs and
+    the p-value one-sided from the normal approximation mean / (sd / sqrt(pairs)). O(n d) time
+    and memory, no permutations, but much less power per sample than the quadratic estimator.
+    Needs ≥ 4 rows per side; a zero spread of h gives p = 1 (statistic ≤ 0) or 0.
+    """
+    x, y = _features(x, "x", minimum=2), _features(y, "y", minimum=2)
+    _same_width(x, y)
+    if method not in ("permutation", "linear"):
+        raise ShiftwatchError(f"mmd_test: method = {method!r}; use 'permutation' or 'linear'")
+    rng = np.random.default_rng(seed)
+    if method == "linear":
+        return _linear_mmd(x, y, _bandwidth(bandwidth, x, y, seed), rng)
+    if n_permutations < 1 or max_per_side < 2:
+        raise ShiftwatchError(f"mmd_test: n_permutations = {n_permutations}, max_per_side = "
+                              f"{max_per_side}; use n_permutations >= 1 and max_per_side >= 2")
+    x, y = _subsample(x, max_per_side, rng), _subsample(y, max_per_side, rng)
+    return _permutation_mmd(np.concatenate([x, y]), len(x), _bandwidth(bandwidth, x, y, seed),
+                            n_permutations, rng)
+
+
+def _permutation_mmd(pooled: np.ndarray, m: int, bandwidth: float, n_permutations: int,
+                     rng: np.random.Generator) -> DetectorResult:
+    """Observed unbiased MMD² of pooled[:m] vs pooled[m:] and its permutation p-value."""
+    kernel = np.exp(-_squared_distances(pooled, pooled) / (2.0 * bandwidth ** 2))
+    row_sums = kernel.sum(axis=1)
+    observed = _split_mmd2(kernel, row_sums, np.arange(m)[None, :], m)[0]
+    permuted = []
+    for start in range(0, n_permutations, _PERMUTATION_BATCH):
+        batch = min(_PERMUTATION_BATCH, n_permutations - start)
+        # Each row: the first m of a random permutation of the pooled rows become "x".
+        x_rows = rng.permuted(np.tile(np.arange(len(pooled)), (batch, 1)), axis=1)[:, :m]
+        permuted.append(_split_mmd2(kernel, row_sums, x_rows, m))
+    exceed = np.count_nonzero(np.concatenate(permuted) >= observed - _TIE_TOLERANCE)
+    pvalue = (1 + exceed) / (1 + n_permutations)
+    return DetectorResult(float(observed), float(pvalue))
+
+
+def _split_mmd2(kernel: np.ndarray, row_sums: np.ndarray, x_rows: np.ndarray, m: int) -> np.ndarray:
+    """Unbiased MMD² for each split (one row of `x_rows` = the pooled indices of the x side).
+
+    With indicator vector p of the x side: Σ_xx = pᵀKp, Σ_x· = pᵀ(K1), and the y-y and x-y
+    sums follow from the total, so one matrix product handles a whole batch of splits.
+    """
+    n = len(kernel) - m
+    indicator = np.zeros((len(x_rows), len(kernel)))
+    indicator[np.arange(len(x_rows))[:, None], x_rows] = 1.0
+    xx = np.einsum("bi,ib->b", indicator, kernel @ indicator.T)
+    x_all = indicator @ row_sums
+    xy = x_all - xx
+    yy = row_sums.sum() - xx - 2.0 * xy
+    # The kernel diagonal is 1, so the i≠j sums drop m resp. n ones.
+    return (xx - m) / (m * (m - 1)) + (yy - n) / (n * (n - 1)) - 2.0 * xy / (m * n)
+
+
+def _linear_mmd(x: np.ndarray, y: np.ndarray, bandwidth: float,
+                rng: np.random.Generator) -> DetectorResult:
+    pairs = min(len(x), len(y)) // 2
+    if pairs < 2:
+        raise ShiftwatchError(f"mmd_test(method='linear') needs at least 4 rows per side, got "
+                              f"{len(x)} and {len(y)}; use method='permutation' for tiny samples")
+    # Shuffle before pairing: rows stored in order (e.g. sorted by class) would bias the pairs.
+    x = x[rng.permutation(len(x))[:2 * pairs]]
+    y = y[rng.permutation(len(y))[:2 * pairs]]
+    x1, x2, y1, y2 = x[0::2], x[1::2], y[0::2], y[1::2]
+    gamma = 1.0 / (2.0 * bandwidth ** 2)
+    h = (_paired_kernel(x1, x2, gamma) + _paired_kernel(y1, y2, gamma)
+         - _paired_kernel(x1, y2, gamma) - _paired_kernel(x2, y1, gamma))
+    statistic, spread = float(h.mean()), float(h.std(ddof=1))
+    if spread == 0.0:
+        return DetectorResult(statistic, 1.0 if statistic <= 0 else 0.0)
+    return DetectorResult(statistic, float(stats.norm.sf(statistic / (spread / np.sqrt(pairs)))))
+
+
+def _paired_kernel(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
+    return np.exp(-gamma * np.einsum("ij,ij->i", a - b, a - b))
+
+
+def _kernel_sum(a: np.ndarray, b: np.ndarray, gamma: float) -> float:
+    """Σ_ij exp(-gamma ||a_i - b_j||²), computed in row blocks of `a`."""
+    b_norms = np.einsum("ij,ij->i", b, b)
+    blocks = (a[start:start + _BLOCK_ROWS] for start in range(0, len(a), _BLOCK_ROWS))
+    return float(sum(np.exp(-gamma * _squared_distances(block, b, b_norms)).sum()
+                     for block in blocks))
+
+
+def _squared_distances(a: np.ndarray, b: np.ndarray,
+                       b_norms: np.ndarray | None = None) -> np.ndarray:
+    """||a_i - b_j||² via the Gram matrix (one BLAS product)."""
+    a_norms = np.einsum("ij,ij->i", a, a)
+    b_norms = np.einsum("ij,ij->i", b, b) if b_norms is None else b_norms
+    scale = a_norms[:, None] + b_norms[None, :]
+    d2 = scale - 2.0 * (a @ b.T)
+    # The Gram form cancels catastrophically for (near-)identical rows: snap rounding noise,
+    # including negatives, to an exact 0 so k(x, x) = 1 and duplicates are recognised.
+    d2[d2 <= 1e-12 * scale] = 0.0
+    return d2
+
+
+def _subsample(rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    return rows if len(rows) <= size else rows[np.sort(rng.choice(len(rows), size, replace=False))]
+
+
+def _bandwidth(bandwidth: float | None, x: np.ndarray, y: np.ndarray, seed: int) -> float:
+    return median_bandwidth(x, y, seed) if bandwidth is None else _check_bandwidth(bandwidth)
+
+
+def _check_bandwidth(bandwidth: float) -> float:
+    if not np.isfinite(bandwidth) or bandwidth <= 0:
+        raise ShiftwatchError(f"bandwidth = {bandwidth}; pass a positive distance or None for "
+                              "the median heuristic")
+    return float(bandwidth)
+
+
+# ---------------------------------------------------------------- image statistics
+
+def zero_fraction(images: np.ndarray) -> np.ndarray:
+    """Share of pixels exactly 0 in each image, shape (N,), in [0, 1].
+
+    FashionMNIST backgrounds are exactly black; a brightness shift (or noise) lifts them, so
+    this drops to ~0 even when a classifier's predictions barely move.
+    """
+    flat = _features(images, "images", as_float=False)
+    return np.count_nonzero(flat == 0, axis=1) / flat.shape[1]
+
+
+def pixel_quantiles(images: np.ndarray, qs: Sequence[float] = (0.1, 0.5, 0.9)) -> np.ndarray:
+    """Per-image pixel quantiles (numpy's default linear interpolation), shape (N, len(qs)),
+    in the images' intensity units. `qs` must lie in [0, 1]."""
+    qs = np.asarray(qs, dtype=float)
+    if qs.ndim != 1 or qs.size == 0 or np.any((qs < 0) | (qs > 1)):
+        raise ShiftwatchError(f"qs = {qs.tolist()}; pass a non-empty list of quantiles in [0, 1]")
+    return np.quantile(_features(images, "images"), qs, axis=1).T
+
+
+def image_stats_test(reference_images: np.ndarray, deployment_images: np.ndarray,
+                     qs: Sequence[float] = (0.1, 0.5, 0.9)) -> DetectorResult:
+    """KS tests on cheap per-image statistics, combined by Bonferroni.
+
+    Statistics: `zero_fraction` and each `pixel_quantiles` column (1 + len(qs) tests).
+    statistic = the largest KS distance; pvalue = min(1, tests * smallest p-value). Many
+    ties (e.g. the 10 % quantile is 0 for every image) only make the KS p-values
+    conservative; a statistic constant and equal on both sides gives p = 1.
+    """
+    reference_shape = np.shape(reference_images)[1:]
+    deployment_shape = np.shape(deployment_images)[1:]
+    if reference_shape != deployment_shape:
+        raise ShiftwatchError(f"reference images have shape {reference_shape} but deployment "
+                              f"images {deployment_shape}; resize one side to match")
+    reference = _image_statistics(reference_images, "reference_images", qs)
+    deployment = _image_statistics(deployment_images, "deployment_images", qs)
+    return _bonferroni(*_ks_columns(reference, deployment))
+
+
+def _image_statistics(images: np.ndarray, name: str, qs: Sequence[float]) -> np.ndarray:
+    _features(images, name)  # validates with the caller's argument name
+    return np.column_stack([zero_fraction(images), pixel_quantiles(images, qs)])
+
+
+# ---------------------------------------------------------------- Holm–Bonferroni
+
+@dataclass(frozen=True)
+class HolmResult:
+    """Holm–Bonferroni verdict: `reject` (any detector alarms), Holm-adjusted p-values by
+    detector name, and the names rejected at the level used."""
+    reject: bool
+    adjusted: dict[str, float]
+    rejected: tuple[str, ...]
+
+
+def holm(pvalues: Mapping[str, float | None], alpha: float = 0.05) -> HolmResult:
+    """Holm's step-down procedure over several detectors' p-values (family-wise error ≤ alpha).
+
+    Adjusted p-value of the i-th smallest of m: max_{j≤i} min(1, (m - j + 1) p_(j)); a
+    detector is rejected when its adjusted p-value is < alpha (strict, as `detect_drift`
+    compares p-values). Detectors whose p-value is None (e.g. KL, which has none) are skipped
+    and left out of `adjusted`; with none left, nothing is rejected.
+    """
+    if not 0 < alpha < 1:
+        raise ShiftwatchError(f"alpha = {alpha}; pass a significance level in (0, 1)")
+    tested = {name: p for name, p in pvalues.items() if p is not None}
+    for name, p in tested.items():
+        if not 0 <= p <= 1:  # also catches NaN
+            raise ShiftwatchError(f"p-value of {name!r} is {p}; a p-value must lie in [0, 1]")
+    names = sorted(tested, key=tested.get)
+    scaled = [min(1.0, (len(names) - rank) * tested[name]) for rank, name in enumerate(names)]
+    # The running maximum keeps adjusted p-values in the order of the raw ones (step-down).
+    adjusted = dict(zip(names, np.maximum.accumulate(scaled).tolist() if names else []))
+    rejected = tuple(name for name in names if adjusted[name] < alpha)
+    return HolmResult(bool(rejected), {name: adjusted[name] for name in tested}, rejected)
+
+
+# ---------------------------------------------------------------- helpers
+
+def _ks_columns(reference: np.ndarray, deployment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    results = [stats.ks_2samp(reference[:, k], deployment[:, k]) for k in range(reference.shape[1])]
+    return (np.array([r.statistic for r in results], dtype=float),
+            np.array([r.pvalue for r in results], dtype=float))
+
+
+def _bonferroni(statistics: np.ndarray, pvalues: np.ndarray) -> DetectorResult:
+    return DetectorResult(float(statistics.max()), float(min(1.0, len(pvalues) * pvalues.min())))
+
+
+def _probabilities(reference: np.ndarray, deployment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    for name, array in (("reference_probs", reference), ("deployment_probs", deployment)):
+        if np.ndim(array) != 2:
+            raise ShiftwatchError(f"{name} has shape {np.shape(array)}; pass softmax outputs "
+                                  "as a 2-D array (samples, classes)")
+    reference = _features(reference, "reference_probs")
+    deployment = _features(deployment, "deployment_probs")
+    _same_width(reference, deployment, "classes")
+    return reference, deployment
+
+
+def _features(array: np.ndarray, name: str, minimum: int = 1, as_float: bool = True) -> np.ndarray:
+    """`array` as a 2-D (samples, features) view; rejects too few rows and NaN/inf."""
+    array = np.asarray(array)
+    if array.ndim == 0 or len(array) < minimum:
+        raise ShiftwatchError(f"{name} has {0 if array.ndim == 0 else len(array)} rows; "
+                              f"pass at least {minimum} sample(s) along the first axis")
+    if array.size == 0:
+        raise ShiftwatchError(f"{name} has shape {array.shape} with no values per sample; "
+                              "pass at least one feature per row")
+    flat = array.reshape(len(array), -1)
+    if as_float:
+        flat = flat.astype(np.float64, copy=False)
+    if not np.isfinite(flat).all():
+        raise ShiftwatchError(f"{name} contains NaN or infinite values; drop or impute those "
+                              "rows before testing")
+    return flat
+
+
+def _same_width(a: np.ndarray, b: np.ndarray, what: str = "features") -> None:
+    if a.shape[1] != b.shape[1]:
+        raise ShiftwatchError(f"the two samples have {a.shape[1]} and {b.shape[1]} {what} per "
+                              "row; pass arrays with the same trailing shape")

@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+from scipy import stats
+
+from shiftwatch import ShiftwatchError
+from shiftwatch.power import (AlarmRate, FalseAlarmRate, detection_rate, false_alarm_rate,
+                              wilson_interval)
+from shiftwatch.twosample import bbsd_ks
+
+ALPHA = 0.05
+
+
+def _population(rng, mean, size=100_000):
+    """N(mean, 1) draws standardised to exactly that mean and unit variance, so a sample of
+    n rows (without replacement, n << size) has a mean distributed as N(mean, 1/n)."""
+    values = rng.normal(size=size)
+    return (values - values.mean()) / values.std() + mean
+
+
+def _z_test(_reference, deployment):
+    """Two-sided one-sample z-test of H0: mean 0, known sd 1 (ignores the reference)."""
+    return 2 * stats.norm.sf(abs(deployment.mean()) * np.sqrt(len(deployment)))
+
+
+def _z_test_power(shift, n, alpha=ALPHA):
+    z, drift = stats.norm.isf(alpha / 2), shift * np.sqrt(n)
+    return stats.norm.cdf(drift - z) + stats.norm.cdf(-drift - z)
+
+
+def test_detection_rate_matches_the_z_test_power_formula(rng):
+    reference, shifted = _population(rng, 0.0), _population(rng, 0.3)
+    points = detection_rate(reference, shifted, _z_test, ns=(10, 25, 50), repetitions=400, seed=1)
+    assert [p.n for p in points] == [10, 25, 50]
+    for point in points:
+        truth = _z_test_power(0.3, point.n)  # 0.16, 0.32, 0.56
+        assert point.ci_low <= truth <= point.ci_high, (point, truth)
+        assert point.rate == point.alarms / point.repetitions
+    assert points[0].rate < points[1].rate < points[2].rate
+
+
+def test_false_alarm_rate_of_a_calibrated_test_is_alpha(rng):
+    reference, held_out = _population(rng, 0.0), _population(rng, 0.0)
+    [point] = false_alarm_rate(reference, held_out, _z_test, ns=[20], repetitions=1000, seed=2)
+    assert isinstance(point, FalseAlarmRate)
+    assert point.ci_low <= ALPHA <= point.ci_high
+    assert not point.miscalibrated and point.excess_pvalue > 0.05
+
+
+def test_false_alarm_rate_flags_a_miscalibrated_test(rng):
+    reference, held_out = _population(rng, 0.0), _population(rng, 0.0)
+    halved = lambda a, b: _z_test(a, b) / 2  # noqa: E731  (alarms at 2 alpha)
+    [point] = false_alarm_rate(reference, held_out, halved, ns=[20], repetitions=1000, seed=2)
+    assert point.miscalibrated and point.excess_pvalue < 1e-6
+    assert point.ci_low <= 2 * ALPHA <= point.ci_high
+
+
+def test_known_alarm_probabilities():
+    rows = np.arange(100.0)
+    always = detection_rate(rows, rows, lambda a, b: 0.0, ns=[5], repetitions=50)[0]
+    never = detection_rate(rows, rows, lambda a, b: 1.0, ns=[5], repetitions=50)[0]
+    assert (always.rate, always.ci_high) == (1.0, 1.0)
+    assert (never.rate, never.ci_low) == (0.0, 0.0)
+    # p = alpha exactly is no alarm: detectors alarm on p < alpha, as detect_drift does
+    assert detection_rate(rows, rows, lambda a, b: ALPHA, ns=[5], repetitions=10)[0].alarms == 0
+
+
+def test_samples_are_drawn_as_documented():
+    reference, deployment = np.arange(30.0).reshape(10, 3), np.arange(20.0)
+    seen = []
+
+    def spy(ref, dep):
+        seen.append((ref.shape, len(np.unique(dep)), len(dep)))
+        return 1.0
+
+    detection_rate(reference, deployment, spy, ns=[20], repetitions=3)
+    assert seen == [((10, 3), 20, 20)] * 3  # whole reference; n = len: a permutation, no repeats
+    seen.clear()
+    detection_rate(reference, deployment, spy, ns=[25], repetitions=2, reference_size=4)
+    assert [s[0] for s in seen] == [(4, 3)] * 2 and all(s[1] <= 20 and s[2] == 25 for s in seen)
+
+
+def test_results_are_seeded_and_independent_of_the_other_sizes(rng):
+    reference, shifted = _population(rng, 0.0, 1000), _population(rng, 0.2, 1000)
+    both = detection_rate(reference, shifted, _z_test, ns=(10, 40), repetitions=100, seed=3)
+    alone = detection_rate(reference, shifted, _z_test, ns=[40], repetitions=100, seed=3)
+    assert both[1] == alone[0]
+    other = detection_rate(reference, shifted, _z_test, ns=[40], repetitions=100, seed=4)
+    assert other[0] != alone[0]
+
+
+def test_wilson_interval_known_answers():
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)
+    k, n, z = 37, 200, stats.norm.isf(0.025)
+    centre = (k + z * z / 2) / (n + z * z)
+    half = z / (n + z * z) * np.sqrt(k * (n - k) / n + z * z / 4)
+    assert wilson_interval(k, n) == pytest.approx((centre - half, centre + half))
+
+
+def test_works_with_a_real_detector_returning_detector_results():
+    rng = np.random.default_rng(4)
+
+    def softmax(n):
+        e = np.exp(rng.normal(0, 2, (n, 10)))
+        return e / e.sum(axis=1, keepdims=True)
+
+    [point] = false_alarm_rate(softmax(500), softmax(500), bbsd_ks, ns=[50], repetitions=60)
+    assert isinstance(point, AlarmRate) and not point.miscalibrated
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ns": []}, "ns"),
+    ({"ns": [0]}, "ns"),
+    ({"repetitions": 0}, "repetitions"),
+    ({"alpha": 1.5}, "alpha"),
+    ({"reference_size": 0}, "sample size"),
+])
+def test_bad_parameters_raise_one_line(kwargs, message):
+    arguments = dict(reference=np.zeros(5), deployment=np.zeros(5), detector=lambda a, b: 0.5,
+                     ns=[3], repetitions=2) | kwargs
+    with pytest.raises(ShiftwatchError, match=message) as err:
+        detection_rate(**arguments)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("pvalue", [None, float("nan"), 1.5])
+def test_detector_must_return_a_pvalue(pvalue):
+    with pytest.raises(ShiftwatchError, match="p-value"):
+        detection_rate(np.zeros(5), np.zeros(5), lambda a, b: pvalue, ns=[3], repetitions=1)
+
+
+def test_empty_inputs_raise():
+    with pytest.raises(ShiftwatchError, match="deployment is empty"):
+        detection_rate(np.zeros(5), np.zeros(0), lambda a, b: 0.5, ns=[3], repetitions=1)
+    with pytest.raises(ShiftwatchError, match="level"):
+        false_alarm_rate(np.zeros(5), np.zeros(5), lambda a, b: 0.5, ns=[3], repetitions=1, level=0)

@@ -1,0 +1,294 @@
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from shiftwatch import ShiftwatchError
+from shiftwatch.detectors import label_proportion_test
+from shiftwatch.twosample import (bbsd_chi2, bbsd_ks, bbsd_ks_columns, holm, image_stats_test,
+                                  median_bandwidth, mmd2_unbiased, mmd_test, pixel_quantiles,
+                                  rbf_kernel, zero_fraction)
+
+ALPHA = 0.05
+
+
+def _softmax(rng, n, classes=10, boost=0.0):
+    """Softmax outputs of random logits; `boost` raises class 0's logit (a label shift)."""
+    logits = rng.normal(0, 2, (n, classes))
+    logits[:, 0] += boost
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _images(rng, n, brightness=0.0):
+    """FashionMNIST-like: about half the pixels exactly black, the rest uniform."""
+    images = np.where(rng.random((n, 28, 28)) < 0.5, 0.0, rng.random((n, 28, 28)))
+    return np.clip(images + brightness, 0, 1)
+
+
+def _calibration_failures(pvalues, exact):
+    """Why these null p-values are not those of a level-alpha test ([] when they are).
+
+    Exact tests must look uniform (two-sided KS); Bonferroni-combined ones are conservative
+    by design, so they must only not sit *above* the uniform CDF (one-sided KS).
+    """
+    pvalues = np.asarray(pvalues)
+    failures = []
+    if np.mean(pvalues < ALPHA) > 0.1:
+        failures.append(f"false-positive rate {np.mean(pvalues < ALPHA):.3f} > 0.1")
+    ks = stats.kstest(pvalues, "uniform", alternative="two-sided" if exact else "greater")
+    if ks.pvalue < 0.01:
+        failures.append(f"p-values not (super-)uniform: KS p = {ks.pvalue:.2g}")
+    return failures
+
+
+def _null_pvalues(test, draw, rng, repetitions):
+    return [test(draw(rng), draw(rng)) for _ in range(repetitions)]
+
+
+# ---------------------------------------------------------------- BBSD
+
+def test_bbsd_ks_is_bonferroni_over_per_class_ks(rng):
+    a, b = _softmax(rng, 300), _softmax(rng, 200, boost=0.5)
+    per_class = [stats.ks_2samp(a[:, k], b[:, k]) for k in range(10)]
+    statistics, pvalues = bbsd_ks_columns(a, b)
+    np.testing.assert_allclose(pvalues, [r.pvalue for r in per_class])
+    result = bbsd_ks(a, b)
+    assert result.statistic == pytest.approx(max(r.statistic for r in per_class))
+    assert result.pvalue == pytest.approx(min(1.0, 10 * min(r.pvalue for r in per_class)))
+    assert bbsd_ks(a, a).pvalue == 1.0  # capped at 1
+
+
+def test_bbsd_ks_null_pvalues_are_valid_and_the_check_catches_no_bonferroni():
+    rng = np.random.default_rng(1)
+    draws = [(_softmax(rng, 100), _softmax(rng, 100)) for _ in range(200)]
+    corrected = [bbsd_ks(a, b).pvalue for a, b in draws]
+    assert _calibration_failures(corrected, exact=False) == []
+    uncorrected = [bbsd_ks_columns(a, b)[1].min() for a, b in draws]
+    assert _calibration_failures(uncorrected, exact=False)  # the check has teeth
+
+
+def test_bbsd_chi2_null_pvalues_are_uniform():
+    rng = np.random.default_rng(2)
+    pvalues = _null_pvalues(lambda a, b: bbsd_chi2(a, b).pvalue, lambda r: _softmax(r, 200),
+                            rng, 200)
+    assert _calibration_failures(pvalues, exact=True) == []
+
+
+def test_bbsd_chi2_is_label_proportion_test_on_argmax_and_detects_label_shift(rng):
+    a, b = _softmax(rng, 500), _softmax(rng, 500, boost=1.5)
+    expected = label_proportion_test(a.argmax(1), b.argmax(1), 10)
+    assert bbsd_chi2(a, b) == expected
+    assert expected.pvalue < 1e-6
+
+
+def test_bbsd_detects_label_shift_the_ks_way(rng):
+    assert bbsd_ks(_softmax(rng, 500), _softmax(rng, 500, boost=1.0)).pvalue < 1e-4
+
+
+@pytest.mark.parametrize("a, b, message", [
+    (np.ones(5), np.ones((5, 2)), "2-D"),
+    (np.ones((5, 3)), np.ones((5, 2)), "3 and 2 classes"),
+    (np.ones((0, 3)), np.ones((5, 3)), "0 rows"),
+    (np.full((5, 3), np.nan), np.ones((5, 3)), "NaN"),
+])
+def test_bbsd_rejects_bad_input_with_one_line(a, b, message):
+    for test in (bbsd_ks, bbsd_chi2):
+        with pytest.raises(ShiftwatchError, match=message) as err:
+            test(a, b)
+        assert "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------- MMD
+
+def _double_loop_mmd2(x, y, bandwidth):
+    k = lambda a, b: np.exp(-np.sum((a - b) ** 2) / (2 * bandwidth ** 2))  # noqa: E731
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(a, b) for a in x for b in y) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_mmd2_unbiased_matches_double_loop(rng):
+    x, y = rng.normal(size=(15, 4)), rng.normal(0.4, 1.0, size=(12, 4))
+    for bandwidth in (0.5, 2.0):
+        expected = _double_loop_mmd2(x, y, bandwidth)
+        assert mmd2_unbiased(x, y, bandwidth) == pytest.approx(expected, rel=1e-10)
+    # mmd_test reports the same estimate when nothing is subsampled
+    assert mmd_test(x, y, bandwidth=2.0).statistic == pytest.approx(expected, rel=1e-10)
+
+
+def test_mmd2_unbiased_blockwise_equals_dense_and_flattens_images(rng):
+    x, y = rng.random((600, 3, 3)), rng.random((300, 3, 3))  # 600 rows: several 256-row blocks
+    kxx, kyy, kxy = (rbf_kernel(a, b, 0.7) for a, b in ((x, x), (y, y), (x, y)))
+    dense = ((kxx.sum() - 600) / (600 * 599) + (kyy.sum() - 300) / (300 * 299) - 2 * kxy.mean())
+    assert mmd2_unbiased(x, y, 0.7) == pytest.approx(dense, rel=1e-9, abs=1e-12)
+
+
+def test_mmd2_is_unbiased_under_the_null_and_the_check_catches_the_biased_estimator():
+    rng = np.random.default_rng(3)
+    unbiased, biased = [], []
+    for _ in range(200):
+        x, y = rng.normal(size=(20, 3)), rng.normal(size=(20, 3))
+        unbiased.append(mmd2_unbiased(x, y, 1.5))
+        biased.append(rbf_kernel(x, x, 1.5).mean() + rbf_kernel(y, y, 1.5).mean()
+                      - 2 * rbf_kernel(x, y, 1.5).mean())  # the V-statistic
+    for values, centred in ((unbiased, True), (biased, False)):
+        t = np.mean(values) / (np.std(values, ddof=1) / np.sqrt(len(values)))
+        assert (abs(t) < 3) == centred
+
+
+def test_mmd_permutation_null_pvalues_are_uniform():
+    rng = np.random.default_rng(4)
+    draw = lambda r: r.normal(size=(30, 5))  # noqa: E731
+    pvalues = [mmd_test(draw(rng), draw(rng), n_permutations=99, seed=s).pvalue for s in range(150)]
+    assert set(np.round(np.array(pvalues) * 100, 6)) <= set(range(1, 101))  # (1 + k) / (1 + B)
+    assert _calibration_failures(pvalues, exact=True) == []
+
+
+def test_mmd_linear_null_pvalues_are_uniform():
+    rng = np.random.default_rng(5)
+    draw = lambda r: r.normal(size=(300, 5))  # noqa: E731
+    # A fixed bandwidth (about the median distance in 5-D) keeps this fast; the median
+    # heuristic is exercised under the null by the permutation test above.
+    pvalues = [mmd_test(draw(rng), draw(rng), seed=s, method="linear", bandwidth=3.0).pvalue
+               for s in range(200)]
+    assert _calibration_failures(pvalues, exact=True) == []
+
+
+def test_mmd_detects_half_sigma_mean_shift_at_n200():
+    rng = np.random.default_rng(6)
+    for seed in range(5):
+        x, y = rng.normal(size=(200, 1)), rng.normal(0.5, 1.0, size=(200, 1))
+        assert mmd_test(x, y, n_permutations=200, seed=seed).pvalue < 0.01
+
+
+def test_mmd_identical_points_give_zero_and_pvalue_one():
+    x = np.ones((6, 3))
+    assert median_bandwidth(x, x) == 1.0
+    result = mmd_test(x, x.copy(), n_permutations=50)
+    assert result.statistic == 0.0 and result.pvalue == 1.0
+
+
+def test_median_bandwidth_is_the_median_distance_and_ignores_duplicates():
+    x = np.array([[0.0], [1.0], [1.0]])  # distinct distances from x ∪ y: 1, 1, 3, 2, 2
+    y = np.array([[3.0]])
+    assert median_bandwidth(x, y) == pytest.approx(2.0)
+
+
+def test_mmd_is_seeded(rng):
+    x, y = rng.normal(size=(40, 3)), rng.normal(0.2, 1, size=(50, 3))
+    assert mmd_test(x, y, seed=7) == mmd_test(x, y, seed=7)
+    assert mmd_test(x, y, seed=7, method="linear") == mmd_test(x, y, seed=7, method="linear")
+
+
+def test_mmd_large_inputs_run_fast_in_linear_memory():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((10_000, 512), dtype=np.float32)
+    y = rng.standard_normal((10_000, 512), dtype=np.float32)
+    images = rng.random((10_000, 28, 28), dtype=np.float32)
+    tracemalloc.start()
+    start = time.perf_counter()
+    permutation = mmd_test(x, y, seed=1)
+    other_images = rng.random((10_000, 28, 28), dtype=np.float32)
+    linear = mmd_test(images, other_images, seed=1, method="linear")
+    elapsed = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    for result in (permutation, linear):
+        assert 0 <= result.pvalue <= 1 and np.isfinite(result.statistic)
+    assert elapsed < 20  # ~2 s on two busy cores
+    assert peak < 500e6  # one 20,000 x 20,000 float64 matrix alone would be 3.2 GB
+
+
+def test_mmd_large_path_still_detects_a_shift():
+    rng = np.random.default_rng(9)
+    x, y = rng.normal(size=(3000, 20)), rng.normal(size=(3000, 20))
+    y[:, 0] += 0.5
+    # 500 per side of the quadratic estimator finds this (p at its floor 1/201) ...
+    assert mmd_test(x, y, seed=0, max_per_side=500).pvalue < 0.01
+    # ... the linear-time one, on all 3000 per side, needs a twice larger shift to be as sure.
+    y[:, 0] += 0.5
+    assert mmd_test(x, y, seed=0, method="linear").pvalue < 0.01
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"method": "quadratic"}, "method"),
+    ({"bandwidth": 0.0}, "bandwidth"),
+    ({"n_permutations": 0}, "n_permutations"),
+])
+def test_mmd_rejects_bad_parameters(rng, kwargs, message):
+    with pytest.raises(ShiftwatchError, match=message):
+        mmd_test(rng.normal(size=(10, 2)), rng.normal(size=(10, 2)), **kwargs)
+
+
+def test_mmd_rejects_bad_input(rng):
+    with pytest.raises(ShiftwatchError, match="1 rows"):
+        mmd_test(np.ones((1, 2)), np.ones((5, 2)))
+    with pytest.raises(ShiftwatchError, match="3 and 2 features"):
+        mmd_test(np.ones((5, 3)), np.ones((5, 2)))
+    with pytest.raises(ShiftwatchError, match="NaN"):
+        mmd2_unbiased(np.array([[np.nan], [1.0]]), np.ones((5, 1)), 1.0)
+    with pytest.raises(ShiftwatchError, match="at least 4 rows"):
+        mmd_test(np.ones((3, 2)), np.ones((5, 2)), method="linear")
+
+
+# ---------------------------------------------------------------- image statistics
+
+def test_zero_fraction_and_quantiles_known_answers():
+    images = np.zeros((2, 2, 2))
+    images[1] = [[0.0, 0.2], [0.4, 1.0]]
+    np.testing.assert_allclose(zero_fraction(images), [1.0, 0.25])
+    np.testing.assert_allclose(pixel_quantiles(images, qs=(0.0, 0.5, 1.0)),
+                               [[0, 0, 0], [0, 0.3, 1.0]])
+    assert pixel_quantiles(images).shape == (2, 3)
+    assert zero_fraction((images * 255).astype(np.uint8))[1] == 0.25
+
+
+def test_image_stats_null_pvalues_are_valid():
+    rng = np.random.default_rng(10)
+    pvalues = _null_pvalues(lambda a, b: image_stats_test(a, b).pvalue, lambda r: _images(r, 60),
+                            rng, 150)
+    assert _calibration_failures(pvalues, exact=False) == []
+
+
+def test_image_stats_catch_a_small_brightness_shift(rng):
+    result = image_stats_test(_images(rng, 50), _images(rng, 50, brightness=0.02))
+    assert result.statistic == 1.0  # no brightened image has a zero pixel left
+    assert result.pvalue < 1e-10
+
+
+def test_image_stats_reject_bad_input(rng):
+    with pytest.raises(ShiftwatchError, match="shape"):
+        image_stats_test(_images(rng, 5), np.zeros((5, 14, 14)))
+    with pytest.raises(ShiftwatchError, match="quantiles"):
+        pixel_quantiles(_images(rng, 5), qs=(0.5, 1.5))
+    with pytest.raises(ShiftwatchError, match="deployment_images has 0 rows"):
+        image_stats_test(_images(rng, 5), np.zeros((0, 28, 28)))
+
+
+# ---------------------------------------------------------------- Holm
+
+def test_holm_textbook_example():
+    # Wikipedia, "Holm–Bonferroni method": p = 0.01, 0.04, 0.03, 0.005 at alpha 0.05 rejects
+    # H1 and H4 only; adjusted p-values 0.03, 0.06, 0.06, 0.02.
+    result = holm({"H1": 0.01, "H2": 0.04, "H3": 0.03, "H4": 0.005, "kl": None}, alpha=0.05)
+    assert result.reject
+    assert set(result.rejected) == {"H1", "H4"}
+    assert result.adjusted == pytest.approx({"H1": 0.03, "H2": 0.06, "H3": 0.06, "H4": 0.02})
+
+
+def test_holm_edge_cases():
+    assert holm({"a": 0.5, "b": 0.9}).reject is False
+    assert holm({"a": 0.8}).adjusted == {"a": 0.8}
+    assert holm({"a": 0.025, "b": 0.5}, alpha=0.05).reject is False  # adjusted 0.05: strict <
+    assert holm({"a": 0.6, "b": 0.9}).adjusted == {"a": 1.0, "b": 1.0}  # capped, monotone
+    empty = holm({"kl": None})
+    assert empty.reject is False and empty.adjusted == {}
+    with pytest.raises(ShiftwatchError, match="'a'"):
+        holm({"a": float("nan")})
+    with pytest.raises(ShiftwatchError, match="alpha"):
+        holm({"a": 0.1}, alpha=0)
