@@ -2,9 +2,11 @@
 configuration (2,000 training images, 500 test images, one epoch), read back through MLflow."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -158,5 +160,27 @@ def test_bad_parameter_stops_the_stage_with_one_line_and_no_outputs(repo):
                                      "allowed: input should be less than or equal to 1")
     assert not (broken / "data" / "shifted").exists() and not (broken / "metrics").exists()
 
+    shutil.copy2(repo / "params.yaml", broken / "params.yaml")  # valid params, but no model
     result = _run(broken, sys.executable, "-m", "stages.evaluate", check=False)
     assert result.returncode == 2 and "not found" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_queued_experiment_lands_in_the_main_mlflow_store(repo):
+    _dvc(repo, "exp", "run", "--queue", "-S", "shift.brightness=0.0", "--name", "queued-dark")
+    _dvc(repo, "queue", "start")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = _dvc(repo, "queue", "status").stdout
+        if "queued-dark" in status and not re.search(r"queued-dark\s+\S+( \S+)?\s+(Queued|Running)", status):
+            break
+        time.sleep(5)
+    assert re.search(r"queued-dark.*Success", status), status
+
+    _, runs = _runs(repo)
+    queued = [r for r in runs if r.data.tags.get("dvc.exp_name") == "queued-dark"]
+    assert sorted(r.data.tags.get("dvc.stage", "pipeline") for r in queued) == [
+        "detect", "evaluate", "pipeline", "shift"]
+    parent = next(r for r in queued if r.data.tags.get("shiftwatch.role") == "pipeline")
+    assert parent.data.params["shift.brightness"] == "0.0"
+    assert parent.info.artifact_uri.startswith((repo / "mlartifacts").resolve().as_uri())
+    assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing in a temp clone
