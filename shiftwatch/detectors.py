@@ -87,9 +87,10 @@ def domain_classifier_test(reference: np.ndarray, deployment: np.ndarray, sample
     ])
     is_deployment = np.repeat([0, 1], n)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    # C=0.1: the no-shift case converges in a third of the iterations at C=1 (measured), with
-    # the same verdicts; max_iter bounds the worst case.
-    scores = cross_val_predict(LogisticRegression(C=0.1, max_iter=300), features, is_deployment,
+    # Strong L2 penalty (C=0.01): with nothing to learn (no shift) lbfgs otherwise runs for
+    # hundreds of iterations; at 2,000 images per side this halves the time (5.1 s -> 2.3 s
+    # measured on A vs B_raw) with the same AUCs to +-0.01 on all four deployment sets.
+    scores = cross_val_predict(LogisticRegression(C=0.01, max_iter=300), features, is_deployment,
                                cv=splitter, method="decision_function")
     auc = roc_auc_score(is_deployment, scores)
     pvalue = stats.mannwhitneyu(scores[is_deployment == 1], scores[is_deployment == 0],

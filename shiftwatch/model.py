@@ -109,6 +109,31 @@ def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device:
     return torch.cat(chunks).numpy()
 
 
+def embed(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(penultimate-layer embedding (N, 512), logits (N, 10)) of torchvision's ResNet in one pass."""
+    x = model.maxpool(model.relu(model.bn1(model.conv1(batch))))
+    x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
+    embedding = torch.flatten(model.avgpool(x), 1)
+    return embedding, model.fc(embedding)
+
+
+@torch.inference_mode()
+def predict_with_embeddings(model: nn.Module, images: np.ndarray, batch_size: int,
+                            device: torch.device, desc: str = "embed",
+                            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities (N, 10) and penultimate-layer embeddings (N, 512), eval mode."""
+    model.to(device).eval()
+    probabilities, embeddings = [], []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
+                      disable=not progress, mininterval=2.0):
+        embedding, logits = embed(model, as_batch(images[start:start + batch_size], device))
+        probabilities.append(torch.softmax(logits, dim=1).cpu())
+        embeddings.append(embedding.cpu())
+    if not probabilities:
+        raise ShiftwatchError("cannot predict an empty batch of images")
+    return torch.cat(probabilities).numpy(), torch.cat(embeddings).numpy()
+
+
 def predict_set(model: nn.Module, image_set, batch_size: int, device: torch.device,
                 desc: str) -> "Predictions":
     from shiftwatch.io import Predictions

@@ -6,7 +6,7 @@ with one line naming the key, the value and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -57,6 +57,26 @@ class EvaluateParams(_Strict):
     batch_size: int = Field(1000, ge=1, le=65_536)
 
 
+class MonitorParams(_Strict):
+    alpha: float = Field(0.05, gt=0, lt=1)
+    mmd_permutations: int = Field(200, ge=10, le=10_000)
+    mmd_max_per_side: int = Field(1000, ge=10, le=5000)
+    classifier_samples: int = Field(1000, ge=10)
+    trust_tolerance: float = Field(0.05, gt=0, le=1)
+
+
+class PowerParams(_Strict):
+    repetitions: int = Field(100, ge=1, le=100_000)
+    sizes: list[Annotated[int, Field(ge=2, le=60_000)]] = Field(
+        default_factory=lambda: [10, 20, 50, 100, 200, 500, 1000, 10000], min_length=1)
+    pool: int = Field(3000, ge=10, le=60_000)
+    brightness_levels: list[Annotated[float, Field(ge=-1, le=1)]] = Field(
+        default_factory=lambda: [0.02, 0.05, 0.1])
+    downsample_levels: list[Annotated[int, Field(ge=1, le=28)]] = Field(default_factory=lambda: [14, 7])
+    mmd_permutations: int = Field(100, ge=10, le=10_000)
+    mmd_max_per_side: int = Field(500, ge=10, le=5000)
+
+
 class Params(_Strict):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     data: DataParams = DataParams()
@@ -64,6 +84,8 @@ class Params(_Strict):
     detect: DetectParams = DetectParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    monitor: MonitorParams = MonitorParams()
+    power: PowerParams = PowerParams()
 
     def flat(self, *sections: str) -> dict[str, object]:
         """Dotted keys as DVC shows them ({'shift.brightness': 0.1, ...}), for MLflow.

@@ -70,3 +70,52 @@ def confusion_heatmap(matrix: np.ndarray, title: str, path: str | Path) -> None:
     ax.set_ylabel("true")
     ax.set_title(title)
     _save(fig, path)
+
+
+def estimates_vs_truth(monitor_results: dict, focus_class: int, path: str | Path) -> None:
+    """Left: the focus class's share per deployment set, true vs BBSE vs EM. Right: accuracy,
+    true vs ATC vs average confidence. Estimates use no deployment labels."""
+    names = list(monitor_results)
+    x = np.arange(len(names))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for offset, (key, label) in zip((-0.27, 0, 0.27), (("true", "true"), ("bbse", "BBSE"), ("em", "EM"))):
+        left.bar(x + offset, [monitor_results[n]["label_shift"][f"class_{focus_class}_share_{key}"]
+                              for n in names], width=0.27, label=label)
+    left.set_title(f"share of class {focus_class} ({CLASS_NAMES[focus_class]})")
+    for offset, (key, label) in zip((-0.27, 0, 0.27), (("true", "true"), ("atc", "ATC"),
+                                                       ("average_confidence", "avg. confidence"))):
+        right.bar(x + offset, [monitor_results[n]["accuracy"][key] for n in names], width=0.27, label=label)
+    right.set_title("accuracy: true vs estimated without labels")
+    right.set_ylim(0, 1)
+    for ax in (left, right):
+        ax.set_xticks(x, names)
+        ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def power_curves(power_results: dict, alpha: float, path: str | Path) -> None:
+    """One panel per stream: alarm rate vs deployment sample size per detector, 95 % Wilson band.
+    Null streams (false alarms) first, with the nominal alpha level drawn in."""
+    panels = [(kind, stream, by_detector) for kind, streams in power_results.items()
+              for stream, by_detector in streams.items()]
+    columns = 4
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, (kind, stream, by_detector) in zip(axes.flat, panels):
+        for detector, points in by_detector.items():
+            sizes = [int(n) for n in points]
+            ax.plot(sizes, [p["rate"] for p in points.values()], marker="o", markersize=3,
+                    label=detector, linewidth=2.5 if detector == "combined" else 1.2)
+            ax.fill_between(sizes, [p["ci_low"] for p in points.values()],
+                            [p["ci_high"] for p in points.values()], alpha=0.12)
+        if kind == "false_alarms":
+            ax.axhline(alpha, color="black", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{'false alarms' if kind == 'false_alarms' else 'detection'}: {stream}", fontsize=9)
+        ax.set_xlabel("deployment images (n)", fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)

@@ -5,18 +5,24 @@ p-value (a float, or an object with a `.pvalue` such as DetectorResult). The rou
 many seeded deployment samples of each size n from precomputed arrays (softmax outputs,
 images, features: anything with samples along the first axis), call the detector on each,
 and report the share of p-values below alpha with a 95 % Wilson confidence interval.
+`detection_rates` / `false_alarm_rates` show every draw to several detectors at once and add
+their combined Holm–Bonferroni verdict.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
+from shiftwatch.twosample import holm
 
 Detector = Callable[[np.ndarray, np.ndarray], object]
+# Key of the Holm–Bonferroni verdict in `detection_rates` / `false_alarm_rates`.
+COMBINED = "combined"
+_SINGLE = "detector"
 
 
 @dataclass(frozen=True)
@@ -63,9 +69,10 @@ def detection_rate(reference: np.ndarray, deployment: np.ndarray, detector: Dete
     use np.random.default_rng([seed, n]), so a size's result does not depend on the other
     sizes asked for. With a fixed reference the draws are independent only given that
     reference, so the interval describes the detector *for this reference*.
+    `detection_rates` runs several detectors on the same draws.
     """
-    return [_alarm_rate(reference, deployment, detector, n, repetitions, alpha, seed,
-                        reference_size, confidence) for n in _sizes(ns)]
+    return detection_rates(reference, deployment, {_SINGLE: detector}, ns, repetitions, alpha,
+                           seed, reference_size, confidence, combine=None)[_SINGLE]
 
 
 def false_alarm_rate(reference: np.ndarray, held_out: np.ndarray, detector: Detector,
@@ -78,12 +85,60 @@ def false_alarm_rate(reference: np.ndarray, held_out: np.ndarray, detector: Dete
     it (a sample compared with itself alarms too rarely). A calibrated detector alarms in
     about alpha of the draws; each point is flagged `miscalibrated` when a one-sided binomial
     test of H0: rate ≤ alpha rejects at `level` (too many alarms; too few is only a loss of
-    power and is not flagged).
+    power and is not flagged). `false_alarm_rates` runs several detectors on the same draws.
     """
+    return false_alarm_rates(reference, held_out, {_SINGLE: detector}, ns, repetitions, alpha,
+                             seed, reference_size, confidence, level, combine=None)[_SINGLE]
+
+
+def detection_rates(reference: np.ndarray, deployment: np.ndarray,
+                    detectors: Mapping[str, Detector], ns: Iterable[int], repetitions: int,
+                    alpha: float = 0.05, seed: int = 0, reference_size: int | None = None,
+                    confidence: float = 0.95,
+                    combine: str | None = "holm") -> dict[str, list[AlarmRate]]:
+    """`detection_rate` for several detectors on the very same draws, by detector name.
+
+    Each draw (same sampling and seeding as `detection_rate`: np.random.default_rng([seed, n])
+    per size) is shown to every detector, so each detector's alarms are exactly those
+    `detection_rate` gives it with the same seed, and the detectors' differences are not
+    sampling noise between separate draws. With combine="holm" (default) the result also has
+    an entry "combined": a draw alarms when Holm–Bonferroni over that draw's p-values rejects
+    at alpha (`shiftwatch.twosample.holm`, adjusted p < alpha), the family-wise verdict a
+    monitor would raise. combine=None leaves it out.
+    """
+    names = _names(detectors, combine)
+    sizes = _sizes(ns)
+    _check_probability(alpha, "alpha")
+    if repetitions < 1:
+        raise ShiftwatchError(f"repetitions = {repetitions}; pass at least 1")
+    for name, array in (("reference", reference), ("deployment", deployment)):
+        if np.ndim(array) == 0 or len(array) == 0:
+            raise ShiftwatchError(f"{name} is empty; pass at least one sample along the first axis")
+    rates: dict[str, list[AlarmRate]] = {name: [] for name in names}
+    for n in sizes:
+        alarms = _alarm_counts(reference, deployment, detectors, n, repetitions, alpha, seed,
+                               reference_size, combine is not None)
+        for name in names:
+            low, high = wilson_interval(alarms[name], repetitions, confidence)
+            rates[name].append(AlarmRate(n, alarms[name], repetitions, alarms[name] / repetitions,
+                                         low, high))
+    return rates
+
+
+def false_alarm_rates(reference: np.ndarray, held_out: np.ndarray,
+                      detectors: Mapping[str, Detector], ns: Iterable[int], repetitions: int,
+                      alpha: float = 0.05, seed: int = 0, reference_size: int | None = None,
+                      confidence: float = 0.95, level: float = 0.05,
+                      combine: str | None = "holm") -> dict[str, list[FalseAlarmRate]]:
+    """`false_alarm_rate` for several detectors on the same draws (see `detection_rates`),
+    plus the "combined" Holm verdict unless combine=None. Holm keeps the family-wise error
+    of the combined verdict ≤ alpha whatever the dependence between the detectors, so a
+    `miscalibrated` "combined" entry means a detector's own p-values are not valid."""
     _check_probability(level, "level")
-    points = detection_rate(reference, held_out, detector, ns, repetitions, alpha, seed,
-                            reference_size, confidence)
-    return [_with_calibration(point, alpha, level) for point in points]
+    rates = detection_rates(reference, held_out, detectors, ns, repetitions, alpha, seed,
+                            reference_size, confidence, combine)
+    return {name: [_with_calibration(point, alpha, level) for point in points]
+            for name, points in rates.items()}
 
 
 def _with_calibration(point: AlarmRate, alpha: float, level: float) -> FalseAlarmRate:
@@ -92,22 +147,36 @@ def _with_calibration(point: AlarmRate, alpha: float, level: float) -> FalseAlar
                           miscalibrated=bool(excess < level))
 
 
-def _alarm_rate(reference: np.ndarray, deployment: np.ndarray, detector: Detector, n: int,
-                repetitions: int, alpha: float, seed: int, reference_size: int | None,
-                confidence: float) -> AlarmRate:
-    _check_probability(alpha, "alpha")
-    if repetitions < 1:
-        raise ShiftwatchError(f"repetitions = {repetitions}; pass at least 1")
-    for name, array in (("reference", reference), ("deployment", deployment)):
-        if np.ndim(array) == 0 or len(array) == 0:
-            raise ShiftwatchError(f"{name} is empty; pass at least one sample along the first axis")
+def _alarm_counts(reference: np.ndarray, deployment: np.ndarray,
+                  detectors: Mapping[str, Detector], n: int, repetitions: int, alpha: float,
+                  seed: int, reference_size: int | None, combined: bool) -> dict[str, int]:
+    """Alarms per detector, plus COMBINED (Holm) when `combined`, over `repetitions` draws of
+    size n, every detector seeing the same draws."""
     rng = np.random.default_rng([seed, n])
-    alarms = 0
+    alarms = dict.fromkeys(detectors, 0) | ({COMBINED: 0} if combined else {})  # names differ
     for _ in range(repetitions):
         ref = reference if reference_size is None else _draw(reference, reference_size, rng)
-        alarms += _pvalue(detector(ref, _draw(deployment, n, rng))) < alpha
-    low, high = wilson_interval(alarms, repetitions, confidence)
-    return AlarmRate(n, int(alarms), repetitions, alarms / repetitions, low, high)
+        dep = _draw(deployment, n, rng)
+        pvalues = {name: _pvalue(detector(ref, dep)) for name, detector in detectors.items()}
+        for name, pvalue in pvalues.items():
+            alarms[name] += pvalue < alpha
+        if combined:
+            alarms[COMBINED] += holm(pvalues, alpha).reject
+    return {name: int(count) for name, count in alarms.items()}
+
+
+def _names(detectors: Mapping[str, Detector], combine: str | None) -> list[str]:
+    if combine not in (None, "holm"):
+        raise ShiftwatchError(f"combine = {combine!r}; use 'holm' or None")
+    names = list(detectors)
+    if not names:
+        raise ShiftwatchError("detectors is empty; pass at least one named detector")
+    if combine is not None:
+        if COMBINED in names:
+            raise ShiftwatchError(f"a detector is named {COMBINED!r}, the name of the combined "
+                                  "verdict; rename it or pass combine=None")
+        names.append(COMBINED)
+    return names
 
 
 def _draw(rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -92,8 +92,64 @@ def benchmark_table() -> str:
     return "\n".join(rows)
 
 
+def monitor_table() -> str:
+    monitor = _load("metrics/monitor.json")
+    detectors = list(monitor["b_raw"]["tests"])
+    rows = ["| test set vs | " + " | ".join(detectors) + " | Holm verdict |",
+            "|---|" + "---|" * (len(detectors) + 1)]
+    for name in SETS:
+        tests = monitor[name]["tests"]
+        rows.append(f"| {name} | " + " | ".join(_num(tests[d]["pvalue"]) for d in detectors)
+                    + f" | {'**drift**' if monitor[name]['drift'] else 'no drift'} |")
+    return "\n".join(rows) + "\n\n(cells: p-values before the Holm correction)"
+
+
+def estimates_table() -> str:
+    monitor = _load("metrics/monitor.json")
+    rows = ["| set | class-7 share: true | BBSE | EM | trust flag | accuracy: true | ATC | avg. confidence |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name in SETS:
+        shift, accuracy = monitor[name]["label_shift"], monitor[name]["accuracy"]
+        flag = "untrustworthy" if shift["untrustworthy"] else "ok"
+        rows.append(f"| {name} | {_num(shift['class_7_share_true'])} | {_num(shift['class_7_share_bbse'])} | "
+                    f"{_num(shift['class_7_share_em'])} | {flag} | {_num(accuracy['true'])} | "
+                    f"{_num(accuracy['atc'])} | {_num(accuracy['average_confidence'])} |")
+    return "\n".join(rows)
+
+
+def _rate_table(streams: dict) -> str:
+    sizes = sorted({int(n) for by_detector in streams.values() for points in by_detector.values()
+                    for n in points})
+    rows = ["| stream | detector | " + " | ".join(f"n={n:,}" for n in sizes) + " |",
+            "|---|---|" + "---|" * len(sizes)]
+    for stream, by_detector in streams.items():
+        for detector, points in by_detector.items():
+            cells = []
+            for n in sizes:
+                p = points.get(str(n))
+                if p is None:
+                    cells.append("—")
+                else:
+                    cell = f"{p['rate']:.2f}"
+                    if p.get("miscalibrated"):
+                        cell = f"**{cell}** ✗"
+                    cells.append(cell)
+            name = f"**{detector}**" if detector == "combined" else detector
+            rows.append(f"| {stream} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def false_alarm_table() -> str:
+    return _rate_table(_load("metrics/power.json")["false_alarms"])
+
+
+def power_table() -> str:
+    return _rate_table(_load("metrics/power.json")["detection"])
+
+
 TABLES = {"detection": detection_table, "accuracy": accuracy_table, "study": study_table,
-          "benchmark": benchmark_table}
+          "benchmark": benchmark_table, "monitor": monitor_table, "estimates": estimates_table,
+          "false-alarms": false_alarm_table, "power": power_table}
 
 
 def refresh(text: str) -> str:

@@ -95,3 +95,16 @@ def test_imagenet_weights_initialise_the_gray_conv_from_rgb(monkeypatch, tmp_pat
 
 def _offline(*args, **kwargs):
     raise OSError("no network")
+
+
+def test_embeddings_feed_the_classifier_head():
+    images, _ = _toy(8)
+    model = build_resnet18(seed=2)
+    from shiftwatch.model import predict_with_embeddings
+
+    probabilities, embeddings = predict_with_embeddings(model, images, 3, CPU, progress=False)
+    assert embeddings.shape == (8, 512)
+    np.testing.assert_allclose(probabilities, predict_proba(model, images, 3, CPU, progress=False),
+                               atol=1e-6)
+    with pytest.raises(ShiftwatchError, match="empty"):
+        predict_with_embeddings(model, images[:0], 3, CPU, progress=False)

@@ -18,8 +18,11 @@ from conftest import REPO, needs_fashion_mnist
 pytestmark = needs_fashion_mnist
 
 SMALL = {"data": {"max_train_images": 2000, "max_test_images": 500},
-         "train": {"epochs": 1}, "detect": {"classifier_samples": 300}}
-STAGES = ("prepare", "shift", "detect", "train", "evaluate")
+         "train": {"epochs": 1}, "detect": {"classifier_samples": 300},
+         "monitor": {"classifier_samples": 200, "mmd_permutations": 50},
+         "power": {"repetitions": 10, "sizes": [10, 100], "pool": 300, "mmd_permutations": 20}}
+STAGES = ("prepare", "shift", "detect", "train", "evaluate", "monitor", "power")
+SHIFT_STAGES = ("shift", "detect", "evaluate", "monitor", "power")
 
 
 def _env(repo: Path) -> dict[str, str]:
@@ -92,7 +95,9 @@ def test_repro_writes_every_output_and_metric(repo):
     for path in ("data/prepared/domain_a.npz", "data/shifted/b_shift.npz", "models/resnet18.pt",
                  "data/predictions/b_shift.npz", "metrics/plots/samples.png",
                  "metrics/plots/mean_pixel_b_shift.png", "metrics/plots/confusion_b_shift.png",
-                 "metrics/confusion/b_shift.csv", "metrics/train_history.csv"):
+                 "metrics/confusion/b_shift.csv", "metrics/train_history.csv",
+                 "data/monitor/b_shift.npz", "metrics/plots/monitor_estimates.png",
+                 "metrics/power/b_label.csv", "metrics/plots/power.png"):
         assert (repo / path).is_file(), path
     prepare = _metrics(repo, "prepare")
     assert prepare["n"] == {"domain_a": 1400, "domain_b": 600, "test": 500}
@@ -104,6 +109,14 @@ def test_repro_writes_every_output_and_metric(repo):
     assert set(evaluate["accuracy"]) == {"domain_a_train", "test", "b_raw", "b_covariate",
                                          "b_label", "b_shift"}
     assert set(evaluate["class_7"]["b_shift"]) == {"precision", "recall", "f1"}
+    monitor = _metrics(repo, "monitor")
+    assert monitor["b_shift"]["drift"] == 1 and monitor["b_shift"]["tests"]["image_stats"]["pvalue"] < 1e-6
+    assert {"class_7_share_true", "class_7_share_bbse", "class_7_share_em"} <= set(monitor["b_label"]["label_shift"])
+    assert {"true", "atc", "average_confidence"} == set(monitor["b_covariate"]["accuracy"])
+    power = _metrics(repo, "power")
+    assert set(power["false_alarms"]) == {"b_raw", "domain_a_train"}
+    assert set(power["detection"]["b_shift"]["combined"]) == {"10", "100"}
+    assert power["detection"]["brightness_0.02"]["image_stats"]["100"]["rate"] == 1.0
     shift = _metrics(repo, "shift")
     assert shift["b_shift"]["n"] == shift["b_label"]["n"] < shift["b_raw"]["n"]
     assert shift["b_label"]["class_7_share"] < shift["b_raw"]["class_7_share"] / 5
@@ -131,7 +144,7 @@ def test_experiment_reruns_only_what_the_shift_touches(repo):
     result = _dvc(repo, "exp", "run", "-S", "shift.brightness=0.2")
     assert "Stage 'prepare' didn't change, skipping" in result.stdout
     assert "Stage 'train' didn't change, skipping" in result.stdout
-    assert all(f"Running stage '{stage}'" in result.stdout for stage in ("shift", "detect", "evaluate"))
+    assert all(f"Running stage '{stage}'" in result.stdout for stage in SHIFT_STAGES)
     assert (repo / "models" / "resnet18.pt").read_bytes() == model_before
     detect_after = _metrics(repo, "detect")
     assert detect_after["b_raw"] == detect_before["b_raw"]  # untouched by brightness
@@ -178,8 +191,8 @@ def test_queued_experiment_lands_in_the_main_mlflow_store(repo):
 
     _, runs = _runs(repo)
     queued = [r for r in runs if r.data.tags.get("dvc.exp_name") == "queued-dark"]
-    assert sorted(r.data.tags.get("dvc.stage", "pipeline") for r in queued) == [
-        "detect", "evaluate", "pipeline", "shift"]
+    assert sorted(r.data.tags.get("dvc.stage", "pipeline") for r in queued) == sorted(
+        ("pipeline", *SHIFT_STAGES))
     parent = next(r for r in queued if r.data.tags.get("shiftwatch.role") == "pipeline")
     assert parent.data.params["shift.brightness"] == "0.0"
     assert parent.info.artifact_uri.startswith((repo / "mlartifacts").resolve().as_uri())

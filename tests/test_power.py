@@ -3,8 +3,8 @@ import pytest
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.power import (AlarmRate, FalseAlarmRate, detection_rate, false_alarm_rate,
-                              wilson_interval)
+from shiftwatch.power import (AlarmRate, FalseAlarmRate, detection_rate, detection_rates,
+                              false_alarm_rate, false_alarm_rates, wilson_interval)
 from shiftwatch.twosample import bbsd_ks
 
 ALPHA = 0.05
@@ -86,6 +86,93 @@ def test_results_are_seeded_and_independent_of_the_other_sizes(rng):
     assert both[1] == alone[0]
     other = detection_rate(reference, shifted, _z_test, ns=[40], repetitions=100, seed=4)
     assert other[0] != alone[0]
+
+
+def _z_test_first_half(_reference, deployment):
+    return _z_test(None, deployment[:len(deployment) // 2])
+
+
+def _z_test_second_half(_reference, deployment):
+    return _z_test(None, deployment[len(deployment) // 2:])
+
+
+def test_several_detectors_alarm_exactly_as_each_one_alone(rng):
+    reference, shifted = _population(rng, 0.0, 2000), _population(rng, 0.25, 2000)
+    halved = lambda a, b: _z_test(a, b) / 2  # noqa: E731
+    detectors = {"z": _z_test, "first": _z_test_first_half, "halved": halved}
+    for reference_size in (None, 30):
+        kwargs = dict(ns=(10, 40), repetitions=80, seed=5, reference_size=reference_size)
+        rates = detection_rates(reference, shifted, detectors, **kwargs)
+        assert list(rates) == ["z", "first", "halved", "combined"]
+        for name, detector in detectors.items():
+            assert rates[name] == detection_rate(reference, shifted, detector, **kwargs)
+        calibration = false_alarm_rates(reference, shifted, detectors, **kwargs, combine=None)
+        assert list(calibration) == list(detectors)
+        for name, detector in detectors.items():
+            assert calibration[name] == false_alarm_rate(reference, shifted, detector, **kwargs)
+
+
+def test_every_detector_sees_the_same_draws():
+    reference, deployment = np.arange(40.0).reshape(20, 2), np.arange(50.0)
+    seen = {"a": [], "b": []}
+
+    def spy(name):
+        def detector(ref, dep):
+            seen[name].append((ref.tobytes(), dep.tobytes()))
+            return 0.5
+        return detector
+
+    detection_rates(reference, deployment, {"a": spy("a"), "b": spy("b")}, ns=[7, 12],
+                    repetitions=4, reference_size=5)
+    assert len(seen["a"]) == 8 and seen["a"] == seen["b"]
+    assert len(set(seen["a"])) == 8  # fresh draws
+
+
+def test_combined_holm_alarms_when_one_detector_is_certain():
+    rows = np.arange(100.0)
+    detectors = {"sure": lambda a, b: 0.001, "unsure": lambda a, b: 0.9}
+    rates = detection_rates(rows, rows, detectors, ns=[5, 10], repetitions=30)
+    assert [p.alarms for p in rates["sure"]] == [30, 30]
+    assert [p.alarms for p in rates["unsure"]] == [0, 0]
+    assert [(p.n, p.alarms, p.rate) for p in rates["combined"]] == [(5, 30, 1.0), (10, 30, 1.0)]
+    # Holm, not "any detector": two p-values of 0.03 each are adjusted to 0.06, no alarm
+    both = detection_rates(rows, rows, {"a": lambda a, b: 0.03, "b": lambda a, b: 0.03},
+                           ns=[5], repetitions=10)
+    assert both["a"][0].alarms == 10 and both["combined"][0].alarms == 0
+    assert "combined" not in detection_rates(rows, rows, detectors, ns=[5], repetitions=3,
+                                             combine=None)
+    # without combining, "combined" is an ordinary detector name
+    own = detection_rates(rows, rows, {"combined": lambda a, b: 0.9, "x": lambda a, b: 0.001},
+                          ns=[5], repetitions=3, combine=None)
+    assert list(own) == ["combined", "x"] and own["combined"][0].alarms == 0
+
+
+def test_combined_false_alarms_of_independent_calibrated_detectors_stay_at_most_alpha(rng):
+    reference, held_out = _population(rng, 0.0), _population(rng, 0.0)
+    detectors = {"first": _z_test_first_half, "second": _z_test_second_half}
+    rates = false_alarm_rates(reference, held_out, detectors, ns=[40], repetitions=1000, seed=6)
+    for name in ("first", "second"):
+        assert rates[name][0].ci_low <= ALPHA <= rates[name][0].ci_high
+    [combined] = rates["combined"]
+    assert isinstance(combined, FalseAlarmRate)
+    assert combined.ci_low <= ALPHA and not combined.miscalibrated  # 1 - (1 - alpha/2)² ≈ 0.049
+    # The check has teeth: alarming when either detector does (no correction) is flagged.
+    either = lambda a, b: min(_z_test_first_half(a, b), _z_test_second_half(a, b))  # noqa: E731
+    [uncorrected] = false_alarm_rate(reference, held_out, either, ns=[40], repetitions=1000, seed=6)
+    assert uncorrected.miscalibrated and uncorrected.alarms >= combined.alarms
+
+
+@pytest.mark.parametrize("detectors, kwargs, message", [
+    ({}, {}, "detectors is empty"),
+    ({"combined": lambda a, b: 0.5}, {}, "named 'combined'"),
+    ({"a": lambda a, b: 0.5}, {"combine": "fisher"}, "combine"),
+    ({"a": lambda a, b: 0.5, "b": lambda a, b: None}, {}, "p-value"),
+])
+def test_several_detectors_bad_input_raises_one_line(detectors, kwargs, message):
+    for estimate in (detection_rates, false_alarm_rates):
+        with pytest.raises(ShiftwatchError, match=message) as err:
+            estimate(np.zeros(5), np.zeros(5), detectors, ns=[3], repetitions=2, **kwargs)
+        assert "\n" not in str(err.value)
 
 
 def test_wilson_interval_known_answers():

@@ -7,9 +7,10 @@ from scipy import stats
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.detectors import label_proportion_test
-from shiftwatch.twosample import (bbsd_chi2, bbsd_ks, bbsd_ks_columns, holm, image_stats_test,
-                                  median_bandwidth, mmd2_unbiased, mmd_test, pixel_quantiles,
-                                  rbf_kernel, zero_fraction)
+from shiftwatch.twosample import (_shifted_kernel, _split_mmd2, bbsd_chi2, bbsd_ks,
+                                  bbsd_ks_columns, holm, image_stats_test, median_bandwidth,
+                                  mmd2_unbiased, mmd_test, pixel_quantiles, rbf_kernel,
+                                  zero_fraction)
 
 ALPHA = 0.05
 
@@ -139,6 +140,44 @@ def test_mmd2_is_unbiased_under_the_null_and_the_check_catches_the_biased_estima
     for values, centred in ((unbiased, True), (biased, False)):
         t = np.mean(values) / (np.std(values, ddof=1) / np.sqrt(len(values)))
         assert (abs(t) < 3) == centred
+
+
+@pytest.mark.parametrize("m", [2, 5, 9, 15])  # 17 pooled rows: m = n does not occur
+def test_split_quadratic_form_is_exactly_the_unbiased_mmd2(rng, m):
+    pooled, bandwidth = rng.normal(size=(17, 3)), 1.3
+    pooled[:, 0] += np.arange(17) / 17  # not exchangeable: splits differ
+    x_rows = np.array([rng.permutation(17)[:m] for _ in range(6)])
+    fast = _split_mmd2(_shifted_kernel(pooled, bandwidth), x_rows, m)
+    direct = [mmd2_unbiased(pooled[rows], np.delete(pooled, rows, axis=0), bandwidth)
+              for rows in x_rows]
+    np.testing.assert_allclose(fast, direct, rtol=1e-10, atol=1e-14)
+
+
+def test_split_quadratic_form_with_equal_sides_matches_too(rng):
+    pooled = rng.normal(size=(12, 2))
+    x_rows = np.array([rng.permutation(12)[:6] for _ in range(5)])
+    fast = _split_mmd2(_shifted_kernel(pooled, 0.8), x_rows, 6)
+    direct = [mmd2_unbiased(pooled[r], np.delete(pooled, r, axis=0), 0.8) for r in x_rows]
+    np.testing.assert_allclose(fast, direct, rtol=1e-10, atol=1e-14)
+
+
+def test_mmd_permutation_pvalue_equals_the_direct_permutation_test():
+    # Recomputes every permuted statistic with mmd2_unbiased. Mirrors mmd_test's draws: no
+    # subsampling below max_per_side, then the permutations in one batch from rng(seed).
+    rng = np.random.default_rng(12)
+    x, y = rng.normal(size=(9, 3)), rng.normal(0.3, 1.0, size=(6, 3))
+    bandwidth, permutations, seed = 1.5, 60, 3
+    pooled = np.concatenate([x, y])
+    draws = np.random.default_rng(seed).permuted(np.tile(np.arange(15), (permutations, 1)),
+                                                 axis=1)[:, :9]
+    observed = mmd2_unbiased(x, y, bandwidth)
+    permuted = np.array([mmd2_unbiased(pooled[r], np.delete(pooled, r, axis=0), bandwidth)
+                         for r in draws])
+    expected = (1 + np.count_nonzero(permuted >= observed - 1e-12)) / (1 + permutations)
+    result = mmd_test(x, y, n_permutations=permutations, seed=seed, bandwidth=bandwidth)
+    assert 0.05 < expected < 0.95  # a p-value that the ranking decides, not a floor or 1
+    assert result.pvalue == expected
+    assert result.statistic == pytest.approx(observed, rel=1e-10)
 
 
 def test_mmd_permutation_null_pvalues_are_uniform():

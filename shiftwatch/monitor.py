@@ -1,0 +1,133 @@
+"""Model-based monitoring of a deployment set, without its labels.
+
+What the detectors look at is computed once per set (`Features`): softmax outputs and
+penultimate-layer embeddings of the model, and cheap per-image statistics that catch what
+the model ignores. `run_detectors` turns a reference and a deployment `Features` into
+p-values and one Holm-corrected verdict; `label_shift_report` estimates the class mix
+(BBSE and EM) and `accuracy_report` the model's accuracy (ATC, average confidence).
+
+The reference must be held-out in-domain data (the official test set): on the model's own
+training images the softmax outputs are over-confident, and BBSD would alarm on a healthy
+stream (the power stage measures this).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from shiftwatch import NUM_CLASSES
+from shiftwatch.detectors import DetectorResult, ks_test
+from shiftwatch.labelshift import (atc_estimate, atc_fit, average_confidence, bbse, em_priors,
+                                   estimates_disagree, total_variation)
+from shiftwatch.twosample import bbsd_chi2, bbsd_ks, holm, mmd_test, pixel_quantiles, zero_fraction
+
+# Detectors that need only `Features` (cheap enough to repeat in the power stage).
+FEATURE_DETECTORS = ("ks_mean_pixel", "image_stats", "bbsd_ks", "bbsd_chi2", "mmd_embedding")
+
+
+@dataclass(frozen=True)
+class Features:
+    """Per-image views of one set: probabilities (N, 10), embeddings (N, 512) and image
+    statistics (N, 5): mean pixel, share of exactly-zero pixels, 10/50/90 % pixel quantiles."""
+    probabilities: np.ndarray
+    embeddings: np.ndarray
+    image_stats: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def subset(self, rows: np.ndarray) -> "Features":
+        return Features(self.probabilities[rows], self.embeddings[rows], self.image_stats[rows])
+
+
+def image_statistics(images: np.ndarray) -> np.ndarray:
+    flat = images.reshape(len(images), -1)
+    return np.column_stack([flat.mean(axis=1), zero_fraction(images), pixel_quantiles(images)])
+
+
+def features(images: np.ndarray, probabilities: np.ndarray, embeddings: np.ndarray) -> Features:
+    return Features(probabilities, embeddings, image_statistics(images))
+
+
+def feature_detector(name: str, *, seed: int, mmd_permutations: int, mmd_max_per_side: int):
+    """detector(reference: Features, deployment: Features) -> DetectorResult, by name."""
+    def ks_mean_pixel(ref: Features, dep: Features) -> DetectorResult:
+        return ks_test(ref.image_stats[:, 0], dep.image_stats[:, 0])
+
+    def image_stats(ref: Features, dep: Features) -> DetectorResult:
+        # KS on zero share and the three quantiles, Bonferroni over the four.
+        results = [ks_test(ref.image_stats[:, c], dep.image_stats[:, c]) for c in range(1, 5)]
+        return DetectorResult(max(r.statistic for r in results),
+                              min(1.0, 4 * min(r.pvalue for r in results)))
+
+    def mmd_embedding(ref: Features, dep: Features) -> DetectorResult:
+        return mmd_test(ref.embeddings, dep.embeddings, n_permutations=mmd_permutations, seed=seed,
+                        max_per_side=mmd_max_per_side)
+
+    detectors = {
+        "ks_mean_pixel": ks_mean_pixel,
+        "image_stats": image_stats,
+        "bbsd_ks": lambda ref, dep: bbsd_ks(ref.probabilities, dep.probabilities),
+        "bbsd_chi2": lambda ref, dep: bbsd_chi2(ref.probabilities, dep.probabilities),
+        "mmd_embedding": mmd_embedding,
+    }
+    return detectors[name]
+
+
+def run_detectors(reference: Features, deployment: Features, *, seed: int, alpha: float,
+                  mmd_permutations: int, mmd_max_per_side: int,
+                  extra: dict[str, DetectorResult] | None = None) -> dict:
+    """Every feature detector's result plus `extra` ones (e.g. pixel MMD, domain classifier),
+    and the combined verdict: Holm–Bonferroni over all their p-values at `alpha`."""
+    results = {name: feature_detector(name, seed=seed, mmd_permutations=mmd_permutations,
+                                      mmd_max_per_side=mmd_max_per_side)(reference, deployment)
+               for name in FEATURE_DETECTORS}
+    results.update(extra or {})
+    verdict = holm({name: r.pvalue for name, r in results.items()}, alpha)
+    return {
+        "tests": {name: {"statistic": r.statistic, "pvalue": r.pvalue,
+                         "adjusted_pvalue": verdict.adjusted[name]} for name, r in results.items()},
+        "drift": int(verdict.reject),
+        "alerting": sorted(verdict.rejected),
+    }
+
+
+def label_shift_report(reference_probs: np.ndarray, reference_labels: np.ndarray,
+                       deployment_probs: np.ndarray, focus_class: int, tolerance: float,
+                       true_labels: np.ndarray | None = None) -> dict:
+    """Estimated class proportions of the deployment set (BBSE and EM), the focus class's share
+    next to its true share (when `true_labels` are given, for reporting only), and a trust flag:
+    untrustworthy when BBSE needs negative weights or BBSE and EM differ by more than
+    `tolerance` in total variation (both assume the images of a class did not change)."""
+    source_priors = np.bincount(reference_labels, minlength=NUM_CLASSES) / len(reference_labels)
+    by_bbse = bbse(reference_probs, reference_labels, deployment_probs)
+    by_em = em_priors(deployment_probs, source_priors)
+    report = {
+        "bbse": by_bbse.proportions_clipped.tolist(),
+        "em": by_em.proportions.tolist(),
+        f"class_{focus_class}_share_bbse": float(by_bbse.proportions_clipped[focus_class]),
+        f"class_{focus_class}_share_em": float(by_em.proportions[focus_class]),
+        f"class_{focus_class}_share_reference": float(source_priors[focus_class]),
+        "tv_bbse_em": total_variation(by_bbse.proportions_clipped, by_em.proportions),
+        "bbse_negative_weights": int(by_bbse.negative_weights),
+        "untrustworthy": int(estimates_disagree(by_bbse, by_em, tolerance)),
+    }
+    if true_labels is not None:
+        truth = np.bincount(true_labels, minlength=NUM_CLASSES) / len(true_labels)
+        report["true"] = truth.tolist()
+        report[f"class_{focus_class}_share_true"] = float(truth[focus_class])
+        report["tv_bbse_true"] = total_variation(by_bbse.proportions_clipped, truth)
+    return report
+
+
+def accuracy_report(reference_probs: np.ndarray, reference_labels: np.ndarray,
+                    deployment_probs: np.ndarray, true_labels: np.ndarray | None = None) -> dict:
+    """Label-free accuracy estimates of the deployment set: ATC (threshold on max confidence
+    fitted on the reference) and average confidence; the true accuracy when labels are given."""
+    threshold = atc_fit(reference_probs, reference_labels)
+    report = {"atc": atc_estimate(deployment_probs, threshold),
+              "average_confidence": average_confidence(deployment_probs)}
+    if true_labels is not None:
+        report["true"] = float(np.mean(deployment_probs.argmax(1) == true_labels))
+    return report

@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from shiftwatch.monitor import (FEATURE_DETECTORS, Features, accuracy_report, image_statistics,
+                                label_shift_report, run_detectors)
+
+
+def _features(rng, n, brightness=0.0, class_weights=None):
+    """Toy model outputs: a 90 %-accurate classifier on balanced (or re-weighted) classes."""
+    labels = rng.choice(10, size=n, p=class_weights)
+    predicted = np.where(rng.random(n) < 0.9, labels, rng.integers(0, 10, n))
+    confidence = rng.uniform(0.3, 0.99, n)
+    probabilities = np.repeat(((1 - confidence) / 9)[:, None], 10, axis=1)
+    probabilities[np.arange(n), predicted] = confidence
+    images = np.clip(rng.random((n, 28, 28)) * (rng.random((n, 28, 28)) > 0.5) + brightness, 0, 1)
+    embeddings = np.eye(10)[predicted] + rng.normal(0, 0.1, (n, 10))
+    return Features(probabilities, embeddings, image_statistics(images)), labels
+
+
+def test_image_statistics_columns(rng):
+    images = np.zeros((2, 28, 28))
+    images[1] = 0.5
+    stats = image_statistics(images)
+    np.testing.assert_allclose(stats, [[0, 1, 0, 0, 0], [0.5, 0, 0.5, 0.5, 0.5]])
+
+
+def test_detectors_quiet_without_shift_and_loud_with_one(rng):
+    reference, _ = _features(rng, 1000)
+    same, _ = _features(rng, 300)
+    brighter, _ = _features(rng, 300, brightness=0.02)
+    kwargs = dict(seed=0, alpha=0.05, mmd_permutations=50, mmd_max_per_side=300)
+    quiet = run_detectors(reference, same, **kwargs)
+    loud = run_detectors(reference, brighter, **kwargs)
+    assert set(quiet["tests"]) == set(FEATURE_DETECTORS)
+    assert quiet["drift"] == 0
+    # A +0.02 brightness the model does not notice: only the zero-pixel share sees it.
+    assert loud["drift"] == 1 and "image_stats" in loud["alerting"]
+    assert loud["tests"]["image_stats"]["adjusted_pvalue"] >= loud["tests"]["image_stats"]["pvalue"]
+
+
+def test_label_shift_report_recovers_fewer_sneakers(rng):
+    reference, reference_labels = _features(rng, 20_000)
+    weights = np.full(10, 1.0)
+    weights[7] = 0.1
+    deployment, labels = _features(rng, 20_000, class_weights=weights / weights.sum())
+    report = label_shift_report(reference.probabilities, reference_labels, deployment.probabilities,
+                                focus_class=7, tolerance=0.05, true_labels=labels)
+    assert report["class_7_share_true"] == pytest.approx(0.1 / 9.1, abs=0.005)
+    assert report["class_7_share_bbse"] == pytest.approx(report["class_7_share_true"], abs=0.01)
+    assert report["class_7_share_reference"] == pytest.approx(0.1, abs=0.01)
+    assert report["untrustworthy"] in (0, 1) and report["tv_bbse_true"] < 0.03
+
+
+def test_accuracy_report_on_the_reference_itself_is_exact(rng):
+    reference, labels = _features(rng, 5000)
+    report = accuracy_report(reference.probabilities, labels, reference.probabilities, true_labels=labels)
+    assert report["atc"] == pytest.approx(report["true"], abs=0.01)
+    assert report["average_confidence"] == pytest.approx(reference.probabilities.max(1).mean())
