@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test ui bench readme clean-mlflow
+.PHONY: setup run test ui bench readme check-example
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,3 +32,10 @@ bench: setup  ## timings: full dvc repro, incremental exp run, training throughp
 
 readme: setup  ## refresh the results tables in README.md from metrics/*.json
 	$(BIN)/python -m shiftwatch.readme README.md
+
+check-example: setup  ## a real `shiftwatch check` on 1,000 B_shift images, saved for the README
+	$(BIN)/python -c "import numpy as np; from shiftwatch.io import load_set; \
+	np.save('data/b_shift_sample.npy', load_set('data/shifted/b_shift.npz').images[:1000])"
+	echo '$$ python -m shiftwatch check data/b_shift_sample.npy' > metrics/check_example.txt
+	-$(BIN)/python -m shiftwatch check data/b_shift_sample.npy >> metrics/check_example.txt; \
+	echo "(exit code $$?)" >> metrics/check_example.txt

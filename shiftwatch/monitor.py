@@ -20,7 +20,8 @@ from shiftwatch import NUM_CLASSES
 from shiftwatch.detectors import DetectorResult, ks_test
 from shiftwatch.labelshift import (atc_estimate, atc_fit, average_confidence, bbse, em_priors,
                                    estimates_disagree, total_variation)
-from shiftwatch.twosample import bbsd_chi2, bbsd_ks, holm, mmd_test, pixel_quantiles, zero_fraction
+from shiftwatch.twosample import (bbsd_chi2, bbsd_ks, holm, median_bandwidth, mmd_test, pixel_quantiles,
+                                  zero_fraction)
 
 # Detectors that need only `Features` (cheap enough to repeat in the power stage).
 FEATURE_DETECTORS = ("ks_mean_pixel", "image_stats", "bbsd_ks", "bbsd_chi2", "mmd_embedding")
@@ -61,9 +62,21 @@ def feature_detector(name: str, *, seed: int, mmd_permutations: int, mmd_max_per
         return DetectorResult(max(r.statistic for r in results),
                               min(1.0, 4 * min(r.pvalue for r in results)))
 
+    prepared: dict[str, object] = {"for": None}
+
     def mmd_embedding(ref: Features, dep: Features) -> DetectorResult:
-        return mmd_test(ref.embeddings, dep.embeddings, n_permutations=mmd_permutations, seed=seed,
-                        max_per_side=mmd_max_per_side)
+        # The reference is fixed across the many draws of the power stage: subsample it and
+        # fix the kernel bandwidth (median heuristic on the reference) once, not per draw.
+        # A bandwidth that does not depend on the deployment sample keeps the permutation test valid.
+        if prepared["for"] is not ref.embeddings:  # identity, not id(): no reuse after GC
+            reference = ref.embeddings
+            if len(reference) > mmd_max_per_side:
+                rows = np.random.default_rng(seed).choice(len(reference), mmd_max_per_side, replace=False)
+                reference = reference[rows]
+            prepared.update({"for": ref.embeddings, "reference": reference,
+                             "bandwidth": median_bandwidth(reference, reference, seed=seed)})
+        return mmd_test(prepared["reference"], dep.embeddings, n_permutations=mmd_permutations,
+                        seed=seed, bandwidth=prepared["bandwidth"], max_per_side=mmd_max_per_side)
 
     detectors = {
         "ks_mean_pixel": ks_mean_pixel,

@@ -62,7 +62,7 @@ class MonitorParams(_Strict):
     mmd_permutations: int = Field(200, ge=10, le=10_000)
     mmd_max_per_side: int = Field(1000, ge=10, le=5000)
     classifier_samples: int = Field(1000, ge=10)
-    trust_tolerance: float = Field(0.05, gt=0, le=1)
+    trust_tolerance: float = Field(0.1, gt=0, le=1)
 
 
 class PowerParams(_Strict):
@@ -77,6 +77,16 @@ class PowerParams(_Strict):
     mmd_max_per_side: int = Field(500, ge=10, le=5000)
 
 
+class MitigateParams(_Strict):
+    finetune_epochs: int = Field(1, ge=1, le=100)
+    augment_downsample: list[Annotated[int, Field(ge=1, le=28)]] = Field(
+        default_factory=lambda: [28, 14, 7], min_length=1)
+    augment_brightness: tuple[Annotated[float, Field(ge=-1, le=1)],
+                              Annotated[float, Field(ge=-1, le=1)]] = (0.0, 0.2)
+    oversample_factor: int = Field(1, ge=1, le=100)
+    review_threshold: float = Field(0.8, ge=0, le=1)
+
+
 class Params(_Strict):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     data: DataParams = DataParams()
@@ -86,6 +96,7 @@ class Params(_Strict):
     evaluate: EvaluateParams = EvaluateParams()
     monitor: MonitorParams = MonitorParams()
     power: PowerParams = PowerParams()
+    mitigate: MitigateParams = MitigateParams()
 
     def flat(self, *sections: str) -> dict[str, object]:
         """Dotted keys as DVC shows them ({'shift.brightness': 0.1, ...}), for MLflow.

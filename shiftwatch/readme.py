@@ -80,9 +80,13 @@ def benchmark_table() -> str:
     b = _load(str(path))
     rows = ["| measurement | value |", "|---|---|"]
     if "full_repro_seconds" in b:
-        rows += [f"| full `dvc repro`, defaults | {b['full_repro_seconds']:.0f} s |",
-                 f"| `dvc exp run -S shift.brightness=0.2` after it | {b['exp_run_brightness_seconds']:.0f} s "
+        rows += [f"| full `dvc repro evaluate` (prepare → evaluate), defaults | {b['full_repro_seconds']:.0f} s |",
+                 f"| `dvc exp run evaluate -S shift.brightness=0.2` after it | {b['exp_run_brightness_seconds']:.0f} s "
                  f"({100 * b['incremental_share']:.1f} % of the full run) |"]
+    if "full_repro_all_stages_seconds" in b:
+        rows += [f"| full `dvc repro`, all stages incl. monitor and power | {b['full_repro_all_stages_seconds']:.0f} s |",
+                 f"| `dvc exp run -S shift.brightness=0.1` after it, all stages | "
+                 f"{b['exp_run_all_stages_seconds']:.0f} s ({100 * b['incremental_share_all_stages']:.1f} %) |"]
     rows += [f"| training, in-memory batches (shiftwatch) | {b['in_memory_images_per_second']:.0f} images/s |",
              f"| training, `DataLoader(FashionMNIST, ToTensor())` | "
              f"{b['dataloader_totensor_images_per_second']:.0f} images/s |",
@@ -147,9 +151,56 @@ def power_table() -> str:
     return _rate_table(_load("metrics/power.json")["detection"])
 
 
+MITIGATIONS = (  # (key in metrics/mitigate.json, label, needs deployment labels?, what it costs)
+    ("none", "deployed model, no action", "no", "—"),
+    ("label_shift_bbse", "label-shift correction, BBSE priors", "no", "a matrix solve (ms)"),
+    ("label_shift_em", "label-shift correction, EM priors", "no", "EM on the softmax outputs (ms)"),
+    ("adabn", "AdaBN (BatchNorm statistics from the deployment images)", "no", "adabn"),
+    ("finetune_augmented", "fine-tuned on A with random blur + brightness", "no", "finetune"),
+)
+
+
+def mitigation_table() -> str:
+    mitigate = _load("metrics/mitigate.json")
+    sets = [name for name in ("b_label", "b_covariate", "b_shift") if name in mitigate]
+    cost = mitigate["cost"]
+    header = "| method | " + " | ".join(f"{s} accuracy | {s} class-7 recall" for s in sets) + \
+        " | needs labels | cost |"
+    rows = [header, "|---|" + "---|---|" * len(sets) + "---|---|"]
+    for key, label, labels_needed, what in MITIGATIONS:
+        cells = " | ".join(f"{_num(mitigate[s][key]['accuracy'], 4)} | {_num(mitigate[s][key]['class_7_recall'])}"
+                           for s in sets)
+        if what == "adabn":
+            what = "one extra forward pass over the batch: " + ", ".join(
+                f"{cost[f'adabn_{s}_seconds']:.0f} s ({s})" for s in sets)
+        elif what == "finetune":
+            what = f"{cost['finetune_augmented_seconds']:.0f} s of CPU training, once"
+        rows.append(f"| {label} | {cells} | {labels_needed} | {what} |")
+    rows.append("")
+    rows.append("Selective prediction (flag max-softmax confidence below the review threshold):")
+    rows.append("")
+    rows.append("| set | model | flagged for review | accuracy on the rest | accuracy on all |")
+    rows.append("|---|---|---|---|---|")
+    for s in sets:
+        for key, model in (("selective", "deployed"), ("selective_augmented", "fine-tuned")):
+            m = mitigate[s][key]
+            rows.append(f"| {s} | {model} | {_num(m['flagged_share'])} | {_num(m['accuracy_kept'], 4)} | "
+                        f"{_num(m['accuracy_all'], 4)} |")
+    return "\n".join(rows)
+
+
+def check_example() -> str:
+    """The output of a real `python -m shiftwatch check` run, saved by `make check-example`."""
+    path = Path("metrics/check_example.txt")
+    if not path.exists():
+        return "_run `make check-example`_"
+    return "```\n" + path.read_text().rstrip() + "\n```"
+
+
 TABLES = {"detection": detection_table, "accuracy": accuracy_table, "study": study_table,
           "benchmark": benchmark_table, "monitor": monitor_table, "estimates": estimates_table,
-          "false-alarms": false_alarm_table, "power": power_table}
+          "false-alarms": false_alarm_table, "power": power_table, "mitigation": mitigation_table,
+          "check-example": check_example}
 
 
 def refresh(text: str) -> str:

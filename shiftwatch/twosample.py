@@ -23,7 +23,7 @@ import numpy as np
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.detectors import DetectorResult, label_proportion_test
+from shiftwatch.detectors import DetectorResult, ks_test, label_proportion_test
 
 # Row block for kernel sums: each temporary is _BLOCK_ROWS x len(other side) float64, 20 MB at
 # 10,000 rows on the other side, so memory stays linear in the sample size.
@@ -45,7 +45,7 @@ def bbsd_ks_columns(reference_probs: np.ndarray,
     """Per-output KS tests for BBSD: (statistics, p-values), each shape (K,), uncorrected.
 
     Column k compares the k-th softmax output of the reference (N, K) and deployment (M, K)
-    arrays with scipy's two-sided `ks_2samp`; use it to see which classes moved. A column
+    arrays with `ks_test` (scipy's two-sided `ks_2samp`, asymptotic p-value); use it to see which classes moved. A column
     that is constant and equal on both sides has statistic 0 and p-value 1.
     """
     reference, deployment = _probabilities(reference_probs, deployment_probs)
@@ -382,7 +382,7 @@ def holm(pvalues: Mapping[str, float | None], alpha: float = 0.05) -> HolmResult
 # ---------------------------------------------------------------- helpers
 
 def _ks_columns(reference: np.ndarray, deployment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    results = [stats.ks_2samp(reference[:, k], deployment[:, k]) for k in range(reference.shape[1])]
+    results = [ks_test(reference[:, k], deployment[:, k]) for k in range(reference.shape[1])]
     return (np.array([r.statistic for r in results], dtype=float),
             np.array([r.pvalue for r in results], dtype=float))
 

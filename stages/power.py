@@ -8,6 +8,7 @@ Writes metrics/power.json, metrics/power/<stream>.csv (DVC plots), metrics/plots
 import csv
 
 import numpy as np
+from joblib import Parallel, delayed
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.cli import run_stage
@@ -34,17 +35,16 @@ def main() -> None:
     detectors = {name: feature_detector(name, seed=params.seed, mmd_permutations=power.mmd_permutations,
                                         mmd_max_per_side=power.mmd_max_per_side)
                  for name in FEATURE_DETECTORS}
+    jobs = [(kind, name, stream) for kind, streams in (("false_alarms", null_streams),
+                                                       ("detection", shift_streams))
+            for name, stream in streams.items()]
+    # Streams are independent and the tests mostly single-threaded: one worker per core.
+    all_rates = Parallel(n_jobs=2)(delayed(_stream_rates)(kind, name, stream, reference, detectors, params)
+                                   for kind, name, stream in jobs)
     results = {"false_alarms": {}, "detection": {}}
-    for kind, streams, estimate in (("false_alarms", null_streams, false_alarm_rates),
-                                    ("detection", shift_streams, detection_rates)):
-        for name, stream in streams.items():
-            sizes = [n for n in power.sizes if n <= len(stream)]  # no draws with replacement
-            print(f"power: {kind} on {name} ({len(stream):,} images), n = {sizes}", flush=True)
-            rates = estimate(np.arange(len(reference)), np.arange(len(stream)),
-                             _on_rows(reference, stream, detectors),
-                             sizes, power.repetitions, alpha=params.monitor.alpha, seed=params.seed)
-            results[kind][name] = {d: {str(p.n): _point(p) for p in points} for d, points in rates.items()}
-            _write_csv(f"metrics/power/{name}.csv", rates)
+    for (kind, name, _), rates in zip(jobs, all_rates):
+        results[kind][name] = {d: {str(p.n): _point(p) for p in points} for d, points in rates.items()}
+        _write_csv(f"metrics/power/{name}.csv", rates)
 
     write_json("metrics/power.json", results)
     power_curves(results, params.monitor.alpha, FIGURE)
@@ -55,6 +55,15 @@ def main() -> None:
                                       for kind, streams in results.items()})
         run.log_artifact("metrics/power.json")
         run.log_artifact(FIGURE, "plots")
+
+
+def _stream_rates(kind: str, name: str, stream: Features, reference: Features, detectors: dict,
+                  params) -> dict:
+    sizes = [n for n in params.power.sizes if n <= len(stream)]  # no draws with replacement
+    print(f"power: {kind} on {name} ({len(stream):,} images), n = {sizes}", flush=True)
+    estimate = false_alarm_rates if kind == "false_alarms" else detection_rates
+    return estimate(np.arange(len(reference)), np.arange(len(stream)), _on_rows(reference, stream, detectors),
+                    sizes, params.power.repetitions, alpha=params.monitor.alpha, seed=params.seed)
 
 
 def _on_rows(reference: Features, stream: Features, detectors: dict) -> dict:

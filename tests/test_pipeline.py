@@ -21,8 +21,8 @@ SMALL = {"data": {"max_train_images": 2000, "max_test_images": 500},
          "train": {"epochs": 1}, "detect": {"classifier_samples": 300},
          "monitor": {"classifier_samples": 200, "mmd_permutations": 50},
          "power": {"repetitions": 10, "sizes": [10, 100], "pool": 300, "mmd_permutations": 20}}
-STAGES = ("prepare", "shift", "detect", "train", "evaluate", "monitor", "power")
-SHIFT_STAGES = ("shift", "detect", "evaluate", "monitor", "power")
+STAGES = ("prepare", "shift", "detect", "train", "evaluate", "monitor", "power", "mitigate")
+SHIFT_STAGES = ("shift", "detect", "evaluate", "monitor", "power", "mitigate")
 
 
 def _env(repo: Path) -> dict[str, str]:
@@ -117,6 +117,10 @@ def test_repro_writes_every_output_and_metric(repo):
     assert set(power["false_alarms"]) == {"b_raw", "domain_a_train"}
     assert set(power["detection"]["b_shift"]["combined"]) == {"10", "100"}
     assert power["detection"]["brightness_0.02"]["image_stats"]["100"]["rate"] == 1.0
+    mitigate = _metrics(repo, "mitigate")
+    assert set(mitigate["b_shift"]) == {"none", "label_shift_bbse", "label_shift_em", "adabn",
+                                        "finetune_augmented", "selective", "selective_augmented"}
+    assert mitigate["b_label"]["none"]["accuracy"] == pytest.approx(evaluate["accuracy"]["b_label"])
     shift = _metrics(repo, "shift")
     assert shift["b_shift"]["n"] == shift["b_label"]["n"] < shift["b_raw"]["n"]
     assert shift["b_label"]["class_7_share"] < shift["b_raw"]["class_7_share"] / 5

@@ -53,7 +53,7 @@ def _null_pvalues(test, draw, rng, repetitions):
 
 def test_bbsd_ks_is_bonferroni_over_per_class_ks(rng):
     a, b = _softmax(rng, 300), _softmax(rng, 200, boost=0.5)
-    per_class = [stats.ks_2samp(a[:, k], b[:, k]) for k in range(10)]
+    per_class = [stats.ks_2samp(a[:, k], b[:, k], method="asymp") for k in range(10)]
     statistics, pvalues = bbsd_ks_columns(a, b)
     np.testing.assert_allclose(pvalues, [r.pvalue for r in per_class])
     result = bbsd_ks(a, b)

@@ -1,0 +1,249 @@
+"""`python -m shiftwatch check`: a real (untrained) ResNet-18, a reference summary written like
+the monitor stage writes it, and batches as arrays and PNG folders; exit codes 0 / 1 / 2."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from shiftwatch import CLASS_NAMES
+from shiftwatch.__main__ import main
+from shiftwatch.check import load_batch
+from shiftwatch.model import build_resnet18, predict_with_embeddings, save_state_dict
+from shiftwatch.monitor import FEATURE_DETECTORS, features
+from shiftwatch.params import Params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def blobs(n: int, seed: int, size: int = 28) -> np.ndarray:
+    """FashionMNIST-like stand-ins: 1-3 blurred bright blobs on an exactly black background,
+    float32 (n, size, size) in [0, 1]; the same seed gives the same images."""
+    rng = np.random.default_rng(seed)
+    grid = (np.arange(size) + 0.5) / size
+    centres = rng.uniform(0.25, 0.75, (n, 3, 2))
+    widths = rng.uniform(0.06, 0.15, (n, 3, 1, 1))
+    amplitudes = rng.uniform(0.4, 1.0, (n, 3, 1, 1)) * (rng.random((n, 3, 1, 1)) < 0.7)
+    amplitudes[:, 0] = rng.uniform(0.6, 1.0, (n, 1, 1))  # at least one blob
+    dy = (grid[None, None, :, None] - centres[..., 0, None, None]) ** 2
+    dx = (grid[None, None, None, :] - centres[..., 1, None, None]) ** 2
+    images = (amplitudes * np.exp(-(dy + dx) / (2 * widths ** 2))).sum(axis=1)
+    images = np.clip(images, 0, 1)
+    images[images < 0.05] = 0.0
+    return images.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Model, reference summary (300 images, every class) and params.yaml in a temp folder."""
+    root = tmp_path_factory.mktemp("project")
+    model = build_resnet18(seed=0)
+    save_state_dict(model, root / "resnet18.pt")
+    images = blobs(300, seed=1)
+    labels = np.random.default_rng(2).permutation(np.arange(300) % 10)
+    probabilities, embeddings = predict_with_embeddings(model, images, 1000, torch.device("cpu"),
+                                                        progress=False)
+    view = features(images, probabilities, embeddings)
+    np.savez(root / "test.npz", probabilities=view.probabilities, embeddings=view.embeddings,
+             image_stats=view.image_stats, labels=labels)
+    (root / "params.yaml").write_text(yaml.safe_dump(Params().model_dump()))
+    np.save(root / "clean.npy", blobs(200, seed=3))
+    np.save(root / "bright.npy", np.clip(blobs(200, seed=3) + 0.2, 0, 1))
+    return root
+
+
+def check(project, batch, *extra):
+    return main(["check", str(batch), "--reference", str(project / "test.npz"),
+                 "--model", str(project / "resnet18.pt"), "--params", str(project / "params.yaml"),
+                 *map(str, extra)])
+
+
+def test_a_batch_like_the_reference_passes_with_every_detector_in_the_json(project, tmp_path, capsys):
+    out = tmp_path / "reports" / "clean.json"
+    assert check(project, project / "clean.npy", "--json", out) == 0
+
+    report = json.loads(out.read_text())
+    assert report["verdict"] == "ok" and report["drift"] == 0 and report["alerting"] == []
+    assert list(report["tests"]) == list(FEATURE_DETECTORS)
+    for test in report["tests"].values():
+        assert 0 <= test["pvalue"] <= test["adjusted_pvalue"] <= 1
+    assert report["batch"]["images"] == 200 and report["reference"]["images"] == 300
+    shift = report["label_shift"]
+    assert shift["focus_class"] == 7 and shift["class_names"] == list(CLASS_NAMES)
+    assert np.isclose(sum(shift["bbse"]), 1) and np.isclose(sum(shift["em"]), 1)
+    assert shift["reference"] == [0.1] * 10
+    assert 0 <= report["accuracy"]["atc"] <= 1 and 0 < report["accuracy"]["average_confidence"] <= 1
+    assert report["params"]["monitor.alpha"] == 0.05 and report["params"]["seed"] == 42
+
+    printed = capsys.readouterr().out
+    assert "ok: no shift detected" in printed and "ALERT" not in printed
+    assert "* 7 Sneaker" in printed and "<- focus" in printed
+    assert all(name in printed for name in FEATURE_DETECTORS)
+
+
+def test_a_brighter_batch_alerts_with_exit_code_1(project, tmp_path, capsys):
+    out = tmp_path / "bright.json"
+    assert check(project, project / "bright.npy", "--json", out) == 1
+    report = json.loads(out.read_text())
+    assert report["verdict"] == "ALERT" and report["drift"] == 1
+    assert "image_stats" in report["alerting"]  # the black background is gone
+    assert report["tests"]["image_stats"]["adjusted_pvalue"] < 1e-6
+    assert "ALERT: shift detected by" in capsys.readouterr().out
+
+
+def test_uint8_channels_last_and_rgb_arrays_give_the_same_answer_as_floats(project, tmp_path):
+    images = np.rint(blobs(200, seed=3) * 255).astype(np.uint8)
+    np.savez(tmp_path / "gray.npz", images=images[..., None], labels=np.zeros(200))
+    np.savez(tmp_path / "rgb.npz", np.repeat(images[..., None], 3, axis=3))  # the only array
+    np.save(tmp_path / "float.npy", images.astype(np.float32) / 255)
+    reports = []
+    for name in ("gray.npz", "rgb.npz", "float.npy"):
+        assert check(project, tmp_path / name, "--json", tmp_path / f"{name}.json", "--quiet") == 0
+        reports.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    for report in reports[1:]:
+        for name, test in report["tests"].items():
+            assert test["pvalue"] == pytest.approx(reports[0]["tests"][name]["pvalue"], abs=1e-6)
+    assert reports[1]["batch"]["input_shape"] == [200, 28, 28, 3]
+
+
+def test_arrays_of_another_size_are_resized_antialiased(tmp_path):
+    images = blobs(5, seed=4, size=56)
+    np.save(tmp_path / "big.npy", images)
+    resized, info = load_batch(tmp_path / "big.npy")
+    assert resized.shape == (5, 28, 28) and resized.dtype == np.float32
+    assert info["resized"] and info["input_sizes"] == ["56x56"]
+    expected = torch.nn.functional.interpolate(torch.from_numpy(images)[:, None], size=(28, 28),
+                                               mode="bilinear", antialias=True)[:, 0].numpy()
+    np.testing.assert_allclose(resized, np.clip(expected, 0, 1), atol=1e-6)
+    # Antialiasing averages: the mean brightness survives the 2x downsampling.
+    np.testing.assert_allclose(resized.mean(axis=(1, 2)), images.mean(axis=(1, 2)), rtol=0.02)
+
+
+def test_a_folder_of_rgb_pngs_of_another_size_is_accepted(project, tmp_path):
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, image in enumerate(blobs(60, seed=5, size=40)):
+        gray = np.rint(image * 255).astype(np.uint8)
+        Image.fromarray(np.stack([gray] * 3, axis=2), mode="RGB").save(folder / f"{i:03d}.png")
+    (folder / "notes.txt").write_text("not an image, not a PNG name: ignored\n")
+    out = tmp_path / "pngs.json"
+    assert check(project, folder, "--json", out, "--quiet") in (0, 1)
+    batch = json.loads(out.read_text())["batch"]
+    assert batch["source"] == "folder" and batch["images"] == 60 and batch["files_ignored"] == 1
+    assert batch["input_sizes"] == ["40x40"] and batch["resized"]
+    images, _ = load_batch(folder)
+    assert images.shape == (60, 28, 28) and 0 <= images.min() and images.max() <= 1
+    assert (images == 0).mean() > 0.3  # black background kept black
+
+
+def _write(tmp_path: Path, name: str, content) -> Path:
+    path = tmp_path / name
+    if isinstance(content, str):
+        path.mkdir()
+        (path / "x.png").write_text(content)
+    else:
+        np.save(path, content)
+    return path
+
+
+BAD_BATCHES = {
+    "empty.npy": (np.zeros((0, 28, 28), np.float32), "empty"),
+    "nan.npy": (np.where(np.eye(28, dtype=bool), np.nan, 0.5)[None].repeat(4, 0), "NaN"),
+    "one_image.npy": (np.zeros((28, 28), np.float32), "add a batch axis"),
+    "five_dims.npy": (np.zeros((2, 1, 28, 28, 1), np.float32), "5 dimensions"),
+    "channels_first.npy": (np.zeros((4, 1, 28, 28), np.uint8), "transpose"),
+    "range.npy": (np.full((4, 28, 28), 255.0, np.float32), "divide by 255"),
+    "int64.npy": (np.zeros((4, 28, 28), np.int64), "dtype int64"),
+    "textfolder": ("this is text, not a PNG\n", "not an image"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_BATCHES)
+def test_bad_batches_exit_2_with_one_line_and_no_json(project, tmp_path, capsys, name):
+    content, words = BAD_BATCHES[name]
+    batch = _write(tmp_path, name, content)
+    out = tmp_path / "out.json"
+    assert check(project, batch, "--json", out) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("shiftwatch check: error: ")
+    assert words in lines[0] and str(batch) in lines[0]
+    assert not out.exists() and list(tmp_path.glob(".out.json*")) == []
+
+
+@pytest.mark.parametrize("missing, words", [("--model", "dvc repro train"),
+                                            ("--reference", "dvc repro monitor"),
+                                            ("--params", "pass --params")])
+def test_missing_model_reference_or_params_exit_2(project, tmp_path, capsys, missing, words):
+    paths = {"--reference": project / "test.npz", "--model": project / "resnet18.pt",
+             "--params": project / "params.yaml", missing: tmp_path / "nowhere" / "file"}
+    out = tmp_path / "out.json"
+    argv = ["check", str(project / "clean.npy"), "--json", str(out)]
+    assert main(argv + [str(a) for pair in paths.items() for a in pair]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nowhere" in err[0] and "not found" in err[0] and words in err[0]
+    assert not out.exists()
+
+
+def test_the_entry_point_runs_as_a_module_with_its_exit_codes(project, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    common = ["--reference", str(project / "test.npz"), "--params", str(project / "params.yaml")]
+    alert = subprocess.run([sys.executable, "-m", "shiftwatch", "check", str(project / "bright.npy"),
+                            "--model", str(project / "resnet18.pt"), *common],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert alert.returncode == 1, alert.stderr
+    assert "verdict    ALERT" in alert.stdout and "time " in alert.stdout
+    missing = subprocess.run([sys.executable, "-m", "shiftwatch", "check", str(project / "clean.npy"),
+                              "--model", str(tmp_path / "none.pt"), *common],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert missing.stderr.strip().splitlines() == [
+        f"shiftwatch check: error: {tmp_path / 'none.pt'}: not found; run `dvc repro train` or pass --model"]
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    assert "check" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main([])  # a command is required
+    assert exited.value.code == 2
+
+
+def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    from shiftwatch.tracking import EXPERIMENT
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bright.json"
+    assert check(project, project / "bright.npy", "--json", out, "--log", "--quiet") == 1
+    report = json.loads(out.read_text())
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["dvc.stage"] == "check" and run.data.tags["shiftwatch.role"] == "check"
+    assert run.data.tags["shiftwatch.verdict"] == "ALERT"
+    metrics = run.data.metrics
+    assert metrics["check.drift"] == 1 and metrics["check.batch.images"] == 200
+    assert metrics["check.tests.image_stats.pvalue"] == pytest.approx(report["tests"]["image_stats"]["pvalue"])
+    assert metrics["check.accuracy.atc"] == pytest.approx(report["accuracy"]["atc"])
+    assert metrics["check.label_shift.bbse.class_7"] == pytest.approx(report["label_shift"]["bbse"][7])
+    assert run.data.params["monitor.alpha"] == "0.05" and run.data.params["shift.label_class"] == "7"
+    logged = client.download_artifacts(run.info.run_id, "check.json", str(tmp_path))
+    assert json.loads(Path(logged).read_text())["tests"] == report["tests"]
