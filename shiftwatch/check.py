@@ -433,8 +433,9 @@ def log_check(report: dict, params: dict[str, object]) -> str:
 
 def _project_root() -> Path:
     """The nearest folder at or above the working directory that holds dvc.yaml (else cwd)."""
-    here = Path.cwd()
-    return next((p for p in (here, *here.parents) if (p / "dvc.yaml").exists()), here)
+    from shiftwatch.tracking import repo_root
+
+    return repo_root(Path.cwd())
 
 
 def _plain(tree):

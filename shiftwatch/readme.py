@@ -28,6 +28,11 @@ def _num(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _p(value: float | None) -> str:
+    """A p-value; exactly 0 means it underflowed double precision."""
+    return "< 1e-300" if value == 0 else _num(value)
+
+
 def detection_table() -> str:
     detect = _load("metrics/detect.json")
     rows = ["| A vs | KS statistic | KS p-value | KL(A‖B), nats | domain-classifier AUC | AUC p-value | verdict |",
@@ -37,9 +42,9 @@ def detection_table() -> str:
         alerts = [k for k, flag in (("KS", d["drift_ks"]), ("KL", d["drift_kl"]),
                                     ("AUC", d["drift_domain_classifier"])) if flag]
         verdict = f"**drift** ({', '.join(alerts)})" if alerts else "no drift"
-        rows.append(f"| {name} | {_num(d['ks_statistic'], 4)} | {_num(d['ks_pvalue'])} | "
+        rows.append(f"| {name} | {_num(d['ks_statistic'], 4)} | {_p(d['ks_pvalue'])} | "
                     f"{_num(d['kl_divergence'], 4)} | {_num(d['domain_auc'])} | "
-                    f"{_num(d['domain_auc_pvalue'])} | {verdict} |")
+                    f"{_p(d['domain_auc_pvalue'])} | {verdict} |")
     return "\n".join(rows)
 
 
@@ -103,7 +108,7 @@ def monitor_table() -> str:
             "|---|" + "---|" * (len(detectors) + 1)]
     for name in SETS:
         tests = monitor[name]["tests"]
-        rows.append(f"| {name} | " + " | ".join(_num(tests[d]["pvalue"]) for d in detectors)
+        rows.append(f"| {name} | " + " | ".join(_p(tests[d]["pvalue"]) for d in detectors)
                     + f" | {'**drift**' if monitor[name]['drift'] else 'no drift'} |")
     return "\n".join(rows) + "\n\n(cells: p-values before the Holm correction)"
 
