@@ -94,10 +94,39 @@ def time_training(rounds: int, steps: int = 30, batch_size: int = 128) -> dict[s
             history = train(model, images, labels, epochs=1, batch_size=batch_size, lr=1e-4,
                             seed=0, device=torch.device("cpu"), progress=False)
             in_memory.append(history[0]["images_per_second"])
-    return {"in_memory_images_per_second": statistics.median(in_memory),
+        feed_per_sample, feed_in_memory = [], []
+        for _ in range(rounds):  # the data feeding alone: what a GPU would wait for
+            feed_per_sample.append(_feed_images_per_second(dataset, batch_size))
+            feed_in_memory.append(_feed_in_memory_images_per_second(train_set.images, batch_size))
+    return {"feed_in_memory_images_per_second": statistics.median(feed_in_memory),
+            "feed_dataloader_totensor_images_per_second": statistics.median(feed_per_sample),
+            "in_memory_images_per_second": statistics.median(in_memory),
             "dataloader_totensor_images_per_second": statistics.median(per_sample),
             "speedup": statistics.median(in_memory) / statistics.median(per_sample),
             "rounds": rounds, "steps": steps, "batch_size": batch_size}
+
+
+def _feed_images_per_second(dataset, batch_size: int, limit: int = 20_000) -> float:
+    """Batches from DataLoader(FashionMNIST, ToTensor()), no model: per-sample PIL + ToTensor."""
+    from torch.utils.data import DataLoader
+
+    seen, started = 0, time.perf_counter()
+    for batch, _ in DataLoader(dataset, batch_size=batch_size, shuffle=True):
+        seen += len(batch)
+        if seen >= limit:
+            break
+    return seen / (time.perf_counter() - started)
+
+
+def _feed_in_memory_images_per_second(images, batch_size: int, limit: int = 20_000) -> float:
+    """Batches sliced from one in-memory tensor with a shuffled index, as `shiftwatch.model.train`."""
+    from shiftwatch.model import as_batch
+
+    started = time.perf_counter()
+    all_images = as_batch(images[:limit], torch.device("cpu"))
+    order = torch.randperm(len(all_images))
+    seen = sum(len(all_images[rows]) for rows in order.split(batch_size))
+    return seen / (time.perf_counter() - started)
 
 
 def _dataloader_images_per_second(dataset, steps: int, batch_size: int) -> float:

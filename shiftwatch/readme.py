@@ -92,6 +92,11 @@ def benchmark_table() -> str:
         rows += [f"| full `dvc repro`, all stages incl. monitor and power | {b['full_repro_all_stages_seconds']:.0f} s |",
                  f"| `dvc exp run -S shift.brightness=0.1` after it, all stages | "
                  f"{b['exp_run_all_stages_seconds']:.0f} s ({100 * b['incremental_share_all_stages']:.1f} %) |"]
+    if "feed_in_memory_images_per_second" in b:
+        rows += [f"| feeding batches only (no model), in-memory slicing | "
+                 f"{b['feed_in_memory_images_per_second']:,.0f} images/s |",
+                 f"| feeding batches only (no model), `DataLoader(FashionMNIST, ToTensor())` | "
+                 f"{b['feed_dataloader_totensor_images_per_second']:,.0f} images/s |"]
     rows += [f"| training, in-memory batches (shiftwatch) | {b['in_memory_images_per_second']:.0f} images/s |",
              f"| training, `DataLoader(FashionMNIST, ToTensor())` | "
              f"{b['dataloader_totensor_images_per_second']:.0f} images/s |",

@@ -163,6 +163,16 @@ def test_experiment_reruns_only_what_the_shift_touches(repo):
     assert "evaluate.accuracy.b_shift" in experiment_parents[0].data.metrics
 
 
+def test_sweep_report_reads_the_runs_back_from_mlflow(repo):
+    # Runs after the brightness=0.2 experiment above: two values of shift.brightness in MLflow.
+    result = _run(repo, sys.executable, "-m", "shiftwatch.report", "shift.brightness")
+    table = [line for line in result.stdout.splitlines() if line.startswith(("0.1 |", "0.2 |"))]
+    assert [line.split(" | ")[0] for line in table] == ["0.1", "0.2"]
+    assert (repo / "metrics" / "plots" / "sweep_shift.brightness.png").is_file()
+    missing = _run(repo, sys.executable, "-m", "shiftwatch.report", "shift.nothing", check=False)
+    assert missing.returncode == 2 and "no pipeline run" in missing.stderr
+
+
 def test_bad_parameter_stops_the_stage_with_one_line_and_no_outputs(repo):
     broken = _copy_repo(repo.parent / "broken")
     (broken / "data" / "prepared").mkdir(parents=True)
