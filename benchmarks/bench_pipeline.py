@@ -18,7 +18,6 @@ import gzip
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time

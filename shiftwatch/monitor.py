@@ -13,10 +13,12 @@ stream (the power stage measures this).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from shiftwatch import NUM_CLASSES
+from shiftwatch import NUM_CLASSES, ShiftwatchError
+from shiftwatch.io import atomic_path
 from shiftwatch.detectors import DetectorResult, ks_test
 from shiftwatch.labelshift import (atc_estimate, atc_fit, average_confidence, bbse, em_priors,
                                    estimates_disagree, total_variation)
@@ -40,6 +42,27 @@ class Features:
 
     def subset(self, rows: np.ndarray) -> "Features":
         return Features(self.probabilities[rows], self.embeddings[rows], self.image_stats[rows])
+
+
+def save_features(path: str | Path, view: Features, labels: np.ndarray) -> None:
+    """What `monitor` computed per set, reused by `power`, `mitigate` and `shiftwatch check`.
+    Labels are stored to build the evaluation streams and score remedies, never to detect."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, probabilities=view.probabilities, embeddings=view.embeddings,
+                 image_stats=view.image_stats, labels=labels)
+
+
+def load_features(path: str | Path) -> tuple[Features, np.ndarray]:
+    """(Features, labels) saved by `save_features`; a clear error if missing or corrupt."""
+    try:
+        with np.load(path) as archive:
+            return (Features(archive["probabilities"], archive["embeddings"], archive["image_stats"]),
+                    archive["labels"])
+    except FileNotFoundError:
+        raise ShiftwatchError(f"{path}: not found; run `dvc repro monitor`") from None
+    except Exception as err:  # zip, pickle and key errors mean the same to the user
+        raise ShiftwatchError(f"{path}: unreadable or corrupt ({type(err).__name__}); "
+                              f"run `dvc repro -f monitor`") from None
 
 
 def image_statistics(images: np.ndarray) -> np.ndarray:

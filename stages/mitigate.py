@@ -5,18 +5,19 @@ Writes metrics/mitigate.json (accuracy and class-7 P/R/F1 before and after each 
 metrics/mitigate_coverage.csv (selective prediction on b_shift, a DVC plot), models/resnet18_augmented.pt.
 Deployment labels are read only to score the methods.
 """
+import copy
 import csv
 import time
 
 import numpy as np
 
-from shiftwatch import ShiftwatchError
 from shiftwatch.cli import run_stage
-from shiftwatch.io import atomic_path, load_set, write_json
+from shiftwatch.io import atomic_path, load_set, read_json, write_json
 from shiftwatch.metrics import classification_metrics
 from shiftwatch.mitigate import (adapt_batchnorm, augment_images, correct_label_shift, coverage_curve,
                                  oversample_rows, selective_prediction)
 from shiftwatch.model import load_model, pick_device, predict_proba, save_state_dict, train
+from shiftwatch.monitor import load_features
 from shiftwatch.params import load_params
 from shiftwatch.tracking import stage_run
 
@@ -75,8 +76,6 @@ def main() -> None:
 def _finetune_augmented(model, params):
     """Fine-tune a copy on domain A only (no deployment images or labels) with random blur and
     brightness, optionally oversampling the label-shift class."""
-    import copy
-
     mitigate = params.mitigate
     domain_a = load_set("data/prepared/domain_a.npz", hint="run `dvc repro prepare`")
     rows = oversample_rows(domain_a.labels, params.shift.label_class, mitigate.oversample_factor,
@@ -95,17 +94,11 @@ def _score(labels, predicted, focus) -> dict:
 
 
 def _monitor_outputs(name: str) -> dict:
-    path = f"data/monitor/{name}.npz"
-    try:
-        with np.load(path) as archive:
-            return {"probabilities": archive["probabilities"], "labels": archive["labels"]}
-    except FileNotFoundError:
-        raise ShiftwatchError(f"{path}: not found; run `dvc repro monitor`") from None
+    view, labels = load_features(f"data/monitor/{name}.npz")
+    return {"probabilities": view.probabilities, "labels": labels}
 
 
 def _monitor_details() -> dict:
-    from shiftwatch.io import read_json
-
     return read_json("metrics/monitor_details.json", hint="run `dvc repro monitor`")
 
 

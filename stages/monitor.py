@@ -9,9 +9,9 @@ import numpy as np
 
 from shiftwatch.cli import run_stage
 from shiftwatch.detectors import domain_classifier_test
-from shiftwatch.io import atomic_path, load_set, rows_matching, write_json
+from shiftwatch.io import load_set, rows_matching, write_json
 from shiftwatch.model import load_model, pick_device, predict_with_embeddings
-from shiftwatch.monitor import Features, accuracy_report, features, label_shift_report, run_detectors
+from shiftwatch.monitor import accuracy_report, features, label_shift_report, run_detectors, save_features
 from shiftwatch.params import load_params
 from shiftwatch.plots import estimates_vs_truth
 from shiftwatch.tracking import stage_run
@@ -65,7 +65,7 @@ def main() -> None:
         _print(name, results[name], focus)
 
     for name, view_ in {"test": reference, **views}.items():
-        _save_features(f"data/monitor/{name}.npz", view_,
+        save_features(f"data/monitor/{name}.npz", view_,
                        test.labels if name == "test" else sets[name].labels)
     write_json("metrics/monitor.json", _scalars(results))
     write_json("metrics/monitor_details.json", results)
@@ -87,13 +87,6 @@ def _scalars(tree: dict) -> dict:
 
 def _flat(images: np.ndarray) -> np.ndarray:
     return images.reshape(len(images), -1)
-
-
-def _save_features(path: str, view: Features, labels: np.ndarray) -> None:
-    """Model outputs and image statistics, reused by `power` (labels only to build streams)."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, probabilities=view.probabilities, embeddings=view.embeddings,
-                 image_stats=view.image_stats, labels=labels)
 
 
 def _print(name: str, result: dict, focus: int) -> None:

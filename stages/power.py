@@ -10,11 +10,10 @@ import csv
 import numpy as np
 from joblib import Parallel, delayed
 
-from shiftwatch import ShiftwatchError
 from shiftwatch.cli import run_stage
 from shiftwatch.io import atomic_path, load_set, write_json
 from shiftwatch.model import load_model, pick_device, predict_with_embeddings
-from shiftwatch.monitor import FEATURE_DETECTORS, Features, feature_detector, features
+from shiftwatch.monitor import FEATURE_DETECTORS, Features, feature_detector, features, load_features
 from shiftwatch.params import load_params
 from shiftwatch.plots import power_curves
 from shiftwatch.power import detection_rates, false_alarm_rates
@@ -27,10 +26,11 @@ FIGURE = "metrics/plots/power.png"
 def main() -> None:
     params = load_params()
     power = params.power
+    view = _model_view(params)
     reference = _load_features("test")
-    null_streams = {"b_raw": _load_features("b_raw"), "domain_a_train": _pool_features(params, "a")}
+    null_streams = {"b_raw": _load_features("b_raw"), "domain_a_train": _domain_a_pool(params, view)}
     shift_streams = {name: _load_features(name) for name in ("b_covariate", "b_label", "b_shift")}
-    shift_streams.update(_pool_features(params, "severities"))
+    shift_streams.update(_severity_pools(params, view))
 
     detectors = {name: feature_detector(name, seed=params.seed, mmd_permutations=power.mmd_permutations,
                                         mmd_max_per_side=power.mmd_max_per_side)
@@ -78,34 +78,37 @@ def _on_rows(reference: Features, stream: Features, detectors: dict) -> dict:
 
 
 def _load_features(name: str) -> Features:
-    path = f"data/monitor/{name}.npz"
-    try:
-        with np.load(path) as archive:
-            return Features(archive["probabilities"], archive["embeddings"], archive["image_stats"])
-    except FileNotFoundError:
-        raise ShiftwatchError(f"{path}: not found; run `dvc repro monitor`") from None
+    return load_features(f"data/monitor/{name}.npz")[0]
 
 
-def _pool_features(params, which: str):
-    """Model outputs on seeded pools the pipeline has no set for: A's training images (a null
-    stream that shows why the reference must be held out), and B_raw at each extra severity."""
-    rng = np.random.default_rng(params.seed)
+def _model_view(params):
+    """images -> Features through the trained model (for pools the pipeline has no set for)."""
     model, device = load_model("models/resnet18.pt"), pick_device()
 
-    def run(images, name):
+    def view(images, name):
         probabilities, embeddings = predict_with_embeddings(model, images, params.evaluate.batch_size,
                                                             device, desc=f"embed {name}")
         return features(images, probabilities, embeddings)
+    return view
 
-    if which == "a":
-        domain_a = load_set("data/prepared/domain_a.npz", hint="run `dvc repro prepare`")
-        pool = domain_a.images[rng.choice(len(domain_a), min(params.power.pool, len(domain_a)), replace=False)]
-        return run(pool, "domain_a pool")
+
+def _seeded_pool(images, size: int, seed: int):
+    return images[np.random.default_rng(seed).choice(len(images), min(size, len(images)), replace=False)]
+
+
+def _domain_a_pool(params, view) -> Features:
+    """A's own training images: a healthy stream that shows why the reference must be held out."""
+    domain_a = load_set("data/prepared/domain_a.npz", hint="run `dvc repro prepare`")
+    return view(_seeded_pool(domain_a.images, params.power.pool, params.seed), "domain_a pool")
+
+
+def _severity_pools(params, view) -> dict[str, Features]:
+    """B_raw images at each extra covariate severity (brightness alone, blur alone)."""
     b_raw = load_set("data/shifted/b_raw.npz", hint="run `dvc repro shift`")
-    pool = b_raw.images[rng.choice(len(b_raw), min(params.power.pool, len(b_raw)), replace=False)]
+    pool = _seeded_pool(b_raw.images, params.power.pool, params.seed)
     severities = {f"brightness_{b:g}": (28, b) for b in params.power.brightness_levels}
     severities.update({f"downsample_{d}": (d, 0.0) for d in params.power.downsample_levels})
-    return {name: run(degrade_images(pool, downsample, brightness), name)
+    return {name: view(degrade_images(pool, downsample, brightness), name)
             for name, (downsample, brightness) in severities.items()}
 
 
