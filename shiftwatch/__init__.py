@@ -6,6 +6,8 @@ CLASS_NAMES = (
 )
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE = 28
+# The four deployment sets built from domain B, so each shift's effect can be told apart.
+DEPLOYMENT_SETS = ("b_raw", "b_covariate", "b_label", "b_shift")
 
 
 class ShiftwatchError(Exception):

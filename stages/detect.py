@@ -5,14 +5,13 @@ verdicts per deployment set) and mean-pixel histograms in metrics/plots/.
 """
 from joblib import Parallel, delayed
 
+from shiftwatch import DEPLOYMENT_SETS
 from shiftwatch.cli import run_stage
 from shiftwatch.detectors import detect_drift, mean_pixel
 from shiftwatch.io import load_set, write_json
 from shiftwatch.params import load_params
 from shiftwatch.plots import mean_pixel_histogram
 from shiftwatch.tracking import stage_run
-
-DEPLOYMENT_SETS = ("b_raw", "b_covariate", "b_label", "b_shift")
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Reads params: shift.label_class (the class surfaced on top, 7 = sneaker), evalua
 Writes metrics/evaluate.json (accuracies, class-7 precision/recall/F1), metrics/evaluate_per_class.json,
 confusion matrices (CSV for DVC plots, PNG), data/predictions/<set>.npz.
 """
-from shiftwatch import CLASS_NAMES
+from shiftwatch import CLASS_NAMES, DEPLOYMENT_SETS
 from shiftwatch.cli import run_stage
 from shiftwatch.io import (Predictions, atomic_path, load_predictions, load_set, read_json,
                            rows_matching, save_predictions, write_json)
@@ -13,8 +13,6 @@ from shiftwatch.model import load_model, pick_device, predict_set
 from shiftwatch.params import load_params
 from shiftwatch.plots import confusion_heatmap
 from shiftwatch.tracking import stage_run
-
-DEPLOYMENT_SETS = ("b_raw", "b_covariate", "b_label", "b_shift")
 
 
 def main() -> None:

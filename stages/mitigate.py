@@ -30,11 +30,11 @@ def main() -> None:
     mitigate, focus, batch = params.mitigate, params.shift.label_class, params.evaluate.batch_size
     device = pick_device()
     model = load_model("models/resnet18.pt")
-    reference = _monitor_outputs("test")
-    source_priors = np.bincount(reference["labels"], minlength=10) / len(reference["labels"])
+    _, reference_labels = load_features("data/monitor/test.npz")
+    source_priors = np.bincount(reference_labels, minlength=10) / len(reference_labels)
     monitor = _monitor_details()
     sets = {name: load_set(f"data/shifted/{name}.npz", hint="run `dvc repro shift`") for name in SETS}
-    outputs = {name: _monitor_outputs(name) for name in SETS}
+    outputs = {name: load_features(f"data/monitor/{name}.npz")[0] for name in SETS}
 
     started = time.perf_counter()
     augmented_model = _finetune_augmented(model, params)
@@ -42,7 +42,7 @@ def main() -> None:
 
     results, costs = {}, {"finetune_augmented_seconds": finetune_seconds}
     for name in SETS:
-        labels, probabilities = sets[name].labels, outputs[name]["probabilities"]
+        labels, probabilities = sets[name].labels, outputs[name].probabilities
         score = lambda predicted: _score(labels, predicted, focus)  # noqa: E731
         results[name] = {"none": score(probabilities.argmax(1))}
         for estimator in ("bbse", "em"):
@@ -63,7 +63,7 @@ def main() -> None:
         _print(name, results[name], focus)
 
     save_state_dict(augmented_model, "models/resnet18_augmented.pt")
-    _write_coverage(sets["b_shift"].labels, outputs["b_shift"]["probabilities"])
+    _write_coverage(sets["b_shift"].labels, outputs["b_shift"].probabilities)
     write_json("metrics/mitigate.json", {**results, "cost": costs})
 
     with stage_run("mitigate", params, sections=("seed", "shift.label_class", "evaluate.batch_size",
@@ -91,11 +91,6 @@ def _finetune_augmented(model, params):
 def _score(labels, predicted, focus) -> dict:
     m = classification_metrics(labels, predicted, focus)
     return {"accuracy": m["accuracy"], **{f"class_{focus}_{k}": v for k, v in m[f"class_{focus}"].items()}}
-
-
-def _monitor_outputs(name: str) -> dict:
-    view, labels = load_features(f"data/monitor/{name}.npz")
-    return {"probabilities": view.probabilities, "labels": labels}
 
 
 def _monitor_details() -> dict:

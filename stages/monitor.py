@@ -7,6 +7,7 @@ Deployment labels are read only to report the truth beside the estimates.
 """
 import numpy as np
 
+from shiftwatch import DEPLOYMENT_SETS
 from shiftwatch.cli import run_stage
 from shiftwatch.detectors import domain_classifier_test
 from shiftwatch.io import load_set, rows_matching, write_json
@@ -17,7 +18,6 @@ from shiftwatch.plots import estimates_vs_truth
 from shiftwatch.tracking import stage_run
 from shiftwatch.twosample import mmd_test
 
-DEPLOYMENT_SETS = ("b_raw", "b_covariate", "b_label", "b_shift")
 FIGURE = "metrics/plots/monitor_estimates.png"
 
 
