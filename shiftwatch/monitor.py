@@ -1,8 +1,8 @@
 """Model-based monitoring of a deployment set, without its labels.
 
-What the detectors look at is computed once per set (`Features`): softmax outputs and
-penultimate-layer embeddings of the model, and cheap per-image statistics that catch what
-the model ignores. `run_detectors` turns a reference and a deployment `Features` into
+What the detectors look at is computed once per set (`shiftwatch.features.Features`):
+softmax outputs and penultimate-layer embeddings of the model, and cheap per-image statistics
+that catch what the model ignores. `run_detectors` turns a reference and a deployment `Features` into
 p-values and one Holm-corrected verdict; `label_shift_report` estimates the class mix
 (BBSE and EM) and `accuracy_report` the model's accuracy (ATC, average confidence).
 
@@ -12,66 +12,17 @@ stream (the power stage measures this).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 
-from shiftwatch import NUM_CLASSES, ShiftwatchError
-from shiftwatch.io import atomic_path
+from shiftwatch import NUM_CLASSES
 from shiftwatch.detectors import DetectorResult, ks_test
+from shiftwatch.features import Features
 from shiftwatch.labelshift import (atc_estimate, atc_fit, average_confidence, bbse, em_priors,
                                    estimates_disagree, total_variation)
-from shiftwatch.twosample import (bbsd_chi2, bbsd_ks, holm, median_bandwidth, mmd_test, pixel_quantiles,
-                                  zero_fraction)
+from shiftwatch.twosample import bbsd_chi2, bbsd_ks, holm, median_bandwidth, mmd_test
 
 # Detectors that need only `Features` (cheap enough to repeat in the power stage).
 FEATURE_DETECTORS = ("ks_mean_pixel", "image_stats", "bbsd_ks", "bbsd_chi2", "mmd_embedding")
-
-
-@dataclass(frozen=True)
-class Features:
-    """Per-image views of one set: probabilities (N, 10), embeddings (N, 512) and image
-    statistics (N, 5): mean pixel, share of exactly-zero pixels, 10/50/90 % pixel quantiles."""
-    probabilities: np.ndarray
-    embeddings: np.ndarray
-    image_stats: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.probabilities)
-
-    def subset(self, rows: np.ndarray) -> "Features":
-        return Features(self.probabilities[rows], self.embeddings[rows], self.image_stats[rows])
-
-
-def save_features(path: str | Path, view: Features, labels: np.ndarray) -> None:
-    """What `monitor` computed per set, reused by `power`, `mitigate` and `shiftwatch check`.
-    Labels are stored to build the evaluation streams and score remedies, never to detect."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, probabilities=view.probabilities, embeddings=view.embeddings,
-                 image_stats=view.image_stats, labels=labels)
-
-
-def load_features(path: str | Path) -> tuple[Features, np.ndarray]:
-    """(Features, labels) saved by `save_features`; a clear error if missing or corrupt."""
-    try:
-        with np.load(path) as archive:
-            return (Features(archive["probabilities"], archive["embeddings"], archive["image_stats"]),
-                    archive["labels"])
-    except FileNotFoundError:
-        raise ShiftwatchError(f"{path}: not found; run `dvc repro monitor`") from None
-    except Exception as err:  # zip, pickle and key errors mean the same to the user
-        raise ShiftwatchError(f"{path}: unreadable or corrupt ({type(err).__name__}); "
-                              f"run `dvc repro -f monitor`") from None
-
-
-def image_statistics(images: np.ndarray) -> np.ndarray:
-    flat = images.reshape(len(images), -1)
-    return np.column_stack([flat.mean(axis=1), zero_fraction(images), pixel_quantiles(images)])
-
-
-def features(images: np.ndarray, probabilities: np.ndarray, embeddings: np.ndarray) -> Features:
-    return Features(probabilities, embeddings, image_statistics(images))
 
 
 def feature_detector(name: str, *, seed: int, mmd_permutations: int, mmd_max_per_side: int):

@@ -55,6 +55,7 @@ class TrainParams(_Strict):
 
 class EvaluateParams(_Strict):
     batch_size: int = Field(1000, ge=1, le=65_536)
+    precision: Literal["auto", "fp32"] = "auto"
 
 
 class MonitorParams(_Strict):
@@ -73,6 +74,7 @@ class PowerParams(_Strict):
     brightness_levels: list[Annotated[float, Field(ge=-1, le=1)]] = Field(
         default_factory=lambda: [0.02, 0.05, 0.1])
     downsample_levels: list[Annotated[int, Field(ge=1, le=28)]] = Field(default_factory=lambda: [14, 7])
+    label_keep_levels: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [0.1])
     mmd_permutations: int = Field(100, ge=10, le=10_000)
     mmd_max_per_side: int = Field(500, ge=10, le=5000)
 
@@ -84,6 +86,7 @@ class MitigateParams(_Strict):
     augment_brightness: tuple[Annotated[float, Field(ge=-1, le=1)],
                               Annotated[float, Field(ge=-1, le=1)]] = (0.0, 0.2)
     oversample_factor: int = Field(1, ge=1, le=100)
+    adabn_images: int = Field(2000, ge=10, le=60_000)
     review_threshold: float = Field(0.8, ge=0, le=1)
 
 

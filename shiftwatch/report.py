@@ -15,7 +15,9 @@ from pathlib import Path
 
 from shiftwatch import ShiftwatchError
 
-SCORES = {  # label in the table -> metric of the pipeline run
+# label in the table -> metric of the pipeline run: its parent's headline metrics, or the
+# detailed ones of its stage runs (missing where DVC skipped that stage)
+SCORES = {
     "KS": "detect.{set}.ks_statistic",
     "KL": "detect.{set}.kl_divergence",
     "AUC": "detect.{set}.domain_auc",
@@ -24,7 +26,7 @@ SCORES = {  # label in the table -> metric of the pipeline run
 }
 ACCURACY = {
     "true acc.": "evaluate.accuracy.{set}",
-    "ATC": "monitor.{set}.accuracy.atc",
+    "ATC": "monitor.{set}.accuracy_atc",
     "avg. conf.": "monitor.{set}.accuracy.average_confidence",
 }
 
@@ -46,7 +48,8 @@ def sweep_rows(param: str, deployment_set: str = "b_shift") -> list[dict]:
         value = run.data.params.get(param)
         if value is None or value in rows:
             continue
-        metrics = {label: run.data.metrics.get(key.format(set=deployment_set))
+        logged = {**_stage_metrics(client, run), **run.data.metrics}
+        metrics = {label: logged.get(key.format(set=deployment_set))
                    for label, key in {**SCORES, **ACCURACY}.items()}
         if metrics["true acc."] is not None:
             rows[value] = {param: value, "run": run.data.tags.get("dvc.exp_name", ""), **metrics}
@@ -54,6 +57,17 @@ def sweep_rows(param: str, deployment_set: str = "b_shift") -> list[dict]:
         raise ShiftwatchError(f"no pipeline run in MLflow logs param '{param}' with evaluate results; "
                               f"run a sweep first (see README)")
     return sorted(rows.values(), key=lambda row: float(row[param]))
+
+
+def _stage_metrics(client, parent) -> dict[str, float]:
+    """The detailed metrics of a pipeline run's stage runs (children), merged."""
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                  order_by=["attributes.start_time ASC"], max_results=100)
+    merged: dict[str, float] = {}
+    for child in children:
+        merged.update(child.data.metrics)
+    return merged
 
 
 def format_table(rows: list[dict]) -> str:

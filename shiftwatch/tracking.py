@@ -7,13 +7,19 @@ the working directory to dvc.yaml, and a queued experiment's temporary clone
 (<root>/.dvc/tmp/exps/...) is mapped back to <root>, so queued runs land in the main store.
 
 Grouping: the parent run is keyed by the DVC experiment name (or "workspace"), the git
-commit and a hash of params.yaml. Each stage logs its own params, metrics and artifacts to
-its child run and copies params and metrics to the parent, so comparing parents in the UI
-shows detector scores, accuracies and class-7 numbers of one configuration side by side.
+commit and a hash of params.yaml, and named after the params that differ from the baseline
+commit ("shift.brightness=0.2"). A stage's child run opens when the stage starts, so its
+duration is the stage's and a crash leaves a FAILED run. The child holds the stage's own
+params (the keys dvc.yaml declares for it), detailed metrics and artifacts. The parent holds
+all params and the headline metrics only: every number in the DVC metrics files that
+dvc.yaml declares, re-read from disk after each stage. Files of stages that DVC skipped are
+current (DVC checked them), so every parent carries the same metric keys, whichever stages ran.
 """
 from __future__ import annotations
 
+import getpass
 import hashlib
+import json
 import os
 import subprocess
 import time
@@ -21,8 +27,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import yaml
+
 EXPERIMENT = "shiftwatch"
 PIPELINE_TAG = "shiftwatch.pipeline"
+# Without this tag MLflow 3's UI opens an experiment on its GenAI traces page.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -65,31 +75,52 @@ def _experiment_id(client, uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
     found = client.get_experiment_by_name(EXPERIMENT)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(EXPERIMENT, artifact_location=_artifact_location(uri))
-    except MlflowException:  # created meanwhile by a concurrent stage
-        return client.get_experiment_by_name(EXPERIMENT).experiment_id
+    if found is None:
+        try:
+            return client.create_experiment(EXPERIMENT, artifact_location=_artifact_location(uri),
+                                            tags=EXPERIMENT_KIND)
+        except MlflowException:  # created meanwhile by a concurrent stage
+            found = client.get_experiment_by_name(EXPERIMENT)
+    if found.tags.get("mlflow.experimentKind") is None:  # a store from before the tag
+        for key, value in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def git_commit(root: Path) -> str:
+    return _git(root, "rev-parse", "HEAD") or "unknown"
+
+
+def _git(root: Path, *args: str) -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return None
 
 
 def dvc_tags(stage: str) -> dict[str, str]:
-    """Tags that lead from an MLflow run to its DVC experiment and commit, and back."""
+    """Tags that lead from an MLflow run to its DVC experiment and commit, and back, plus
+    MLflow's own source tags (the UI's Source, Version and User columns)."""
     here = Path.cwd()
+    commit = git_commit(here)
     return {
         "dvc.stage": stage,
         "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
-        "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", git_commit(here)),
-        "git.commit": git_commit(here),
+        "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", commit),
+        "git.commit": commit,
+        "mlflow.source.git.commit": commit,
+        "mlflow.source.name": f"dvc.yaml:{stage}" if stage else "dvc.yaml",
+        "mlflow.source.type": "LOCAL",
+        "mlflow.user": _user(),
     }
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry (some containers)
+        return "unknown"
 
 
 def pipeline_key(params_json: str, tags: dict[str, str]) -> str:
@@ -108,27 +139,75 @@ def flatten_numbers(tree: dict, prefix: str) -> dict[str, float]:
     return flat
 
 
+# ---------------------------------------------------------------- what dvc.yaml declares
+
+def _pipeline(root: Path) -> dict:
+    return (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {})
+
+
+def declared_params(stage: str, root: Path = Path(".")) -> tuple[str, ...]:
+    """The params keys `stage` lists in dvc.yaml: what its MLflow run records."""
+    spec = _pipeline(root).get(stage, {})
+    keys: list[str] = []
+    for entry in spec.get("params", []):  # "key", or {params file: [keys]}
+        keys.extend([entry] if isinstance(entry, str) else [k for listed in entry.values() for k in listed])
+    return tuple(keys)
+
+
+def metrics_files(root: Path = Path(".")) -> list[Path]:
+    """Every DVC metrics file of the pipeline (the headline numbers), in stage order."""
+    files = []
+    for spec in _pipeline(root).values():
+        for entry in spec.get("metrics", []):
+            files.append(root / (entry if isinstance(entry, str) else next(iter(entry))))
+    return files
+
+
+def headline_metrics(root: Path = Path(".")) -> dict[str, float]:
+    """The numbers `dvc exp show` shows, keyed <file stem>.<dotted path> (detect.b_shift.drift)."""
+    metrics: dict[str, float] = {}
+    for path in metrics_files(root):
+        try:
+            metrics.update(flatten_numbers(json.loads(path.read_text()), path.stem))
+        except (OSError, json.JSONDecodeError):
+            continue  # not produced yet (its stage runs later) or unreadable: nothing to show
+    return metrics
+
+
+def changed_params(current: dict[str, object], baseline_rev: str, root: Path = Path(".")) -> dict:
+    """The flat params that differ from params.yaml at `baseline_rev` (empty if unknown)."""
+    from shiftwatch import ShiftwatchError
+    from shiftwatch.params import parse_params
+
+    text = _git(root, "show", f"{baseline_rev}:params.yaml")
+    try:
+        baseline = parse_params(yaml.safe_load(text or "")).flat()
+    except (yaml.YAMLError, ShiftwatchError):  # none at that commit, or an older schema
+        return {}
+    same = lambda key, value: key in baseline and json.dumps(baseline[key]) == json.dumps(value)  # noqa: E731
+    return {k: v for k, v in current.items() if not same(k, v)}
+
+
+def parent_name(tags: dict[str, str], changed: dict[str, object]) -> str:
+    """'shift.brightness=0.2 (bally-loot)', or 'baseline 5103cd6 (workspace)' without changes."""
+    label = (", ".join(f"{k}={v}" for k, v in changed.items()) if changed
+             else f"baseline {tags['dvc.baseline_rev'][:7]}")
+    return f"{label} ({tags['dvc.exp_name']})"
+
+
+# ---------------------------------------------------------------- runs
+
 class StageRun:
-    """What a stage script logs through; mirrors params and metrics onto the parent run."""
+    """What a stage script logs through: its own run's params, metrics and artifacts."""
 
-    def __init__(self, client, run_id: str, parent_id: str):
-        self.client, self.run_id, self.parent_id = client, run_id, parent_id
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
 
-    def log_params(self, params: dict[str, object], parent_too: bool = True) -> None:
-        from mlflow.entities import Param
-
-        entries = [Param(k, str(v)) for k, v in params.items()]
-        for run_id in (self.run_id, self.parent_id) if parent_too else (self.run_id,):
-            _retry(lambda: self.client.log_batch(run_id, params=entries))
+    def log_params(self, params: dict[str, object]) -> None:
+        _log_params(self.client, self.run_id, params)
 
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        entries = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        for start in range(0, len(entries), 500):  # log_batch takes at most 1000 entries
-            for run_id in (self.run_id, self.parent_id):
-                _retry(lambda: self.client.log_batch(run_id, metrics=entries[start:start + 500]))
+        _log_metrics(self.client, self.run_id, metrics, step)
 
     def log_metric_tree(self, prefix: str, tree: dict) -> None:
         """Log every number of a nested metrics dict under dotted keys: prefix.a.b.c."""
@@ -149,12 +228,29 @@ class StageRun:
         self.client.set_tag(self.run_id, key, value)
 
 
-@contextmanager
-def stage_run(stage: str, params, sections: tuple[str, ...]) -> Iterator[StageRun]:
-    """Open the child run of `stage` under this pipeline execution's parent run.
+def _log_params(client, run_id: str, params: dict[str, object]) -> None:
+    from mlflow.entities import Param
 
-    The child gets the params of `sections` (the keys the stage declares in dvc.yaml);
-    the parent gets all params, so parents compare column by column in the UI.
+    entries = [Param(k, str(v)) for k, v in params.items()]
+    for start in range(0, len(entries), 100):  # log_batch takes at most 100 params
+        _retry(lambda: client.log_batch(run_id, params=entries[start:start + 100]))
+
+
+def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    entries = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+    for start in range(0, len(entries), 500):  # log_batch takes at most 1000 entries
+        _retry(lambda: client.log_batch(run_id, metrics=entries[start:start + 500]))
+
+
+@contextmanager
+def stage_run(stage: str, params) -> Iterator[StageRun]:
+    """The MLflow run of `stage`, open for as long as the stage works.
+
+    Wrap the stage's whole work in it: the run ends FINISHED, or FAILED if the body raises.
+    Either way the parent then gets every headline metric on disk, so it never has holes.
     """
     import mlflow
     from mlflow import MlflowClient
@@ -169,25 +265,30 @@ def stage_run(stage: str, params, sections: tuple[str, ...]) -> Iterator[StageRu
     child = _retry(lambda: client.create_run(
         experiment_id, run_name=stage,
         tags={**tags, PIPELINE_TAG: key, "mlflow.parentRunId": parent_id}))
-    run = StageRun(client, child.info.run_id, parent_id)
-    run.log_params(params.flat(*sections), parent_too=False)
+    run = StageRun(client, child.info.run_id)
+    run.log_params(params.flat(*declared_params(stage)))
     status = "FAILED"
     try:
         yield run
         status = "FINISHED"
     finally:
         _retry(lambda: client.set_terminated(child.info.run_id, status))
+        _log_metrics(client, parent_id, headline_metrics())
         _retry(lambda: client.set_terminated(parent_id, status))
 
 
 def _parent_run(client, experiment_id: str, key: str, tags: dict[str, str],
                 all_params: dict[str, object]) -> str:
+    """This pipeline execution's parent run (created by its first stage), marked RUNNING."""
     found = client.search_runs([experiment_id], filter_string=(
         f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`shiftwatch.role` = 'pipeline'"), max_results=1)
     if found:
+        client.update_run(found[0].info.run_id, status="RUNNING")
         return found[0].info.run_id
     run_tags = {k: v for k, v in tags.items() if k != "dvc.stage"}
-    run = client.create_run(experiment_id, run_name=f"pipeline {tags['dvc.exp_name']}",
+    run_tags["mlflow.source.name"] = "dvc.yaml"
+    name = parent_name(tags, changed_params(all_params, tags["dvc.baseline_rev"]))
+    run = client.create_run(experiment_id, run_name=name,
                             tags={**run_tags, PIPELINE_TAG: key, "shiftwatch.role": "pipeline"})
-    StageRun(client, run.info.run_id, run.info.run_id).log_params(all_params, parent_too=False)
+    _log_params(client, run.info.run_id, all_params)
     return run.info.run_id

@@ -1,71 +1,73 @@
 """evaluate: what the shift does to the deployed model, set by set.
 
 Reads params: shift.label_class (the class surfaced on top, 7 = sneaker), evaluate.
-Writes metrics/evaluate.json (accuracies, class-7 precision/recall/F1), metrics/evaluate_per_class.json,
-confusion matrices (CSV for DVC plots, PNG), data/predictions/<set>.npz.
+Runs the network on b_covariate only (the one set whose images `reference` has not seen) and
+writes its Features to data/features/b_covariate.npz for `monitor` and `mitigate`.
+Writes metrics/evaluate.json (headline: accuracies, class-7 precision/recall/F1 on b_shift),
+metrics/evaluate_details.json (every set, every class), confusion matrices (CSV for DVC plots, PNG).
 """
+import numpy as np
+
 from shiftwatch import CLASS_NAMES, DEPLOYMENT_SETS
 from shiftwatch.cli import run_stage
-from shiftwatch.io import (Predictions, atomic_path, load_predictions, load_set, read_json,
-                           rows_matching, save_predictions, write_json)
+from shiftwatch.io import atomic_path, load_set, write_json
 from shiftwatch.metrics import classification_metrics, confusion
-from shiftwatch.model import load_model, pick_device, predict_set
+from shiftwatch.features import deployment_views, load_features, model_features, save_features
+from shiftwatch.model import load_model, pick_device
 from shiftwatch.params import load_params
 from shiftwatch.plots import confusion_heatmap
 from shiftwatch.tracking import stage_run
+
+COVARIATE_FEATURES = "data/features/b_covariate.npz"
 
 
 def main() -> None:
     params = load_params()
     focus = params.shift.label_class
-    in_domain = read_json("metrics/train.json", hint="run `dvc repro train`")
-    predictions = {"test": load_predictions("data/predictions/test.npz", hint="run `dvc repro train`"),
-                   **_deployment_predictions(params.evaluate.batch_size)}
-    for name in DEPLOYMENT_SETS:
-        save_predictions(f"data/predictions/{name}.npz", predictions[name])
-    evaluated = {name: (p.labels, p.predicted) for name, p in predictions.items()}
+    with stage_run("evaluate", params) as run:
+        sets = {name: load_set(f"data/shifted/{name}.npz", hint="run `dvc repro shift`")
+                for name in DEPLOYMENT_SETS}
+        covariate = model_features(load_model("models/resnet18.pt"), sets["b_covariate"].images,
+                                   params.evaluate.batch_size, pick_device(), params.evaluate.precision,
+                                   desc="embed b_covariate")
+        save_features(COVARIATE_FEATURES, covariate, sets["b_covariate"].labels,
+                      sets["b_covariate"].source_index)
+        views = deployment_views(_reference("domain_b"), (covariate, sets["b_covariate"].source_index), sets)
+        evaluated = {name: _reference_predictions(name) for name in ("domain_a_train", "test")}
+        evaluated.update({name: (sets[name].labels, views[name].probabilities.argmax(1))
+                          for name in DEPLOYMENT_SETS})
 
-    per_set = {name: classification_metrics(labels, predicted, focus)
-               for name, (labels, predicted) in evaluated.items()}
-    focus_key = f"class_{focus}"
-    summary = {
-        "accuracy": {"domain_a_train": in_domain["accuracy_domain_a_train"],
-                     **{name: m["accuracy"] for name, m in per_set.items()}},
-        "accuracy_drop_test_to_b_shift": per_set["test"]["accuracy"] - per_set["b_shift"]["accuracy"],
-        focus_key: {name: m[focus_key] for name, m in per_set.items()},
-    }
-    write_json("metrics/evaluate.json", summary)
-    write_json("metrics/evaluate_per_class.json", {name: m["per_class"] for name, m in per_set.items()})
-    figures = _write_confusions(evaluated)
+        per_set = {name: classification_metrics(labels, predicted, focus)
+                   for name, (labels, predicted) in evaluated.items()}
+        focus_key = f"class_{focus}"
+        headline = {
+            "accuracy": {name: per_set[name]["accuracy"]
+                         for name in ("domain_a_train", "test", "b_covariate", "b_label", "b_shift")},
+            f"{focus_key}_b_shift": per_set["b_shift"][focus_key],
+        }
+        write_json("metrics/evaluate.json", headline)
+        write_json("metrics/evaluate_details.json", per_set)
+        figures = _write_confusions({k: v for k, v in evaluated.items() if k != "domain_a_train"})
 
-    with stage_run("evaluate", params, sections=("shift.label_class", "evaluate")) as run:
-        run.log_metric_tree("evaluate", summary)
-        run.log_artifact("metrics/evaluate.json")
-        run.log_artifact("metrics/evaluate_per_class.json")
+        run.log_metric_tree("evaluate", {name: {k: v for k, v in m.items() if k != "per_class"}
+                                         for name, m in per_set.items()})
+        run.log_artifact("metrics/evaluate_details.json")
         for path in figures:
             run.log_artifact(path, "plots")
     for name, m in per_set.items():
-        print(f"evaluate: {name:12s} accuracy {m['accuracy']:.4f}  class {focus} "
+        print(f"evaluate: {name:14s} accuracy {m['accuracy']:.4f}  class {focus} "
               f"P/R/F1 {m[focus_key]['precision']:.3f}/{m[focus_key]['recall']:.3f}/{m[focus_key]['f1']:.3f}")
 
 
-def _deployment_predictions(batch_size: int) -> dict[str, Predictions]:
-    """Softmax outputs on the four deployment sets; only b_covariate goes through the network.
+def _reference(name: str):
+    view, _, source_index = load_features(f"data/reference/{name}.npz", with_index=True)
+    return view, source_index
 
-    b_raw is domain B, predicted once by `train`; b_label and b_shift are subsets of b_raw
-    and b_covariate, so their predictions are rows of those.
-    """
-    domain_b = load_predictions("data/predictions/domain_b.npz", hint="run `dvc repro train`")
-    sets = {name: load_set(f"data/shifted/{name}.npz", hint="run `dvc repro shift`")
-            for name in DEPLOYMENT_SETS}
-    covariate = predict_set(load_model("models/resnet18.pt"), sets["b_covariate"], batch_size,
-                            pick_device(), desc="predict b_covariate")
-    return {
-        "b_raw": domain_b.subset(rows_matching(sets["b_raw"].source_index, domain_b.source_index)),
-        "b_covariate": covariate,
-        "b_label": domain_b.subset(rows_matching(sets["b_label"].source_index, domain_b.source_index)),
-        "b_shift": covariate.subset(rows_matching(sets["b_shift"].source_index, covariate.source_index)),
-    }
+
+def _reference_predictions(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, predicted) on a set `reference` already ran the model on."""
+    view, labels = load_features(f"data/reference/{'domain_a' if name == 'domain_a_train' else name}.npz")
+    return labels, view.probabilities.argmax(1)
 
 
 def _write_confusions(evaluated: dict) -> list[str]:
@@ -75,7 +77,7 @@ def _write_confusions(evaluated: dict) -> list[str]:
         with atomic_path(f"metrics/confusion/{name}.csv") as tmp:
             rows = "\n".join(f"{CLASS_NAMES[a]},{CLASS_NAMES[p]}" for a, p in zip(labels, predicted))
             tmp.write_text("actual,predicted\n" + rows + "\n")
-        figure = f"metrics/plots/confusion_{name}.png"
+        figure = f"metrics/plots/confusion/{name}.png"
         confusion_heatmap(confusion(labels, predicted), f"Confusion matrix: {name}", figure)
         figures.append(figure)
     return figures

@@ -1,9 +1,16 @@
-"""power: how often each detector alarms on a healthy stream, and how many images it needs.
+"""power: how often each detector alarms on a healthy stream, and how many images it needs to
+see a shift of known severity. A property of the model and the detectors, run once per model:
+it reads no `shift.*` setting except the class that the label-shift streams thin out.
 
-Reads params: seed, monitor.alpha, evaluate.batch_size, power. Reuses the model outputs that
-`monitor` saved (the network runs once per image, never per repetition), plus the model on a
-seeded pool of B_raw images at each extra covariate severity and on a pool of A's training images.
-Writes metrics/power.json, metrics/power/<stream>.csv (DVC plots), metrics/plots/power.png.
+Reads params: seed, shift.label_class, evaluate, monitor.alpha, power. Reuses the model outputs of
+`reference` (the network runs once per image, never per repetition) and runs the model once on a
+seeded pool of domain-B images at each covariate severity of the grid.
+Streams: false alarms on domain B unshifted (b_raw) and on A's own training images; detection
+on brightness_<b>, downsample_<d> (pool of `power.pool` images) and label_keep_<k> (domain B
+with only share k of class shift.label_class left).
+Writes metrics/power.json (headline: worst false-alarm rate per detector, smallest n with
+power >= 0.9 per stream), metrics/power_details.json (every rate with its Wilson interval),
+metrics/power/<stream>.csv (DVC plots), metrics/plots/power.png.
 """
 import csv
 
@@ -12,49 +19,69 @@ from joblib import Parallel, delayed
 
 from shiftwatch.cli import run_stage
 from shiftwatch.io import atomic_path, load_set, write_json
-from shiftwatch.model import load_model, pick_device, predict_with_embeddings
-from shiftwatch.monitor import FEATURE_DETECTORS, Features, feature_detector, features, load_features
+from shiftwatch.features import Features, load_features, model_features
+from shiftwatch.model import load_model, pick_device
+from shiftwatch.monitor import FEATURE_DETECTORS, feature_detector
 from shiftwatch.params import load_params
 from shiftwatch.plots import power_curves
-from shiftwatch.power import detection_rates, false_alarm_rates
-from shiftwatch.shift import degrade_images
+from shiftwatch.power import COMBINED, detection_rates, false_alarm_rates
+from shiftwatch.shift import degrade_images, label_shift_rows
 from shiftwatch.tracking import stage_run
 
 FIGURE = "metrics/plots/power.png"
+TARGET_POWER = 0.9
 
 
 def main() -> None:
     params = load_params()
     power = params.power
-    view = _model_view(params)
-    reference = _load_features("test")
-    null_streams = {"b_raw": _load_features("b_raw"), "domain_a_train": _domain_a_pool(params, view)}
-    shift_streams = {name: _load_features(name) for name in ("b_covariate", "b_label", "b_shift")}
-    shift_streams.update(_severity_pools(params, view))
+    with stage_run("power", params) as run:
+        reference, _ = load_features("data/reference/test.npz")
+        domain_b, domain_b_labels = load_features("data/reference/domain_b.npz")
+        domain_a, _ = load_features("data/reference/domain_a.npz")
+        null_streams = {"b_raw": domain_b,
+                        "domain_a_train": domain_a.subset(_seeded_rows(len(domain_a), power.pool, params.seed))}
+        shift_streams = _severity_pools(params)
+        for keep in power.label_keep_levels:
+            rows = label_shift_rows(domain_b_labels, params.shift.label_class, keep, params.seed)
+            shift_streams[f"label_keep_{keep:g}"] = domain_b.subset(rows)
 
-    detectors = {name: feature_detector(name, seed=params.seed, mmd_permutations=power.mmd_permutations,
-                                        mmd_max_per_side=power.mmd_max_per_side)
-                 for name in FEATURE_DETECTORS}
-    jobs = [(kind, name, stream) for kind, streams in (("false_alarms", null_streams),
-                                                       ("detection", shift_streams))
-            for name, stream in streams.items()]
-    # Streams are independent and the tests mostly single-threaded: one worker per core.
-    all_rates = Parallel(n_jobs=2)(delayed(_stream_rates)(kind, name, stream, reference, detectors, params)
-                                   for kind, name, stream in jobs)
-    results = {"false_alarms": {}, "detection": {}}
-    for (kind, name, _), rates in zip(jobs, all_rates):
-        results[kind][name] = {d: {str(p.n): _point(p) for p in points} for d, points in rates.items()}
-        _write_csv(f"metrics/power/{name}.csv", rates)
+        detectors = {name: feature_detector(name, seed=params.seed, mmd_permutations=power.mmd_permutations,
+                                            mmd_max_per_side=power.mmd_max_per_side)
+                     for name in FEATURE_DETECTORS}
+        jobs = [(kind, name, stream) for kind, streams in (("false_alarms", null_streams),
+                                                           ("detection", shift_streams))
+                for name, stream in streams.items()]
+        # Streams are independent and the tests mostly single-threaded: one worker per core.
+        all_rates = Parallel(n_jobs=2)(delayed(_stream_rates)(kind, name, stream, reference, detectors, params)
+                                       for kind, name, stream in jobs)
+        results = {"false_alarms": {}, "detection": {}}
+        for (kind, name, _), rates in zip(jobs, all_rates):
+            results[kind][name] = {d: {str(p.n): _point(p) for p in points} for d, points in rates.items()}
+            _write_csv(f"metrics/power/{name}.csv", rates)
 
-    write_json("metrics/power.json", results)
-    power_curves(results, params.monitor.alpha, FIGURE)
-    with stage_run("power", params, sections=("seed", "monitor.alpha", "evaluate.batch_size", "power")) as run:
+        write_json("metrics/power_details.json", results)
+        write_json("metrics/power.json", _headline(results))
+        power_curves(results, params.monitor.alpha, FIGURE)
         run.log_metric_tree("power", {kind: {s: {d: {n: p["rate"] for n, p in points.items()}
                                                  for d, points in by_detector.items()}
                                              for s, by_detector in streams.items()}
                                       for kind, streams in results.items()})
-        run.log_artifact("metrics/power.json")
+        run.log_artifact("metrics/power_details.json")
         run.log_artifact(FIGURE, "plots")
+
+
+def _headline(results: dict) -> dict:
+    """The power table in a few numbers: each detector's worst false-alarm rate over all n on
+    the healthy deployment stream, and per shifted stream the smallest n at which the combined
+    verdict alarms in >= 90 % of draws (null: not reached at any n tried)."""
+    healthy = results["false_alarms"]["b_raw"]
+    return {
+        "false_alarm_max": {d: max(p["rate"] for p in points.values()) for d, points in healthy.items()},
+        "min_n_power_90": {stream: next((int(n) for n, p in by_detector[COMBINED].items()
+                                         if p["rate"] >= TARGET_POWER), None)
+                           for stream, by_detector in results["detection"].items()},
+    }
 
 
 def _stream_rates(kind: str, name: str, stream: Features, reference: Features, detectors: dict,
@@ -77,38 +104,21 @@ def _on_rows(reference: Features, stream: Features, detectors: dict) -> dict:
     return {name: bind(detector) for name, detector in detectors.items()}
 
 
-def _load_features(name: str) -> Features:
-    return load_features(f"data/monitor/{name}.npz")[0]
+def _seeded_rows(size: int, pool: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).choice(size, min(pool, size), replace=False)
 
 
-def _model_view(params):
-    """images -> Features through the trained model (for pools the pipeline has no set for)."""
+def _severity_pools(params) -> dict[str, Features]:
+    """A seeded pool of domain-B images at each covariate severity of the grid (brightness
+    alone, blur alone), through the model once."""
+    power, evaluate = params.power, params.evaluate
+    domain_b = load_set("data/prepared/domain_b.npz", hint="run `dvc repro prepare`")
+    pool = domain_b.images[_seeded_rows(len(domain_b), power.pool, params.seed)]
     model, device = load_model("models/resnet18.pt"), pick_device()
-
-    def view(images, name):
-        probabilities, embeddings = predict_with_embeddings(model, images, params.evaluate.batch_size,
-                                                            device, desc=f"embed {name}")
-        return features(images, probabilities, embeddings)
-    return view
-
-
-def _seeded_pool(images, size: int, seed: int):
-    return images[np.random.default_rng(seed).choice(len(images), min(size, len(images)), replace=False)]
-
-
-def _domain_a_pool(params, view) -> Features:
-    """A's own training images: a healthy stream that shows why the reference must be held out."""
-    domain_a = load_set("data/prepared/domain_a.npz", hint="run `dvc repro prepare`")
-    return view(_seeded_pool(domain_a.images, params.power.pool, params.seed), "domain_a pool")
-
-
-def _severity_pools(params, view) -> dict[str, Features]:
-    """B_raw images at each extra covariate severity (brightness alone, blur alone)."""
-    b_raw = load_set("data/shifted/b_raw.npz", hint="run `dvc repro shift`")
-    pool = _seeded_pool(b_raw.images, params.power.pool, params.seed)
-    severities = {f"brightness_{b:g}": (28, b) for b in params.power.brightness_levels}
-    severities.update({f"downsample_{d}": (d, 0.0) for d in params.power.downsample_levels})
-    return {name: view(degrade_images(pool, downsample, brightness), name)
+    severities = {f"brightness_{b:g}": (28, b) for b in power.brightness_levels}
+    severities.update({f"downsample_{d}": (d, 0.0) for d in power.downsample_levels})
+    return {name: model_features(model, degrade_images(pool, downsample, brightness),
+                                 evaluate.batch_size, device, evaluate.precision, desc=name)
             for name, (downsample, brightness) in severities.items()}
 
 

@@ -20,29 +20,30 @@ OUT = Path("data/prepared")
 
 def main() -> None:
     params = load_params()
-    source = find_source(params.data.source, download_root=Path("data/raw"))
-    train, test = load_fashion_mnist(source)
-    train = subsample(train, params.data.max_train_images, params.seed)
-    test = subsample(test, params.data.max_test_images, params.seed)
-    domain_a, domain_b = split_domains(train, params.data.domain_b_fraction, params.seed)
+    with stage_run("prepare", params) as run:
+        source = find_source(params.data.source, download_root=Path("data/raw"))
+        train, test = load_fashion_mnist(source)
+        train = subsample(train, params.data.max_train_images, params.seed)
+        test = subsample(test, params.data.max_test_images, params.seed)
+        domain_a, domain_b = split_domains(train, params.data.domain_b_fraction, params.seed)
 
-    labels_alike = label_proportion_test(domain_a.labels, domain_b.labels, NUM_CLASSES)
-    pixels_alike = ks_test(mean_pixel(domain_a.images), mean_pixel(domain_b.images))
-    summary = {
-        "n": {"domain_a": len(domain_a), "domain_b": len(domain_b), "test": len(test)},
-        "overlap_a_b": int(np.intersect1d(domain_a.source_index, domain_b.source_index).size),
-        "a_vs_b": {"label_chi2": labels_alike.statistic, "label_chi2_pvalue": labels_alike.pvalue,
-                   "ks_mean_pixel": pixels_alike.statistic, "ks_mean_pixel_pvalue": pixels_alike.pvalue},
-    }
-    class_counts = {name: np.bincount(s.labels, minlength=NUM_CLASSES).tolist()
-                    for name, s in (("domain_a", domain_a), ("domain_b", domain_b), ("test", test))}
+        labels_alike = label_proportion_test(domain_a.labels, domain_b.labels, NUM_CLASSES)
+        pixels_alike = ks_test(mean_pixel(domain_a.images), mean_pixel(domain_b.images))
+        summary = {
+            "n": {"domain_a": len(domain_a), "domain_b": len(domain_b), "test": len(test)},
+            "overlap_a_b": int(np.intersect1d(domain_a.source_index, domain_b.source_index).size),
+            "a_vs_b": {"label_chi2": labels_alike.statistic, "label_chi2_pvalue": labels_alike.pvalue,
+                       "ks_mean_pixel": pixels_alike.statistic,
+                       "ks_mean_pixel_pvalue": pixels_alike.pvalue},
+        }
+        class_counts = {name: np.bincount(s.labels, minlength=NUM_CLASSES).tolist()
+                        for name, s in (("domain_a", domain_a), ("domain_b", domain_b), ("test", test))}
 
-    for name, image_set in (("domain_a", domain_a), ("domain_b", domain_b), ("test", test)):
-        save_set(OUT / f"{name}.npz", image_set, as_uint8=True)
-    write_json("metrics/prepare.json", summary)
-    write_json("metrics/class_counts.json", class_counts)
+        for name, image_set in (("domain_a", domain_a), ("domain_b", domain_b), ("test", test)):
+            save_set(OUT / f"{name}.npz", image_set, as_uint8=True)
+        write_json("metrics/prepare.json", summary)
+        write_json("metrics/class_counts.json", class_counts)
 
-    with stage_run("prepare", params, sections=("seed", "data")) as run:
         run.set_tag("data.source_used", "debian-package" if source == DEBIAN_DIR else
                     ("data.source" if params.data.source else "torchvision-download"))
         run.log_metric_tree("prepare", summary)

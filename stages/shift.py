@@ -22,26 +22,24 @@ SAMPLES_PNG = "metrics/plots/samples.png"
 def main() -> None:
     params = load_params()
     shift = params.shift
-    domain_a = load_set("data/prepared/domain_a.npz", hint="run `dvc repro prepare`")
-    domain_b = load_set("data/prepared/domain_b.npz", hint="run `dvc repro prepare`")
-    deployment = make_deployment_sets(domain_b, shift.downsample, shift.brightness,
-                                      shift.label_class, shift.label_keep, params.seed)
+    with stage_run("shift", params) as run:
+        domain_a = load_set("data/prepared/domain_a.npz", hint="run `dvc repro prepare`")
+        domain_b = load_set("data/prepared/domain_b.npz", hint="run `dvc repro prepare`")
+        deployment = make_deployment_sets(domain_b, shift.downsample, shift.brightness,
+                                          shift.label_class, shift.label_keep, params.seed)
+        summary = {name: {"n": len(s),
+                          f"class_{shift.label_class}_share": float(np.mean(s.labels == shift.label_class)),
+                          "mean_pixel": float(s.images.mean())}
+                   for name, s in deployment.items()}
+        for name, image_set in deployment.items():
+            save_set(OUT / f"{name}.npz", image_set, as_uint8=(name in ("b_raw", "b_label")))
+        write_json("metrics/shift.json", summary)
+        _draw_samples(domain_a, deployment, params.seed)
 
-    summary = {name: {"n": len(s),
-                      f"class_{shift.label_class}_share": float(np.mean(s.labels == shift.label_class)),
-                      "mean_pixel": float(s.images.mean())}
-               for name, s in deployment.items()}
-    for name, image_set in deployment.items():
-        save_set(OUT / f"{name}.npz", image_set, as_uint8=(name in ("b_raw", "b_label")))
-    write_json("metrics/shift.json", summary)
-    _draw_samples(domain_a, deployment, params.seed)
-
-    with stage_run("shift", params, sections=("seed", "shift")) as run:
         run.log_metric_tree("shift", summary)
         run.log_artifact("metrics/shift.json")
         run.log_artifact(SAMPLES_PNG, "plots")
-    print("shift: " + ", ".join(f"{name} {len(s):,}"
-                                for name, s in deployment.items()) + " images")
+    print("shift: " + ", ".join(f"{name} {len(s):,}" for name, s in deployment.items()) + " images")
 
 
 def _draw_samples(domain_a, deployment, seed: int) -> None:

@@ -1,5 +1,5 @@
 """`python -m shiftwatch check`: a real (untrained) ResNet-18, a reference summary written like
-the monitor stage writes it, and batches as arrays and PNG folders; exit codes 0 / 1 / 2."""
+the reference stage writes it, and batches as arrays and PNG folders; exit codes 0 / 1 / 2."""
 import json
 import os
 import subprocess
@@ -16,7 +16,8 @@ from shiftwatch import CLASS_NAMES
 from shiftwatch.__main__ import main
 from shiftwatch.check import load_batch
 from shiftwatch.model import build_resnet18, predict_with_embeddings, save_state_dict
-from shiftwatch.monitor import FEATURE_DETECTORS, features
+from shiftwatch.features import features
+from shiftwatch.monitor import FEATURE_DETECTORS
 from shiftwatch.params import Params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,7 +180,7 @@ def test_bad_batches_exit_2_with_one_line_and_no_json(project, tmp_path, capsys,
 
 
 @pytest.mark.parametrize("missing, words", [("--model", "dvc repro train"),
-                                            ("--reference", "dvc repro monitor"),
+                                            ("--reference", "dvc repro reference"),
                                             ("--params", "pass --params")])
 def test_missing_model_reference_or_params_exit_2(project, tmp_path, capsys, missing, words):
     paths = {"--reference": project / "test.npz", "--model": project / "resnet18.pt",

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from shiftwatch.monitor import (FEATURE_DETECTORS, Features, accuracy_report, image_statistics,
-                                label_shift_report, run_detectors)
+from shiftwatch.features import Features, image_statistics
+from shiftwatch.monitor import FEATURE_DETECTORS, accuracy_report, label_shift_report, run_detectors
 
 
 def _features(rng, n, brightness=0.0, class_weights=None):

@@ -14,15 +14,18 @@ import yaml
 from mlflow import MlflowClient
 
 from conftest import REPO, needs_fashion_mnist
+from shiftwatch.tracking import headline_metrics
 
 pytestmark = needs_fashion_mnist
 
 SMALL = {"data": {"max_train_images": 2000, "max_test_images": 500},
          "train": {"epochs": 1}, "detect": {"classifier_samples": 300},
          "monitor": {"classifier_samples": 200, "mmd_permutations": 50},
-         "power": {"repetitions": 10, "sizes": [10, 100], "pool": 300, "mmd_permutations": 20}}
-STAGES = ("prepare", "shift", "detect", "train", "evaluate", "monitor", "power", "mitigate")
-SHIFT_STAGES = ("shift", "detect", "evaluate", "monitor", "power", "mitigate")
+         "power": {"repetitions": 10, "sizes": [10, 100], "pool": 300, "mmd_permutations": 20},
+         "mitigate": {"adabn_images": 200}}
+MODEL_STAGES = ("prepare", "train", "reference", "finetune", "power")  # once per model
+SHIFT_STAGES = ("shift", "detect", "evaluate", "monitor", "mitigate")  # once per shift experiment
+STAGES = MODEL_STAGES + SHIFT_STAGES
 
 
 def _env(repo: Path) -> dict[str, str]:
@@ -93,74 +96,109 @@ def repo(tmp_path_factory):
 
 def test_repro_writes_every_output_and_metric(repo):
     for path in ("data/prepared/domain_a.npz", "data/shifted/b_shift.npz", "models/resnet18.pt",
-                 "data/predictions/b_shift.npz", "metrics/plots/samples.png",
-                 "metrics/plots/mean_pixel_b_shift.png", "metrics/plots/confusion_b_shift.png",
+                 "data/reference/test.npz", "data/reference/domain_b.npz", "data/features/b_covariate.npz",
+                 "models/resnet18_augmented.pt", "data/finetuned/domain_b.npz", "metrics/plots/samples.png",
+                 "metrics/plots/mean_pixel/b_shift.png", "metrics/plots/confusion/b_shift.png",
                  "metrics/confusion/b_shift.csv", "metrics/train_history.csv",
-                 "data/monitor/b_shift.npz", "metrics/plots/monitor_estimates.png",
-                 "metrics/power/b_label.csv", "metrics/plots/power.png"):
+                 "metrics/plots/monitor_estimates.png", "metrics/power/label_keep_0.1.csv",
+                 "metrics/plots/power.png"):
         assert (repo / path).is_file(), path
     prepare = _metrics(repo, "prepare")
     assert prepare["n"] == {"domain_a": 1400, "domain_b": 600, "test": 500}
     assert prepare["overlap_a_b"] == 0
-    detect = _metrics(repo, "detect")
+    detect = _metrics(repo, "detect_details")
     assert detect["b_shift"]["drift"] == 1 and detect["b_shift"]["domain_auc"] > 0.9
     assert detect["b_raw"]["kl_divergence"] < detect["b_shift"]["kl_divergence"]
-    evaluate = _metrics(repo, "evaluate")
-    assert set(evaluate["accuracy"]) == {"domain_a_train", "test", "b_raw", "b_covariate",
-                                         "b_label", "b_shift"}
-    assert set(evaluate["class_7"]["b_shift"]) == {"precision", "recall", "f1"}
-    monitor = _metrics(repo, "monitor")
+    evaluate = _metrics(repo, "evaluate_details")
+    assert set(evaluate) == {"domain_a_train", "test", "b_raw", "b_covariate", "b_label", "b_shift"}
+    assert set(evaluate["b_shift"]["class_7"]) == {"precision", "recall", "f1"}
+    monitor = _metrics(repo, "monitor_details")
     assert monitor["b_shift"]["drift"] == 1 and monitor["b_shift"]["tests"]["image_stats"]["pvalue"] < 1e-6
     assert {"class_7_share_true", "class_7_share_bbse", "class_7_share_em"} <= set(monitor["b_label"]["label_shift"])
     assert {"true", "atc", "average_confidence"} == set(monitor["b_covariate"]["accuracy"])
-    power = _metrics(repo, "power")
+    power = _metrics(repo, "power_details")
     assert set(power["false_alarms"]) == {"b_raw", "domain_a_train"}
-    assert set(power["detection"]["b_shift"]["combined"]) == {"10", "100"}
+    assert set(power["detection"]["label_keep_0.1"]["combined"]) == {"10", "100"}
     assert power["detection"]["brightness_0.02"]["image_stats"]["100"]["rate"] == 1.0
-    mitigate = _metrics(repo, "mitigate")
+    assert _metrics(repo, "power")["min_n_power_90"]["brightness_0.02"] in (10, 100)
+    mitigate = _metrics(repo, "mitigate_details")
     assert set(mitigate["b_shift"]) == {"none", "label_shift_bbse", "label_shift_em", "adabn",
                                         "finetune_augmented", "selective", "selective_augmented"}
-    assert mitigate["b_label"]["none"]["accuracy"] == pytest.approx(evaluate["accuracy"]["b_label"])
+    assert mitigate["b_label"]["none"]["accuracy"] == pytest.approx(evaluate["b_label"]["accuracy"])
     shift = _metrics(repo, "shift")
     assert shift["b_shift"]["n"] == shift["b_label"]["n"] < shift["b_raw"]["n"]
     assert shift["b_label"]["class_7_share"] < shift["b_raw"]["class_7_share"] / 5
 
 
+def _parents(runs) -> list:
+    return [r for r in runs if r.data.tags.get("shiftwatch.role") == "pipeline"]
+
+
 def test_repro_logs_one_run_per_stage_under_one_parent(repo):
     client, runs = _runs(repo)
-    parents = [r for r in runs if r.data.tags.get("shiftwatch.role") == "pipeline"]
+    parents = _parents(runs)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1
     assert sorted(r.data.tags["dvc.stage"] for r in children) == sorted(STAGES)
-    metrics = parents[0].data.metrics
-    for key in ("detect.b_shift.ks_statistic", "detect.b_shift.kl_divergence",
-                "detect.b_shift.domain_auc", "evaluate.accuracy.test", "evaluate.accuracy.b_shift",
-                "evaluate.class_7.b_shift.recall", "train.accuracy_domain_a_train"):
-        assert key in metrics, key
+    for run in (*children, *parents):  # opened when the work started, closed when it ended
+        assert run.info.status == "FINISHED" and run.info.end_time > run.info.start_time
+        assert run.data.tags["mlflow.source.git.commit"] == run.data.tags["git.commit"]
+        assert run.data.tags["mlflow.user"] and run.data.tags["mlflow.source.name"].startswith("dvc.yaml")
     train_run = next(r for r in children if r.data.tags["dvc.stage"] == "train")
+    assert train_run.info.end_time - train_run.info.start_time > 1000  # it trained: > 1 s
+
+    # The parent holds the headline numbers (what `dvc exp show` shows) and nothing else.
+    parent = parents[0]
+    assert set(parent.data.metrics) == set(headline_metrics(repo))
+    for key in ("detect.b_shift.ks_statistic", "detect.b_shift.kl_divergence", "detect.b_shift.domain_auc",
+                "evaluate.accuracy.test", "evaluate.accuracy.b_shift", "evaluate.class_7_b_shift.recall",
+                "train.final_loss", "monitor.b_shift.drift", "power.false_alarm_max.combined"):
+        assert key in parent.data.metrics, key
+    assert "detect.b_raw.ks_pvalue" not in parent.data.metrics  # details stay on the stage run
+    assert "detect.b_raw.ks_pvalue" in next(r for r in children if r.data.tags["dvc.stage"] == "detect").data.metrics
+    assert parent.info.run_name.startswith("baseline ")
+    assert parent.data.params["shift.brightness"] == "0.1"
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on its runs
     assert "model" in {a.path for a in client.list_artifacts(train_run.info.run_id)} | {
         m.name for m in client.search_logged_models([train_run.info.experiment_id])}
 
 
+def test_dvc_exp_show_fits_a_screen(repo):
+    header = _dvc(repo, "exp", "show", "--csv").stdout.splitlines()[0].split(",")
+    metric_columns = [c for c in header if c in set(_flat_metric_names(repo))]
+    assert 20 <= len(metric_columns) <= 60, (len(metric_columns), metric_columns)
+    assert len(header) <= 110, len(header)  # with the params and dependency hashes
+
+
+def _flat_metric_names(repo: Path) -> list[str]:
+    return [key.split(".", 1)[1] for key in headline_metrics(repo)]
+
+
 def test_experiment_reruns_only_what_the_shift_touches(repo):
     model_before = (repo / "models" / "resnet18.pt").read_bytes()
-    detect_before = _metrics(repo, "detect")
+    detect_before = _metrics(repo, "detect_details")
     result = _dvc(repo, "exp", "run", "-S", "shift.brightness=0.2")
-    assert "Stage 'prepare' didn't change, skipping" in result.stdout
-    assert "Stage 'train' didn't change, skipping" in result.stdout
+    for stage in MODEL_STAGES:  # train, reference, finetune and power are cached per model
+        assert f"Stage '{stage}' didn't change, skipping" in result.stdout, stage
     assert all(f"Running stage '{stage}'" in result.stdout for stage in SHIFT_STAGES)
     assert (repo / "models" / "resnet18.pt").read_bytes() == model_before
-    detect_after = _metrics(repo, "detect")
+    detect_after = _metrics(repo, "detect_details")
     assert detect_after["b_raw"] == detect_before["b_raw"]  # untouched by brightness
     assert detect_after["b_shift"]["ks_statistic"] > detect_before["b_shift"]["ks_statistic"]
 
     _, runs = _runs(repo)
     assert sum(r.data.tags.get("dvc.stage") == "train" for r in runs) == 1
-    experiment_parents = [r for r in runs if r.data.tags.get("shiftwatch.role") == "pipeline"
-                          and r.data.tags["dvc.exp_name"] != "workspace"]
-    assert len(experiment_parents) == 1
-    assert experiment_parents[0].data.params["shift.brightness"] == "0.2"
-    assert "evaluate.accuracy.b_shift" in experiment_parents[0].data.metrics
+    baseline, = [r for r in _parents(runs) if r.data.tags["dvc.exp_name"] == "workspace"]
+    experiment, = [r for r in _parents(runs) if r.data.tags["dvc.exp_name"] != "workspace"]
+    assert experiment.data.params["shift.brightness"] == "0.2"
+    assert experiment.info.run_name.startswith("shift.brightness=0.2 (")
+    # No holes: the experiment's parent carries the numbers of the stages DVC skipped (train,
+    # power, ...), the same keys as the baseline's; the shift-dependent ones moved.
+    assert set(experiment.data.metrics) == set(baseline.data.metrics)
+    assert experiment.data.metrics["train.final_loss"] == baseline.data.metrics["train.final_loss"]
+    assert (experiment.data.metrics["detect.b_shift.ks_statistic"]
+            > baseline.data.metrics["detect.b_shift.ks_statistic"])
 
 
 def test_sweep_report_reads_the_runs_back_from_mlflow(repo):
@@ -190,6 +228,10 @@ def test_bad_parameter_stops_the_stage_with_one_line_and_no_outputs(repo):
     shutil.copy2(repo / "params.yaml", broken / "params.yaml")  # valid params, but no model
     result = _run(broken, sys.executable, "-m", "stages.evaluate", check=False)
     assert result.returncode == 2 and "not found" in result.stderr and len(result.stderr.splitlines()) == 1
+    _, runs = _runs(broken)  # the crash is on record: a FAILED stage run and parent
+    assert [(r.data.tags.get("dvc.stage", "pipeline"), r.info.status) for r in runs
+            if r.data.tags.get("dvc.stage") == "evaluate"] == [("evaluate", "FAILED")]
+    assert _parents(runs)[0].info.status == "FAILED"
 
 
 def test_queued_experiment_lands_in_the_main_mlflow_store(repo):
@@ -209,5 +251,7 @@ def test_queued_experiment_lands_in_the_main_mlflow_store(repo):
         ("pipeline", *SHIFT_STAGES))
     parent = next(r for r in queued if r.data.tags.get("shiftwatch.role") == "pipeline")
     assert parent.data.params["shift.brightness"] == "0.0"
+    assert parent.info.run_name == "shift.brightness=0.0 (queued-dark)"
+    assert set(parent.data.metrics) == set(headline_metrics(repo))
     assert parent.info.artifact_uri.startswith((repo / "mlartifacts").resolve().as_uri())
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing in a temp clone

@@ -1,0 +1,90 @@
+"""What the monitors look at, computed once per image: the model's softmax outputs and
+penultimate-layer embeddings, and cheap per-image statistics that catch what the model ignores.
+
+`model_features` runs the network (the `reference` and `evaluate` stages, `shiftwatch check`);
+everything downstream (`monitor`, `power`, `mitigate`) reads the saved arrays, so a shift
+experiment runs the network only on the images the shift changed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from shiftwatch import ShiftwatchError
+from shiftwatch.io import atomic_path, rows_matching
+from shiftwatch.twosample import pixel_quantiles, zero_fraction
+
+
+@dataclass(frozen=True)
+class Features:
+    """Per-image views of one set: probabilities (N, 10), embeddings (N, 512) and image
+    statistics (N, 5): mean pixel, share of exactly-zero pixels, 10/50/90 % pixel quantiles."""
+    probabilities: np.ndarray
+    embeddings: np.ndarray
+    image_stats: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def subset(self, rows: np.ndarray) -> "Features":
+        return Features(self.probabilities[rows], self.embeddings[rows], self.image_stats[rows])
+
+
+def save_features(path: str | Path, view: Features, labels: np.ndarray,
+                  source_index: np.ndarray | None = None) -> None:
+    """A set's Features as computed once by `reference` / `evaluate`, reused by `monitor`,
+    `power`, `mitigate` and `shiftwatch check`. Labels are stored to build the evaluation
+    streams and score remedies, never to detect; source indices to find subsets (b_label)."""
+    index = np.arange(len(labels)) if source_index is None else source_index
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, probabilities=view.probabilities, embeddings=view.embeddings,
+                 image_stats=view.image_stats, labels=labels, source_index=index)
+
+
+def load_features(path: str | Path, with_index: bool = False):
+    """(Features, labels), or (Features, labels, source_index) `with_index`, as saved by
+    `save_features`; a clear error if missing or corrupt."""
+    try:
+        with np.load(path) as archive:
+            loaded = (Features(archive["probabilities"], archive["embeddings"], archive["image_stats"]),
+                      archive["labels"])
+            return (*loaded, archive["source_index"]) if with_index else loaded
+    except FileNotFoundError:
+        raise ShiftwatchError(f"{path}: not found; run `dvc repro`") from None
+    except Exception as err:  # zip, pickle and key errors mean the same to the user
+        raise ShiftwatchError(f"{path}: unreadable or corrupt ({type(err).__name__}); "
+                              f"run `dvc repro --force` on the stage that writes it") from None
+
+
+def deployment_views(domain_b: tuple[Features, np.ndarray], b_covariate: tuple[Features, np.ndarray],
+                     sets: dict) -> dict[str, Features]:
+    """Features of the four deployment sets from the two the model has seen: b_raw is domain B
+    (computed once by `reference`), b_label a subset of it, b_shift a subset of b_covariate.
+
+    `domain_b` and `b_covariate` are (Features, source_index); `sets` maps each deployment set's
+    name to its ImageSet (only its source_index is read), so the rows line up with its labels.
+    """
+    parents = {"b_raw": domain_b, "b_label": domain_b, "b_covariate": b_covariate, "b_shift": b_covariate}
+    return {name: parents[name][0].subset(rows_matching(image_set.source_index, parents[name][1]))
+            for name, image_set in sets.items()}
+
+
+def image_statistics(images: np.ndarray) -> np.ndarray:
+    flat = images.reshape(len(images), -1)
+    return np.column_stack([flat.mean(axis=1), zero_fraction(images), pixel_quantiles(images)])
+
+
+def features(images: np.ndarray, probabilities: np.ndarray, embeddings: np.ndarray) -> Features:
+    return Features(probabilities, embeddings, image_statistics(images))
+
+
+def model_features(model, images: np.ndarray, batch_size: int, device, precision: str = "auto",
+                   desc: str = "embed") -> Features:
+    """The model's view of `images` plus their image statistics, in one forward pass."""
+    from shiftwatch.model import predict_with_embeddings  # torch only where the network runs
+
+    probabilities, embeddings = predict_with_embeddings(model, images, batch_size, device,
+                                                        desc=desc, precision=precision)
+    return features(images, probabilities, embeddings)
