@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from test_pipeline import _copy_repo, _dvc, _run  # noqa: E402  (same temp-repo recipe as the tests)
 
 SWEEP = ("0.0", "0.05", "0.15", "0.3")
+SEED = "seed loop: DataLoader(ToTensor()), Adam"
 TARGETS = {"exp_run_share": 0.10, "sweep_share": 0.40, "training_speedup": 1.7}
 
 
@@ -119,12 +120,15 @@ def time_training(rounds: int, steps: int = 30, batch_size: int = 128) -> dict:
     source = find_source(None, REPO / "data" / "raw")
     train_set, _ = load_fashion_mnist(source)
     images, labels = train_set.images[:steps * batch_size], train_set.labels[:steps * batch_size]
-    variants = {
-        "seed loop: DataLoader(ToTensor()), Adam": None,
-        "in-memory batches, Adam": dict(fused=False, channels_last=False, bf16=False),
-        "+ fused Adam": dict(fused=True, channels_last=False, bf16=False),
-        "+ channels-last (shiftwatch)": dict(fused=True, channels_last=True, bf16=False),
-        "+ bf16 autocast": dict(fused=True, channels_last=True, bf16=True),
+    variants = {  # name -> images/s of one round
+        SEED: lambda: _seed_loop(dataset, steps, batch_size),
+        "in-memory batches, Adam": lambda: _in_memory_loop(images, labels, batch_size, fused=False),
+        "+ fused Adam": lambda: _in_memory_loop(images, labels, batch_size, fused=True),
+        "+ channels-last (shiftwatch, train.precision: fp32)": lambda: _library(images, labels, batch_size, "fp32"),
+        "+ bf16 forward/backward, fp32 master weights (shiftwatch, train.precision: auto)":
+            lambda: _library(images, labels, batch_size, "auto"),
+        "(tried: bf16 autocast instead)": lambda: _in_memory_loop(images, labels, batch_size, fused=True,
+                                                                  channels_last=True, bf16=True),
     }
     measured: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:  # torchvision's own layout: raw, uncompressed IDX files
@@ -137,19 +141,12 @@ def time_training(rounds: int, steps: int = 30, batch_size: int = 128) -> dict:
                                      else (source / name).read_bytes())
         dataset = FashionMNIST(tmp, train=True, transform=ToTensor())
         for round_ in range(rounds):  # interleaved, so drifting machine load hits every variant
-            for name, options in variants.items():
-                rate = (_seed_loop(dataset, steps, batch_size) if options is None
-                        else _in_memory_loop(images, labels, batch_size, **options))
-                measured[name].append(rate)
-                print(f"round {round_ + 1}: {name}: {rate:.0f} images/s", flush=True)
+            for name, measure in variants.items():
+                measured[name].append(measure())
+                print(f"round {round_ + 1}: {name}: {measured[name][-1]:.0f} images/s", flush=True)
     medians = {name: statistics.median(rates) for name, rates in measured.items()}
-    seed = medians["seed loop: DataLoader(ToTensor()), Adam"]
-    # The library's own loop, end to end (what `train` runs), in the same conditions.
-    model = build_resnet18(seed=0)
-    library = train(model, images, labels, epochs=1, batch_size=batch_size, lr=1e-4, seed=0,
-                    device=torch.device("cpu"), progress=False)[0]["images_per_second"]
-    return {"training_images_per_second": medians, "training_library_images_per_second": library,
-            "training_speedup": medians["+ channels-last (shiftwatch)"] / seed,
+    shiftwatch = next(name for name in variants if "train.precision: auto" in name)
+    return {"training_images_per_second": medians, "training_speedup": medians[shiftwatch] / medians[SEED],
             "training_rounds": rounds, "training_steps": steps, "training_batch_size": batch_size,
             **time_inference()}
 
@@ -174,8 +171,15 @@ def _seed_loop(dataset, steps: int, batch_size: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-def _in_memory_loop(images, labels, batch_size: int, *, fused: bool, channels_last: bool,
-                    bf16: bool) -> float:
+def _library(images, labels, batch_size: int, precision: str) -> float:
+    """`shiftwatch.model.train` itself, one epoch over the benchmark's images."""
+    history = train(build_resnet18(seed=0), images, labels, epochs=1, batch_size=batch_size, lr=1e-4,
+                    seed=0, device=torch.device("cpu"), progress=False, precision=precision)
+    return history[0]["images_per_second"]
+
+
+def _in_memory_loop(images, labels, batch_size: int, *, fused: bool, channels_last: bool = False,
+                    bf16: bool = False) -> float:
     """Batches sliced from one tensor, with the options `shiftwatch.model.train` may use."""
     torch.manual_seed(0)
     model = build_resnet18(seed=0).train()

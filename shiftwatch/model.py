@@ -7,6 +7,7 @@ autocast where the CPU has native bf16 kernels (about 2x faster measured; fp32 e
 """
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -80,10 +81,13 @@ def _autocast(device: torch.device, precision: str):
 
 
 def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int,
-          batch_size: int, lr: float, seed: int, device: torch.device,
-          progress: bool = True) -> list[dict[str, float]]:
+          batch_size: int, lr: float, seed: int, device: torch.device, progress: bool = True,
+          precision: str = "fp32") -> list[dict[str, float]]:
     """Adam + cross-entropy; a fresh seeded shuffle every epoch.
 
+    precision="auto" trains in mixed precision where bf16 is native (see `inference_dtype`):
+    forward and backward in bfloat16 on a copy of the network, while the optimizer keeps and
+    updates float32 master weights (Adam's 1e-4 steps would vanish in bf16's 8-bit mantissa).
     Returns one row per epoch: mean training loss, training accuracy (on the fly, as the
     batches went by), images per second.
     """
@@ -92,8 +96,11 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     model.to(device, memory_format=torch.channels_last).train()
+    dtype = inference_dtype(device, precision)
+    compute = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    master_weights, compute_weights = list(model.parameters()), list(compute.parameters())
     # fused: one kernel for all 11 M parameters (36 -> 4 ms per step measured on 2 CPU cores)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+    optimizer = torch.optim.Adam(master_weights, lr=lr, fused=True)
     loss_fn = nn.CrossEntropyLoss()
     all_images, all_labels = as_batch(images, device), torch.from_numpy(labels).to(device)
     history = []
@@ -104,16 +111,27 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
                        unit="batch", disable=not progress, mininterval=2.0)
         for rows in batches:
             batch, target = all_images[rows], all_labels[rows]
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(batch)
+            if compute is not model:
+                with torch.no_grad():
+                    for low, master in zip(compute_weights, master_weights):
+                        low.copy_(master)
+            compute.zero_grad(set_to_none=True)
+            logits = compute(batch.to(dtype)).float()
             loss = loss_fn(logits, target)
             loss.backward()
+            if compute is not model:
+                for master, low in zip(master_weights, compute_weights):
+                    master.grad = low.grad.float()
             optimizer.step()
             total_loss += loss.item() * len(rows)
             correct += (logits.argmax(1) == target).sum().item()
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch, "loss": total_loss / len(order),
                         "accuracy": correct / len(order), "images_per_second": len(order) / seconds})
+    if compute is not model:  # BatchNorm running statistics were tracked on the copy
+        with torch.no_grad():
+            for master, low in zip(model.buffers(), compute.buffers()):
+                master.copy_(low)
     return history
 
 

@@ -51,6 +51,7 @@ class TrainParams(_Strict):
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=65_536)
     lr: float = Field(1e-4, gt=0, le=1)
+    precision: Literal["auto", "fp32"] = "auto"
 
 
 class EvaluateParams(_Strict):

@@ -25,7 +25,7 @@ def main() -> None:
         started = time.perf_counter()
         history = train(model, domain_a.images, domain_a.labels, epochs=params.train.epochs,
                         batch_size=params.train.batch_size, lr=params.train.lr, seed=params.seed,
-                        device=device)
+                        device=device, precision=params.train.precision)
         train_seconds = time.perf_counter() - started
 
         save_state_dict(model, MODEL)

@@ -108,3 +108,26 @@ def test_embeddings_feed_the_classifier_head():
                                atol=1e-6)
     with pytest.raises(ShiftwatchError, match="empty"):
         predict_with_embeddings(model, images[:0], 3, CPU, progress=False)
+
+
+def test_mixed_precision_training_keeps_float32_master_weights_and_learns(rng):
+    # Given a tiny learnable problem (class = which half of the image is bright)
+    images = rng.random((256, 28, 28), dtype=np.float32) * 0.2
+    labels = rng.integers(0, 2, 256)
+    images[labels == 1, :14] += 0.8
+    model = build_resnet18(seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # When it trains with precision="auto" (bf16 compute where native, else float32)
+    history = train(model, images, labels, epochs=3, batch_size=64, lr=1e-3, seed=0, device=CPU,
+                    progress=False, precision="auto")
+    # Then the weights stay float32, move, and BatchNorm statistics come back from the bf16 copy
+    state = model.state_dict()
+    assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
+    assert not torch.equal(state["fc.weight"], before["fc.weight"])
+    assert not torch.equal(state["bn1.running_mean"], before["bn1.running_mean"])
+    assert history[-1]["loss"] < history[0]["loss"] and history[-1]["accuracy"] > 0.9
+    # and it learns what float32 training learns (same seed, same batches)
+    reference = build_resnet18(seed=0)
+    fp32 = train(reference, images, labels, epochs=3, batch_size=64, lr=1e-3, seed=0, device=CPU,
+                 progress=False, precision="fp32")
+    assert [row["accuracy"] for row in history] == pytest.approx([row["accuracy"] for row in fp32], abs=0.05)
