@@ -27,7 +27,7 @@ test: setup  ## the test suite (unit tests + a real dvc repro / exp run on a sma
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 against the project's store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
-bench: setup  ## timings: full dvc repro, incremental exp run, training throughput
+bench: setup  ## timings: full dvc repro, dvc exp run, a queued sweep of 4, training/inference speed (~25 min)
 	$(BIN)/python benchmarks/bench_pipeline.py
 
 readme: setup  ## refresh the results tables in README.md from metrics/*.json

@@ -58,6 +58,12 @@ def load_features(path: str | Path, with_index: bool = False):
                               f"run `dvc repro --force` on the stage that writes it") from None
 
 
+def load_view(path: str | Path) -> tuple[Features, np.ndarray]:
+    """(Features, source_index) of a saved set: what `deployment_views` takes."""
+    view, _, source_index = load_features(path, with_index=True)
+    return view, source_index
+
+
 def deployment_views(domain_b: tuple[Features, np.ndarray], b_covariate: tuple[Features, np.ndarray],
                      sets: dict) -> dict[str, Features]:
     """Features of the four deployment sets from the two the model has seen: b_raw is domain B

@@ -20,6 +20,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import time
@@ -255,6 +256,10 @@ def stage_run(stage: str, params) -> Iterator[StageRun]:
     import mlflow
     from mlflow import MlflowClient
 
+    # A new SQLite store announces its schema set-up at INFO on stderr; a stage's stderr is for
+    # its own one-line errors.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)

@@ -12,7 +12,7 @@ from shiftwatch import CLASS_NAMES, DEPLOYMENT_SETS
 from shiftwatch.cli import run_stage
 from shiftwatch.io import atomic_path, load_set, write_json
 from shiftwatch.metrics import classification_metrics, confusion
-from shiftwatch.features import deployment_views, load_features, model_features, save_features
+from shiftwatch.features import deployment_views, load_features, load_view, model_features, save_features
 from shiftwatch.model import load_model, pick_device
 from shiftwatch.params import load_params
 from shiftwatch.plots import confusion_heatmap
@@ -32,7 +32,8 @@ def main() -> None:
                                    desc="embed b_covariate")
         save_features(COVARIATE_FEATURES, covariate, sets["b_covariate"].labels,
                       sets["b_covariate"].source_index)
-        views = deployment_views(_reference("domain_b"), (covariate, sets["b_covariate"].source_index), sets)
+        views = deployment_views(load_view("data/reference/domain_b.npz"),
+                                 (covariate, sets["b_covariate"].source_index), sets)
         evaluated = {name: _reference_predictions(name) for name in ("domain_a_train", "test")}
         evaluated.update({name: (sets[name].labels, views[name].probabilities.argmax(1))
                           for name in DEPLOYMENT_SETS})
@@ -57,11 +58,6 @@ def main() -> None:
     for name, m in per_set.items():
         print(f"evaluate: {name:14s} accuracy {m['accuracy']:.4f}  class {focus} "
               f"P/R/F1 {m[focus_key]['precision']:.3f}/{m[focus_key]['recall']:.3f}/{m[focus_key]['f1']:.3f}")
-
-
-def _reference(name: str):
-    view, _, source_index = load_features(f"data/reference/{name}.npz", with_index=True)
-    return view, source_index
 
 
 def _reference_predictions(name: str) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from shiftwatch.io import (atomic_path, load_predictions, load_set, read_json, r
 from shiftwatch.metrics import classification_metrics
 from shiftwatch.mitigate import adapt_batchnorm, correct_label_shift, coverage_curve, selective_prediction
 from shiftwatch.model import load_model, pick_device, predict_proba
-from shiftwatch.features import deployment_views, load_features
+from shiftwatch.features import deployment_views, load_features, load_view
 from shiftwatch.params import load_params
 from shiftwatch.tracking import stage_run
 
@@ -35,8 +35,8 @@ def main() -> None:
     with stage_run("mitigate", params) as run:
         sets = {name: load_set(f"data/shifted/{name}.npz", hint="run `dvc repro shift`")
                 for name in ("b_raw", *SHIFTED_SETS)}
-        views = deployment_views(_with_index("data/reference/domain_b.npz"),
-                                 _with_index("data/features/b_covariate.npz"), sets)
+        views = deployment_views(load_view("data/reference/domain_b.npz"),
+                                 load_view("data/features/b_covariate.npz"), sets)
         _, reference_labels = load_features("data/reference/test.npz")
         source_priors = np.bincount(reference_labels, minlength=10) / len(reference_labels)
         monitor = read_json("metrics/monitor_details.json", hint="run `dvc repro monitor`")
@@ -91,11 +91,6 @@ def _seeded_rows(images: np.ndarray, limit: int, seed: int) -> np.ndarray:
     if len(images) <= limit:
         return images
     return images[np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))]
-
-
-def _with_index(path: str):
-    view, _, source_index = load_features(path, with_index=True)
-    return view, source_index
 
 
 def _score(labels, predicted, focus) -> dict:

@@ -14,7 +14,7 @@ from shiftwatch import DEPLOYMENT_SETS, SHIFTED_SETS
 from shiftwatch.cli import run_stage
 from shiftwatch.detectors import domain_classifier_test
 from shiftwatch.io import load_set, write_json
-from shiftwatch.features import deployment_views, load_features
+from shiftwatch.features import deployment_views, load_features, load_view
 from shiftwatch.monitor import accuracy_report, label_shift_report, run_detectors
 from shiftwatch.params import load_params
 from shiftwatch.plots import estimates_vs_truth
@@ -32,8 +32,8 @@ def main() -> None:
         sets = {name: load_set(f"data/shifted/{name}.npz", hint="run `dvc repro shift`")
                 for name in DEPLOYMENT_SETS}
         reference, _ = load_features("data/reference/test.npz")
-        views = deployment_views(_with_index("data/reference/domain_b.npz"),
-                                 _with_index("data/features/b_covariate.npz"), sets)
+        views = deployment_views(load_view("data/reference/domain_b.npz"),
+                                 load_view("data/features/b_covariate.npz"), sets)
 
         # The pixel-level tests dominate (5-fold logistic regressions): one worker per core.
         pixel_tests = Parallel(n_jobs=2)(delayed(_pixel_tests)(test.images, sets[name].images, params)
@@ -69,11 +69,6 @@ def _pixel_tests(reference_images, images, params) -> dict:
                                    max_per_side=monitor.mmd_max_per_side),
             "domain_classifier": domain_classifier_test(reference_images, images, monitor.classifier_samples,
                                                         params.detect.classifier_folds, params.seed)}
-
-
-def _with_index(path: str):
-    view, _, source_index = load_features(path, with_index=True)
-    return view, source_index
 
 
 def _headline(results: dict, focus: int) -> dict:

@@ -78,8 +78,8 @@ def _headline(results: dict) -> dict:
     healthy = results["false_alarms"]["b_raw"]
     return {
         "false_alarm_max": {d: max(p["rate"] for p in points.values()) for d, points in healthy.items()},
-        "min_n_power_90": {stream: next((int(n) for n, p in by_detector[COMBINED].items()
-                                         if p["rate"] >= TARGET_POWER), None)
+        "min_n_power_90": {stream: min((int(n) for n, p in by_detector[COMBINED].items()
+                                        if p["rate"] >= TARGET_POWER), default=None)
                            for stream, by_detector in results["detection"].items()},
     }
 
