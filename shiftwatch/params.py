@@ -87,7 +87,7 @@ class MitigateParams(_Strict):
     augment_brightness: tuple[Annotated[float, Field(ge=-1, le=1)],
                               Annotated[float, Field(ge=-1, le=1)]] = (0.0, 0.2)
     oversample_factor: int = Field(1, ge=1, le=100)
-    adabn_images: int = Field(2000, ge=10, le=60_000)
+    adabn_images: int = Field(3000, ge=10, le=60_000)
     review_threshold: float = Field(0.8, ge=0, le=1)
 
 

@@ -183,7 +183,8 @@ MITIGATIONS = (  # (key in metrics/mitigate.json, label, needs deployment labels
     ("none", "deployed model, no action", "no", "—"),
     ("label_shift_bbse", "label-shift correction, BBSE priors", "no", "a matrix solve (ms)"),
     ("label_shift_em", "label-shift correction, EM priors", "no", "EM on the softmax outputs (ms)"),
-    ("adabn", "AdaBN (BatchNorm statistics from the deployment images)", "no", "adabn"),
+    ("adabn", "AdaBN (BatchNorm statistics from the deployment batch; scored on a seeded batch of "
+              "`mitigate.adabn_images` = 3,000 images per set)", "no", "adabn"),
     ("finetune_augmented", "fine-tuned on A with random blur + brightness", "no", "finetune"),
 )
 
@@ -199,7 +200,7 @@ def mitigation_table() -> str:
         cells = " | ".join(f"{_num(mitigate[s][key]['accuracy'], 4)} | {_num(mitigate[s][key]['class_7_recall'])}"
                            for s in sets)
         if what == "adabn":
-            what = "BatchNorm statistics from ≤ 2,000 images, then one forward pass: " + ", ".join(
+            what = "two passes over the batch (statistics, then predictions): " + ", ".join(
                 f"{cost[f'adabn_{s}_seconds']:.0f} s ({s})" for s in sets)
         elif what == "finetune":
             what = "one epoch of training, once per model (`finetune` stage)"

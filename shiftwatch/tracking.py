@@ -21,7 +21,10 @@ import getpass
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
+import queue
+import signal
 import subprocess
 import time
 from contextlib import contextmanager
@@ -199,10 +202,60 @@ def parent_name(tags: dict[str, str], changed: dict[str, object]) -> str:
 # ---------------------------------------------------------------- runs
 
 class StageRun:
-    """What a stage script logs through: its own run's params, metrics and artifacts."""
+    """What a stage script logs through: its own run's params, metrics, tags and artifacts.
 
-    def __init__(self, client, run_id: str):
-        self.client, self.run_id = client, run_id
+    Each call is queued to a helper process (see `stage_run`), which does the MLflow work while
+    the stage goes on; files passed to `log_artifact` must be complete when it is called.
+    """
+
+    def __init__(self, commands):
+        self._commands = commands
+
+    def log_params(self, params: dict[str, object]) -> None:
+        self._commands.put(("log_params", (dict(params),)))
+
+    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        self._commands.put(("log_metrics", (dict(metrics), step)))
+
+    def log_metric_tree(self, prefix: str, tree: dict) -> None:
+        """Log every number of a nested metrics dict under dotted keys: prefix.a.b.c."""
+        self.log_metrics(flatten_numbers(tree, prefix))
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self._commands.put(("log_artifact", (str(path), folder)))
+
+    def log_model(self, model, input_example) -> None:
+        """The trained network as an MLflow model (the DVC-tracked state_dict stays what the
+        pipeline itself loads)."""
+        self._commands.put(("log_model", (model, input_example)))
+
+    def set_tag(self, key: str, value: str) -> None:
+        self._commands.put(("set_tag", (key, str(value))))
+
+
+class _Logger:
+    """The MLflow side of a stage run, in the helper process."""
+
+    def __init__(self, stage: str, params, started_ms: int):
+        import mlflow
+        from mlflow import MlflowClient
+
+        # A new SQLite store announces its schema set-up at INFO on stderr; a stage's stderr is
+        # for its own one-line errors.
+        for name in ("mlflow.store.db.utils", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        uri = tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        self.client = client = MlflowClient(uri)
+        experiment_id = _retry(lambda: _experiment_id(client, uri))
+        tags = dvc_tags(stage)
+        key = pipeline_key(params.model_dump_json(), tags)
+        self.parent_id = _retry(lambda: _parent_run(client, experiment_id, key, tags, params.flat(),
+                                                     started_ms))
+        self.run_id = _retry(lambda: client.create_run(
+            experiment_id, run_name=stage, start_time=started_ms,
+            tags={**tags, PIPELINE_TAG: key, "mlflow.parentRunId": self.parent_id})).info.run_id
+        self.log_params(params.flat(*declared_params(stage)))
 
     def log_params(self, params: dict[str, object]) -> None:
         _log_params(self.client, self.run_id, params)
@@ -210,23 +263,38 @@ class StageRun:
     def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
         _log_metrics(self.client, self.run_id, metrics, step)
 
-    def log_metric_tree(self, prefix: str, tree: dict) -> None:
-        """Log every number of a nested metrics dict under dotted keys: prefix.a.b.c."""
-        self.log_metrics(flatten_numbers(tree, prefix))
-
-    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+    def log_artifact(self, path: str, folder: str | None) -> None:
+        _retry(lambda: self.client.log_artifact(self.run_id, path, folder))
 
     def log_model(self, model, input_example) -> None:
-        """The trained network as an MLflow model (the DVC-tracked state_dict stays what the
-        pipeline itself loads)."""
         import mlflow
 
         with mlflow.start_run(run_id=self.run_id):
             mlflow.pytorch.log_model(model, name="model", input_example=input_example)
 
     def set_tag(self, key: str, value: str) -> None:
-        self.client.set_tag(self.run_id, key, value)
+        _retry(lambda: self.client.set_tag(self.run_id, key, value))
+
+    def end(self, status: str, ended_ms: int) -> None:
+        """Close the stage run, then give the parent every headline metric now on disk."""
+        _retry(lambda: self.client.set_terminated(self.run_id, status, end_time=ended_ms))
+        _log_metrics(self.client, self.parent_id, headline_metrics())
+        _retry(lambda: self.client.set_terminated(self.parent_id, status, end_time=ended_ms))
+
+
+def _serve(commands, outcome, stage: str, params, started_ms: int) -> None:
+    """The helper process: open the runs, apply the queued calls, close the runs at "end"."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the stage's to handle; "end" follows
+    try:
+        logger = _Logger(stage, params, started_ms)
+        while True:
+            name, args = commands.get()
+            getattr(logger, name)(*args)
+            if name == "end":
+                break
+        outcome.put(None)
+    except BaseException as err:  # reported to the stage, which fails with it
+        outcome.put(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
 
 
 def _log_params(client, run_id: str, params: dict[str, object]) -> None:
@@ -252,38 +320,46 @@ def stage_run(stage: str, params) -> Iterator[StageRun]:
 
     Wrap the stage's whole work in it: the run ends FINISHED, or FAILED if the body raises.
     Either way the parent then gets every headline metric on disk, so it never has holes.
+    MLflow itself runs in a helper process forked here: importing it and opening the SQLite
+    store costs ~3 s, which then overlaps the stage's work instead of adding to it. The block
+    exits only once everything is logged, so a queued experiment's clone can go right after.
     """
-    import mlflow
-    from mlflow import MlflowClient
-
-    # A new SQLite store announces its schema set-up at INFO on stderr; a stage's stderr is for
-    # its own one-line errors.
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    experiment_id = _retry(lambda: _experiment_id(client, uri))
-    tags = dvc_tags(stage)
-    key = pipeline_key(params.model_dump_json(), tags)
-    parent_id = _retry(lambda: _parent_run(client, experiment_id, key, tags, params.flat()))
-    child = _retry(lambda: client.create_run(
-        experiment_id, run_name=stage,
-        tags={**tags, PIPELINE_TAG: key, "mlflow.parentRunId": parent_id}))
-    run = StageRun(client, child.info.run_id)
-    run.log_params(params.flat(*declared_params(stage)))
+    started_ms = int(time.time() * 1000)
+    context = multiprocessing.get_context("fork")  # inherits params; nothing heavy runs yet
+    commands, outcome = context.Queue(), context.Queue()
+    helper = context.Process(target=_serve, args=(commands, outcome, stage, params, started_ms),
+                             name=f"mlflow-{stage}", daemon=True)
+    helper.start()
     status = "FAILED"
     try:
-        yield run
+        yield StageRun(commands)
         status = "FINISHED"
     finally:
-        _retry(lambda: client.set_terminated(child.info.run_id, status))
-        _log_metrics(client, parent_id, headline_metrics())
-        _retry(lambda: client.set_terminated(parent_id, status))
+        commands.put(("end", (status, int(time.time() * 1000))))
+        problem = _wait(helper, outcome)
+        if problem and status == "FINISHED":  # else the stage's own error is the one to report
+            from shiftwatch import ShiftwatchError
+
+            raise ShiftwatchError(f"logging to MLflow at {tracking_uri()} failed ({problem}); "
+                                  "check MLFLOW_TRACKING_URI or the store")
+
+
+def _wait(helper, outcome) -> str | None:
+    """The helper's report (None = all logged), waiting for it to finish its queue."""
+    while True:
+        try:
+            problem = outcome.get(timeout=0.5)
+            break
+        except queue.Empty:
+            if not helper.is_alive():
+                problem = f"the MLflow helper process exited with code {helper.exitcode}"
+                break
+    helper.join()
+    return problem
 
 
 def _parent_run(client, experiment_id: str, key: str, tags: dict[str, str],
-                all_params: dict[str, object]) -> str:
+                all_params: dict[str, object], started_ms: int) -> str:
     """This pipeline execution's parent run (created by its first stage), marked RUNNING."""
     found = client.search_runs([experiment_id], filter_string=(
         f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`shiftwatch.role` = 'pipeline'"), max_results=1)
@@ -293,7 +369,7 @@ def _parent_run(client, experiment_id: str, key: str, tags: dict[str, str],
     run_tags = {k: v for k, v in tags.items() if k != "dvc.stage"}
     run_tags["mlflow.source.name"] = "dvc.yaml"
     name = parent_name(tags, changed_params(all_params, tags["dvc.baseline_rev"]))
-    run = client.create_run(experiment_id, run_name=name,
+    run = client.create_run(experiment_id, run_name=name, start_time=started_ms,
                             tags={**run_tags, PIPELINE_TAG: key, "shiftwatch.role": "pipeline"})
     _log_params(client, run.info.run_id, all_params)
     return run.info.run_id

@@ -52,11 +52,15 @@ def main() -> None:
                 estimated = np.asarray(monitor[name]["label_shift"][estimator])
                 results[name][f"label_shift_{estimator}"] = score(
                     correct_label_shift(probabilities, source_priors, estimated))
+            # AdaBN is transductive: BatchNorm statistics from the batch it then predicts. Here the
+            # batch is a seeded draw of at most mitigate.adabn_images images of the set, scored on
+            # its own labels (n in the details), not the whole set: 3x less network time.
             started = time.perf_counter()
-            adapted = adapt_batchnorm(model, _seeded_rows(sets[name].images, mitigate.adabn_images,
-                                                          params.seed), batch, device)
-            results[name]["adabn"] = score(predict_proba(adapted, sets[name].images, batch, device,
-                                                         desc=f"AdaBN {name}", precision=precision).argmax(1))
+            rows = _seeded_rows(len(sets[name]), mitigate.adabn_images, params.seed)
+            adapted = adapt_batchnorm(model, sets[name].images[rows], batch, device)
+            predicted = predict_proba(adapted, sets[name].images[rows], batch, device,
+                                      desc=f"AdaBN {name}", precision=precision).argmax(1)
+            results[name]["adabn"] = {**_score(labels[rows], predicted, focus), "n": len(rows)}
             costs[f"adabn_{name}_seconds"] = time.perf_counter() - started
             results[name]["finetune_augmented"] = score(augmented[name].argmax(1))
             results[name]["selective"] = selective_prediction(probabilities, labels, mitigate.review_threshold)
@@ -85,12 +89,11 @@ def _augmented_outputs(sets: dict, batch: int, device, precision: str) -> dict[s
             "b_shift": covariate[rows_matching(sets["b_shift"].source_index, cov_index)]}
 
 
-def _seeded_rows(images: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """AdaBN's BatchNorm statistics from at most `limit` images (a seeded draw): the means and
-    variances of 512 channels settle long before 18,000 images."""
-    if len(images) <= limit:
-        return images
-    return images[np.sort(np.random.default_rng(seed).choice(len(images), limit, replace=False))]
+def _seeded_rows(size: int, limit: int, seed: int) -> np.ndarray:
+    """All rows, or a seeded draw of `limit` of them (sorted)."""
+    if size <= limit:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(seed).choice(size, limit, replace=False))
 
 
 def _score(labels, predicted, focus) -> dict:
