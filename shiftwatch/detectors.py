@@ -69,37 +69,41 @@ def kl_divergence(reference: np.ndarray, deployment: np.ndarray, bins: int = 50,
 
 
 def domain_classifier_test(reference: np.ndarray, deployment: np.ndarray, samples: int,
-                           folds: int, seed: int) -> DetectorResult:
+                           seed: int) -> DetectorResult:
     """Can a logistic regression on raw pixels tell the deployment images from the reference?
 
-    Draws min(samples, len(reference), len(deployment)) images from each side (equal class
-    sizes, seeded), scores every image with a model that never saw it (k-fold out-of-fold
-    predictions), and returns the out-of-fold ROC AUC. p-value: one-sided Mann–Whitney U
-    test of the out-of-fold scores (AUC = U / (n1 n2)), H0 that the two sides are
-    exchangeable; AUC ~ 0.5 means the classifier cannot tell the domains apart.
+    Draws n = min(samples, len(reference), len(deployment)) images from each side (equal class
+    sizes, seeded), fits the classifier on a random half of each side and scores only the other
+    halves, images it never saw. Returns the held-out ROC AUC (0.5: cannot tell the domains apart)
+    and a one-sided Mann–Whitney p-value of the held-out scores (AUC = U / (n1 n2)).
+
+    Why one split and not k-fold: pooled out-of-fold scores come from k different models, which
+    are not exchangeable under no shift, and the Mann–Whitney test on them is anti-conservative
+    (measured on real FashionMNIST: 0.108 false alarms at alpha 0.05 with 5 folds). Scores of one
+    fixed model on held-out images are exchangeable under no shift, so the p-value is valid; it
+    also costs one fit instead of k.
     """
     # Imported here: scikit-learn takes ~0.7 s to import and only this detector needs it
     # (`shiftwatch check` never calls it).
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     n = min(samples, len(reference), len(deployment))
-    if n < folds:
-        raise ShiftwatchError(f"domain classifier needs at least {folds} images per side "
-                              f"(detect.classifier_folds), got {n}")
+    if n < 4:
+        raise ShiftwatchError(f"domain classifier needs at least 4 images per side (2 to fit, 2 to "
+                              f"score), got {n}; raise the classifier's samples or the batch size")
     rng = np.random.default_rng(seed)
-    features = np.concatenate([
-        reference[rng.choice(len(reference), n, replace=False)].reshape(n, -1),
-        deployment[rng.choice(len(deployment), n, replace=False)].reshape(n, -1),
-    ])
-    is_deployment = np.repeat([0, 1], n)
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    sides = [images[rng.choice(len(images), n, replace=False)].reshape(n, -1)
+             for images in (reference, deployment)]
+    fit_rows = rng.permutation(n) < n // 2  # the same split of row positions on both sides
+    features_fit = np.concatenate([side[fit_rows] for side in sides])
+    features_held_out = np.concatenate([side[~fit_rows] for side in sides])
+    is_deployment_fit = np.repeat([0, 1], fit_rows.sum())
+    is_deployment = np.repeat([0, 1], (~fit_rows).sum())
     # Strong L2 penalty (C=0.01): with nothing to learn (no shift) lbfgs otherwise runs for
-    # hundreds of iterations; at 2,000 images per side this halves the time (5.1 s -> 2.3 s
-    # measured on A vs B_raw) with the same AUCs to +-0.01 on all four deployment sets.
-    scores = cross_val_predict(LogisticRegression(C=0.01, max_iter=300), features, is_deployment,
-                               cv=splitter, method="decision_function")
+    # hundreds of iterations, for the same AUCs to +-0.01 on all four deployment sets.
+    model = LogisticRegression(C=0.01, max_iter=300).fit(features_fit, is_deployment_fit)
+    scores = model.decision_function(features_held_out)
     auc = roc_auc_score(is_deployment, scores)
     pvalue = stats.mannwhitneyu(scores[is_deployment == 1], scores[is_deployment == 0],
                                 alternative="greater").pvalue
@@ -134,14 +138,13 @@ class DriftReport:
 
 
 def detect_drift(reference: np.ndarray, deployment: np.ndarray, *, bins: int, smoothing: float,
-                 classifier_samples: int, classifier_folds: int, seed: int,
+                 classifier_samples: int, seed: int,
                  alpha: float, kl_threshold: float, auc_threshold: float) -> DriftReport:
     """Run all three detectors on two image arrays and apply the alert thresholds."""
     reference_mean, deployment_mean = mean_pixel(reference), mean_pixel(deployment)
     ks = ks_test(reference_mean, deployment_mean)
     kl = kl_divergence(reference_mean, deployment_mean, bins, smoothing)
-    classifier = domain_classifier_test(reference, deployment, classifier_samples,
-                                        classifier_folds, seed)
+    classifier = domain_classifier_test(reference, deployment, classifier_samples, seed)
     return DriftReport(
         ks=ks, kl=kl, domain_classifier=classifier,
         drift_ks=ks.pvalue < alpha,

@@ -42,7 +42,6 @@ class DetectParams(_Strict):
     bins: int = Field(50, ge=2, le=10_000)
     smoothing: float = Field(0.5, gt=0)
     classifier_samples: int = Field(2000, ge=10)
-    classifier_folds: int = Field(5, ge=2, le=20)
     thresholds: Thresholds = Thresholds()
 
 

@@ -29,8 +29,7 @@ def main() -> None:
         # run BLAS single-threaded, which moves AUCs by ~1e-5 against a serial run, reproducibly.
         reports = Parallel(n_jobs=2)(delayed(detect_drift)(
             domain_a.images, images, bins=detect.bins, smoothing=detect.smoothing,
-            classifier_samples=detect.classifier_samples, classifier_folds=detect.classifier_folds,
-            seed=params.seed, alpha=thresholds.alpha, kl_threshold=thresholds.kl,
+            classifier_samples=detect.classifier_samples, seed=params.seed, alpha=thresholds.alpha, kl_threshold=thresholds.kl,
             auc_threshold=thresholds.auc) for images in deployment.values())
         results = {name: report.as_metrics() for name, report in zip(DEPLOYMENT_SETS, reports)}
         for name, report in zip(DEPLOYMENT_SETS, reports):

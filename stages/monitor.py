@@ -1,6 +1,6 @@
 """monitor: label-free, model-based monitoring of each deployment set against the held-out test set.
 
-Reads params: seed, shift.label_class, detect.classifier_folds, monitor. Runs no network: the
+Reads params: seed, shift.label_class, monitor. Runs no network: the
 model's outputs come from `reference` (test set, domain B) and `evaluate` (b_covariate).
 Writes metrics/monitor.json (headline: verdict, class-7 share, trust flag, ATC accuracy per
 shifted set), metrics/monitor_details.json (every detector's p-value and the Holm verdict,
@@ -35,7 +35,7 @@ def main() -> None:
         views = deployment_views(load_view("data/reference/domain_b.npz"),
                                  load_view("data/features/b_covariate.npz"), sets)
 
-        # The pixel-level tests dominate (5-fold logistic regressions): one worker per core.
+        # The pixel-level tests dominate (logistic regressions, MMD permutations): one worker per core.
         pixel_tests = Parallel(n_jobs=2)(delayed(_pixel_tests)(test.images, sets[name].images, params)
                                          for name in DEPLOYMENT_SETS)
         results = {}
@@ -68,7 +68,7 @@ def _pixel_tests(reference_images, images, params) -> dict:
                                    n_permutations=monitor.mmd_permutations,
                                    max_per_side=monitor.mmd_max_per_side),
             "domain_classifier": domain_classifier_test(reference_images, images, monitor.classifier_samples,
-                                                        params.detect.classifier_folds, params.seed)}
+                                                        params.seed)}
 
 
 def _headline(results: dict, focus: int) -> dict:
