@@ -113,22 +113,26 @@ def _stage_seconds(repo: Path) -> dict[str, float]:
 
 # ---------------------------------------------------------------- training and inference speed
 
-def time_training(rounds: int, steps: int = 30, batch_size: int = 128) -> dict:
+def time_training(rounds: int, steps: int = 60, batch_size: int = 128, warmup: int = 10) -> dict:
+    """Each variant runs `warmup` batches untimed (oneDNN builds its kernels for new shapes and
+    dtypes on first use, ~1 s for bf16), then `steps` timed batches: the steady state a
+    3-epoch training run sees."""
     from torchvision.datasets import FashionMNIST
     from torchvision.transforms import ToTensor
 
     source = find_source(None, REPO / "data" / "raw")
     train_set, _ = load_fashion_mnist(source)
     images, labels = train_set.images[:steps * batch_size], train_set.labels[:steps * batch_size]
-    variants = {  # name -> images/s of one round
-        SEED: lambda: _seed_loop(dataset, steps, batch_size),
-        "in-memory batches, Adam": lambda: _in_memory_loop(images, labels, batch_size, fused=False),
-        "+ fused Adam": lambda: _in_memory_loop(images, labels, batch_size, fused=True),
-        "+ channels-last (shiftwatch, train.precision: fp32)": lambda: _library(images, labels, batch_size, "fp32"),
+    few = slice(0, warmup * batch_size)
+    variants = {  # name -> (images, labels) -> images/s
+        SEED: lambda x, y: _seed_loop(dataset, len(y) // batch_size, batch_size),
+        "in-memory batches, Adam": lambda x, y: _in_memory_loop(x, y, batch_size, fused=False),
+        "+ fused Adam": lambda x, y: _in_memory_loop(x, y, batch_size, fused=True),
+        "+ channels-last (shiftwatch, train.precision: fp32)": lambda x, y: _library(x, y, batch_size, "fp32"),
         "+ bf16 forward/backward, fp32 master weights (shiftwatch, train.precision: auto)":
-            lambda: _library(images, labels, batch_size, "auto"),
-        "(tried: bf16 autocast instead)": lambda: _in_memory_loop(images, labels, batch_size, fused=True,
-                                                                  channels_last=True, bf16=True),
+            lambda x, y: _library(x, y, batch_size, "auto"),
+        "(tried: bf16 autocast instead)": lambda x, y: _in_memory_loop(x, y, batch_size, fused=True,
+                                                                       channels_last=True, bf16=True),
     }
     measured: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:  # torchvision's own layout: raw, uncompressed IDX files
@@ -142,12 +146,14 @@ def time_training(rounds: int, steps: int = 30, batch_size: int = 128) -> dict:
         dataset = FashionMNIST(tmp, train=True, transform=ToTensor())
         for round_ in range(rounds):  # interleaved, so drifting machine load hits every variant
             for name, measure in variants.items():
-                measured[name].append(measure())
+                measure(images[few], labels[few])  # warm-up, untimed
+                measured[name].append(measure(images, labels))
                 print(f"round {round_ + 1}: {name}: {measured[name][-1]:.0f} images/s", flush=True)
     medians = {name: statistics.median(rates) for name, rates in measured.items()}
     shiftwatch = next(name for name in variants if "train.precision: auto" in name)
     return {"training_images_per_second": medians, "training_speedup": medians[shiftwatch] / medians[SEED],
-            "training_rounds": rounds, "training_steps": steps, "training_batch_size": batch_size,
+            "training_rounds": rounds, "training_steps": steps, "training_warmup_steps": warmup,
+            "training_batch_size": batch_size,
             **time_inference()}
 
 

@@ -101,7 +101,8 @@ def benchmark_table() -> str:
         for dtype, rate in b["inference_images_per_second"].items():
             rows.append(f"| inference, {dtype}, batch 1,000 | {rate:,.0f} images/s | |")
         rows.append(f"| rounds | median of {b['training_rounds']} interleaved rounds of "
-                    f"{b['training_steps']} batches of {b['training_batch_size']} | |")
+                    f"{b['training_steps']} batches of {b['training_batch_size']} after "
+                    f"{b.get('training_warmup_steps', 0)} untimed warm-up batches | |")
     rows.append(f"| machine | {b['machine']} | |")
     return "\n".join(rows)
 
