@@ -25,6 +25,7 @@ test: setup  ## the test suite (unit tests + a real dvc repro / exp run on a sma
 	$(BIN)/python -m pytest -q
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 against the project's store
+	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3 opens on GenAI pages otherwise)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: setup  ## timings: full dvc repro, dvc exp run, a queued sweep of 4, training/inference speed (~25 min)
