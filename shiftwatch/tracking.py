@@ -17,6 +17,7 @@ current (DVC checked them), so every parent carries the same metric keys, whiche
 """
 from __future__ import annotations
 
+import atexit
 import getpass
 import hashlib
 import json
@@ -282,14 +283,28 @@ class _Logger:
         _retry(lambda: self.client.set_terminated(self.parent_id, status, end_time=ended_ms))
 
 
-def _serve(commands, outcome, stage: str, params, started_ms: int) -> None:
-    """The helper process: open the runs, apply the queued calls, close the runs at "end"."""
+def _serve(commands, outcome) -> None:
+    """The helper process: import MLflow, then open the runs on "open", apply the queued calls,
+    and close the runs at "end". Exits if the stage process dies without saying "end"."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the stage's to handle; "end" follows
+    parent = os.getppid()
     try:
-        logger = _Logger(stage, params, started_ms)
+        import mlflow  # noqa: F401  (the ~1 s import, overlapping the stage's own imports)
+
+        logger = None
         while True:
-            name, args = commands.get()
-            getattr(logger, name)(*args)
+            try:
+                name, args = commands.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != parent:  # orphaned: the stage was killed
+                    return
+                continue
+            if name == "open":
+                logger = _Logger(*args)
+            elif name == "quit":  # the stage stopped before its run opened
+                return
+            else:
+                getattr(logger, name)(*args)
             if name == "end":
                 break
         outcome.put(None)
@@ -314,22 +329,52 @@ def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) 
         _retry(lambda: client.log_batch(run_id, metrics=entries[start:start + 500]))
 
 
+_started_helper: tuple | None = None  # (process, commands, outcome) from start_helper()
+
+
+def start_helper() -> None:
+    """Fork the MLflow helper now, before the stage imports torch and friends, so that importing
+    MLflow (~1 s) and opening the store overlap those imports instead of the stage's work.
+    `stages/__init__.py` calls this when a stage runs as `python -m stages.<name>`; without it,
+    `stage_run` forks the helper itself."""
+    global _started_helper
+    if _started_helper is None:
+        _started_helper = _fork_helper()
+        atexit.register(_quit_unused_helper)
+
+
+def _fork_helper() -> tuple:
+    context = multiprocessing.get_context("fork")
+    commands, outcome = context.Queue(), context.Queue()
+    helper = context.Process(target=_serve, args=(commands, outcome), name="mlflow-helper", daemon=True)
+    helper.start()
+    return helper, commands, outcome
+
+
+def _quit_unused_helper() -> None:
+    """A stage that failed before its run opened (a bad parameter) leaves no helper behind."""
+    if _started_helper is not None and _started_helper[0].is_alive():
+        _started_helper[1].put(("quit", ()))
+        _started_helper[0].join(timeout=5)
+
+
 @contextmanager
 def stage_run(stage: str, params) -> Iterator[StageRun]:
     """The MLflow run of `stage`, open for as long as the stage works.
 
     Wrap the stage's whole work in it: the run ends FINISHED, or FAILED if the body raises.
     Either way the parent then gets every headline metric on disk, so it never has holes.
-    MLflow itself runs in a helper process forked here: importing it and opening the SQLite
-    store costs ~3 s, which then overlaps the stage's work instead of adding to it. The block
+    MLflow itself runs in a helper process (see `start_helper`): importing it and opening the
+    SQLite store costs ~2 s, which then overlaps the stage instead of adding to it. The block
     exits only once everything is logged, so a queued experiment's clone can go right after.
     """
+    global _started_helper
     started_ms = int(time.time() * 1000)
-    context = multiprocessing.get_context("fork")  # inherits params; nothing heavy runs yet
-    commands, outcome = context.Queue(), context.Queue()
-    helper = context.Process(target=_serve, args=(commands, outcome, stage, params, started_ms),
-                             name=f"mlflow-{stage}", daemon=True)
-    helper.start()
+    if _started_helper is not None and _started_helper[0].is_alive():
+        (helper, commands, outcome), _started_helper = _started_helper, None
+    else:
+        helper, commands, outcome = _fork_helper()
+    commands.put(("open", (stage, params, started_ms)))
     status = "FAILED"
     try:
         yield StageRun(commands)

@@ -1,0 +1,12 @@
+"""The pipeline's stages, one script each, run by DVC as `python -m stages.<name>`.
+
+Run that way, the MLflow helper process starts here, before the stage imports torch and
+scikit-learn, so that its own start-up overlaps theirs (see shiftwatch.tracking.start_helper).
+Importing a stage module (tests, tools) starts nothing.
+"""
+import sys
+
+if sys.argv[:1] == ["-m"]:  # runpy sets argv[0] to the script path only after this import
+    from shiftwatch.tracking import start_helper
+
+    start_helper()
