@@ -8,7 +8,6 @@ estimated class mix and accuracy next to the truth), a figure.
 Deployment labels are read only to report the truth beside the estimates.
 """
 import numpy as np
-from joblib import Parallel, delayed
 
 from shiftwatch import DEPLOYMENT_SETS, SHIFTED_SETS
 from shiftwatch.cli import run_stage
@@ -20,6 +19,7 @@ from shiftwatch.params import load_params
 from shiftwatch.plots import estimates_vs_truth
 from shiftwatch.tracking import stage_run
 from shiftwatch.twosample import mmd_test
+from shiftwatch.workers import fork_map
 
 FIGURE = "metrics/plots/monitor_estimates.png"
 
@@ -36,8 +36,8 @@ def main() -> None:
                                  load_view("data/features/b_covariate.npz"), sets)
 
         # The pixel-level tests dominate (logistic regressions, MMD permutations): one worker per core.
-        pixel_tests = Parallel(n_jobs=2)(delayed(_pixel_tests)(test.images, sets[name].images, params)
-                                         for name in DEPLOYMENT_SETS)
+        pixel_tests = fork_map(lambda name: _pixel_tests(test.images, sets[name].images, params),
+                               DEPLOYMENT_SETS)
         results = {}
         for name, extra in zip(DEPLOYMENT_SETS, pixel_tests):
             deployment, labels = views[name], sets[name].labels

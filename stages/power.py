@@ -15,7 +15,6 @@ metrics/power/<stream>.csv (DVC plots), metrics/plots/power.png.
 import csv
 
 import numpy as np
-from joblib import Parallel, delayed
 
 from shiftwatch.cli import run_stage
 from shiftwatch.io import atomic_path, load_set, write_json
@@ -27,6 +26,7 @@ from shiftwatch.plots import power_curves
 from shiftwatch.power import COMBINED, detection_rates, false_alarm_rates
 from shiftwatch.shift import degrade_images, label_shift_rows
 from shiftwatch.tracking import stage_run
+from shiftwatch.workers import fork_map
 
 FIGURE = "metrics/plots/power.png"
 TARGET_POWER = 0.9
@@ -53,8 +53,7 @@ def main() -> None:
                                                            ("detection", shift_streams))
                 for name, stream in streams.items()]
         # Streams are independent and the tests mostly single-threaded: one worker per core.
-        all_rates = Parallel(n_jobs=2)(delayed(_stream_rates)(kind, name, stream, reference, detectors, params)
-                                       for kind, name, stream in jobs)
+        all_rates = fork_map(lambda job: _stream_rates(*job, reference, detectors, params), jobs)
         results = {"false_alarms": {}, "detection": {}}
         for (kind, name, _), rates in zip(jobs, all_rates):
             results[kind][name] = {d: {str(p.n): _point(p) for p in points} for d, points in rates.items()}

@@ -1,0 +1,44 @@
+"""One worker process per core for independent pieces of a stage's work.
+
+Workers are forked: they inherit the parent's imports and arrays (no re-import, no pickling
+of inputs, only of results) and are shut down before `fork_map` returns, so a stage leaves no
+process behind. BLAS runs single-threaded in each worker, as joblib does: two workers on two
+cores, and results that do not depend on how many threads BLAS would otherwise pick.
+"""
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+Item, Result = TypeVar("Item"), TypeVar("Result")
+
+_task: tuple[Callable, Sequence] | None = None  # what the forked workers run, set before the fork
+
+
+def fork_map(function: Callable[[Item], Result], items: Sequence[Item],
+             workers: int = 2) -> list[Result]:
+    """[function(item) for item in items], computed in `workers` forked processes."""
+    global _task
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [_single_threaded(function, item) for item in items]
+    _task = (function, items)
+    try:
+        with ProcessPoolExecutor(min(workers, len(items)),
+                                 mp_context=multiprocessing.get_context("fork")) as pool:
+            return list(pool.map(_run, range(len(items))))
+    finally:
+        _task = None
+
+
+def _run(index: int):
+    function, items = _task
+    return _single_threaded(function, items[index])
+
+
+def _single_threaded(function, item):
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return function(item)
