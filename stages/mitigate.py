@@ -57,7 +57,7 @@ def main() -> None:
             # its own labels (n in the details), not the whole set: 3x less network time.
             started = time.perf_counter()
             rows = _seeded_rows(len(sets[name]), mitigate.adabn_images, params.seed)
-            adapted = adapt_batchnorm(model, sets[name].images[rows], batch, device)
+            adapted = adapt_batchnorm(model, sets[name].images[rows], batch, device, precision)
             predicted = predict_proba(adapted, sets[name].images[rows], batch, device,
                                       desc=f"AdaBN {name}", precision=precision).argmax(1)
             results[name]["adabn"] = {**_score(labels[rows], predicted, focus), "n": len(rows)}
