@@ -25,7 +25,7 @@ from shiftwatch.twosample import bbsd_chi2, bbsd_ks, holm, median_bandwidth, mmd
 FEATURE_DETECTORS = ("ks_mean_pixel", "image_stats", "bbsd_ks", "bbsd_chi2", "mmd_embedding")
 
 
-def feature_detector(name: str, *, seed: int, mmd_permutations: int, mmd_max_per_side: int):
+def feature_detector(name: str, *, seed: int, mmd_permutations: int, mmd_max_per_side: int | None):
     """detector(reference: Features, deployment: Features) -> DetectorResult, by name."""
     def ks_mean_pixel(ref: Features, dep: Features) -> DetectorResult:
         return ks_test(ref.image_stats[:, 0], dep.image_stats[:, 0])
@@ -44,7 +44,7 @@ def feature_detector(name: str, *, seed: int, mmd_permutations: int, mmd_max_per
         # A bandwidth that does not depend on the deployment sample keeps the permutation test valid.
         if prepared["for"] is not ref.embeddings:  # identity, not id(): no reuse after GC
             reference = ref.embeddings
-            if len(reference) > mmd_max_per_side:
+            if mmd_max_per_side is not None and len(reference) > mmd_max_per_side:
                 rows = np.random.default_rng(seed).choice(len(reference), mmd_max_per_side, replace=False)
                 reference = reference[rows]
             prepared.update({"for": ref.embeddings, "reference": reference,
@@ -63,7 +63,7 @@ def feature_detector(name: str, *, seed: int, mmd_permutations: int, mmd_max_per
 
 
 def run_detectors(reference: Features, deployment: Features, *, seed: int, alpha: float,
-                  mmd_permutations: int, mmd_max_per_side: int,
+                  mmd_permutations: int, mmd_max_per_side: int | None,
                   extra: dict[str, DetectorResult] | None = None) -> dict:
     """Every feature detector's result plus `extra` ones (e.g. pixel MMD, domain classifier),
     and the combined verdict: Holm–Bonferroni over all their p-values at `alpha`."""

@@ -14,19 +14,22 @@ from shiftwatch.cli import run_stage
 from shiftwatch.detectors import domain_classifier_test
 from shiftwatch.io import load_set, write_json
 from shiftwatch.features import deployment_views, load_features, load_view
-from shiftwatch.monitor import accuracy_report, label_shift_report, run_detectors
+from shiftwatch.monitor import FEATURE_DETECTORS, accuracy_report, label_shift_report, run_detectors
 from shiftwatch.params import load_params
 from shiftwatch.plots import estimates_vs_truth
 from shiftwatch.tracking import stage_run
-from shiftwatch.twosample import mmd_test
+from shiftwatch.twosample import check_permutations_for_holm, mmd_test
 from shiftwatch.workers import fork_map
 
 FIGURE = "metrics/plots/monitor_estimates.png"
+# Holm runs over the feature detectors plus the two pixel-level ones (MMD on pixels, domain classifier).
+DETECTORS = len(FEATURE_DETECTORS) + 2
 
 
 def main() -> None:
     params = load_params()
     monitor, focus = params.monitor, params.shift.label_class
+    check_permutations_for_holm(monitor.mmd_permutations, DETECTORS, monitor.alpha, "monitor.mmd_permutations")
     with stage_run("monitor", params) as run:
         test = load_set("data/prepared/test.npz", hint="run `dvc repro prepare`")
         sets = {name: load_set(f"data/shifted/{name}.npz", hint="run `dvc repro shift`")
@@ -51,6 +54,7 @@ def main() -> None:
                 "accuracy": accuracy_report(reference.probabilities, test.labels,
                                             deployment.probabilities, true_labels=labels),
             }
+            results[name]["mmd_images_tested"] = _tested(len(test), len(deployment), monitor.mmd_max_per_side)
             _print(name, results[name], focus)
 
         write_json("metrics/monitor.json", _headline(results, focus))
@@ -59,6 +63,12 @@ def main() -> None:
         run.log_metric_tree("monitor", results)
         run.log_artifact("metrics/monitor_details.json")
         run.log_artifact(FIGURE, "plots")
+
+
+def _tested(reference: int, deployment: int, cap: int | None) -> dict:
+    """How many images per side the MMD tests saw (a seeded subsample above monitor.mmd_max_per_side)."""
+    return {"reference": reference if cap is None else min(reference, cap),
+            "deployment": deployment if cap is None else min(deployment, cap)}
 
 
 def _pixel_tests(reference_images, images, params) -> dict:
