@@ -46,6 +46,7 @@ class DetectParams(_Strict):
 
 
 class TrainParams(_Strict):
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     weights: Literal["none", "imagenet"] = "none"
     epochs: int = Field(3, ge=1, le=1000)
     batch_size: int = Field(128, ge=1, le=65_536)
@@ -61,22 +62,22 @@ class EvaluateParams(_Strict):
 class MonitorParams(_Strict):
     alpha: float = Field(0.05, gt=0, lt=1)
     mmd_permutations: int = Field(200, ge=10, le=10_000)
-    mmd_max_per_side: int = Field(1000, ge=10, le=5000)
+    mmd_max_per_side: int | None = Field(1000, ge=10, le=60_000)
     classifier_samples: int = Field(1000, ge=10)
     trust_tolerance: float = Field(0.1, gt=0, le=1)
 
 
 class PowerParams(_Strict):
-    repetitions: int = Field(100, ge=1, le=100_000)
-    sizes: list[Annotated[int, Field(ge=2, le=60_000)]] = Field(
-        default_factory=lambda: [10, 20, 50, 100, 200, 500, 1000, 10000], min_length=1)
-    pool: int = Field(3000, ge=10, le=60_000)
+    repetitions: int = Field(200, ge=1, le=100_000)
+    sizes: list[Annotated[int, Field(ge=2, le=30_000)]] = Field(
+        default_factory=lambda: [10, 20, 50, 100, 200, 500, 1000, 2000], min_length=1)
     brightness_levels: list[Annotated[float, Field(ge=-1, le=1)]] = Field(
         default_factory=lambda: [0.02, 0.05, 0.1])
     downsample_levels: list[Annotated[int, Field(ge=1, le=28)]] = Field(default_factory=lambda: [14, 7])
     label_keep_levels: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [0.1])
-    mmd_permutations: int = Field(100, ge=10, le=10_000)
-    mmd_max_per_side: int = Field(500, ge=10, le=5000)
+    mmd_permutations: int = Field(200, ge=10, le=10_000)
+    mmd_repetitions: dict[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: {500: 100, 1000: 50, 2000: 25})
 
 
 class MitigateParams(_Strict):

@@ -203,3 +203,74 @@ def _sizes(ns: Iterable[int]) -> list[int]:
 def _check_probability(value: float, name: str) -> None:
     if not 0 < value < 1:
         raise ShiftwatchError(f"{name} = {value}; pass a probability in (0, 1)")
+
+
+# ---------------------------------------------------------------- independent repetitions
+
+Sampler = Callable[[np.random.Generator, int], tuple[object, object]]
+SeededDetector = Callable[[object, object, int], object]
+
+
+def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetector],
+                            ns: Iterable[int], repetitions: int,
+                            alpha: float = 0.05, seed: int = 0, confidence: float = 0.95,
+                            repetitions_for: Callable[[str, int], int] | None = None,
+                            ) -> dict[str, list[AlarmRate]]:
+    """Alarm rates from independent repetitions (the protocol of Rabanser et al. 2019).
+
+    Repetition r at size n has its own generator, np.random.default_rng([seed, n, r]):
+    `sample(rng, n)` draws a fresh (reference, deployment) pair from it, disjoint from each
+    other (the sampler's job), and every detector is called as detector(reference,
+    deployment, detector_seed) with a per-repetition seed from the same generator, for its
+    permutations or subsamples. So no two repetitions share a reference, a draw or a
+    permutation stream, and a size's result does not depend on the other sizes asked for.
+
+    `repetitions_for(name, n)` may give a costly detector fewer repetitions at large n (the
+    first ones, on the same draws); its AlarmRate then says how many it got. The "combined"
+    entry is the Holm–Bonferroni verdict over all detectors, on the repetitions where all ran.
+    """
+    names = _names(detectors, "holm")
+    sizes = _sizes(ns)
+    _check_probability(alpha, "alpha")
+    if repetitions < 1:
+        raise ShiftwatchError(f"repetitions = {repetitions}; pass at least 1")
+    count = {name: repetitions for name in detectors}
+    rates: dict[str, list[AlarmRate]] = {name: [] for name in names}
+    for n in sizes:
+        if repetitions_for is not None:
+            count = {name: max(1, min(repetitions, repetitions_for(name, n))) for name in detectors}
+        everyone = min(count.values())
+        alarms = dict.fromkeys(names, 0)
+        for r in range(repetitions):
+            rng = np.random.default_rng([seed, n, r])
+            reference, deployment = sample(rng, n)
+            detector_seed = int(rng.integers(2 ** 32))
+            pvalues = {name: _pvalue(detector(reference, deployment, detector_seed))
+                       for name, detector in detectors.items() if r < count[name]}
+            for name, pvalue in pvalues.items():
+                alarms[name] += pvalue < alpha
+            if r < everyone:
+                alarms[COMBINED] += holm(pvalues, alpha).reject
+        for name in names:
+            trials = everyone if name == COMBINED else count[name]
+            low, high = wilson_interval(int(alarms[name]), trials, confidence)
+            rates[name].append(AlarmRate(n, int(alarms[name]), trials, alarms[name] / trials, low, high))
+    return rates
+
+
+def calibration_flags(rates: Mapping[str, list[AlarmRate]], alpha: float = 0.05,
+                      level: float = 0.05) -> dict[str, list[FalseAlarmRate]]:
+    """False-alarm rates with a miscalibration flag corrected for multiplicity.
+
+    Each cell (detector, n) gets the one-sided binomial test of H0: rate ≤ alpha
+    (`excess_pvalue`, uncorrected); `miscalibrated` is set where Holm–Bonferroni over all the
+    cells passed in rejects at `level`, so that a table of ~50 calibrated cells shows a flag
+    with probability ≤ level, not ~1 - 0.95^50."""
+    _check_probability(level, "level")
+    excess = {(name, i): stats.binomtest(p.alarms, p.repetitions, alpha, alternative="greater").pvalue
+              for name, points in rates.items() for i, p in enumerate(points)}
+    verdict = holm({f"{name}@{i}": float(p) for (name, i), p in excess.items()}, level)
+    return {name: [FalseAlarmRate(**vars(p), alpha=alpha, excess_pvalue=float(excess[(name, i)]),
+                                  miscalibrated=f"{name}@{i}" in verdict.rejected)
+                   for i, p in enumerate(points)]
+            for name, points in rates.items()}

@@ -150,9 +150,13 @@ def estimates_table() -> str:
     return "\n".join(rows)
 
 
-def _rate_table(streams: dict) -> str:
+def _rate_table(streams: dict, upper_bound: bool = False) -> str:
+    """Rates per stream x detector x n. `upper_bound` adds the upper end of the 95 % Wilson
+    interval; a cell with fewer repetitions than the most any cell got says how many."""
     sizes = sorted({int(n) for by_detector in streams.values() for points in by_detector.values()
                     for n in points})
+    most = max(p.get("repetitions", 0) for by_detector in streams.values()
+               for points in by_detector.values() for p in points.values())
     rows = ["| stream | detector | " + " | ".join(f"n={n:,}" for n in sizes) + " |",
             "|---|---|" + "---|" * len(sizes)]
     for stream, by_detector in streams.items():
@@ -162,18 +166,21 @@ def _rate_table(streams: dict) -> str:
                 p = points.get(str(n))
                 if p is None:
                     cells.append("—")
-                else:
-                    cell = f"{p['rate']:.2f}"
-                    if p.get("miscalibrated"):
-                        cell = f"**{cell}** ✗"
-                    cells.append(cell)
+                    continue
+                notes = [f"≤{p['ci_high']:.2f}"] if upper_bound else []
+                if p.get("repetitions", most) < most:
+                    notes.append(f"R={p['repetitions']}")
+                cell = f"{p['rate']:.2f}" + (f" ({', '.join(notes)})" if notes else "")
+                if p.get("miscalibrated"):
+                    cell = f"**{cell}** ✗"
+                cells.append(cell)
             name = f"**{detector}**" if detector == "combined" else detector
             rows.append(f"| {stream} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
 def false_alarm_table() -> str:
-    return _rate_table(_load("metrics/power_details.json")["false_alarms"])
+    return _rate_table(_load("metrics/power_details.json")["false_alarms"], upper_bound=True)
 
 
 def power_table() -> str:
@@ -227,10 +234,26 @@ def check_example() -> str:
     return "```\n" + path.read_text().rstrip() + "\n```"
 
 
+def seed_table() -> str:
+    """Headline numbers per training seed with mean ± sd (tools/seed_spread.py)."""
+    path = Path("metrics/seed_spread.json")
+    if not path.exists():
+        return "_run `make seeds`_"
+    spread = _load(str(path))
+    seeds = [str(s) for s in spread["seeds"]]
+    rows = ["| headline number | " + " | ".join(f"train.seed={s}" for s in seeds) + " | mean ± sd |",
+            "|---|" + "---|" * len(seeds) + "---|"]
+    for key, m in spread["metrics"].items():
+        cells = [_num(m["by_seed"].get(s)) for s in seeds]
+        summary = "—" if m["mean"] is None else f"{_num(m['mean'])} ± {_num(m['sd'])}"
+        rows.append(f"| {key} | " + " | ".join(cells) + f" | {summary} |")
+    return "\n".join(rows)
+
+
 TABLES = {"detection": detection_table, "accuracy": accuracy_table, "study": study_table,
           "benchmark": benchmark_table, "stages": stage_table, "exp-show": exp_show_table, "monitor": monitor_table, "estimates": estimates_table,
           "false-alarms": false_alarm_table, "power": power_table, "mitigation": mitigation_table,
-          "check-example": check_example}
+          "check-example": check_example, "seeds": seed_table}
 
 
 def refresh(text: str) -> str:

@@ -20,8 +20,8 @@ pytestmark = needs_fashion_mnist
 
 SMALL = {"data": {"max_train_images": 2000, "max_test_images": 500},
          "train": {"epochs": 1}, "detect": {"classifier_samples": 300},
-         "monitor": {"classifier_samples": 200, "mmd_permutations": 50},
-         "power": {"repetitions": 10, "sizes": [10, 100], "pool": 300, "mmd_permutations": 20},
+         "monitor": {"classifier_samples": 200, "mmd_permutations": 150},
+         "power": {"repetitions": 10, "sizes": [10, 100], "mmd_permutations": 100, "mmd_repetitions": {100: 5}},
          "mitigate": {"adabn_images": 200}}
 MODEL_STAGES = ("prepare", "train", "reference", "finetune", "power")  # once per model
 SHIFT_STAGES = ("shift", "detect", "evaluate", "monitor", "mitigate")  # once per shift experiment
@@ -117,8 +117,15 @@ def test_repro_writes_every_output_and_metric(repo):
     assert {"class_7_share_true", "class_7_share_bbse", "class_7_share_em"} <= set(monitor["b_label"]["label_shift"])
     assert {"true", "atc", "average_confidence"} == set(monitor["b_covariate"]["accuracy"])
     power = _metrics(repo, "power_details")
-    assert set(power["false_alarms"]) == {"b_raw", "domain_a_train"}
+    assert set(power["false_alarms"]) == {"no_shift", "domain_a_train"}
     assert set(power["detection"]["label_keep_0.1"]["combined"]) == {"10", "100"}
+    # mmd_embedding gets power.mmd_repetitions at n = 100, and so does the combined verdict
+    assert power["false_alarms"]["no_shift"]["mmd_embedding"]["100"]["repetitions"] == 5
+    assert power["false_alarms"]["no_shift"]["combined"]["100"]["repetitions"] == 5
+    assert power["false_alarms"]["no_shift"]["bbsd_ks"]["100"]["repetitions"] == 10
+    assert "miscalibrated" in power["false_alarms"]["no_shift"]["bbsd_ks"]["10"]
+    assert monitor["b_shift"]["mmd_images_tested"] == {  # all of them: below monitor.mmd_max_per_side
+        "reference": 500, "deployment": _metrics(repo, "shift")["b_shift"]["n"]}
     assert power["detection"]["brightness_0.02"]["image_stats"]["100"]["rate"] == 1.0
     assert _metrics(repo, "power")["min_n_power_90"]["brightness_0.02"] in (10, 100)
     mitigate = _metrics(repo, "mitigate_details")

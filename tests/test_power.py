@@ -3,8 +3,9 @@ import pytest
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.power import (AlarmRate, FalseAlarmRate, detection_rate, detection_rates,
-                              false_alarm_rate, false_alarm_rates, wilson_interval)
+from shiftwatch.power import (COMBINED, AlarmRate, FalseAlarmRate, calibration_flags, detection_rate,
+                              detection_rates, false_alarm_rate, false_alarm_rates,
+                              independent_alarm_rates, wilson_interval)
 from shiftwatch.twosample import bbsd_ks
 
 ALPHA = 0.05
@@ -221,3 +222,85 @@ def test_empty_inputs_raise():
         detection_rate(np.zeros(5), np.zeros(0), lambda a, b: 0.5, ns=[3], repetitions=1)
     with pytest.raises(ShiftwatchError, match="level"):
         false_alarm_rate(np.zeros(5), np.zeros(5), lambda a, b: 0.5, ns=[3], repetitions=1, level=0)
+
+
+# ---------------------------------------------------------------- independent repetitions
+
+def _pool_sampler(pool, seen=None):
+    """Fresh disjoint reference and deployment rows of `pool` per repetition (records them)."""
+    def sample(rng, n):
+        order = rng.permutation(len(pool))
+        if seen is not None:
+            seen.append((order[:n].copy(), order[n:2 * n].copy()))
+        return pool[order[:n]], pool[order[n:2 * n]]
+    return sample
+
+
+def _ks(reference, deployment, seed):
+    return stats.ks_2samp(reference, deployment).pvalue
+
+
+def test_every_repetition_draws_a_fresh_disjoint_pair_and_its_own_detector_seed():
+    pool = np.arange(1000.0)
+    seen, seeds = [], []
+    detector = lambda ref, dep, seed: seeds.append(seed) or 0.5  # noqa: E731
+    independent_alarm_rates(_pool_sampler(pool, seen), {"d": detector}, [50], repetitions=20, seed=3)
+    references = [set(ref) for ref, _ in seen]
+    assert all(not set(ref) & set(dep) for ref, dep in seen)  # disjoint within a repetition
+    assert len({frozenset(r) for r in references}) == 20  # a new reference every time
+    assert len(set(seeds)) == 20
+    again = []
+    independent_alarm_rates(_pool_sampler(pool, again), {"d": detector}, [10, 50], repetitions=20, seed=3)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(seen, again[20:]))  # n=50 ignores n=10
+
+
+def test_independent_false_alarms_of_a_calibrated_test_are_alpha():
+    pool = np.random.default_rng(0).normal(size=50_000)
+    rates = independent_alarm_rates(_pool_sampler(pool), {"ks": _ks}, [200], repetitions=1000, seed=1)
+    alarms = rates["ks"][0].alarms
+    # Binomial(1000, 0.05): 99.9 % of runs fall in [29, 74]; KS is slightly conservative.
+    assert 20 <= alarms <= 74
+    assert rates[COMBINED][0].alarms == alarms  # one detector: Holm is the detector itself
+
+
+def test_a_shifted_deployment_is_detected():
+    pool = np.random.default_rng(0).normal(size=20_000)
+
+    def shifted(rng, n):
+        reference, deployment = _pool_sampler(pool)(rng, n)
+        return reference, deployment + 0.5
+    rates = independent_alarm_rates(shifted, {"ks": _ks}, [20, 200], repetitions=100, seed=2)
+    assert rates["ks"][0].rate < 0.6 < 0.95 < rates["ks"][1].rate
+
+
+def test_a_costly_detector_can_get_fewer_repetitions_and_combined_uses_the_common_ones():
+    pool = np.random.default_rng(0).normal(size=5000)
+    calls = {"cheap": 0, "costly": 0}
+
+    def counting(name):
+        def detector(ref, dep, seed):
+            calls[name] += 1
+            return 0.5
+        return detector
+    rates = independent_alarm_rates(_pool_sampler(pool), {"cheap": counting("cheap"), "costly": counting("costly")},
+                                    [10, 100], repetitions=40, seed=0,
+                                    repetitions_for=lambda name, n: 10 if name == "costly" and n >= 100 else 40)
+    assert calls == {"cheap": 80, "costly": 50}
+    assert [p.repetitions for p in rates["costly"]] == [40, 10]
+    assert [p.repetitions for p in rates[COMBINED]] == [40, 10]
+    assert rates["cheap"][1].repetitions == 40
+
+
+def test_calibration_flags_are_corrected_for_the_number_of_cells():
+    def cell(alarms, n=10):
+        low, high = wilson_interval(alarms, 200)
+        return AlarmRate(n, alarms, 200, alarms / 200, low, high)
+    # 17 alarms in 200 at alpha 0.05: one-sided binomial p ~ 0.03, a flag on its own ...
+    assert calibration_flags({"d": [cell(17)]})["d"][0].miscalibrated
+    # ... but one such cell among 48 calibrated ones is what chance gives: no flag after Holm.
+    table = {f"d{k}": [cell(10, n) for n in (10, 100, 1000)] for k in range(16)}
+    table["d0"][0] = cell(17)
+    flags = calibration_flags(table)
+    assert flags["d0"][0].excess_pvalue < 0.05 and not flags["d0"][0].miscalibrated
+    table["d1"][2] = cell(40)  # 20 % false alarms: flagged whatever the table's size
+    assert calibration_flags(table)["d1"][2].miscalibrated
