@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test ui bench readme check-example
+.PHONY: setup run test ui bench seeds readme check-example
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,12 @@ ui: setup  ## MLflow UI on http://127.0.0.1:5000 against the project's store
 	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3 opens on GenAI pages otherwise)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
-bench: setup  ## timings: full dvc repro, dvc exp run, a queued sweep of 4, training/inference speed (~25 min)
+bench: setup  ## timings: full dvc repro, dvc exp run, a queued sweep of 4, training/inference speed, MMD at 10,000 per side (~30 min)
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_mmd.py
+
+seeds: setup  ## the headline over training seeds 42, 1, 2: three queued experiments (~25 min), then make readme
+	PATH=$(BIN):$$PATH $(BIN)/python tools/seed_spread.py --seeds 42 1 2
 
 readme: setup  ## refresh the results tables in README.md from metrics/*.json
 	$(BIN)/python -m shiftwatch.readme README.md

@@ -4,7 +4,7 @@ Fine-tunes a copy of the deployed model on domain A only (no deployment images, 
 them) with shift-aware augmentation: each image gets a random blur (downsample to one of
 `mitigate.augment_downsample` px and back) and a random brightness offset; class
 `shift.label_class` is oversampled `mitigate.oversample_factor` times (1 = off).
-Reads params: seed, shift.label_class, train.lr, train.batch_size, train.precision, evaluate, mitigate.finetune_epochs,
+Reads params: train.seed, shift.label_class, train.lr, train.batch_size, train.precision, evaluate, mitigate.finetune_epochs,
 mitigate.augment_*, mitigate.oversample_factor. Writes models/resnet18_augmented.pt and its
 softmax outputs on domain B (b_raw; b_label is a subset) in data/finetuned/domain_b.npz.
 """
@@ -26,14 +26,14 @@ def main() -> None:
         domain_a = load_set("data/prepared/domain_a.npz", hint="run `dvc repro prepare`")
         domain_b = load_set("data/prepared/domain_b.npz", hint="run `dvc repro prepare`")
         rows = oversample_rows(domain_a.labels, params.shift.label_class, mitigate.oversample_factor,
-                               params.seed)
+                               params.train.seed)
         images = augment_images(domain_a.images[rows], mitigate.augment_downsample,
-                                tuple(mitigate.augment_brightness), params.seed)
+                                tuple(mitigate.augment_brightness), params.train.seed)
         device = pick_device()
         tuned = copy.deepcopy(load_model("models/resnet18.pt"))
         started = time.perf_counter()
         history = train(tuned, images, domain_a.labels[rows], epochs=mitigate.finetune_epochs,
-                        batch_size=params.train.batch_size, lr=params.train.lr, seed=params.seed,
+                        batch_size=params.train.batch_size, lr=params.train.lr, seed=params.train.seed,
                         device=device, precision=params.train.precision)
         seconds = time.perf_counter() - started
         save_state_dict(tuned, "models/resnet18_augmented.pt")

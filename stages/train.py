@@ -1,7 +1,8 @@
 """train: ResNet-18 on domain A. Nothing else: predictions belong to `reference`.
 
-Reads params: seed, train. Writes models/resnet18.pt (state_dict), metrics/train.json (final
-loss and accuracy on the fly), metrics/train_history.csv (per epoch, with images/s).
+Reads params: train (train.seed seeds initialisation and shuffling; the data seed is not read).
+Writes models/resnet18.pt (state_dict), metrics/train.json (final loss and accuracy on the fly),
+metrics/train_history.csv (per epoch, with images/s).
 """
 import csv
 import time
@@ -21,10 +22,10 @@ def main() -> None:
     with stage_run("train", params) as run:
         domain_a = load_set("data/prepared/domain_a.npz", hint="run `dvc repro prepare`")
         device = pick_device()
-        model = build_resnet18(params.train.weights, seed=params.seed)
+        model = build_resnet18(params.train.weights, seed=params.train.seed)
         started = time.perf_counter()
         history = train(model, domain_a.images, domain_a.labels, epochs=params.train.epochs,
-                        batch_size=params.train.batch_size, lr=params.train.lr, seed=params.seed,
+                        batch_size=params.train.batch_size, lr=params.train.lr, seed=params.train.seed,
                         device=device, precision=params.train.precision)
         train_seconds = time.perf_counter() - started
 
