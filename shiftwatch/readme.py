@@ -197,6 +197,16 @@ MITIGATIONS = (  # (key in metrics/mitigate.json, label, needs deployment labels
 )
 
 
+def _mitigation_cells(m: dict) -> str:
+    """Accuracy and class-7 recall; for a correction not applied (untrustworthy estimate), what
+    stands (the deployed model's) and, struck through, what it would have given."""
+    if m.get("applied") == 0:
+        would = m["if_applied"]
+        return (f"{_num(m['accuracy'], 4)} (not applied¹; ~~{_num(would['accuracy'], 4)}~~) | "
+                f"{_num(m['class_7_recall'])} (~~{_num(would['class_7_recall'])}~~)")
+    return f"{_num(m['accuracy'], 4)} | {_num(m['class_7_recall'])}"
+
+
 def mitigation_table() -> str:
     mitigate = _load("metrics/mitigate_details.json")
     sets = [name for name in ("b_label", "b_covariate", "b_shift") if name in mitigate]
@@ -205,14 +215,17 @@ def mitigation_table() -> str:
         " | needs labels | cost |"
     rows = [header, "|---|" + "---|---|" * len(sets) + "---|---|"]
     for key, label, labels_needed, what in MITIGATIONS:
-        cells = " | ".join(f"{_num(mitigate[s][key]['accuracy'], 4)} | {_num(mitigate[s][key]['class_7_recall'])}"
-                           for s in sets)
+        cells = " | ".join(_mitigation_cells(mitigate[s][key]) for s in sets)
         if what == "adabn":
             what = "two passes over the batch (statistics, then predictions): " + ", ".join(
                 f"{cost[f'adabn_{s}_seconds']:.0f} s ({s})" for s in sets)
         elif what == "finetune":
             what = "one epoch of training, once per model (`finetune` stage)"
         rows.append(f"| {label} | {cells} | {labels_needed} | {what} |")
+    if any(mitigate[s][k].get("applied") == 0 for s in sets for k in ("label_shift_bbse", "label_shift_em")):
+        rows.append("")
+        rows.append("¹ not applied: `monitor` flagged the class-mix estimate of this set untrustworthy "
+                    "(the deployed model's predictions stand); struck through, what the correction would have given.")
     rows.append("")
     rows.append("Selective prediction (flag max-softmax confidence below the review threshold):")
     rows.append("")
@@ -234,6 +247,22 @@ def check_example() -> str:
     return "```\n" + path.read_text().rstrip() + "\n```"
 
 
+def mmd_table() -> str:
+    """benchmarks/bench_mmd.py: the permutation MMD at full size."""
+    path = Path("benchmarks/mmd.json")
+    if not path.exists():
+        return "_run `make bench`_"
+    b = _load(str(path))
+    rows = ["| images per side (512 features) | permutations | seconds | peak memory | target |",
+            "|---|---|---|---|---|"]
+    for case in b["cases"]:
+        target = (f"≤ {b['target']['seconds']:.0f} s, ≤ {b['target']['peak_gb']:.0f} GB"
+                  if case["per_side"] >= 10_000 else "")
+        rows.append(f"| {case['per_side']:,} | {case['permutations']:,} | {case['seconds']:.1f} | "
+                    f"{case['peak_gb']:.2f} GB | {target} |")
+    return "\n".join(rows)
+
+
 def seed_table() -> str:
     """Headline numbers per training seed with mean ± sd (tools/seed_spread.py)."""
     path = Path("metrics/seed_spread.json")
@@ -253,7 +282,7 @@ def seed_table() -> str:
 TABLES = {"detection": detection_table, "accuracy": accuracy_table, "study": study_table,
           "benchmark": benchmark_table, "stages": stage_table, "exp-show": exp_show_table, "monitor": monitor_table, "estimates": estimates_table,
           "false-alarms": false_alarm_table, "power": power_table, "mitigation": mitigation_table,
-          "check-example": check_example, "seeds": seed_table}
+          "check-example": check_example, "seeds": seed_table, "mmd-bench": mmd_table}
 
 
 def refresh(text: str) -> str:

@@ -48,10 +48,17 @@ def main() -> None:
             labels, probabilities = sets[name].labels, views[name].probabilities
             score = lambda predicted: _score(labels, predicted, focus)  # noqa: E731
             results[name] = {"none": score(probabilities.argmax(1))}
+            # The prior correction assumes the images of each class did not change; where the
+            # monitor flagged its class-mix estimate untrustworthy it is not applied (the
+            # deployed model's predictions stand) and what it would have given is kept beside.
+            trusted = not monitor[name]["label_shift"]["untrustworthy"]
             for estimator in ("bbse", "em"):
                 estimated = np.asarray(monitor[name]["label_shift"][estimator])
-                results[name][f"label_shift_{estimator}"] = score(
-                    correct_label_shift(probabilities, source_priors, estimated))
+                corrected = score(correct_label_shift(probabilities, source_priors, estimated))
+                results[name][f"label_shift_{estimator}"] = (
+                    {**corrected, "applied": 1} if trusted else
+                    {**results[name]["none"], "applied": 0, "if_applied": corrected,
+                     "reason": "monitor flagged the class-mix estimate untrustworthy"})
             # AdaBN is transductive: BatchNorm statistics from the batch it then predicts. Here the
             # batch is a seeded draw of at most mitigate.adabn_images images of the set, scored on
             # its own labels (n in the details), not the whole set: 3x less network time.
@@ -110,7 +117,10 @@ def _write_coverage(labels, probabilities) -> None:
 
 def _print(name: str, result: dict, focus: int) -> None:
     for method, m in result.items():
-        if "accuracy" in m:
+        if m.get("applied") == 0:
+            print(f"mitigate: {name:12s} {method:20s} not applied ({m['reason']}); would give accuracy "
+                  f"{m['if_applied']['accuracy']:.4f}, class {focus} recall {m['if_applied'][f'class_{focus}_recall']:.3f}")
+        elif "accuracy" in m:
             print(f"mitigate: {name:12s} {method:20s} accuracy {m['accuracy']:.4f}  class {focus} "
                   f"recall {m[f'class_{focus}_recall']:.3f} precision {m[f'class_{focus}_precision']:.3f}")
         else:

@@ -132,6 +132,12 @@ def test_repro_writes_every_output_and_metric(repo):
     assert set(mitigate["b_shift"]) == {"none", "label_shift_bbse", "label_shift_em", "adabn",
                                         "finetune_augmented", "selective", "selective_augmented"}
     assert mitigate["b_label"]["none"]["accuracy"] == pytest.approx(evaluate["b_label"]["accuracy"])
+    for name in ("b_label", "b_covariate", "b_shift"):  # the prior correction obeys the trust flag
+        corrected = mitigate[name]["label_shift_bbse"]
+        assert corrected["applied"] == 1 - monitor[name]["label_shift"]["untrustworthy"]
+        if not corrected["applied"]:
+            assert corrected["accuracy"] == mitigate[name]["none"]["accuracy"]
+            assert set(corrected["if_applied"]) >= {"accuracy", "class_7_recall"}
     shift = _metrics(repo, "shift")
     assert shift["b_shift"]["n"] == shift["b_label"]["n"] < shift["b_raw"]["n"]
     assert shift["b_label"]["class_7_share"] < shift["b_raw"]["class_7_share"] / 5
