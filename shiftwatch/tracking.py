@@ -35,6 +35,8 @@ from typing import Iterator
 import yaml
 
 EXPERIMENT = "shiftwatch"
+# Seconds the first call to the tracking store may take before the stage gives up on it.
+STORE_TIMEOUT_S = 5
 PIPELINE_TAG = "shiftwatch.pipeline"
 # Without this tag MLflow 3's UI opens an experiment on its GenAI traces page.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -237,18 +239,8 @@ class StageRun:
 class _Logger:
     """The MLflow side of a stage run, in the helper process."""
 
-    def __init__(self, stage: str, params, started_ms: int):
-        import mlflow
-        from mlflow import MlflowClient
-
-        # A new SQLite store announces its schema set-up at INFO on stderr; a stage's stderr is
-        # for its own one-line errors.
-        for name in ("mlflow.store.db.utils", "alembic"):
-            logging.getLogger(name).setLevel(logging.WARNING)
-        uri = tracking_uri()
-        mlflow.set_tracking_uri(uri)
-        self.client = client = MlflowClient(uri)
-        experiment_id = _retry(lambda: _experiment_id(client, uri))
+    def __init__(self, store: tuple, stage: str, params, started_ms: int):
+        self.client, experiment_id = client, _ = store
         tags = dvc_tags(stage)
         key = pipeline_key(params.model_dump_json(), tags)
         self.parent_id = _retry(lambda: _parent_run(client, experiment_id, key, tags, params.flat(),
@@ -289,8 +281,12 @@ def _serve(commands, outcome) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the stage's to handle; "end" follows
     parent = os.getppid()
     try:
-        import mlflow  # noqa: F401  (the ~1 s import, overlapping the stage's own imports)
-
+        store = _open_store()
+    except BaseException as err:
+        outcome.put(("ready", _one_line(err)))
+        return
+    outcome.put(("ready", None))
+    try:
         logger = None
         while True:
             try:
@@ -300,16 +296,49 @@ def _serve(commands, outcome) -> None:
                     return
                 continue
             if name == "open":
-                logger = _Logger(*args)
+                logger = _Logger(store, *args)
             elif name == "quit":  # the stage stopped before its run opened
                 return
             else:
                 getattr(logger, name)(*args)
             if name == "end":
                 break
-        outcome.put(None)
+        outcome.put(("done", None))
     except BaseException as err:  # reported to the stage, which fails with it
-        outcome.put(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}")
+        outcome.put(("done", _one_line(err)))
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    text = str(err).strip()
+    line = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+    return line if len(line) <= limit else line[:limit - 1] + "…"
+
+
+def _open_store() -> tuple:
+    """(MlflowClient, experiment id) of the tracking store, checked once: a server that does
+    not answer fails here within ~STORE_TIMEOUT_S seconds, not after MLflow's minutes of retries."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    # A new SQLite store announces its schema set-up at INFO on stderr; a stage's stderr is
+    # for its own one-line errors.
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(STORE_TIMEOUT_S)}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)  # for this first call only: later calls keep MLflow's retries
+    try:
+        experiment_id = _retry(lambda: _experiment_id(client, uri))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return client, experiment_id
 
 
 def _log_params(client, run_id: str, params: dict[str, object]) -> None:
@@ -374,6 +403,12 @@ def stage_run(stage: str, params) -> Iterator[StageRun]:
         (helper, commands, outcome), _started_helper = _started_helper, None
     else:
         helper, commands, outcome = _fork_helper()
+    problem = _ready(helper, outcome)
+    if problem:  # before any work: no outputs, no half-logged run
+        from shiftwatch import ShiftwatchError
+
+        raise ShiftwatchError(f"the MLflow tracking store at {tracking_uri()} does not answer ({problem}); "
+                              "start it, or unset MLFLOW_TRACKING_URI to log to the local mlflow.db")
     commands.put(("open", (stage, params, started_ms)))
     status = "FAILED"
     try:
@@ -389,11 +424,24 @@ def stage_run(stage: str, params) -> Iterator[StageRun]:
                                   "check MLFLOW_TRACKING_URI or the store")
 
 
+def _ready(helper, outcome) -> str | None:
+    """Wait for the helper to reach the store: None, or what went wrong."""
+    deadline = time.monotonic() + STORE_TIMEOUT_S + 30  # + importing MLflow on a slow machine
+    while time.monotonic() < deadline:
+        try:
+            return outcome.get(timeout=0.5)[1]
+        except queue.Empty:
+            if not helper.is_alive():
+                return f"the MLflow helper process exited with code {helper.exitcode}"
+    helper.kill()
+    return f"no answer within {STORE_TIMEOUT_S + 30} s"
+
+
 def _wait(helper, outcome) -> str | None:
     """The helper's report (None = all logged), waiting for it to finish its queue."""
     while True:
         try:
-            problem = outcome.get(timeout=0.5)
+            problem = outcome.get(timeout=0.5)[1]
             break
         except queue.Empty:
             if not helper.is_alive():

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from shiftwatch import ShiftwatchError
 from shiftwatch.params import Params
 from shiftwatch.tracking import (EXPERIMENT, PIPELINE_TAG, changed_params, declared_params, flatten_numbers,
                                  git_commit, headline_metrics, parent_name, repo_root, stage_run,
@@ -141,3 +142,20 @@ def test_parent_names_say_which_params_differ_from_the_baseline(store, monkeypat
     assert parent_name({"dvc.baseline_rev": commit, "dvc.exp_name": "workspace"}, {}) == (
         f"baseline {commit[:7]} (workspace)")
     assert changed_params(current, "no-such-commit") == {}
+
+
+def test_a_store_that_does_not_answer_stops_the_stage_before_its_work(store, monkeypatch):
+    """A server that refuses connections fails the stage in one line, before the body runs
+    (no outputs), instead of after the work and minutes of MLflow's retries."""
+    import socket
+
+    with socket.socket() as probe:  # a free port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    worked = []
+    with pytest.raises(ShiftwatchError, match=rf"127\.0\.0\.1:{port} does not answer") as raised:
+        with stage_run("detect", Params()):
+            worked.append(True)
+    assert not worked
+    assert "\n" not in str(raised.value)
