@@ -8,6 +8,7 @@ README's "seeds" table. The data stages (prepare, shift, detect) do not read tra
 are identical across the runs; everything downstream of `train` varies.
 
 Usage (from the repository root, after `dvc repro`): python tools/seed_spread.py [--seeds 42 1 2]
+[--collect: only read back experiments that already ran]
 """
 from __future__ import annotations
 
@@ -34,15 +35,19 @@ HEADLINE = {  # metrics file -> dotted keys reported
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
+    parser.add_argument("--collect", action="store_true",
+                        help="only read back experiments that already ran (no queueing)")
     args = parser.parse_args()
     names = {seed: f"train-seed-{seed}" for seed in args.seeds}
-    existing = _experiments()
-    for seed, name in names.items():
-        if name in existing:
-            subprocess.run(["dvc", "exp", "remove", name], check=True)
-        subprocess.run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.seed={seed}"], check=True)
-    subprocess.run(["dvc", "queue", "start"], check=True)
-    _wait()
+    if not args.collect:
+        existing = _experiments()
+        for seed, name in names.items():
+            if name in existing:
+                subprocess.run(["dvc", "exp", "remove", name], check=True)
+            subprocess.run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.seed={seed}"],
+                           check=True)
+        subprocess.run(["dvc", "queue", "start"], check=True)
+        _wait()
     found = _experiments()
     missing = [name for name in names.values() if name not in found]
     if missing:
@@ -61,9 +66,9 @@ def main() -> None:
 
 
 def _experiments() -> dict[str, dict]:
-    """{experiment name: {metrics file: its data}} for the experiments of the current commit."""
-    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json"], capture_output=True, text=True,
-                                      check=True).stdout)
+    """{experiment name: {metrics file: its data}} for the experiments of every commit."""
+    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"],
+                                      capture_output=True, text=True, check=True).stdout)
     found = {}
     for commit in shown:
         for experiment in commit.get("experiments") or []:
