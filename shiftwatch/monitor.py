@@ -82,11 +82,16 @@ def run_detectors(reference: Features, deployment: Features, *, seed: int, alpha
 
 def label_shift_report(reference_probs: np.ndarray, reference_labels: np.ndarray,
                        deployment_probs: np.ndarray, focus_class: int, tolerance: float,
-                       true_labels: np.ndarray | None = None) -> dict:
+                       true_labels: np.ndarray | None = None, seed: int = 0,
+                       bootstrap: int = 200) -> dict:
     """Estimated class proportions of the deployment set (BBSE and EM), the focus class's share
     next to its true share (when `true_labels` are given, for reporting only), and a trust flag:
     untrustworthy when BBSE needs negative weights or BBSE and EM differ by more than
-    `tolerance` in total variation (both assume the images of a class did not change)."""
+    `tolerance` in total variation (both assume the images of a class did not change).
+
+    The focus class's BBSE share comes with a 95 % percentile-bootstrap interval over both the
+    reference and the deployment images (`bootstrap` seeded resamples of each), and EM says
+    whether it converged and in how many iterations."""
     source_priors = np.bincount(reference_labels, minlength=NUM_CLASSES) / len(reference_labels)
     by_bbse = bbse(reference_probs, reference_labels, deployment_probs)
     by_em = em_priors(deployment_probs, source_priors)
@@ -94,7 +99,12 @@ def label_shift_report(reference_probs: np.ndarray, reference_labels: np.ndarray
         "bbse": by_bbse.proportions_clipped.tolist(),
         "em": by_em.proportions.tolist(),
         f"class_{focus_class}_share_bbse": float(by_bbse.proportions_clipped[focus_class]),
+        f"class_{focus_class}_share_bbse_interval": _bbse_interval(
+            reference_probs.argmax(1), reference_labels, deployment_probs.argmax(1), focus_class,
+            bootstrap, seed),
         f"class_{focus_class}_share_em": float(by_em.proportions[focus_class]),
+        "em_converged": int(by_em.converged),
+        "em_iterations": int(by_em.iterations),
         f"class_{focus_class}_share_reference": float(source_priors[focus_class]),
         "tv_bbse_em": total_variation(by_bbse.proportions_clipped, by_em.proportions),
         "bbse_negative_weights": int(by_bbse.negative_weights),
@@ -106,6 +116,27 @@ def label_shift_report(reference_probs: np.ndarray, reference_labels: np.ndarray
         report[f"class_{focus_class}_share_true"] = float(truth[focus_class])
         report["tv_bbse_true"] = total_variation(by_bbse.proportions_clipped, truth)
     return report
+
+
+def _bbse_interval(reference_predicted: np.ndarray, reference_labels: np.ndarray,
+                   deployment_predicted: np.ndarray, focus_class: int, resamples: int,
+                   seed: int) -> list[float]:
+    """2.5 and 97.5 percentiles of the clipped BBSE share of `focus_class` over bootstrap
+    resamples of the reference (its confusion matrix) and of the deployment (its predicted
+    class counts). Hard predictions, as `bbse`, so each resample is two bincounts and a solve."""
+    rng = np.random.default_rng(seed)
+    k = NUM_CLASSES
+    shares = []
+    for _ in range(resamples):
+        ref = rng.integers(len(reference_labels), size=len(reference_labels))
+        dep = rng.integers(len(deployment_predicted), size=len(deployment_predicted))
+        joint = np.bincount(reference_predicted[ref] * k + reference_labels[ref],
+                            minlength=k * k).reshape(k, k) / len(ref)
+        predicted = np.bincount(deployment_predicted[dep], minlength=k) / len(dep)
+        proportions = np.linalg.lstsq(joint, predicted, rcond=None)[0] * joint.sum(axis=0)
+        clipped = np.clip(proportions, 0, None)
+        shares.append(clipped[focus_class] / clipped.sum() if clipped.sum() > 0 else 0.0)
+    return [float(q) for q in np.percentile(shares, [2.5, 97.5])]
 
 
 def accuracy_report(reference_probs: np.ndarray, reference_labels: np.ndarray,

@@ -139,13 +139,17 @@ def monitor_table() -> str:
 
 def estimates_table() -> str:
     monitor = _load("metrics/monitor_details.json")
-    rows = ["| set | class-7 share: true | BBSE | EM | trust flag | accuracy: true | ATC | avg. confidence |",
+    rows = ["| set | class-7 share: true | BBSE (95 % bootstrap interval) | EM (converged?) | trust flag | "
+            "accuracy: true | ATC | avg. confidence |",
             "|---|---|---|---|---|---|---|---|"]
     for name in SETS:
         shift, accuracy = monitor[name]["label_shift"], monitor[name]["accuracy"]
         flag = "untrustworthy" if shift["untrustworthy"] else "ok"
-        rows.append(f"| {name} | {_num(shift['class_7_share_true'])} | {_num(shift['class_7_share_bbse'])} | "
-                    f"{_num(shift['class_7_share_em'])} | {flag} | {_num(accuracy['true'])} | "
+        low, high = shift.get("class_7_share_bbse_interval", (None, None))
+        interval = f" ({_num(low)}–{_num(high)})" if low is not None else ""
+        converged = {1: f" (yes, {shift.get('em_iterations')} it.)", 0: " (**no**)"}.get(shift.get("em_converged"), "")
+        rows.append(f"| {name} | {_num(shift['class_7_share_true'])} | {_num(shift['class_7_share_bbse'])}{interval} | "
+                    f"{_num(shift['class_7_share_em'])}{converged} | {flag} | {_num(accuracy['true'])} | "
                     f"{_num(accuracy['atc'])} | {_num(accuracy['average_confidence'])} |")
     return "\n".join(rows)
 

@@ -50,7 +50,8 @@ def main() -> None:
                                 mmd_max_per_side=monitor.mmd_max_per_side, extra=extra),
                 "label_shift": label_shift_report(reference.probabilities, test.labels,
                                                   deployment.probabilities, focus,
-                                                  monitor.trust_tolerance, true_labels=labels),
+                                                  monitor.trust_tolerance, true_labels=labels,
+                                                  seed=params.seed),
                 "accuracy": accuracy_report(reference.probabilities, test.labels,
                                             deployment.probabilities, true_labels=labels),
             }

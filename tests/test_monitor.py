@@ -49,6 +49,13 @@ def test_label_shift_report_recovers_fewer_sneakers(rng):
     assert report["class_7_share_bbse"] == pytest.approx(report["class_7_share_true"], abs=0.01)
     assert report["class_7_share_reference"] == pytest.approx(0.1, abs=0.01)
     assert report["untrustworthy"] in (0, 1) and report["tv_bbse_true"] < 0.03
+    low, high = report["class_7_share_bbse_interval"]
+    assert low <= report["class_7_share_bbse"] <= high and low <= report["class_7_share_true"] <= high
+    assert 0 < high - low < 0.02  # 20,000 images per side pin the share to about a point
+    assert report["em_converged"] == 1 and 1 <= report["em_iterations"] < 1000
+    small = label_shift_report(reference.probabilities[:500], reference_labels[:500],
+                               deployment.probabilities[:300], focus_class=7, tolerance=0.05)
+    assert small["class_7_share_bbse_interval"][1] - small["class_7_share_bbse_interval"][0] > high - low
 
 
 def test_accuracy_report_on_the_reference_itself_is_exact(rng):
