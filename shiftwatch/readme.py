@@ -267,6 +267,24 @@ def mmd_table() -> str:
     return "\n".join(rows)
 
 
+def trust_table() -> str:
+    """tools/trust_calibration.py: the trust flag on a calibration family and on held-out shifts."""
+    path = Path("metrics/trust_calibration.json")
+    if not path.exists():
+        return "_run `python tools/trust_calibration.py`_"
+    t = _load(str(path))
+    rows = ["| family | tolerance | draws | bad estimates (class-7 share off > 1 pt) | flagged when bad | "
+            "flagged when good |", "|---|---|---|---|---|---|"]
+    for family in ("calibration", "held_out"):
+        label = f"{family.replace('_', '-')}: {', '.join(t[family]['shifts'])}"
+        for which, tolerance in (("at_chosen", t["chosen_tolerance"]), ("at_current", t["current_tolerance"])):
+            r = t[family][which]
+            tag = "chosen" if which == "at_chosen" else "params.yaml"
+            rows.append(f"| {label} | {tolerance} ({tag}) | {r['draws']} | {r['bad_estimates']} | "
+                        f"{_num(r['flag_rate_when_bad'], 2)} | {_num(r['flag_rate_when_good'], 2)} |")
+    return "\n".join(rows)
+
+
 def seed_table() -> str:
     """Headline numbers per training seed with mean ± sd (tools/seed_spread.py)."""
     path = Path("metrics/seed_spread.json")
@@ -286,7 +304,8 @@ def seed_table() -> str:
 TABLES = {"detection": detection_table, "accuracy": accuracy_table, "study": study_table,
           "benchmark": benchmark_table, "stages": stage_table, "exp-show": exp_show_table, "monitor": monitor_table, "estimates": estimates_table,
           "false-alarms": false_alarm_table, "power": power_table, "mitigation": mitigation_table,
-          "check-example": check_example, "seeds": seed_table, "mmd-bench": mmd_table}
+          "check-example": check_example, "seeds": seed_table, "mmd-bench": mmd_table,
+          "trust": trust_table}
 
 
 def refresh(text: str) -> str:
