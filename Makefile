@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test ui bench seeds readme check-example
+.PHONY: setup run test ui bench seeds remote readme check-example
 
 $(BIN)/activate: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: setup  ## timings: full dvc repro, dvc exp run, a queued sweep of 4, trai
 
 seeds: setup  ## the headline over training seeds 42, 1, 2: three queued experiments (~25 min), then make readme
 	PATH=$(BIN):$$PATH $(BIN)/python tools/seed_spread.py --seeds 42 1 2
+
+remote:  ## make remote REMOTE=<path, s3://bucket/prefix, ...>: set the default DVC remote (then `dvc push`)
+	@test -n "$(REMOTE)" || { echo "make remote: set REMOTE, e.g. make remote REMOTE=/shared/shiftwatch-dvc or REMOTE=s3://bucket/shiftwatch" >&2; exit 2; }
+	dvc remote add --default --force storage "$(REMOTE)"
 
 readme: setup  ## refresh the results tables in README.md from metrics/*.json
 	$(BIN)/python -m shiftwatch.readme README.md

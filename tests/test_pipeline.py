@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
 
 from conftest import REPO, needs_fashion_mnist
+from shiftwatch.io import load_set
 from shiftwatch.tracking import headline_metrics
 
 pytestmark = needs_fashion_mnist
@@ -145,6 +147,27 @@ def test_repro_writes_every_output_and_metric(repo):
 
 def _parents(runs) -> list:
     return [r for r in runs if r.data.tags.get("shiftwatch.role") == "pipeline"]
+
+
+def test_a_fresh_clone_pulls_the_model_and_checks_without_retraining(repo, tmp_path):
+    """`make remote` + `dvc push` in one checkout; in a fresh clone `dvc pull` restores data,
+    model and reference summary: nothing to rerun, and `check` gives its verdict at once."""
+    storage = tmp_path / "dvc-storage"
+    _run(repo, "make", "remote", f"REMOTE={storage}")
+    _run(repo, "git", "add", ".dvc/config")
+    _run(repo, "git", "commit", "-qm", "default DVC remote")
+    _dvc(repo, "push")
+    clone = tmp_path / "clone"
+    _run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    assert not (clone / "models" / "resnet18.pt").exists()
+    _dvc(clone, "pull")
+    assert "up to date" in _dvc(clone, "status").stdout  # nothing to retrain or recompute
+    np.save(tmp_path / "b_shift.npy", load_set(clone / "data" / "shifted" / "b_shift.npz").images[:300])
+    np.save(tmp_path / "test.npy", load_set(clone / "data" / "prepared" / "test.npz").images[:300])
+    check = lambda batch: _run(clone, sys.executable, "-m", "shiftwatch", "check", str(batch),  # noqa: E731
+                               "--quiet", check=False).returncode
+    assert check(tmp_path / "b_shift.npy") == 1  # drift
+    assert check(tmp_path / "test.npy") == 0  # part of the reference itself: no drift
 
 
 def test_repro_logs_one_run_per_stage_under_one_parent(repo):
