@@ -31,6 +31,12 @@ class Features:
     def subset(self, rows: np.ndarray) -> "Features":
         return Features(self.probabilities[rows], self.embeddings[rows], self.image_stats[rows])
 
+    @staticmethod
+    def concatenate(views) -> "Features":
+        """The rows of several views, one after the other."""
+        return Features(*(np.concatenate([getattr(v, field) for v in views])
+                          for field in ("probabilities", "embeddings", "image_stats")))
+
 
 def save_features(path: str | Path, view: Features, labels: np.ndarray,
                   source_index: np.ndarray | None = None) -> None:

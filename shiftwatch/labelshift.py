@@ -78,10 +78,7 @@ def bbse(source_probs: np.ndarray, source_labels: np.ndarray, target_probs: np.n
     source_out = _onehot_argmax(source_probs) if hard else source_probs
     target_out = _onehot_argmax(target_probs) if hard else target_probs
     joint = source_out.T @ label_onehot / len(source_labels)  # C[i, j]
-    source_priors = label_onehot.mean(axis=0)
-    # lstsq equals solve when C is invertible and still answers when it is not.
-    weights = np.linalg.lstsq(joint, target_out.mean(axis=0), rcond=None)[0]
-    proportions = weights * source_priors
+    weights, proportions = _bbse_solve(joint, label_onehot.mean(axis=0), target_out.mean(axis=0))
     return BBSEEstimate(
         proportions=_frozen(proportions),
         proportions_clipped=_frozen(_clip_and_normalise(proportions)),
@@ -89,6 +86,35 @@ def bbse(source_probs: np.ndarray, source_labels: np.ndarray, target_probs: np.n
         negative_weights=bool(np.any(weights < 0)),
         condition_number=float(np.linalg.cond(joint)),
     )
+
+
+def _bbse_solve(joint: np.ndarray, source_priors: np.ndarray,
+                target_predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(w, q): C w = μ by least squares (equals solve when C is invertible, and still answers
+    when it is not), q = w · p."""
+    weights = np.linalg.lstsq(joint, target_predicted, rcond=None)[0]
+    return weights, weights * source_priors
+
+
+def bbse_share_interval(source_predicted: np.ndarray, source_labels: np.ndarray,
+                        target_predicted: np.ndarray, label_class: int, resamples: int = 200,
+                        seed: int = 0, num_classes: int = NUM_CLASSES) -> list[float]:
+    """95 % percentile-bootstrap interval [low, high] of the clipped BBSE (hard) share of
+    `label_class`: `resamples` seeded resamples of both the source (its confusion matrix) and
+    the target (its predicted-class counts), from argmax predictions. Each resample is two
+    bincounts and a 10 x 10 solve, so 200 cost ~0.1 s on 18,000 + 10,000 images."""
+    rng = np.random.default_rng(seed)
+    k = num_classes
+    shares = []
+    for _ in range(resamples):
+        source = rng.integers(len(source_labels), size=len(source_labels))
+        target = rng.integers(len(target_predicted), size=len(target_predicted))
+        joint = np.bincount(source_predicted[source] * k + source_labels[source],
+                            minlength=k * k).reshape(k, k) / len(source)
+        predicted = np.bincount(target_predicted[target], minlength=k) / len(target)
+        _, proportions = _bbse_solve(joint, joint.sum(axis=0), predicted)
+        shares.append(_clip_and_normalise(proportions)[label_class])
+    return [float(q) for q in np.percentile(shares, [2.5, 97.5])]
 
 
 def em_priors(target_probs: np.ndarray, source_priors: np.ndarray, max_iter: int = 1000,

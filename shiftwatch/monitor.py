@@ -17,8 +17,8 @@ import numpy as np
 from shiftwatch import NUM_CLASSES
 from shiftwatch.detectors import DetectorResult, ks_test
 from shiftwatch.features import Features
-from shiftwatch.labelshift import (atc_estimate, atc_fit, average_confidence, bbse, em_priors,
-                                   estimates_disagree, total_variation)
+from shiftwatch.labelshift import (atc_estimate, atc_fit, average_confidence, bbse, bbse_share_interval,
+                                   em_priors, estimates_disagree, total_variation)
 from shiftwatch.twosample import bbsd_chi2, bbsd_ks, holm, median_bandwidth, mmd_test
 
 # Detectors that need only `Features` (cheap enough to repeat in the power stage).
@@ -99,7 +99,7 @@ def label_shift_report(reference_probs: np.ndarray, reference_labels: np.ndarray
         "bbse": by_bbse.proportions_clipped.tolist(),
         "em": by_em.proportions.tolist(),
         f"class_{focus_class}_share_bbse": float(by_bbse.proportions_clipped[focus_class]),
-        f"class_{focus_class}_share_bbse_interval": _bbse_interval(
+        f"class_{focus_class}_share_bbse_interval": bbse_share_interval(
             reference_probs.argmax(1), reference_labels, deployment_probs.argmax(1), focus_class,
             bootstrap, seed),
         f"class_{focus_class}_share_em": float(by_em.proportions[focus_class]),
@@ -116,27 +116,6 @@ def label_shift_report(reference_probs: np.ndarray, reference_labels: np.ndarray
         report[f"class_{focus_class}_share_true"] = float(truth[focus_class])
         report["tv_bbse_true"] = total_variation(by_bbse.proportions_clipped, truth)
     return report
-
-
-def _bbse_interval(reference_predicted: np.ndarray, reference_labels: np.ndarray,
-                   deployment_predicted: np.ndarray, focus_class: int, resamples: int,
-                   seed: int) -> list[float]:
-    """2.5 and 97.5 percentiles of the clipped BBSE share of `focus_class` over bootstrap
-    resamples of the reference (its confusion matrix) and of the deployment (its predicted
-    class counts). Hard predictions, as `bbse`, so each resample is two bincounts and a solve."""
-    rng = np.random.default_rng(seed)
-    k = NUM_CLASSES
-    shares = []
-    for _ in range(resamples):
-        ref = rng.integers(len(reference_labels), size=len(reference_labels))
-        dep = rng.integers(len(deployment_predicted), size=len(deployment_predicted))
-        joint = np.bincount(reference_predicted[ref] * k + reference_labels[ref],
-                            minlength=k * k).reshape(k, k) / len(ref)
-        predicted = np.bincount(deployment_predicted[dep], minlength=k) / len(dep)
-        proportions = np.linalg.lstsq(joint, predicted, rcond=None)[0] * joint.sum(axis=0)
-        clipped = np.clip(proportions, 0, None)
-        shares.append(clipped[focus_class] / clipped.sum() if clipped.sum() > 0 else 0.0)
-    return [float(q) for q in np.percentile(shares, [2.5, 97.5])]
 
 
 def accuracy_report(reference_probs: np.ndarray, reference_labels: np.ndarray,

@@ -234,11 +234,10 @@ def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetec
     _check_probability(alpha, "alpha")
     if repetitions < 1:
         raise ShiftwatchError(f"repetitions = {repetitions}; pass at least 1")
-    count = {name: repetitions for name in detectors}
     rates: dict[str, list[AlarmRate]] = {name: [] for name in names}
     for n in sizes:
-        if repetitions_for is not None:
-            count = {name: max(1, min(repetitions, repetitions_for(name, n))) for name in detectors}
+        count = {name: repetitions if repetitions_for is None
+                 else max(1, min(repetitions, repetitions_for(name, n))) for name in detectors}
         everyone = min(count.values())
         alarms = dict.fromkeys(names, 0)
         for r in range(repetitions):
@@ -256,6 +255,31 @@ def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetec
             low, high = wilson_interval(int(alarms[name]), trials, confidence)
             rates[name].append(AlarmRate(n, int(alarms[name]), trials, alarms[name] / trials, low, high))
     return rates
+
+
+def pool_sampler(pool, deployment, labels: np.ndarray | None = None,
+                 label_class: int | None = None, keep: float | None = None) -> Sampler:
+    """Sampler for `independent_alarm_rates`: a fresh reference of n rows of `pool` and a
+    disjoint deployment of n other rows, looked up in `deployment` (row-aligned with the pool:
+    the pool's features under a shift, or the pool itself). With `keep`, the deployment rows of
+    `label_class` (per `labels`) are kept with probability `keep` (label shift). Both arguments
+    need only len() and .subset(rows)."""
+    def sample(rng: np.random.Generator, n: int):
+        order = rng.permutation(len(pool))
+        reference_rows, rest = order[:n], order[n:]
+        if keep is not None:
+            rest = rest[(labels[rest] != label_class) | (rng.random(len(rest)) < keep)]
+        return pool.subset(reference_rows), deployment.subset(rest[:n])
+    return sample
+
+
+def separate_sampler(pool, deployment) -> Sampler:
+    """Sampler: a fresh reference of n pool rows and n rows of another set (disjoint by
+    construction)."""
+    def sample(rng: np.random.Generator, n: int):
+        return (pool.subset(rng.choice(len(pool), n, replace=False)),
+                deployment.subset(rng.choice(len(deployment), n, replace=False)))
+    return sample
 
 
 def calibration_flags(rates: Mapping[str, list[AlarmRate]], alpha: float = 0.05,

@@ -17,6 +17,11 @@ from shiftwatch import DEPLOYMENT_SETS as SETS
 STUDY = {"accuracy_train": 0.9075, "kl_identical": 1.46}
 
 
+def _generated(path: str) -> dict | None:
+    """The JSON a tool or benchmark wrote, or None if it has not run yet."""
+    return _load(path) if Path(path).exists() else None
+
+
 def _load(path: str) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -79,10 +84,9 @@ def study_table() -> str:
 
 
 def benchmark_table() -> str:
-    path = Path("benchmarks/results.json")
-    if not path.exists():
+    b = _generated("benchmarks/results.json")
+    if b is None:
         return "_no benchmark run yet: `make bench`_"
-    b = _load(str(path))
     rows = ["| measurement | value | target |", "|---|---|---|"]
     if "full_repro_seconds" in b:
         full = b["full_repro_seconds"]
@@ -108,7 +112,7 @@ def benchmark_table() -> str:
 
 
 def stage_table() -> str:
-    b = _load("benchmarks/results.json") if Path("benchmarks/results.json").exists() else {}
+    b = _generated("benchmarks/results.json") or {}
     if "stage_seconds" not in b:
         return "_no benchmark run yet: `make bench`_"
     stages, full = b["stage_seconds"], b["full_repro_seconds"]
@@ -253,10 +257,9 @@ def check_example() -> str:
 
 def mmd_table() -> str:
     """benchmarks/bench_mmd.py: the permutation MMD at full size."""
-    path = Path("benchmarks/mmd.json")
-    if not path.exists():
+    b = _generated("benchmarks/mmd.json")
+    if b is None:
         return "_run `make bench`_"
-    b = _load(str(path))
     rows = ["| images per side (512 features) | permutations | seconds | peak memory | target |",
             "|---|---|---|---|---|"]
     for case in b["cases"]:
@@ -269,10 +272,9 @@ def mmd_table() -> str:
 
 def trust_table() -> str:
     """tools/trust_calibration.py: the trust flag on a calibration family and on held-out shifts."""
-    path = Path("metrics/trust_calibration.json")
-    if not path.exists():
+    t = _generated("metrics/trust_calibration.json")
+    if t is None:
         return "_run `python tools/trust_calibration.py`_"
-    t = _load(str(path))
     rows = ["| family | tolerance | draws | bad estimates (class-7 share off > 1 pt) | flagged when bad | "
             "flagged when good |", "|---|---|---|---|---|---|"]
     for family in ("calibration", "held_out"):
@@ -287,10 +289,9 @@ def trust_table() -> str:
 
 def seed_table() -> str:
     """Headline numbers per training seed with mean ± sd (tools/seed_spread.py)."""
-    path = Path("metrics/seed_spread.json")
-    if not path.exists():
+    spread = _generated("metrics/seed_spread.json")
+    if spread is None:
         return "_run `make seeds`_"
-    spread = _load(str(path))
     seeds = [str(s) for s in spread["seeds"]]
     rows = ["| headline number | " + " | ".join(f"train.seed={s}" for s in seeds) + " | mean ± sd |",
             "|---|" + "---|" * len(seeds) + "---|"]

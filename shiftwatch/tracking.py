@@ -240,7 +240,8 @@ class _Logger:
     """The MLflow side of a stage run, in the helper process."""
 
     def __init__(self, store: tuple, stage: str, params, started_ms: int):
-        self.client, experiment_id = client, _ = store
+        self.client = client = store[0]
+        experiment_id = store[1]
         tags = dvc_tags(stage)
         key = pipeline_key(params.model_dump_json(), tags)
         self.parent_id = _retry(lambda: _parent_run(client, experiment_id, key, tags, params.flat(),

@@ -30,7 +30,8 @@ from shiftwatch.model import load_model, pick_device
 from shiftwatch.monitor import FEATURE_DETECTORS, feature_detector
 from shiftwatch.params import load_params
 from shiftwatch.plots import power_curves
-from shiftwatch.power import COMBINED, calibration_flags, independent_alarm_rates
+from shiftwatch.power import (COMBINED, calibration_flags, independent_alarm_rates, pool_sampler,
+                              separate_sampler)
 from shiftwatch.shift import degrade_images
 from shiftwatch.tracking import stage_run
 from shiftwatch.twosample import check_permutations_for_holm
@@ -53,12 +54,12 @@ def main() -> None:
             raise ShiftwatchError(f"power.sizes: n = {largest} needs 2n = {2 * largest:,} disjoint pool "
                                   f"images, the pool has {len(pool):,}; use smaller sizes")
         domain_a, _ = load_features("data/reference/domain_a.npz")
-        streams = {NULL_STREAM: ("false_alarms", _pool_sampler(pool, pool)),
-                   "domain_a_train": ("false_alarms", _separate_sampler(pool, domain_a))}
+        streams = {NULL_STREAM: ("false_alarms", pool_sampler(pool, pool)),
+                   "domain_a_train": ("false_alarms", separate_sampler(pool, domain_a))}
         for name, shifted in _severities(images, params).items():
-            streams[name] = ("detection", _pool_sampler(pool, shifted))
+            streams[name] = ("detection", pool_sampler(pool, shifted))
         for keep in power.label_keep_levels:
-            streams[f"label_keep_{keep:g}"] = ("detection", _pool_sampler(
+            streams[f"label_keep_{keep:g}"] = ("detection", pool_sampler(
                 pool, pool, labels=labels, label_class=params.shift.label_class, keep=keep))
 
         detectors = {name: _seeded(name, power.mmd_permutations) for name in FEATURE_DETECTORS}
@@ -102,12 +103,7 @@ def _pool() -> tuple[Features, np.ndarray, np.ndarray]:
                                   "run `dvc repro reference`")
         parts.append((view, labels, image_set.images))
     views, labels, images = zip(*parts)
-    return _concat(views), np.concatenate(labels), np.concatenate(images)
-
-
-def _concat(views) -> Features:
-    return Features(*(np.concatenate([getattr(v, field) for v in views])
-                      for field in ("probabilities", "embeddings", "image_stats")))
+    return Features.concatenate(views), np.concatenate(labels), np.concatenate(images)
 
 
 def _severities(images: np.ndarray, params) -> dict[str, Features]:
@@ -120,27 +116,6 @@ def _severities(images: np.ndarray, params) -> dict[str, Features]:
     return {name: model_features(model, degrade_images(images, downsample, brightness),
                                  evaluate.batch_size, device, evaluate.precision, desc=name)
             for name, (downsample, brightness) in severities.items()}
-
-
-def _pool_sampler(pool: Features, deployment: Features, labels=None, label_class=None, keep=None):
-    """A fresh reference of n pool rows and a disjoint deployment of n other rows, looked up in
-    `deployment` (the pool's features under a shift, or the pool itself). With `keep`, the
-    deployment rows of `label_class` are kept with probability `keep` (label shift)."""
-    def sample(rng: np.random.Generator, n: int):
-        order = rng.permutation(len(pool))
-        reference_rows, rest = order[:n], order[n:]
-        if keep is not None:
-            rest = rest[(labels[rest] != label_class) | (rng.random(len(rest)) < keep)]
-        return pool.subset(reference_rows), deployment.subset(rest[:n])
-    return sample
-
-
-def _separate_sampler(pool: Features, deployment: Features):
-    """A fresh reference of n pool rows and n rows of another set (disjoint by construction)."""
-    def sample(rng: np.random.Generator, n: int):
-        return (pool.subset(rng.choice(len(pool), n, replace=False)),
-                deployment.subset(rng.choice(len(deployment), n, replace=False)))
-    return sample
 
 
 def _seeded(name: str, permutations: int):
