@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from shiftwatch import ShiftwatchError
 
@@ -22,6 +22,9 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     except ShiftwatchError as err:
         print(f"shiftwatch {name}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C: outputs are written atomically, so none is half-written
+        print(f"shiftwatch {name}: interrupted; no output is half-written, rerun the stage", file=sys.stderr)
+        sys.exit(130)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

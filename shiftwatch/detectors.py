@@ -38,8 +38,30 @@ def ks_test(reference: np.ndarray, deployment: np.ndarray) -> DetectorResult:
     (`power`, false alarms)."""
     _require_nonempty(reference, "reference")
     _require_nonempty(deployment, "deployment")
-    result = stats.ks_2samp(reference, deployment, method="asymp")
-    return DetectorResult(float(result.statistic), float(result.pvalue))
+    statistics, pvalues = ks_columns(np.reshape(reference, (-1, 1)), np.reshape(deployment, (-1, 1)))
+    return DetectorResult(float(statistics[0]), float(pvalues[0]))
+
+
+def ks_columns(reference: np.ndarray, deployment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise two-sided KS tests of (N, K) against (M, K): (statistics, p-values), each (K,).
+
+    The same numbers as scipy's `ks_2samp(method="asymp")` column by column (the same
+    statistic from the two empirical CDFs on the pooled points, p-value `kstwo.sf(d,
+    round(nm / (n + m)))`; a test checks they are equal), without its per-call overhead:
+    ~1 ms for ten columns instead of ~9 ms, which the power stage pays ~10^5 times.
+    """
+    reference = np.sort(reference, axis=0)
+    deployment = np.sort(deployment, axis=0)
+    n1, n2 = len(reference), len(deployment)
+    statistics = np.empty(reference.shape[1])
+    for k in range(reference.shape[1]):
+        pooled = np.concatenate([reference[:, k], deployment[:, k]])
+        gaps = (np.searchsorted(reference[:, k], pooled, side="right") / n1
+                - np.searchsorted(deployment[:, k], pooled, side="right") / n2)
+        statistics[k] = max(gaps.max(), np.clip(-gaps.min(), 0, 1))
+    m, n = sorted([float(n1), float(n2)], reverse=True)
+    pvalues = np.clip(stats.kstwo.sf(statistics, np.round(m * n / (m + n))), 0, 1)
+    return statistics, pvalues
 
 
 def histogram_probabilities(values: np.ndarray, bins: int, smoothing: float,

@@ -28,11 +28,11 @@ class Features:
     def __len__(self) -> int:
         return len(self.probabilities)
 
-    def subset(self, rows: np.ndarray) -> "Features":
+    def subset(self, rows: np.ndarray) -> Features:
         return Features(self.probabilities[rows], self.embeddings[rows], self.image_stats[rows])
 
     @staticmethod
-    def concatenate(views) -> "Features":
+    def concatenate(views) -> Features:
         """The rows of several views, one after the other."""
         return Features(*(np.concatenate([getattr(v, field) for v in views])
                           for field in ("probabilities", "embeddings", "image_stats")))

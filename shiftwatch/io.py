@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -59,7 +59,7 @@ class ImageSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, rows: np.ndarray) -> "ImageSet":
+    def subset(self, rows: np.ndarray) -> ImageSet:
         return ImageSet(self.images[rows], self.labels[rows], self.source_index[rows])
 
 
@@ -112,7 +112,7 @@ class Predictions:
     labels: np.ndarray
     source_index: np.ndarray
 
-    def subset(self, rows: np.ndarray) -> "Predictions":
+    def subset(self, rows: np.ndarray) -> Predictions:
         return Predictions(self.probabilities[rows], self.labels[rows], self.source_index[rows])
 
     @property

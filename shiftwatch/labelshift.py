@@ -132,7 +132,7 @@ def em_priors(target_probs: np.ndarray, source_priors: np.ndarray, max_iter: int
     if max_iter < 1 or not tol > 0:
         raise ShiftwatchError(f"em_priors needs max_iter >= 1 and tol > 0, got {max_iter}, {tol}")
     priors = source_priors
-    for iteration in range(1, max_iter + 1):
+    for iteration in range(1, max_iter + 1):  # noqa: B007 (reported after the loop)
         updated = _adjust(target_probs, priors / source_priors).mean(axis=0)
         converged = bool(np.max(np.abs(updated - priors)) <= tol)
         priors = updated

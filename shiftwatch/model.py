@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from torchvision.models import ResNet18_Weights, resnet18
 from tqdm.auto import tqdm
 
 from shiftwatch import NUM_CLASSES, ShiftwatchError
+
+if TYPE_CHECKING:  # for the annotation only: predict_set imports it when called
+    from shiftwatch.io import Predictions
 
 
 def pick_device() -> torch.device:
@@ -179,7 +183,7 @@ def predict_with_embeddings(model: nn.Module, images: np.ndarray, batch_size: in
 
 
 def predict_set(model: nn.Module, image_set, batch_size: int, device: torch.device,
-                desc: str, precision: str = "auto") -> "Predictions":
+                desc: str, precision: str = "auto") -> Predictions:
     from shiftwatch.io import Predictions
 
     probabilities = predict_proba(model, image_set.images, batch_size, device, desc=desc,

@@ -6,23 +6,24 @@ with one line naming the key, the value and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shiftwatch import ShiftwatchError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: a float setting must be finite (`detect.smoothing: .inf` turned KL into NaN).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataParams(_Strict):
-    source: Optional[str] = None
+    source: str | None = None
     domain_b_fraction: float = Field(0.3, gt=0, lt=1)
-    max_train_images: Optional[int] = Field(None, ge=20, le=60_000)
-    max_test_images: Optional[int] = Field(None, ge=10, le=10_000)
+    max_train_images: int | None = Field(None, ge=20, le=60_000)
+    max_test_images: int | None = Field(None, ge=10, le=10_000)
 
 
 class ShiftParams(_Strict):
@@ -74,10 +75,29 @@ class PowerParams(_Strict):
     brightness_levels: list[Annotated[float, Field(ge=-1, le=1)]] = Field(
         default_factory=lambda: [0.02, 0.05, 0.1])
     downsample_levels: list[Annotated[int, Field(ge=1, le=28)]] = Field(default_factory=lambda: [14, 7])
-    label_keep_levels: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [0.1])
+    label_keep_levels: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [0.1, 0.3])
     mmd_permutations: int = Field(200, ge=10, le=10_000)
     mmd_repetitions: dict[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: {500: 100, 1000: 50, 2000: 25})
+    corruptions: dict[Literal["contrast", "gamma", "noise", "rotate", "translate", "jpeg"],
+                      list[Annotated[float, Field(gt=0, le=180)]]] = Field(
+        default_factory=lambda: {"contrast": [0.7, 0.5, 0.3], "gamma": [1.5, 2, 3], "noise": [0.05, 0.1, 0.2],
+                                 "rotate": [10, 20, 30], "translate": [1, 2, 3], "jpeg": [50, 10, 5]})
+    corruption_sizes: list[Annotated[int, Field(ge=2, le=30_000)]] = Field(
+        default_factory=lambda: [10, 20, 50, 100, 200], min_length=1)
+    corruption_pool_images: int = Field(5000, ge=20, le=28_000)
+    corruption_repetitions: int = Field(100, ge=1, le=100_000)
+    monitored_reference: int | None = Field(10_000, ge=10, le=28_000)
+    monitored_sizes: list[Annotated[int, Field(ge=2, le=30_000)]] = Field(
+        default_factory=lambda: [100, 200], min_length=1)
+    harm_points: float = Field(5.0, gt=0, le=100)
+    harm_n: int = Field(100, ge=2, le=30_000)
+
+    @model_validator(mode="after")
+    def _harm_n_is_measured(self):
+        if self.corruptions and self.harm_n not in self.corruption_sizes:
+            raise ValueError(f"harm_n = {self.harm_n} must be one of corruption_sizes {self.corruption_sizes}")
+        return self
 
 
 class MitigateParams(_Strict):
@@ -122,14 +142,48 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def parse_params(raw: object, origin: str = "params.yaml") -> Params:
-    """Validate a params mapping; raise ShiftwatchError with one line on the first problem."""
+def parse_params(raw: object, origin: str = "params.yaml", complete: bool = False) -> Params:
+    """Validate a params mapping; raise ShiftwatchError with one line on the first problem.
+
+    No setting may be a YAML boolean (pydantic would read `true` as 1 or 1.0; there are no
+    boolean settings). With `complete`, every key of the schema must be set: a file with a
+    section deleted must not run on silent defaults (`dvc repro` refuses it too)."""
     if not isinstance(raw, dict):
         raise ShiftwatchError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    for key, value in _flatten(raw).items():
+        if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
+            raise ShiftwatchError(f"{origin}: {key} = {value!r} is a boolean; give a number or a name "
+                                  "(see the comment beside it in params.yaml)")
+    if complete:
+        missing = sorted(key for key in _setting_keys(Params) if not _has(raw, key.split(".")))
+        if missing:
+            raise ShiftwatchError(f"{origin}: {missing[0]} is not set" + (f" (nor {len(missing) - 1} other keys)"
+                                  if len(missing) > 1 else "") + "; restore it from git (git checkout params.yaml)")
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
         raise ShiftwatchError(_one_line(err, origin)) from None
+
+
+def _setting_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted names of every setting: sections recurse, anything else (numbers, lists, free
+    mappings such as power.corruptions) is one setting."""
+    keys = []
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            keys += _setting_keys(kind, f"{prefix}{name}.")
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _has(tree: object, path: list[str]) -> bool:
+    for part in path:
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 def _one_line(err: ValidationError, origin: str) -> str:
@@ -152,5 +206,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ShiftwatchError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
-    return parse_params(raw, str(path))
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ShiftwatchError(f"{path}: not valid YAML{where}: {problem}") from None
+    return parse_params(raw, str(path), complete=True)

@@ -119,3 +119,28 @@ def power_curves(power_results: dict, alpha: float, path: str | Path) -> None:
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
+
+
+def harm_plot(power_results: dict, harm_points: float, harm_n: int, target_power: float,
+              path: str | Path) -> None:
+    """Detection tied to harm: each shifted stream's accuracy loss (x) against how often the
+    verdict alarms at n = harm_n (y); the target region (harmful, so power >= target) shaded."""
+    fig, ax = plt.subplots(figsize=(8, 5))
+    n = str(harm_n)
+    for stream, loss in power_results["accuracy_loss_points"].items():
+        point = power_results["detection"][stream]["combined"].get(n)
+        if point is None:
+            continue
+        missed = loss >= harm_points and point["rate"] < target_power
+        ax.errorbar(loss, point["rate"], yerr=[[point["rate"] - point["ci_low"]], [point["ci_high"] - point["rate"]]],
+                    fmt="o", color="crimson" if missed else "tab:blue", markersize=4, capsize=2)
+        ax.annotate(stream, (loss, point["rate"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.axvline(harm_points, color="black", linestyle=":", linewidth=1)
+    ax.axhline(target_power, color="black", linestyle=":", linewidth=1)
+    ax.axvspan(harm_points, ax.get_xlim()[1], ymin=0, ymax=1, color="tab:green", alpha=0.05)
+    ax.set_xlabel("accuracy lost by the model (points)")
+    ax.set_ylabel(f"verdict alarms at n = {harm_n} (share of draws)")
+    ax.set_ylim(-0.02, 1.05)
+    ax.set_title(f"every shift costing >= {harm_points:g} points must alarm in >= {target_power:.0%} of draws")
+    fig.tight_layout()
+    _save(fig, path)

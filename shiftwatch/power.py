@@ -258,15 +258,18 @@ def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetec
 
 
 def pool_sampler(pool, deployment, labels: np.ndarray | None = None,
-                 label_class: int | None = None, keep: float | None = None) -> Sampler:
-    """Sampler for `independent_alarm_rates`: a fresh reference of n rows of `pool` and a
-    disjoint deployment of n other rows, looked up in `deployment` (row-aligned with the pool:
-    the pool's features under a shift, or the pool itself). With `keep`, the deployment rows of
+                 label_class: int | None = None, keep: float | None = None,
+                 reference_size: int | None = None) -> Sampler:
+    """Sampler for `independent_alarm_rates`: a fresh reference of n rows of `pool` (or of
+    `reference_size` rows, e.g. as many as the monitor's reference has) and a disjoint
+    deployment of n other rows, looked up in `deployment` (row-aligned with the pool: the
+    pool's features under a shift, or the pool itself). With `keep`, the deployment rows of
     `label_class` (per `labels`) are kept with probability `keep` (label shift). Both arguments
     need only len() and .subset(rows)."""
     def sample(rng: np.random.Generator, n: int):
         order = rng.permutation(len(pool))
-        reference_rows, rest = order[:n], order[n:]
+        size = n if reference_size is None else reference_size
+        reference_rows, rest = order[:size], order[size:]
         if keep is not None:
             rest = rest[(labels[rest] != label_class) | (rng.random(len(rest)) < keep)]
         return pool.subset(reference_rows), deployment.subset(rest[:n])

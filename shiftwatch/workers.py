@@ -8,8 +8,9 @@ cores, and results that do not depend on how many threads BLAS would otherwise p
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 Item, Result = TypeVar("Item"), TypeVar("Result")
 

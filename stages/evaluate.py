@@ -10,9 +10,9 @@ import numpy as np
 
 from shiftwatch import CLASS_NAMES, DEPLOYMENT_SETS
 from shiftwatch.cli import run_stage
+from shiftwatch.features import deployment_views, load_features, load_view, model_features, save_features
 from shiftwatch.io import atomic_path, load_set, write_json
 from shiftwatch.metrics import classification_metrics, confusion
-from shiftwatch.features import deployment_views, load_features, load_view, model_features, save_features
 from shiftwatch.model import load_model, pick_device
 from shiftwatch.params import load_params
 from shiftwatch.plots import confusion_heatmap

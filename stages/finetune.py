@@ -4,7 +4,8 @@ Fine-tunes a copy of the deployed model on domain A only (no deployment images, 
 them) with shift-aware augmentation: each image gets a random blur (downsample to one of
 `mitigate.augment_downsample` px and back) and a random brightness offset; class
 `shift.label_class` is oversampled `mitigate.oversample_factor` times (1 = off).
-Reads params: train.seed, shift.label_class, train.lr, train.batch_size, train.precision, evaluate, mitigate.finetune_epochs,
+Reads params: train.seed, shift.label_class, train.lr, train.batch_size, train.precision, evaluate,
+mitigate.finetune_epochs,
 mitigate.augment_*, mitigate.oversample_factor. Writes models/resnet18_augmented.pt and its
 softmax outputs on domain B (b_raw; b_label is a subset) in data/finetuned/domain_b.npz.
 """

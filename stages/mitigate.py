@@ -15,12 +15,11 @@ import numpy as np
 
 from shiftwatch import SHIFTED_SETS
 from shiftwatch.cli import run_stage
-from shiftwatch.io import (atomic_path, load_predictions, load_set, read_json, rows_matching,
-                           write_json)
+from shiftwatch.features import deployment_views, load_features, load_view
+from shiftwatch.io import atomic_path, load_predictions, load_set, read_json, rows_matching, write_json
 from shiftwatch.metrics import classification_metrics
 from shiftwatch.mitigate import adapt_batchnorm, correct_label_shift, coverage_curve, selective_prediction
 from shiftwatch.model import load_model, pick_device, predict_proba
-from shiftwatch.features import deployment_views, load_features, load_view
 from shiftwatch.params import load_params
 from shiftwatch.tracking import stage_run
 
@@ -119,7 +118,8 @@ def _print(name: str, result: dict, focus: int) -> None:
     for method, m in result.items():
         if m.get("applied") == 0:
             print(f"mitigate: {name:12s} {method:20s} not applied ({m['reason']}); would give accuracy "
-                  f"{m['if_applied']['accuracy']:.4f}, class {focus} recall {m['if_applied'][f'class_{focus}_recall']:.3f}")
+                  f"{m['if_applied']['accuracy']:.4f}, "
+                  f"class {focus} recall {m['if_applied'][f'class_{focus}_recall']:.3f}")
         elif "accuracy" in m:
             print(f"mitigate: {name:12s} {method:20s} accuracy {m['accuracy']:.4f}  class {focus} "
                   f"recall {m[f'class_{focus}_recall']:.3f} precision {m[f'class_{focus}_precision']:.3f}")

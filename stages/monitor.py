@@ -2,7 +2,8 @@
 
 Reads params: seed, shift.label_class, monitor. Runs no network: the
 model's outputs come from `reference` (test set, domain B) and `evaluate` (b_covariate).
-Writes metrics/monitor.json (headline: verdict, class-7 share, trust flag, ATC accuracy per
+Writes metrics/monitor.json (headline: the verdict of shiftwatch.monitor.VERDICT, class-7 share, trust flag,
+ATC accuracy per
 shifted set), metrics/monitor_details.json (every detector's p-value and the Holm verdict,
 estimated class mix and accuracy next to the truth), a figure.
 Deployment labels are read only to report the truth beside the estimates.
@@ -12,8 +13,8 @@ import numpy as np
 from shiftwatch import DEPLOYMENT_SETS, SHIFTED_SETS
 from shiftwatch.cli import run_stage
 from shiftwatch.detectors import domain_classifier_test
-from shiftwatch.io import load_set, write_json
 from shiftwatch.features import deployment_views, load_features, load_view
+from shiftwatch.io import load_set, write_json
 from shiftwatch.monitor import FEATURE_DETECTORS, accuracy_report, label_shift_report, run_detectors
 from shiftwatch.params import load_params
 from shiftwatch.plots import estimates_vs_truth
@@ -22,14 +23,13 @@ from shiftwatch.twosample import check_permutations_for_holm, mmd_test
 from shiftwatch.workers import fork_map
 
 FIGURE = "metrics/plots/monitor_estimates.png"
-# Holm runs over the feature detectors plus the two pixel-level ones (MMD on pixels, domain classifier).
-DETECTORS = len(FEATURE_DETECTORS) + 2
 
 
 def main() -> None:
     params = load_params()
     monitor, focus = params.monitor, params.shift.label_class
-    check_permutations_for_holm(monitor.mmd_permutations, DETECTORS, monitor.alpha, "monitor.mmd_permutations")
+    check_permutations_for_holm(monitor.mmd_permutations, len(FEATURE_DETECTORS), monitor.alpha,
+                                "monitor.mmd_permutations")
     with stage_run("monitor", params) as run:
         test = load_set("data/prepared/test.npz", hint="run `dvc repro prepare`")
         sets = {name: load_set(f"data/shifted/{name}.npz", hint="run `dvc repro shift`")
@@ -47,7 +47,7 @@ def main() -> None:
             results[name] = {
                 **run_detectors(reference, deployment, seed=params.seed, alpha=monitor.alpha,
                                 mmd_permutations=monitor.mmd_permutations,
-                                mmd_max_per_side=monitor.mmd_max_per_side, extra=extra),
+                                mmd_max_per_side=monitor.mmd_max_per_side, diagnostics=extra),
                 "label_shift": label_shift_report(reference.probabilities, test.labels,
                                                   deployment.probabilities, focus,
                                                   monitor.trust_tolerance, true_labels=labels,
@@ -73,7 +73,8 @@ def _tested(reference: int, deployment: int, cap: int | None) -> dict:
 
 
 def _pixel_tests(reference_images, images, params) -> dict:
-    """The detectors that need the images themselves: MMD on pixels and the domain classifier."""
+    """Diagnostics that need the images themselves (MMD on pixels, the domain classifier):
+    reported beside the verdict, not in it, so that `check` and `power` give the same verdict."""
     monitor = params.monitor
     return {"mmd_pixels": mmd_test(_flat(reference_images), _flat(images), seed=params.seed,
                                    n_permutations=monitor.mmd_permutations,

@@ -10,36 +10,44 @@ the shift to the deployment draw: the model ran once per pool image and severity
 repetition), and a draw looks its rows up. Streams: false alarms on no_shift (the null) and on
 domain_a_train (the model's own training images as deployment: not a null, the reason the
 reference must be held out); detection on brightness_<b>, downsample_<d> and label_keep_<k>
-(pool images with only share k of class shift.label_class kept).
+(pool images with only share k of class shift.label_class kept); and detection tied to harm on
+the corruption streams <family>_<severity> (shiftwatch/corruptions.py), drawn from a seeded
+subset of power.corruption_pool_images pool images, each with the accuracy the model loses on
+it: every shift costing >= power.harm_points must be detected at n = power.harm_n with power
+>= 0.9. The verdict is the one `monitor` and `check` give (shiftwatch.monitor.VERDICT).
 
 Reads params: seed, shift.label_class, evaluate, monitor.alpha, power.
 Writes metrics/power.json (headline: worst false-alarm rate per detector on no_shift, smallest
-n with power >= 0.9 per stream), metrics/power_details.json (every rate with its Wilson
+n with power >= 0.9 per stream except the corruptions, and the harm target in three numbers),
+metrics/power_details.json (every rate with its Wilson
 interval, repetitions and the multiplicity-corrected miscalibration flag), metrics/power/<stream>.csv
 (DVC plots), metrics/plots/power.png.
 """
 import csv
+from dataclasses import dataclass
 
 import numpy as np
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.cli import run_stage
+from shiftwatch.corruptions import check_severity, corrupt
 from shiftwatch.features import Features, load_features, model_features
 from shiftwatch.io import atomic_path, load_set, write_json
 from shiftwatch.model import load_model, pick_device
-from shiftwatch.monitor import FEATURE_DETECTORS, feature_detector
+from shiftwatch.monitor import FEATURE_DETECTORS, VERDICT, feature_detector
 from shiftwatch.params import load_params
-from shiftwatch.plots import power_curves
-from shiftwatch.power import (COMBINED, calibration_flags, independent_alarm_rates, pool_sampler,
-                              separate_sampler)
+from shiftwatch.plots import harm_plot, power_curves
+from shiftwatch.power import COMBINED, calibration_flags, independent_alarm_rates, pool_sampler, separate_sampler
 from shiftwatch.shift import degrade_images
 from shiftwatch.tracking import stage_run
 from shiftwatch.twosample import check_permutations_for_holm
 from shiftwatch.workers import fork_map
 
 FIGURE = "metrics/plots/power.png"
+HARM_FIGURE = "metrics/plots/harm.png"
 TARGET_POWER = 0.9
 NULL_STREAM = "no_shift"
+MONITORED = "as_monitored/"  # stream-name prefix of the protocol with the monitor's reference size
 
 
 def main() -> None:
@@ -47,49 +55,76 @@ def main() -> None:
     power = params.power
     check_permutations_for_holm(power.mmd_permutations, len(FEATURE_DETECTORS), params.monitor.alpha,
                                 "power.mmd_permutations")
+    for family, severities in power.corruptions.items():
+        for severity in severities:
+            check_severity(family, severity)
     with stage_run("power", params) as run:
         pool, labels, images = _pool()
-        largest = max(power.sizes)
-        if 2 * largest > len(pool):
-            raise ShiftwatchError(f"power.sizes: n = {largest} needs 2n = {2 * largest:,} disjoint pool "
-                                  f"images, the pool has {len(pool):,}; use smaller sizes")
+        for setting, sizes, size_of_pool in (("power.sizes", power.sizes, len(pool)),
+                                             ("power.corruption_sizes", power.corruption_sizes,
+                                              min(len(pool), power.corruption_pool_images))):
+            if 2 * max(sizes) > size_of_pool:
+                raise ShiftwatchError(f"{setting}: n = {max(sizes)} needs 2n = {2 * max(sizes):,} disjoint "
+                                      f"pool images, the pool has {size_of_pool:,}; use smaller sizes")
         domain_a, _ = load_features("data/reference/domain_a.npz")
-        streams = {NULL_STREAM: ("false_alarms", pool_sampler(pool, pool)),
-                   "domain_a_train": ("false_alarms", separate_sampler(pool, domain_a))}
-        for name, shifted in _severities(images, params).items():
-            streams[name] = ("detection", pool_sampler(pool, shifted))
+        model, device = load_model("models/resnet18.pt"), pick_device()
+        streams = {NULL_STREAM: Stream("false_alarms", pool_sampler(pool, pool), power.sizes),
+                   "domain_a_train": Stream("false_alarms", separate_sampler(pool, domain_a), power.sizes)}
+        clean_accuracy = _accuracy(pool, labels)
+        for name, shifted in _severities(model, device, images, params).items():
+            streams[name] = Stream("detection", pool_sampler(pool, shifted), power.sizes,
+                                   clean_accuracy - _accuracy(shifted, labels))
         for keep in power.label_keep_levels:
-            streams[f"label_keep_{keep:g}"] = ("detection", pool_sampler(
-                pool, pool, labels=labels, label_class=params.shift.label_class, keep=keep))
+            streams[f"label_keep_{keep:g}"] = Stream("detection", pool_sampler(
+                pool, pool, labels=labels, label_class=params.shift.label_class, keep=keep), power.sizes,
+                clean_accuracy - _label_shift_accuracy(pool, labels, params.shift.label_class, keep))
+        streams.update(_corruption_streams(model, device, pool, labels, images, params))
+        streams.update(_monitored_streams(pool, labels, params))
 
         detectors = {name: _seeded(name, power.mmd_permutations) for name in FEATURE_DETECTORS}
+        as_monitored = {name: _seeded(name, power.mmd_permutations, params.monitor.mmd_max_per_side)
+                        for name in FEATURE_DETECTORS}
         alpha = params.monitor.alpha
 
-        def rates(stream: str) -> dict:
-            kind, sample = streams[stream]
-            print(f"power: {kind} on {stream}, n = {power.sizes}, R = {power.repetitions}", flush=True)
-            found = independent_alarm_rates(sample, detectors, power.sizes, power.repetitions,
-                                            alpha=alpha, seed=params.seed,
-                                            repetitions_for=_repetitions_for(power))
-            return calibration_flags(found, alpha) if kind == "false_alarms" else found
+        def rates(name: str) -> dict:
+            stream = streams[name]
+            repetitions = stream.repetitions or power.repetitions
+            print(f"power: {stream.kind} on {name}, n = {stream.sizes}, R = {repetitions}", flush=True)
+            found = independent_alarm_rates(stream.sample, as_monitored if stream.monitored else detectors,
+                                            stream.sizes, repetitions, alpha=alpha, seed=params.seed,
+                                            repetitions_for=None if stream.monitored else _repetitions_for(power))
+            return calibration_flags(found, alpha) if stream.kind == "false_alarms" else found
 
         all_rates = fork_map(rates, list(streams))
-        results = {"pool": {"images": len(pool), "largest_n_share": 2 * largest / len(pool)},
-                   "false_alarms": {}, "detection": {}}
-        for stream, found in zip(streams, all_rates):
-            results[streams[stream][0]][stream] = {d: {str(p.n): _point(p) for p in points}
-                                                   for d, points in found.items()}
-            _write_csv(f"metrics/power/{stream}.csv", found)
+        results = {"pool": {"images": len(pool), "largest_n_share": 2 * max(power.sizes) / len(pool),
+                            "corruption_pool_images": min(len(pool), power.corruption_pool_images)},
+                   "verdict": VERDICT, "false_alarms": {}, "detection": {}, "accuracy_loss_points": {}}
+        results["as_monitored"] = {"reference_images": power.monitored_reference,
+                                   "mmd_max_per_side": params.monitor.mmd_max_per_side,
+                                   "false_alarms": {}, "detection": {}}
+        for name, found in zip(streams, all_rates):
+            table = results["as_monitored"] if streams[name].monitored else results
+            table[streams[name].kind][name.removeprefix(MONITORED)] = {
+                d: {str(p.n): _point(p) for p in points} for d, points in found.items()}
+            if streams[name].monitored:
+                continue
+            if streams[name].accuracy_loss is not None:
+                results["accuracy_loss_points"][name] = 100 * streams[name].accuracy_loss
+            _write_csv(f"metrics/power/{name}.csv", found)
+        results["harm"] = _harm(results, power)
 
         write_json("metrics/power_details.json", results)
-        write_json("metrics/power.json", _headline(results))
-        power_curves({k: results[k] for k in ("false_alarms", "detection")}, alpha, FIGURE)
+        write_json("metrics/power.json", _headline(results, power))
+        power_curves({kind: {s: by for s, by in results[kind].items() if not streams[s].corruption}
+                      for kind in ("false_alarms", "detection")}, alpha, FIGURE)
+        harm_plot(results, power.harm_points, power.harm_n, TARGET_POWER, HARM_FIGURE)
         run.log_metric_tree("power", {kind: {s: {d: {n: p["rate"] for n, p in points.items()}
                                                  for d, points in by_detector.items()}
                                              for s, by_detector in results[kind].items()}
                                       for kind in ("false_alarms", "detection")})
         run.log_artifact("metrics/power_details.json")
         run.log_artifact(FIGURE, "plots")
+        run.log_artifact(HARM_FIGURE, "plots")
 
 
 def _pool() -> tuple[Features, np.ndarray, np.ndarray]:
@@ -106,11 +141,23 @@ def _pool() -> tuple[Features, np.ndarray, np.ndarray]:
     return Features.concatenate(views), np.concatenate(labels), np.concatenate(images)
 
 
-def _severities(images: np.ndarray, params) -> dict[str, Features]:
+@dataclass(frozen=True)
+class Stream:
+    """A stream of (reference, deployment) draws: false alarms or detection, at which sizes,
+    and the accuracy points the model loses on it (None for the null streams)."""
+    kind: str
+    sample: object
+    sizes: list[int]
+    accuracy_loss: float | None = None
+    corruption: bool = False
+    monitored: bool = False
+    repetitions: int | None = None  # None: power.repetitions
+
+
+def _severities(model, device, images: np.ndarray, params) -> dict[str, Features]:
     """The model's features of every pool image at each covariate severity of the grid
     (brightness alone, blur alone): the network runs once per image and severity."""
     power, evaluate = params.power, params.evaluate
-    model, device = load_model("models/resnet18.pt"), pick_device()
     severities = {f"brightness_{b:g}": (28, b) for b in power.brightness_levels}
     severities.update({f"downsample_{d}": (d, 0.0) for d in power.downsample_levels})
     return {name: model_features(model, degrade_images(images, downsample, brightness),
@@ -118,11 +165,66 @@ def _severities(images: np.ndarray, params) -> dict[str, Features]:
             for name, (downsample, brightness) in severities.items()}
 
 
-def _seeded(name: str, permutations: int):
-    """The monitor's detector `name` at full size (no MMD subsample), seeded per repetition."""
+def _corruption_streams(model, device, pool: Features, labels: np.ndarray, images: np.ndarray,
+                        params) -> dict[str, Stream]:
+    """One stream per corruption family and severity, on a seeded subset of the pool: reference
+    draws from its clean features, deployment draws from its corrupted ones (disjoint rows)."""
+    power, evaluate = params.power, params.evaluate
+    if not power.corruptions:
+        return {}
+    rows = np.sort(np.random.default_rng([params.seed, 1]).choice(
+        len(pool), min(len(pool), power.corruption_pool_images), replace=False))
+    clean, clean_labels = pool.subset(rows), labels[rows]
+    streams = {}
+    for family, severities in power.corruptions.items():
+        for severity in severities:
+            name = f"{family}_{severity:g}"
+            shifted = model_features(model, corrupt(images[rows], family, severity, seed=params.seed),
+                                     evaluate.batch_size, device, evaluate.precision, desc=name)
+            loss = _accuracy(clean, clean_labels) - _accuracy(shifted, clean_labels)
+            streams[name] = Stream("detection", pool_sampler(clean, shifted), power.corruption_sizes,
+                                   loss, corruption=True, repetitions=power.corruption_repetitions)
+    return streams
+
+
+def _monitored_streams(pool: Features, labels: np.ndarray, params) -> dict[str, Stream]:
+    """The verdict as `monitor` and `check` run it: each repetition a fresh reference of
+    power.monitored_reference pool images (the test set's size), MMD on a subsample of
+    monitor.mmd_max_per_side of it, against n disjoint others: the null and the label shifts,
+    the streams where the reference's size matters most."""
+    power = params.power
+    if power.monitored_reference is None:
+        return {}
+    reference = power.monitored_reference
+    if reference + max(power.monitored_sizes) > len(pool):
+        raise ShiftwatchError(f"power.monitored_reference = {reference:,} plus n = {max(power.monitored_sizes):,} "
+                              f"exceeds the pool of {len(pool):,} images; lower one of them")
+    streams = {MONITORED + NULL_STREAM: Stream("false_alarms", pool_sampler(pool, pool, reference_size=reference),
+                                               power.monitored_sizes, monitored=True)}
+    for keep in power.label_keep_levels:
+        streams[f"{MONITORED}label_keep_{keep:g}"] = Stream("detection", pool_sampler(
+            pool, pool, labels=labels, label_class=params.shift.label_class, keep=keep,
+            reference_size=reference), power.monitored_sizes, monitored=True)
+    return streams
+
+
+def _accuracy(view: Features, labels: np.ndarray) -> float:
+    return float(np.mean(view.probabilities.argmax(1) == labels))
+
+
+def _label_shift_accuracy(view: Features, labels: np.ndarray, label_class: int, keep: float) -> float:
+    """Expected accuracy on the pool once only share `keep` of `label_class` is left: the
+    per-class accuracies weighted by the new class mix."""
+    correct = view.probabilities.argmax(1) == labels
+    weights = np.where(labels == label_class, keep, 1.0)
+    return float(np.sum(weights * correct) / np.sum(weights))
+
+
+def _seeded(name: str, permutations: int, mmd_max_per_side: int | None = None):
+    """The monitor's detector `name`, seeded per repetition; MMD at full size unless a cap is given."""
     def detector(reference: Features, deployment: Features, seed: int):
         return feature_detector(name, seed=seed, mmd_permutations=permutations,
-                                mmd_max_per_side=None)(reference, deployment)
+                                mmd_max_per_side=mmd_max_per_side)(reference, deployment)
     return detector
 
 
@@ -138,16 +240,43 @@ def _repetitions_for(power):
     return repetitions
 
 
-def _headline(results: dict) -> dict:
+def _harm(results: dict, power) -> dict:
+    """The harm target: every stream whose accuracy loss is >= power.harm_points must be
+    detected by the verdict at n = power.harm_n in >= 90 % of draws. Lists the harmful
+    streams, the ones that miss, and the weakest (lowest power) plainly."""
+    n = str(power.harm_n)
+    harmful = {stream: results["detection"][stream][COMBINED][n]["rate"]
+               for stream, loss in results["accuracy_loss_points"].items()
+               if loss >= power.harm_points and n in results["detection"][stream][COMBINED]}
+    weakest = min(harmful, key=harmful.get, default=None)
+    return {"points": power.harm_points, "n": power.harm_n, "target_power": TARGET_POWER,
+            "harmful": harmful, "missed": sorted(s for s, rate in harmful.items() if rate < TARGET_POWER),
+            "weakest": weakest}
+
+
+def _headline(results: dict, power) -> dict:
     """The power table in a few numbers: each detector's worst false-alarm rate over all n on
-    the null stream, and per shifted stream the smallest n at which the combined verdict
-    alarms in >= 90 % of draws (null: not reached at any n tried)."""
-    healthy = results["false_alarms"][NULL_STREAM]
+    the null stream; per shifted stream (not the corruptions) the smallest n at which the
+    verdict alarms in >= 90 % of draws (null: not reached at any n tried); and the harm target
+    (how many harmful corruption shifts, how many detected at harm_n, the weakest power); the
+    same false-alarm and n-for-0.9 numbers for the verdict as monitored (combined only)."""
+    healthy, harm = results["false_alarms"][NULL_STREAM], results["harm"]
+    corruption_names = {f"{family}_{s:g}" for family, levels in power.corruptions.items() for s in levels}
     return {
         "false_alarm_max": {d: max(p["rate"] for p in points.values()) for d, points in healthy.items()},
         "min_n_power_90": {stream: min((int(n) for n, p in by_detector[COMBINED].items()
                                         if p["rate"] >= TARGET_POWER), default=None)
-                           for stream, by_detector in results["detection"].items()},
+                           for stream, by_detector in results["detection"].items()
+                           if stream not in corruption_names},
+        "as_monitored": {
+            "false_alarm_max": max((p["rate"] for p in results["as_monitored"]["false_alarms"]
+                                    .get(NULL_STREAM, {}).get(COMBINED, {}).values()), default=None),
+            "min_n_power_90": {stream: min((int(n) for n, p in by_detector[COMBINED].items()
+                                            if p["rate"] >= TARGET_POWER), default=None)
+                               for stream, by_detector in results["as_monitored"]["detection"].items()}},
+        "harm": {"harmful_shifts": len(harm["harmful"]),
+                 "detected": len(harm["harmful"]) - len(harm["missed"]),
+                 "weakest_power": min(harm["harmful"].values(), default=None)},
     }
 
 

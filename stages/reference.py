@@ -9,8 +9,8 @@ on unshifted images; domain A's own training images give the study's "in-domain"
 import numpy as np
 
 from shiftwatch.cli import run_stage
-from shiftwatch.io import load_set
 from shiftwatch.features import model_features, save_features
+from shiftwatch.io import load_set
 from shiftwatch.model import load_model, pick_device
 from shiftwatch.params import load_params
 from shiftwatch.tracking import stage_run

@@ -2,13 +2,11 @@ import gzip
 
 import numpy as np
 import pytest
+from conftest import needs_fashion_mnist
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.data import (DEBIAN_DIR, find_source, load_fashion_mnist, read_idx, split_domains,
-                             subsample)
+from shiftwatch.data import DEBIAN_DIR, find_source, load_fashion_mnist, read_idx, split_domains, subsample
 from shiftwatch.io import ImageSet
-
-from conftest import needs_fashion_mnist
 
 
 def _train_like(n):

@@ -1,12 +1,18 @@
 import numpy as np
 import pytest
+from conftest import needs_fashion_mnist
 from scipy import stats
 
-from conftest import needs_fashion_mnist
-
 from shiftwatch import ShiftwatchError
-from shiftwatch.detectors import (detect_drift, domain_classifier_test, histogram_probabilities,
-                                  kl_divergence, ks_test, label_proportion_test, mean_pixel)
+from shiftwatch.detectors import (
+    detect_drift,
+    domain_classifier_test,
+    histogram_probabilities,
+    kl_divergence,
+    ks_test,
+    label_proportion_test,
+    mean_pixel,
+)
 
 
 def test_mean_pixel_per_image():
@@ -127,3 +133,18 @@ def test_domain_classifier_p_value_is_calibrated_on_real_images():
     # calibrated test; the former 5-fold pooled test (measured 0.117 at this size) would give
     # ~70 and fail with probability > 0.999.
     assert alarms <= 45, f"{alarms} false alarms in {repetitions} null draws at alpha 0.05"
+
+
+def test_ks_columns_gives_scipys_numbers_exactly_with_and_without_ties(rng):
+    from scipy import stats
+
+    from shiftwatch.detectors import ks_columns
+
+    for m, n, decimals in ((50, 30, None), (2000, 200, 1), (7, 3000, 2)):
+        a, b = rng.normal(size=(m, 4)), rng.normal(0.1, size=(n, 4))
+        if decimals is not None:  # many ties, as pixel quantiles have
+            a, b = np.round(a, decimals), np.round(b, decimals)
+        statistics, pvalues = ks_columns(a, b)
+        for k in range(4):
+            expected = stats.ks_2samp(a[:, k], b[:, k], method="asymp")
+            assert statistics[k] == expected.statistic and pvalues[k] == expected.pvalue

@@ -5,7 +5,6 @@ import ast
 from pathlib import Path
 
 import yaml
-
 from conftest import REPO
 
 # Modules that cannot change a stage's results: where and how it logs to MLflow, how its errors

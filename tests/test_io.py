@@ -2,8 +2,17 @@ import numpy as np
 import pytest
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.io import (ImageSet, Predictions, atomic_path, load_predictions, load_set,
-                           rows_matching, save_predictions, save_set, write_json)
+from shiftwatch.io import (
+    ImageSet,
+    Predictions,
+    atomic_path,
+    load_predictions,
+    load_set,
+    rows_matching,
+    save_predictions,
+    save_set,
+    write_json,
+)
 
 
 def _set(n=5):

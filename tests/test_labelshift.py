@@ -4,8 +4,17 @@ from scipy.special import softmax
 
 from shiftwatch import NUM_CLASSES, ShiftwatchError
 from shiftwatch.labelshift import (
-    ATC_SCORES, BBSEEstimate, EMEstimate, atc_estimate, atc_fit, average_confidence, bbse,
-    em_priors, estimates_disagree, reweight_probs, total_variation,
+    ATC_SCORES,
+    BBSEEstimate,
+    EMEstimate,
+    atc_estimate,
+    atc_fit,
+    average_confidence,
+    bbse,
+    em_priors,
+    estimates_disagree,
+    reweight_probs,
+    total_variation,
 )
 
 K = NUM_CLASSES

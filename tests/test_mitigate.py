@@ -3,8 +3,14 @@ import pytest
 import torch
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.mitigate import (adapt_batchnorm, augment_images, correct_label_shift, coverage_curve,
-                                 oversample_rows, selective_prediction)
+from shiftwatch.mitigate import (
+    adapt_batchnorm,
+    augment_images,
+    correct_label_shift,
+    coverage_curve,
+    oversample_rows,
+    selective_prediction,
+)
 from shiftwatch.model import build_resnet18, predict_proba
 
 CPU = torch.device("cpu")

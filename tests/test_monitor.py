@@ -33,9 +33,39 @@ def test_detectors_quiet_without_shift_and_loud_with_one(rng):
     loud = run_detectors(reference, brighter, **kwargs)
     assert set(quiet["tests"]) == set(FEATURE_DETECTORS)
     assert quiet["drift"] == 0
-    # A +0.02 brightness the model does not notice: only the zero-pixel share sees it.
+    # A +0.02 brightness the model does not notice: the pixel quantiles see it.
     assert loud["drift"] == 1 and "image_stats" in loud["alerting"]
     assert loud["tests"]["image_stats"]["adjusted_pvalue"] >= loud["tests"]["image_stats"]["pvalue"]
+
+
+def test_the_verdict_is_holm_over_the_verdict_detectors_only(rng):
+    # Diagnostics (monitor's pixel MMD and domain classifier) are reported, never in the verdict,
+    # so monitor, power and check give the same verdict on the same features.
+    from shiftwatch.detectors import DetectorResult
+    from shiftwatch.monitor import VERDICT
+
+    reference, _ = _features(rng, 1000)
+    same, _ = _features(rng, 300)
+    kwargs = dict(seed=0, alpha=0.05, mmd_permutations=50, mmd_max_per_side=300)
+    with_diagnostic = run_detectors(reference, same, **kwargs,
+                                    diagnostics={"domain_classifier": DetectorResult(0.9, 0.0)})
+    assert with_diagnostic["drift"] == 0 and with_diagnostic["alerting"] == []
+    assert with_diagnostic["diagnostics"]["domain_classifier"]["pvalue"] == 0.0
+    assert with_diagnostic["tests"] == run_detectors(reference, same, **kwargs)["tests"]
+    assert list(with_diagnostic["tests"]) == list(FEATURE_DETECTORS)
+    assert all(name in VERDICT for name in FEATURE_DETECTORS)
+
+
+def test_the_zero_pixel_share_alone_does_not_raise_the_verdict(rng):
+    # Benign preprocessing (a resize, JPEG) changes how many pixels are exactly 0 without harm.
+    reference, _ = _features(rng, 1000)
+    same, _ = _features(rng, 300)
+    stats = same.image_stats.copy()
+    stats[:, 1] = 0.0  # no exact zeros left, every other statistic as before
+    resized = Features(same.probabilities, same.embeddings, stats)
+    result = run_detectors(reference, resized, seed=0, alpha=0.05, mmd_permutations=50,
+                           mmd_max_per_side=300)
+    assert result["drift"] == 0
 
 
 def test_label_shift_report_recovers_fewer_sneakers(rng):

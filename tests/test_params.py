@@ -1,10 +1,9 @@
 import pytest
 import yaml
+from conftest import REPO
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.params import Params, load_params, parse_params
-
-from conftest import REPO
 
 
 def test_repo_params_yaml_is_valid_and_reproduces_the_study():
@@ -69,3 +68,51 @@ def test_flat_keys_are_dotted_and_filtered_by_prefix():
     assert flat["seed"] == 42 and flat["shift.label_class"] == 7
     assert "shift.brightness" not in flat
     assert flat["detect.thresholds.alpha"] == 0.05
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("shift", "downsample", True), ("shift", "label_keep", True), ("shift", "brightness", False),
+    ("mitigate", "augment_downsample", [28, True]),
+])
+def test_a_yaml_boolean_is_never_read_as_a_number(section, key, value):
+    raw = Params().model_dump()
+    raw[section][key] = value
+    with pytest.raises(ShiftwatchError, match=f"{section}.{key} = .* is a boolean") as err:
+        parse_params(raw)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_float_settings_must_be_finite(value):
+    raw = Params().model_dump()
+    raw["detect"]["smoothing"] = value
+    with pytest.raises(ShiftwatchError, match="detect.smoothing"):
+        parse_params(raw)
+
+
+def test_a_deleted_section_stops_the_stage_instead_of_running_on_defaults(tmp_path):
+    raw = Params().model_dump()
+    del raw["monitor"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ShiftwatchError, match=r"monitor\.alpha is not set \(nor 4 other keys\)"):
+        load_params(tmp_path / "params.yaml")
+    parse_params(raw)  # the schema itself still has defaults (used by tests that build params)
+
+
+def test_a_yaml_syntax_error_names_the_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("seed: 42\nshift:\n  brightness: [0.1\n  downsample: 7\n")
+    with pytest.raises(ShiftwatchError, match=r"not valid YAML at line \d+, column \d+") as err:
+        load_params(tmp_path / "params.yaml")
+    assert "\n" not in str(err.value)
+
+
+def test_ctrl_c_in_a_stage_is_one_line_and_exit_130(capsys):
+    from shiftwatch.cli import run_stage
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exited:
+        run_stage("power", interrupted)
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "shiftwatch power: interrupted; no output is half-written, rerun the stage\n"

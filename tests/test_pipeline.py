@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO, needs_fashion_mnist
 from mlflow import MlflowClient
 
-from conftest import REPO, needs_fashion_mnist
 from shiftwatch.io import load_set
 from shiftwatch.tracking import headline_metrics
 
@@ -23,7 +23,10 @@ pytestmark = needs_fashion_mnist
 SMALL = {"data": {"max_train_images": 2000, "max_test_images": 500},
          "train": {"epochs": 1}, "detect": {"classifier_samples": 300},
          "monitor": {"classifier_samples": 200, "mmd_permutations": 150},
-         "power": {"repetitions": 10, "sizes": [10, 100], "mmd_permutations": 100, "mmd_repetitions": {100: 5}},
+         "power": {"repetitions": 10, "sizes": [10, 100], "mmd_permutations": 150, "mmd_repetitions": {100: 5},
+                   "corruptions": {"contrast": [0.3], "rotate": [30]}, "corruption_sizes": [10, 100],
+                   "corruption_pool_images": 400, "corruption_repetitions": 8,
+                   "monitored_reference": 500, "monitored_sizes": [10, 100]},
          "mitigate": {"adabn_images": 200}}
 MODEL_STAGES = ("prepare", "train", "reference", "finetune", "power")  # once per model
 SHIFT_STAGES = ("shift", "detect", "evaluate", "monitor", "mitigate")  # once per shift experiment
@@ -103,7 +106,7 @@ def test_repro_writes_every_output_and_metric(repo):
                  "metrics/plots/mean_pixel/b_shift.png", "metrics/plots/confusion/b_shift.png",
                  "metrics/confusion/b_shift.csv", "metrics/train_history.csv",
                  "metrics/plots/monitor_estimates.png", "metrics/power/label_keep_0.1.csv",
-                 "metrics/plots/power.png"):
+                 "metrics/plots/power.png", "metrics/plots/harm.png"):
         assert (repo / path).is_file(), path
     prepare = _metrics(repo, "prepare")
     assert prepare["n"] == {"domain_a": 1400, "domain_b": 600, "test": 500}
@@ -130,6 +133,23 @@ def test_repro_writes_every_output_and_metric(repo):
         "reference": 500, "deployment": _metrics(repo, "shift")["b_shift"]["n"]}
     assert power["detection"]["brightness_0.02"]["image_stats"]["100"]["rate"] == 1.0
     assert _metrics(repo, "power")["min_n_power_90"]["brightness_0.02"] in (10, 100)
+    # Detection tied to harm: every shifted stream has the accuracy it costs; the corruption
+    # streams draw from the corruption pool at their own sizes; the headline counts the target.
+    assert set(power["accuracy_loss_points"]) == set(power["detection"])
+    assert set(power["detection"]["rotate_30"]["combined"]) == {"10", "100"}
+    assert power["detection"]["rotate_30"]["bbsd_ks"]["100"]["repetitions"] == 8  # corruption_repetitions
+    assert power["pool"]["corruption_pool_images"] == 400
+    assert power["accuracy_loss_points"]["contrast_0.3"] > 5  # a 1-epoch model loses more than that
+    harm = _metrics(repo, "power")["harm"]
+    assert harm["harmful_shifts"] == len(power["harm"]["harmful"]) >= 1
+    assert harm["detected"] == harm["harmful_shifts"] - len(power["harm"]["missed"])
+    assert "contrast_0.3" not in _metrics(repo, "power")["min_n_power_90"]
+    # The verdict as monitor/check run it: a 500-image reference (monitored_reference) per draw.
+    monitored = power["as_monitored"]
+    assert monitored["reference_images"] == 500 and set(monitored["false_alarms"]) == {"no_shift"}
+    assert set(monitored["detection"]) == {"label_keep_0.1", "label_keep_0.3"}  # power.label_keep_levels
+    assert monitored["false_alarms"]["no_shift"]["combined"]["100"]["repetitions"] == 10
+    assert set(_metrics(repo, "power")["as_monitored"]["min_n_power_90"]) == {"label_keep_0.1", "label_keep_0.3"}
     mitigate = _metrics(repo, "mitigate_details")
     assert set(mitigate["b_shift"]) == {"none", "label_shift_bbse", "label_shift_em", "adabn",
                                         "finetune_augmented", "selective", "selective_augmented"}

@@ -3,9 +3,18 @@ import pytest
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.power import (COMBINED, AlarmRate, FalseAlarmRate, calibration_flags, detection_rate,
-                              detection_rates, false_alarm_rate, false_alarm_rates,
-                              independent_alarm_rates, wilson_interval)
+from shiftwatch.power import (
+    COMBINED,
+    AlarmRate,
+    FalseAlarmRate,
+    calibration_flags,
+    detection_rate,
+    detection_rates,
+    false_alarm_rate,
+    false_alarm_rates,
+    independent_alarm_rates,
+    wilson_interval,
+)
 from shiftwatch.twosample import bbsd_ks
 
 ALPHA = 0.05
@@ -251,7 +260,7 @@ def test_every_repetition_draws_a_fresh_disjoint_pair_and_its_own_detector_seed(
     assert len(set(seeds)) == 20
     again = []
     independent_alarm_rates(_pool_sampler(pool, again), {"d": detector}, [10, 50], repetitions=20, seed=3)
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(seen, again[20:]))  # n=50 ignores n=10
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(seen, again[20:], strict=True))  # n=50 ignores n=10
 
 
 def test_independent_false_alarms_of_a_calibrated_test_are_alpha():

@@ -8,9 +8,19 @@ from mlflow import MlflowClient
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.params import Params
-from shiftwatch.tracking import (EXPERIMENT, PIPELINE_TAG, changed_params, declared_params, flatten_numbers,
-                                 git_commit, headline_metrics, parent_name, repo_root, stage_run,
-                                 tracking_uri)
+from shiftwatch.tracking import (
+    EXPERIMENT,
+    PIPELINE_TAG,
+    changed_params,
+    declared_params,
+    flatten_numbers,
+    git_commit,
+    headline_metrics,
+    parent_name,
+    repo_root,
+    stage_run,
+    tracking_uri,
+)
 
 
 def test_repo_root_maps_a_queued_experiment_back_to_the_main_repo(tmp_path, monkeypatch):

@@ -1,0 +1,85 @@
+"""Image corruptions that a camera or an upload pipeline really produces, at set severities.
+
+The study's covariate shift (blur, then a constant added and clipped) leaves a trace no real
+degradation leaves: the black background turns into exactly `brightness`. These families keep
+black pixels black (contrast, gamma) or perturb every image differently (noise, rotation,
+translation, JPEG), so a detector that wins only on that trace gets no credit here. The
+`power` stage measures, per family and severity, the accuracy the model loses and how often
+the verdict sees it (detection tied to harm).
+
+Every function maps float images (N, 28, 28) in [0, 1] to a new float32 array in [0, 1];
+the random ones draw from `np.random.default_rng(seed)`, so a (family, severity, seed) gives
+the same images on every machine.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from shiftwatch import ShiftwatchError
+
+FAMILIES = ("contrast", "gamma", "noise", "rotate", "translate", "jpeg")
+
+
+def corrupt(images: np.ndarray, family: str, severity: float, seed: int) -> np.ndarray:
+    """`images` under corruption `family` at `severity` (its meaning per family below)."""
+    apply = {
+        "contrast": lambda: images * severity,                      # scale towards black, 0 < s < 1
+        "gamma": lambda: images ** severity,                        # x^s: black and white stay put
+        "noise": lambda: images + severity * _rng(seed).standard_normal(images.shape),  # sigma = s
+        "rotate": lambda: _affine(images, max_degrees=severity, max_pixels=0, seed=seed),
+        "translate": lambda: _affine(images, max_degrees=0, max_pixels=severity, seed=seed),
+        "jpeg": lambda: _jpeg(images, quality=max(1, round(severity))),       # re-compressed at quality s
+    }
+    check_severity(family, severity)
+    return np.clip(apply[family](), 0.0, 1.0).astype(np.float32)
+
+
+def check_severity(family: str, severity: float) -> None:
+    """Raise ShiftwatchError unless `severity` is meaningful for `family`."""
+    if family not in FAMILIES:
+        raise ShiftwatchError(f"corruption family {family!r}: use one of {', '.join(FAMILIES)}")
+    ranges = {"contrast": (0, 1), "gamma": (0, 10), "noise": (0, 1), "rotate": (0, 180),
+              "translate": (0, 14), "jpeg": (0, 95)}
+    low, high = ranges[family]
+    if not low < severity <= high:
+        raise ShiftwatchError(f"power.corruptions.{family}: severity {severity:g} must be in ({low}, {high}]")
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def _affine(images: np.ndarray, max_degrees: float, max_pixels: float, seed: int) -> np.ndarray:
+    """Each image rotated by its own angle uniform in ±max_degrees and shifted by its own
+    whole-pixel offset uniform in ±max_pixels (per axis), bilinear, black outside."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = _rng(seed)
+    count, size = len(images), images.shape[-1]
+    angles = np.deg2rad(rng.uniform(-max_degrees, max_degrees, count))
+    offsets = rng.integers(-int(max_pixels), int(max_pixels) + 1, (count, 2)) * 2 / size
+    theta = np.zeros((count, 2, 3), dtype=np.float32)
+    theta[:, 0, 0], theta[:, 0, 1] = np.cos(angles), -np.sin(angles)
+    theta[:, 1, 0], theta[:, 1, 1] = np.sin(angles), np.cos(angles)
+    theta[:, :, 2] = offsets
+    batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
+    grid = F.affine_grid(torch.from_numpy(theta), list(batch.shape), align_corners=False)
+    moved = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return moved.squeeze(1).numpy()
+
+
+def _jpeg(images: np.ndarray, quality: int) -> np.ndarray:
+    """Each image saved as an 8-bit gray JPEG at `quality` and decoded again (Pillow)."""
+    from PIL import Image
+
+    out = np.empty(images.shape, dtype=np.float32)
+    for i, image in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(
+            buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        out[i] = np.asarray(Image.open(buffer), dtype=np.float32) / 255
+    return out

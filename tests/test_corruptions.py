@@ -1,0 +1,62 @@
+"""The corruption families of the harm table: range, determinism, and the property each claims."""
+import numpy as np
+import pytest
+
+from shiftwatch import ShiftwatchError
+from shiftwatch.corruptions import FAMILIES, check_severity, corrupt
+
+SEVERITY = {"contrast": 0.5, "gamma": 2, "noise": 0.1, "rotate": 20, "translate": 2, "jpeg": 10}
+
+
+@pytest.fixture
+def images():
+    """Bright squares of varied size and place on an exactly black background."""
+    rng = np.random.default_rng(0)
+    out = np.zeros((40, 28, 28), np.float32)
+    for image in out:
+        top, left = rng.integers(4, 12, 2)
+        size = rng.integers(6, 12)
+        image[top:top + size, left:left + size] = rng.uniform(0.4, 1.0)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_keeps_shape_range_and_is_reproducible(images, family):
+    shifted = corrupt(images, family, SEVERITY[family], seed=3)
+    assert shifted.shape == images.shape and shifted.dtype == np.float32
+    assert shifted.min() >= 0 and shifted.max() <= 1
+    assert not np.array_equal(shifted, images)
+    np.testing.assert_array_equal(shifted, corrupt(images, family, SEVERITY[family], seed=3))
+
+
+@pytest.mark.parametrize("family", ["contrast", "gamma"])
+def test_photometric_families_keep_black_pixels_black(images, family):
+    shifted = corrupt(images, family, SEVERITY[family], seed=0)
+    np.testing.assert_array_equal(shifted[images == 0], 0)
+    assert np.all(shifted[images > 0] < images[images > 0])  # both darken the object here
+
+
+@pytest.mark.parametrize("family", ["noise", "rotate", "translate"])
+def test_random_families_perturb_each_image_differently_and_follow_the_seed(images, family):
+    same = np.repeat(images[:1], 10, axis=0)
+    shifted = corrupt(same, family, SEVERITY[family], seed=1)
+    assert len({s.tobytes() for s in shifted}) > 5  # not one perturbation for the whole batch
+    assert not np.array_equal(shifted, corrupt(same, family, SEVERITY[family], seed=2))
+
+
+def test_translate_moves_whole_pixels_and_keeps_the_object(images):
+    shifted = corrupt(images, "translate", 2, seed=0)
+    np.testing.assert_allclose(shifted.sum(axis=(1, 2)), images.sum(axis=(1, 2)), rtol=1e-5)
+
+
+def test_jpeg_at_high_quality_is_close_and_at_low_quality_is_not(images):
+    mild = np.abs(corrupt(images, "jpeg", 95, seed=0) - images).mean()
+    harsh = np.abs(corrupt(images, "jpeg", 5, seed=0) - images).mean()
+    assert mild < 0.01 < harsh
+
+
+@pytest.mark.parametrize("family,severity", [("contrast", 1.5), ("gamma", 0), ("noise", -0.1),
+                                             ("translate", 20), ("jpeg", 100), ("blur", 1)])
+def test_a_meaningless_severity_names_the_setting(family, severity):
+    with pytest.raises(ShiftwatchError, match=f"{family}"):
+        check_severity(family, severity)
