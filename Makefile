@@ -8,29 +8,34 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test ui bench seeds remote readme check-example
+.PHONY: setup run test lint ui bench seeds remote readme check-example
 
-$(BIN)/activate: requirements.txt
+$(BIN)/activate: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-setup: $(BIN)/activate  ## create the virtual environment and install requirements.txt
+setup: $(BIN)/activate  ## create the virtual environment: the pinned requirements, then shiftwatch itself (editable, `shiftwatch` command)
 
 run: setup  ## run the whole pipeline (only what changed reruns)
 	dvc repro
 
-test: setup  ## the test suite (unit tests + a real dvc repro / exp run on a small copy)
+test: setup lint  ## lint, then the test suite (unit tests + a real dvc repro / exp run on a small copy)
 	$(BIN)/python -m pytest -q
+
+lint: setup  ## ruff, configured in pyproject.toml
+	$(BIN)/ruff check .
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 against the project's store
 	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3 opens on GenAI pages otherwise)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
-bench: setup  ## timings: full dvc repro, dvc exp run, a queued sweep of 4, training/inference speed, MMD at 10,000 per side (~30 min)
+bench: setup  ## timings: full dvc repro, dvc exp run, a queued sweep of 4, training/inference speed, MMD at 10,000 per side, check local vs served (~40 min)
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_mmd.py
+	$(BIN)/python benchmarks/bench_check.py
 
 seeds: setup  ## the headline over training seeds 42, 1, 2: three queued experiments (~25 min), then make readme
 	PATH=$(BIN):$$PATH $(BIN)/python tools/seed_spread.py --seeds 42 1 2
@@ -40,11 +45,11 @@ remote:  ## make remote REMOTE=<path, s3://bucket/prefix, ...>: set the default 
 	dvc remote add --default --force storage "$(REMOTE)"
 
 readme: setup  ## refresh the results tables in README.md from metrics/*.json
-	$(BIN)/python -m shiftwatch.readme README.md
+	$(BIN)/python tools/readme.py README.md
 
 check-example: setup  ## a real `shiftwatch check` on 1,000 B_shift images, saved for the README
 	$(BIN)/python -c "import numpy as np; from shiftwatch.io import load_set; \
 	np.save('data/b_shift_sample.npy', load_set('data/shifted/b_shift.npz').images[:1000])"
-	echo '$$ python -m shiftwatch check data/b_shift_sample.npy' > metrics/check_example.txt
-	-$(BIN)/python -m shiftwatch check data/b_shift_sample.npy >> metrics/check_example.txt; \
+	echo '$$ shiftwatch check data/b_shift_sample.npy' > metrics/check_example.txt
+	-$(BIN)/shiftwatch check data/b_shift_sample.npy >> metrics/check_example.txt; \
 	echo "(exit code $$?)" >> metrics/check_example.txt

@@ -1,4 +1,4 @@
-"""python -m shiftwatch COMMAND ...: the project's command line outside the DVC pipeline.
+"""shiftwatch COMMAND ... (or python -m shiftwatch): the command line outside the DVC pipeline.
 
 Each command is a module with HELP, add_arguments(parser) and run(args) -> exit status;
 add one to COMMANDS. Modules import their heavy dependencies (torch, MLflow) lazily, so
@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
-from shiftwatch import check
+from shiftwatch import check, serve, timeline
 
-COMMANDS = {"check": check}
+COMMANDS = {"check": check, "timeline": timeline, "serve": serve}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m shiftwatch",
+        prog="shiftwatch",
         description="shiftwatch: detect distribution shift in image batches "
                     "(the pipeline itself runs with `dvc repro`).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
         sub = commands.add_parser(name, help=module.HELP, description=module.__doc__,
@@ -34,5 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+def entry_point() -> None:
+    """The `shiftwatch` console script (pyproject.toml)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("shiftwatch: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def _version() -> str:
+    try:
+        return version("shiftwatch")
+    except PackageNotFoundError:  # run from a checkout without `pip install -e .`
+        return "(not installed)"
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -22,8 +22,10 @@ also gives 2 (one line on stderr), after the report is printed: a gate never pas
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -54,94 +56,183 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=None,
                         help=f"params file (default: <repo root>/{DEFAULT_PARAMS})")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
-                        help="also write the report as JSON (atomically)")
+                        help="also write the report as JSON (atomically); `--json -` writes it to "
+                             "standard output instead of the human report")
+    parser.add_argument("--html", type=Path, default=None, metavar="OUT.html",
+                        help="also write a self-contained HTML report (verdict, p-values, histograms, "
+                             "class mix, accuracy estimate, sample images)")
     parser.add_argument("--log", action="store_true",
-                        help="log params, metrics and the JSON report as an MLflow run "
-                             "(MLFLOW_TRACKING_URI, else <repo root>/mlflow.db)")
+                        help="log params, metrics and the JSON report (and the HTML report with its "
+                             "figures) as an MLflow run (MLFLOW_TRACKING_URI, else <repo root>/mlflow.db)")
+    parser.add_argument("--time", default=None, metavar="ISO-8601",
+                        help="when the batch was taken, e.g. 2026-11-29T14:00 (default: the batch "
+                             "file's or folder's modification time); the x axis of `shiftwatch timeline`")
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="send the batch to a running `shiftwatch serve` (e.g. http://127.0.0.1:8765) "
+                             "instead of loading torch and the model here: the same report, in ~1 s")
     parser.add_argument("--quiet", action="store_true", help="print nothing; use the exit status")
 
 
 def run(args: argparse.Namespace) -> int:
     """The `check` command: 0 no alert, 1 alert, 2 bad input (one line on stderr)."""
+    to_stdout = args.json is not None and str(args.json) == "-"
+    quiet = args.quiet or to_stdout  # standard output carries the JSON alone
     try:
-        report = check_paths(args.batch, reference=args.reference, model=args.model,
-                             params=args.params, json_out=args.json, progress=not args.quiet)
+        for option, path in (("--json", None if to_stdout else args.json), ("--html", args.html)):
+            if path is not None and path.is_dir():
+                raise ShiftwatchError(f"{option} {path}: is a folder; give a file name such as "
+                                      f"{path / ('check.' + option[2:])}")
+        taken = batch_time(args.batch, args.time)
+        if args.server:
+            report, views = _check_on_server(args.server, args.batch, want_views=args.html is not None)
+        else:
+            report, views = check_batch(args.batch, reference=args.reference, model=args.model,
+                                        params=args.params, progress=not quiet)
+        report["batch"]["time"] = taken
     except ShiftwatchError as err:
         print(f"shiftwatch check: error: {err}", file=sys.stderr)
         return 2
-    if not args.quiet:
+    if not quiet:
         print(format_report(report))
-    if args.json is not None:
-        from shiftwatch.io import write_json
+    pictures = None
+    try:
+        if to_stdout:
+            json.dump(report, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        elif args.json is not None:
+            from shiftwatch.io import write_json
 
-        try:
             write_json(args.json, report)
-        except OSError as err:
-            print(f"shiftwatch check: error: --json {args.json}: cannot write ({err.strerror}); "
-                  f"pick a writable path", file=sys.stderr)
-            return 2
+        if args.html is not None:
+            from shiftwatch import html_report
+
+            pictures = html_report.write(args.html, report, views)
+    except OSError as err:
+        print(f"shiftwatch check: error: {err.filename}: cannot write ({err.strerror}); "
+              f"pick a writable path", file=sys.stderr)
+        return 2
     if args.log:
         try:
-            run_id = log_check(report, report["params"])
+            run_id = log_check(report, report["params"], html=args.html, pictures=pictures)
         except Exception as err:  # MlflowException, sqlite errors: the check itself is done
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             print(f"shiftwatch check: error: --log: could not log to MLflow ({first}); "
                   f"check MLFLOW_TRACKING_URI", file=sys.stderr)
             return 2
-        if not args.quiet:
+        if not quiet:
             print(f"logged: MLflow run {run_id}")
     return int(report["drift"])
+
+
+def _check_on_server(url: str, batch: Path, want_views: bool):
+    """The batch is read here and checked by `shiftwatch serve` at `url` (no torch imported)."""
+    from shiftwatch.serve import request_check
+
+    started = time.perf_counter()
+    images, batch_info = load_batch(batch)
+    loaded = time.perf_counter()
+    report, views = request_check(url, images, {"path": str(batch), **batch_info}, views=want_views)
+    report["seconds"].update({"load": loaded - started, "imports": 0.0, "model": 0.0,
+                              "total": time.perf_counter() - started})
+    report["server"] = url
+    if views is None:
+        return report, None
+    from shiftwatch.html_report import Views
+
+    return report, Views(**{name: np.asarray(values, dtype=float) for name, values in views.items()})
+
+
+def batch_time(batch: Path, given: str | None) -> str:
+    """When the batch was taken, ISO 8601 with a UTC offset: `given` (--time; a time without
+    an offset is taken as UTC), else the modification time of the batch file or folder."""
+    if given is None:
+        if not batch.exists():
+            raise ShiftwatchError(f"{batch}: not found; pass a .npz/.npy file or a folder of images")
+        return datetime.fromtimestamp(batch.stat().st_mtime, UTC).isoformat(timespec="seconds")
+    try:
+        moment = datetime.fromisoformat(given)
+    except ValueError:
+        raise ShiftwatchError(f"--time {given!r}: not an ISO 8601 time; use e.g. 2026-11-29T14:00 "
+                              "or 2026-11-29T14:00+01:00") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------- the check itself
 
 def check_paths(batch: Path, *, reference: Path | None = None, model: Path | None = None,
-                params: Path | None = None, json_out: Path | None = None,
-                progress: bool = False) -> dict:
+                params: Path | None = None, progress: bool = False) -> dict:
     """Load everything, validate it, and return the report (a JSON-ready dict).
 
     Every input problem raises ShiftwatchError before anything is computed or written.
     """
-    started = time.perf_counter()
-    root = _project_root()
-    reference = reference if reference is not None else root / DEFAULT_REFERENCE
-    model_path = model if model is not None else root / DEFAULT_MODEL
-    params_path = params if params is not None else root / DEFAULT_PARAMS
-    if json_out is not None and json_out.is_dir():
-        raise ShiftwatchError(f"--json {json_out}: is a folder; give a file name such as "
-                              f"{json_out / 'check.json'}")
+    return check_batch(batch, reference=reference, model=model, params=params, progress=progress)[0]
 
+
+def check_batch(batch: Path, *, reference: Path | None = None, model: Path | None = None,
+                params: Path | None = None, progress: bool = False):
+    """`check_paths`, plus the per-image numbers the HTML report draws (html_report.Views)."""
+    started = time.perf_counter()
+    settings, ref, paths = load_inputs(reference, model, params)
+    images, batch_info = load_batch(batch)
+    loaded = time.perf_counter()
+    network, imports = load_network(paths["model"])
+    model_loaded = time.perf_counter()
+    report, views = check_images(images, {"path": str(batch), **batch_info}, settings, ref, network, paths,
+                                 progress=progress)
+    report["seconds"].update({"load": loaded - started, "imports": imports,
+                              "model": model_loaded - loaded - imports, "total": time.perf_counter() - started})
+    return report, views
+
+
+def load_inputs(reference: Path | None, model: Path | None, params: Path | None):
+    """(settings, reference summary, {"reference", "model", "params"} paths), validated; the
+    model file is only checked to exist (loading it needs torch: `load_network`)."""
+    root = _project_root()
+    paths = {"reference": reference if reference is not None else root / DEFAULT_REFERENCE,
+             "model": model if model is not None else root / DEFAULT_MODEL,
+             "params": params if params is not None else root / DEFAULT_PARAMS}
     from shiftwatch.params import load_params
 
-    if not params_path.exists():
-        raise ShiftwatchError(f"{params_path}: not found; run inside the repository (it reads "
+    if not paths["params"].exists():
+        raise ShiftwatchError(f"{paths['params']}: not found; run inside the repository (it reads "
                               f"<repo root>/params.yaml) or pass --params")
-    settings = load_params(params_path)
-    ref = load_reference(reference)
-    images, batch_info = load_batch(batch)
-    if not model_path.exists():  # before the (slower) torch import
-        raise ShiftwatchError(f"{model_path}: not found; run `dvc repro train` or pass --model")
-    loaded = time.perf_counter()
+    settings = load_params(paths["params"])
+    ref = load_reference(paths["reference"])
+    if not paths["model"].exists():  # before the (slower) torch import
+        raise ShiftwatchError(f"{paths['model']}: not found; run `dvc repro train` or pass --model")
+    return settings, ref, paths
 
+
+def load_network(model_path: Path):
+    """(the network, seconds spent importing torch and the model code)."""
     import_started = time.perf_counter()
-    from shiftwatch.model import load_model, pick_device, predict_with_embeddings
-    from shiftwatch.features import features
-    from shiftwatch.monitor import accuracy_report, label_shift_report, run_detectors
+    from shiftwatch.model import load_model
     imports = time.perf_counter() - import_started
+    return load_model(model_path), imports
 
-    network = load_model(model_path)
-    model_loaded = time.perf_counter()
+
+def check_images(images: np.ndarray, batch_info: dict, settings, ref: dict, network, paths: dict,
+                 progress: bool = False):
+    """The check proper on images already loaded (N, 28, 28) in [0, 1]: the model's outputs,
+    the verdict, the class mix and accuracy estimates. Returns (report, html_report.Views);
+    the report's "seconds" has predict and detectors."""
+    from shiftwatch.features import features
+    from shiftwatch.model import pick_device, predict_with_embeddings
+    from shiftwatch.monitor import accuracy_report, label_shift_report, run_detectors
+
+    started = time.perf_counter()
     probabilities, embeddings = predict_with_embeddings(
         network, images, settings.evaluate.batch_size, pick_device(), desc="check",
         progress=progress and sys.stderr.isatty(), precision=settings.evaluate.precision)
     if embeddings.shape[1] != ref["embeddings"].shape[1]:
-        raise ShiftwatchError(f"{reference}: embeddings have {ref['embeddings'].shape[1]} columns "
+        raise ShiftwatchError(f"{paths['reference']}: embeddings have {ref['embeddings'].shape[1]} columns "
                               f"but the model gives {embeddings.shape[1]}; rerun `dvc repro reference`")
     predicted = time.perf_counter()
 
     monitor, focus = settings.monitor, settings.shift.label_class
-    reference_features = _reference_features(ref)
-    verdict = run_detectors(reference_features, features(images, probabilities, embeddings),
+    verdict = run_detectors(_reference_features(ref), features(images, probabilities, embeddings),
                             seed=settings.seed, alpha=monitor.alpha,
                             mmd_permutations=monitor.mmd_permutations,
                             mmd_max_per_side=monitor.mmd_max_per_side)
@@ -151,23 +242,28 @@ def check_paths(batch: Path, *, reference: Path | None = None, model: Path | Non
     accuracy = accuracy_report(ref["probabilities"], ref["labels"], probabilities)
     finished = time.perf_counter()
 
+    from shiftwatch.html_report import SAMPLE_GRID, Views
+
+    views = Views(batch_mean_pixel=images.reshape(len(images), -1).mean(axis=1),
+                  batch_confidence=probabilities.max(axis=1),
+                  reference_mean_pixel=ref["image_stats"][:, 0],
+                  reference_confidence=ref["probabilities"].max(axis=1),
+                  sample_images=images[:SAMPLE_GRID])
     return _plain({
         "verdict": "ALERT" if verdict["drift"] else "ok",
         "drift": verdict["drift"],
         "alerting": verdict["alerting"],
         "alpha": monitor.alpha,
-        "batch": {"path": str(batch), **batch_info, "images": len(images)},
-        "reference": {"path": str(reference), "images": len(ref["labels"])},
-        "model": str(model_path),
+        "batch": {**batch_info, "images": len(images)},
+        "reference": {"path": str(paths["reference"]), "images": len(ref["labels"])},
+        "model": str(paths["model"]),
         "tests": verdict["tests"],
         "label_shift": {**label_shift, "reference": reference_mix.tolist(), "focus_class": focus,
                         "class_names": list(CLASS_NAMES)},
         "accuracy": accuracy,
-        "seconds": {"load": loaded - started, "imports": imports,
-                    "model": model_loaded - loaded - imports, "predict": predicted - model_loaded,
-                    "detectors": finished - predicted, "total": finished - started},
+        "seconds": {"predict": predicted - started, "detectors": finished - predicted},
         "params": settings.flat(*PARAMS_READ),
-    })
+    }), views
 
 
 def load_reference(path: Path) -> dict[str, np.ndarray]:
@@ -395,10 +491,12 @@ def _ignored(batch: dict) -> str:
     return f", {ignored} other files ignored" if ignored else ""
 
 
-def log_check(report: dict, params: dict[str, object]) -> str:
+def log_check(report: dict, params: dict[str, object], html: Path | None = None,
+              pictures: dict[str, bytes] | None = None) -> str:
     """One MLflow run (tags dvc.stage = shiftwatch.role = "check") in the project's store
     with the params `check` read, every number of the report as a metric (check.<path>, the
-    class mix as check.label_shift.<method>.class_<k>) and the report as check.json."""
+    class mix as check.label_shift.<method>.class_<k>), the report as check.json, and the
+    HTML report (`html`) with its figures (`pictures`, PNG bytes by name) when given."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
@@ -409,7 +507,7 @@ def log_check(report: dict, params: dict[str, object]) -> str:
     experiment_id = _retry(lambda: _experiment_id(client, uri))
     tags = {**dvc_tags("check"), "shiftwatch.role": "check", "shiftwatch.verdict": report["verdict"],
             "shiftwatch.batch": report["batch"]["path"], "shiftwatch.reference": report["reference"]["path"],
-            "shiftwatch.model": report["model"]}
+            "shiftwatch.model": report["model"], "shiftwatch.batch_time": report["batch"].get("time", "")}
     run = _retry(lambda: client.create_run(experiment_id, run_name=f"check {Path(report['batch']['path']).name}",
                                            tags=tags))
     run_id = run.info.run_id
@@ -419,12 +517,18 @@ def log_check(report: dict, params: dict[str, object]) -> str:
                               "check")
     numbers.update(flatten_numbers({"label_shift": {**report["label_shift"], **mixes}}, "check"))
     numbers["check.batch.images"] = report["batch"]["images"]
+    if report["batch"].get("time"):
+        numbers["check.batch.time"] = datetime.fromisoformat(report["batch"]["time"]).timestamp()
     now = int(time.time() * 1000)
     status = "FAILED"
     try:
         _retry(lambda: client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in numbers.items()],
                                         params=[Param(k, str(v)) for k, v in params.items()]))
         client.log_dict(run_id, report, "check.json")
+        if html is not None:
+            client.log_artifact(run_id, str(html))
+        for name, png in (pictures or {}).items():
+            client.log_image(run_id, _decoded(png), f"figures/{name}.png")
         status = "FINISHED"
     finally:
         _retry(lambda: client.set_terminated(run_id, status))
@@ -438,6 +542,15 @@ def _project_root() -> Path:
     from shiftwatch.tracking import repo_root
 
     return repo_root(Path.cwd())
+
+
+def _decoded(png: bytes):
+    """PNG bytes -> an RGB(A) array, what MlflowClient.log_image takes."""
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)))
 
 
 def _plain(tree):

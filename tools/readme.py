@@ -1,6 +1,6 @@
 """Refresh the generated tables in README.md from metrics/*.json and benchmarks/results.json.
 
-`python -m shiftwatch.readme README.md` rewrites what lies between each
+`python tools/readme.py README.md` (`make readme`) rewrites what lies between each
 `<!-- NAME:begin -->` / `<!-- NAME:end -->` pair, so the numbers in the README are always
 those of the last real run, never typed by hand.
 """
@@ -134,11 +134,16 @@ def monitor_table() -> str:
     detectors = list(monitor["b_raw"]["tests"])
     rows = ["| test set vs | " + " | ".join(detectors) + " | Holm verdict |",
             "|---|" + "---|" * (len(detectors) + 1)]
+    diagnostics = list(monitor["b_raw"].get("diagnostics", {}))
+    rows[0] += "".join(f" {d} (diagnostic) |" for d in diagnostics)
+    rows[1] += "---|" * len(diagnostics)
     for name in SETS:
-        tests = monitor[name]["tests"]
+        tests, extra = monitor[name]["tests"], monitor[name].get("diagnostics", {})
         rows.append(f"| {name} | " + " | ".join(_p(tests[d]["pvalue"]) for d in detectors)
-                    + f" | {'**drift**' if monitor[name]['drift'] else 'no drift'} |")
-    return "\n".join(rows) + "\n\n(cells: p-values before the Holm correction)"
+                    + f" | {'**drift**' if monitor[name]['drift'] else 'no drift'} |"
+                    + "".join(f" {_p(extra[d]['pvalue'])} |" for d in diagnostics))
+    return "\n".join(rows) + ("\n\n(cells: p-values before the Holm correction; the verdict is Holm "
+                               "over the detectors left of it, the diagnostics are not in it)")
 
 
 def estimates_table() -> str:
@@ -192,7 +197,93 @@ def false_alarm_table() -> str:
 
 
 def power_table() -> str:
-    return _rate_table(_load("metrics/power_details.json")["detection"])
+    details = _load("metrics/power_details.json")
+    corruptions = set(details.get("harm", {}).get("harmful", {})) | {
+        s for s in details["detection"] if s.split("_")[0] in CORRUPTION_FAMILIES}
+    return _rate_table({s: by for s, by in details["detection"].items() if s not in corruptions})
+
+
+def monitored_table() -> str:
+    """The verdict as monitor/check run it (a reference of the test set's size): the null
+    with the upper end of its Wilson interval, then the label-shift streams."""
+    monitored = _load("metrics/power_details.json").get("as_monitored")
+    if not monitored or not monitored["false_alarms"]:
+        return "_power.monitored_reference is off_"
+    return (_rate_table(monitored["false_alarms"], upper_bound=True) + "\n\n"
+            + _rate_table(monitored["detection"]))
+
+
+def timeline_table() -> str:
+    """First alert per detector on the drifting stream of tools/drift_stream.py."""
+    timeline = _generated("metrics/timeline.json")
+    if timeline is None:
+        return "_run `python tools/drift_stream.py`_"
+    brightness = timeline["brightness"]
+    rows = ["| detector | first alerting batch | its brightness offset |", "|---|---|---|"]
+    for name, first in timeline["first_alerts"].items():
+        label = "**verdict**" if name == "verdict" else name
+        cell = ("never", "—") if first is None else (str(first["index"]), f"+{brightness[first['index']]:.4f}")
+        rows.append(f"| {label} | {cell[0]} | {cell[1]} |")
+    return "\n".join(rows) + (f"\n\n({len(timeline['points'])} batches of {timeline['images_per_batch']} "
+                              "images; an alert is a Holm-adjusted p-value below alpha)")
+
+
+def check_bench_table() -> str:
+    """benchmarks/check.json: check's wall time, local vs through `shiftwatch serve`."""
+    bench = _generated("benchmarks/check.json")
+    if bench is None:
+        return "_run `python benchmarks/bench_check.py`_"
+    rows = ["| images | `shiftwatch check` (cold start: torch, model) | `shiftwatch check --server` | same verdict? |",
+            "|---|---|---|---|"]
+    by = {(c["images"], c["mode"]): c for c in bench["cases"]}
+    for images in sorted({c["images"] for c in bench["cases"]}):
+        local, server = by[(images, "local")], by[(images, "server")]
+        runs = f" (median of {local['runs']})" if local["runs"] > 1 else ""
+        same = server.get("same_as_local", {})
+        rows.append(f"| {images:,} | {local['seconds']:.2f} s = {local['ms_per_image']:.3f} ms/image{runs} | "
+                    f"{server['seconds']:.2f} s = {server['ms_per_image']:.3f} ms/image | "
+                    f"{'yes' if same.get('verdict') else 'no'}, p-values within {same.get('max_pvalue_gap', 0):.1g} |")
+    return "\n".join(rows) + f"\n\n(target: ≤ {bench['target_seconds_1000']:g} s for 1,000 images)"
+
+
+CORRUPTION_FAMILIES = ("contrast", "gamma", "noise", "rotate", "translate", "jpeg")
+
+
+def harm_table() -> str:
+    """Every shifted stream: the accuracy it costs, the verdict's power at harm_n (Wilson
+    interval) and the best single detector there; harmful ones must reach the target."""
+    details = _load("metrics/power_details.json")
+    harm = details.get("harm")
+    if harm is None:
+        return "_run `dvc repro power`_"
+    n = str(harm["n"])
+    rows = [f"| shift | accuracy lost (points) | verdict alarms at n={harm['n']} (95 % interval) | "
+            f"best single detector there | harmful (≥ {harm['points']:g} points)? | target met? |",
+            "|---|---|---|---|---|---|"]
+    for stream, loss in sorted(details["accuracy_loss_points"].items(), key=lambda kv: (_family(kv[0]), kv[1])):
+        by_detector = details["detection"][stream]
+        verdict = by_detector["combined"].get(n)
+        if verdict is None:
+            continue
+        best = max((d for d in by_detector if d != "combined"), key=lambda d: by_detector[d][n]["rate"])
+        harmful = stream in harm["harmful"]
+        met = "—" if not harmful else ("✓" if verdict["rate"] >= harm["target_power"] else "**✗ missed**")
+        name = f"**{stream}** (weakest)" if stream == harm["weakest"] else stream
+        interval = f"{verdict['ci_low']:.2f}–{verdict['ci_high']:.2f}"
+        rows.append(f"| {name} | {loss:.1f} | {verdict['rate']:.2f} ({interval}) | "
+                    f"{best} {by_detector[best][n]['rate']:.2f} | {'yes' if harmful else 'no'} | {met} |")
+    missed = harm["missed"]
+    rows.append("")
+    weakest = harm["weakest"]
+    rows.append(f"{len(harm['harmful'])} shifts cost ≥ {harm['points']:g} accuracy points; the verdict "
+                f"detects {len(harm['harmful']) - len(missed)} of them in ≥ {harm['target_power']:.0%} of "
+                f"draws at n = {harm['n']}" + (f"; missed: {', '.join(missed)}" if missed else "")
+                + (f". Weakest: {weakest} ({harm['harmful'][weakest]:.2f})." if weakest else "."))
+    return "\n".join(rows)
+
+
+def _family(stream: str) -> str:
+    return stream.rsplit("_", 1)[0]
 
 
 MITIGATIONS = (  # (key in metrics/mitigate.json, label, needs deployment labels?, what it costs)
@@ -303,16 +394,19 @@ def seed_table() -> str:
 
 
 TABLES = {"detection": detection_table, "accuracy": accuracy_table, "study": study_table,
-          "benchmark": benchmark_table, "stages": stage_table, "exp-show": exp_show_table, "monitor": monitor_table, "estimates": estimates_table,
+          "benchmark": benchmark_table, "stages": stage_table, "exp-show": exp_show_table,
+          "monitor": monitor_table, "estimates": estimates_table,
           "false-alarms": false_alarm_table, "power": power_table, "mitigation": mitigation_table,
           "check-example": check_example, "seeds": seed_table, "mmd-bench": mmd_table,
-          "trust": trust_table}
+          "trust": trust_table, "harm": harm_table,
+          "power-monitored": monitored_table, "timeline": timeline_table,
+          "check-bench": check_bench_table}
 
 
 def refresh(text: str) -> str:
     for name, build in TABLES.items():
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
-        text = pattern.sub(lambda m: f"{m.group(1)}{build()}\n{m.group(2)}", text)
+        text = pattern.sub(lambda m, build=build: f"{m.group(1)}{build()}\n{m.group(2)}", text)
     return text
 
 

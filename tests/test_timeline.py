@@ -1,0 +1,55 @@
+"""`shiftwatch timeline`: logged checks read back from a real MLflow store, in time order."""
+import json
+
+import pytest
+from test_check import blobs, check, project  # noqa: F401 (project is a fixture)
+
+from shiftwatch.__main__ import main
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_timeline_orders_batches_by_time_and_names_the_first_alerts(project, store):  # noqa: F811
+    # Logged out of order: the timeline follows --time, not the order of logging.
+    batches = {"2026-11-01T03:00": project / "bright.npy", "2026-11-01T00:00": project / "clean.npy",
+               "2026-11-01T02:00": project / "bright.npy", "2026-11-01T01:00": project / "clean.npy"}
+    for taken, batch in batches.items():
+        check(project, batch, "--log", "--quiet", "--time", taken)
+    out = store / "timeline.json"
+    assert main(["timeline", "--png", str(store / "t.png"), "--json", str(out),
+                 "--html", str(store / "t.html")]) == 0
+    timeline = json.loads(out.read_text())
+    assert [p["time"] for p in timeline["points"]] == [
+        "2026-11-01T00:00:00+00:00", "2026-11-01T01:00:00+00:00", "2026-11-01T02:00:00+00:00",
+        "2026-11-01T03:00:00+00:00"]
+    assert [p["verdict"] for p in timeline["points"]] == ["ok", "ok", "ALERT", "ALERT"]
+    assert timeline["first_alerts"]["verdict"]["index"] == 2
+    assert timeline["first_alerts"]["image_stats"]["index"] == 2  # the black background lifts
+    assert (store / "t.png").stat().st_size > 10_000
+    assert 'id="first-alerts"' in (store / "t.html").read_text()
+
+    since = store / "since.json"
+    assert main(["timeline", "--png", str(store / "s.png"), "--json", str(since),
+                 "--since", "2026-11-01T02:00"]) == 0
+    assert json.loads(since.read_text())["first_alerts"]["verdict"]["index"] == 0
+
+
+def test_timeline_without_logged_checks_says_how_to_make_them(store, capsys):
+    assert main(["timeline", "--png", str(store / "t.png")]) == 2
+    error = capsys.readouterr().err
+    assert "shiftwatch check BATCH --log" in error and error.count("\n") == 1
+    assert not (store / "t.png").exists()
+
+
+def test_a_bad_time_is_refused_before_any_work(project, store, capsys):  # noqa: F811
+    assert check(project, project / "clean.npy", "--log", "--time", "yesterday") == 2
+    assert "--time 'yesterday': not an ISO 8601 time" in capsys.readouterr().err
+    assert not (store / "mlruns").exists() and not (store / "mlflow.db").exists()
+
+
