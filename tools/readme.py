@@ -17,6 +17,20 @@ from shiftwatch import DEPLOYMENT_SETS as SETS
 STUDY = {"accuracy_train": 0.9075, "kl_identical": 1.46}
 
 
+def _focus() -> int:
+    """The class the label shift thins out (params.yaml's shift.label_class): every table's
+    class-k columns follow it."""
+    import yaml
+
+    return int(yaml.safe_load(Path("params.yaml").read_text())["shift"]["label_class"])
+
+
+def _class_name(k: int) -> str:
+    from shiftwatch import CLASS_NAMES
+
+    return CLASS_NAMES[k].lower()
+
+
 def _generated(path: str) -> dict | None:
     """The JSON a tool or benchmark wrote, or None if it has not run yet."""
     return _load(path) if Path(path).exists() else None
@@ -56,14 +70,15 @@ def detection_table() -> str:
 
 def accuracy_table() -> str:
     evaluate = _load("metrics/evaluate_details.json")
-    rows = ["| evaluated on | images | accuracy | class 7 (sneaker) precision | recall | F1 |",
+    focus = _focus()
+    rows = [f"| evaluated on | images | accuracy | class {focus} ({_class_name(focus)}) precision | recall | F1 |",
             "|---|---|---|---|---|---|"]
     counts = {**_load("metrics/prepare.json")["n"],
               **{name: v["n"] for name, v in _load("metrics/shift.json").items()}}
     rows.append(f"| domain A, its own training images (the study's \"in-domain\") | "
                 f"{counts['domain_a']:,} | {_num(evaluate['domain_a_train']['accuracy'], 4)} | | | |")
     for name, label in (("test", "held-out test set (honest in-domain)"), *((s, s) for s in SETS)):
-        c = evaluate[name]["class_7"]
+        c = evaluate[name][f"class_{focus}"]
         rows.append(f"| {label} | {counts[name]:,} | {_num(evaluate[name]['accuracy'], 4)} | {_num(c['precision'])} | "
                     f"{_num(c['recall'])} | {_num(c['f1'])} |")
     return "\n".join(rows)
@@ -148,17 +163,19 @@ def monitor_table() -> str:
 
 def estimates_table() -> str:
     monitor = _load("metrics/monitor_details.json")
-    rows = ["| set | class-7 share: true | BBSE (95 % bootstrap interval) | EM (converged?) | trust flag | "
+    focus = _focus()
+    rows = [f"| set | class-{focus} share: true | BBSE (95 % bootstrap interval) | EM (converged?) | trust flag | "
             "accuracy: true | ATC | avg. confidence |",
             "|---|---|---|---|---|---|---|---|"]
     for name in SETS:
         shift, accuracy = monitor[name]["label_shift"], monitor[name]["accuracy"]
         flag = "untrustworthy" if shift["untrustworthy"] else "ok"
-        low, high = shift.get("class_7_share_bbse_interval", (None, None))
+        low, high = shift.get(f"class_{focus}_share_bbse_interval", (None, None))
         interval = f" ({_num(low)}–{_num(high)})" if low is not None else ""
         converged = {1: f" (yes, {shift.get('em_iterations')} it.)", 0: " (**no**)"}.get(shift.get("em_converged"), "")
-        rows.append(f"| {name} | {_num(shift['class_7_share_true'])} | {_num(shift['class_7_share_bbse'])}{interval} | "
-                    f"{_num(shift['class_7_share_em'])}{converged} | {flag} | {_num(accuracy['true'])} | "
+        rows.append(f"| {name} | {_num(shift[f'class_{focus}_share_true'])} | "
+                    f"{_num(shift[f'class_{focus}_share_bbse'])}{interval} | "
+                    f"{_num(shift[f'class_{focus}_share_em'])}{converged} | {flag} | {_num(accuracy['true'])} | "
                     f"{_num(accuracy['atc'])} | {_num(accuracy['average_confidence'])} |")
     return "\n".join(rows)
 
@@ -297,20 +314,20 @@ MITIGATIONS = (  # (key in metrics/mitigate.json, label, needs deployment labels
 
 
 def _mitigation_cells(m: dict) -> str:
-    """Accuracy and class-7 recall; for a correction not applied (untrustworthy estimate), what
+    """Accuracy and focus-class recall; for a correction not applied (untrustworthy estimate), what
     stands (the deployed model's) and, struck through, what it would have given."""
     if m.get("applied") == 0:
         would = m["if_applied"]
         return (f"{_num(m['accuracy'], 4)} (not applied¹; ~~{_num(would['accuracy'], 4)}~~) | "
-                f"{_num(m['class_7_recall'])} (~~{_num(would['class_7_recall'])}~~)")
-    return f"{_num(m['accuracy'], 4)} | {_num(m['class_7_recall'])}"
+                f"{_num(m[f'class_{_focus()}_recall'])} (~~{_num(would[f'class_{_focus()}_recall'])}~~)")
+    return f"{_num(m['accuracy'], 4)} | {_num(m[f'class_{_focus()}_recall'])}"
 
 
 def mitigation_table() -> str:
     mitigate = _load("metrics/mitigate_details.json")
     sets = [name for name in ("b_label", "b_covariate", "b_shift") if name in mitigate]
     cost = mitigate["cost"]
-    header = "| method | " + " | ".join(f"{s} accuracy | {s} class-7 recall" for s in sets) + \
+    header = "| method | " + " | ".join(f"{s} accuracy | {s} class-{_focus()} recall" for s in sets) + \
         " | needs labels | cost |"
     rows = [header, "|---|" + "---|---|" * len(sets) + "---|---|"]
     for key, label, labels_needed, what in MITIGATIONS:
@@ -366,7 +383,7 @@ def trust_table() -> str:
     t = _generated("metrics/trust_calibration.json")
     if t is None:
         return "_run `python tools/trust_calibration.py`_"
-    rows = ["| family | tolerance | draws | bad estimates (class-7 share off > 1 pt) | flagged when bad | "
+    rows = [f"| family | tolerance | draws | bad estimates (class-{_focus()} share off > 1 pt) | flagged when bad | "
             "flagged when good |", "|---|---|---|---|---|---|"]
     for family in ("calibration", "held_out"):
         label = f"{family.replace('_', '-')}: {', '.join(t[family]['shifts'])}"
