@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint ui bench seeds remote readme check-example
+.PHONY: setup run test lint ui bench seeds server remote readme check-example
 
 $(BIN)/activate: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ bench: setup  ## timings: full dvc repro, dvc exp run, a queued sweep of 4, trai
 
 seeds: setup  ## the headline over training seeds 42, 1, 2: three queued experiments (~25 min), then make readme
 	PATH=$(BIN):$$PATH $(BIN)/python tools/seed_spread.py --seeds 42 1 2
+
+server: setup  ## a team MLflow server: PostgreSQL backend, proxied artifacts, on 127.0.0.1:5050 (Ctrl-C stops)
+	$(BIN)/python tools/team_server.py --folder .team-server --port 5050
 
 remote:  ## make remote REMOTE=<path, s3://bucket/prefix, ...>: set the default DVC remote (then `dvc push`)
 	@test -n "$(REMOTE)" || { echo "make remote: set REMOTE, e.g. make remote REMOTE=/shared/shiftwatch-dvc or REMOTE=s3://bucket/shiftwatch" >&2; exit 2; }
