@@ -149,30 +149,27 @@ def batch_time(batch: Path, given: str | None) -> str:
         if not batch.exists():
             raise ShiftwatchError(f"{batch}: not found; pass a .npz/.npy file or a folder of images")
         return datetime.fromtimestamp(batch.stat().st_mtime, UTC).isoformat(timespec="seconds")
+    return parse_time(given, "--time").isoformat(timespec="seconds")
+
+
+def parse_time(text: str, option: str) -> datetime:
+    """An ISO 8601 time from the command line (`option` names it in the error); a time
+    without a UTC offset is taken as UTC."""
     try:
-        moment = datetime.fromisoformat(given)
+        moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ShiftwatchError(f"--time {given!r}: not an ISO 8601 time; use e.g. 2026-11-29T14:00 "
+        raise ShiftwatchError(f"{option} {text!r}: not an ISO 8601 time; use e.g. 2026-11-29T14:00 "
                               "or 2026-11-29T14:00+01:00") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.isoformat(timespec="seconds")
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------- the check itself
 
-def check_paths(batch: Path, *, reference: Path | None = None, model: Path | None = None,
-                params: Path | None = None, progress: bool = False) -> dict:
-    """Load everything, validate it, and return the report (a JSON-ready dict).
-
-    Every input problem raises ShiftwatchError before anything is computed or written.
-    """
-    return check_batch(batch, reference=reference, model=model, params=params, progress=progress)[0]
-
-
 def check_batch(batch: Path, *, reference: Path | None = None, model: Path | None = None,
                 params: Path | None = None, progress: bool = False):
-    """`check_paths`, plus the per-image numbers the HTML report draws (html_report.Views)."""
+    """Load everything, validate it, and check the batch: (report, a JSON-ready dict; the
+    per-image numbers the HTML report draws, html_report.Views). Every input problem raises
+    ShiftwatchError before the model runs or anything is written."""
     started = time.perf_counter()
     settings, ref, paths = load_inputs(reference, model, params)
     images, batch_info = load_batch(batch)

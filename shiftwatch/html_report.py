@@ -103,7 +103,8 @@ model {_e(report['model'])}.</p>
 <table id="tests"><tr><th>detector</th><th>statistic</th><th>p-value</th><th>Holm-adjusted</th><th></th></tr>
 {tests}</table>
 <h2>What the batch looks like next to the reference</h2>
-{_img(pictures, 'mean_pixel', 'mean-pixel histogram')}{_img(pictures, 'confidence', 'confidence histogram')}
+{img_tag(pictures['mean_pixel'], 'mean_pixel', 'mean-pixel histogram')}
+{img_tag(pictures['confidence'], 'confidence', 'confidence histogram')}
 <h2>Estimated class mix</h2>
 <p>Estimate is <b id="trust">{trust}</b> (BBSE vs EM total variation {shift['tv_bbse_em']:.3f};
 class {focus} share by BBSE {shift[f'class_{focus}_share_bbse']:.3f}{interval}).</p>
@@ -112,7 +113,7 @@ class {focus} share by BBSE {shift[f'class_{focus}_share_bbse']:.3f}{interval}).
 <p id="accuracy">Estimated accuracy {accuracy['atc']:.3f} (ATC), {accuracy['average_confidence']:.3f}
 (average confidence).</p>
 <h2>Sample images (first {min(SAMPLE_GRID, batch['images'])})</h2>
-{_img(pictures, 'samples', 'sample images')}
+{img_tag(pictures['samples'], 'samples', 'sample images')}
 </body></html>
 """
 
@@ -133,9 +134,10 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _img(pictures: dict[str, bytes], name: str, alt: str) -> str:
-    data = base64.b64encode(pictures[name]).decode("ascii")
-    return f'<img id="{name}" alt="{alt}" src="data:image/png;base64,{data}">'
+def img_tag(png: bytes, element_id: str, alt: str) -> str:
+    """An <img> with the PNG embedded as a data: URI (the page needs no other file)."""
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img id="{element_id}" alt="{alt}" src="data:image/png;base64,{data}">'
 
 
 def _p(value: float) -> str:

@@ -285,6 +285,34 @@ def separate_sampler(pool, deployment) -> Sampler:
     return sample
 
 
+def accuracy(probabilities: np.ndarray, labels: np.ndarray,
+             class_weights: np.ndarray | None = None) -> float:
+    """Share of argmax predictions equal to `labels`; with `class_weights` (one per class), the
+    accuracy expected once each class's share is scaled by its weight (a label shift), i.e.
+    the per-class accuracies weighted by the new class mix."""
+    correct = probabilities.argmax(1) == labels
+    if class_weights is None:
+        return float(np.mean(correct))
+    weights = np.asarray(class_weights, dtype=float)[labels]
+    return float(np.sum(weights * correct) / np.sum(weights))
+
+
+def harm_summary(detection: Mapping[str, Mapping[str, Mapping[str, dict]]],
+                 accuracy_loss_points: Mapping[str, float], points: float, n: int,
+                 target_power: float) -> dict:
+    """The harm target: every stream losing >= `points` accuracy points must be detected by
+    the combined verdict at sample size `n` in >= `target_power` of draws. `detection` is
+    stream -> detector -> str(n) -> {"rate", ...}. Returns the harmful streams with their
+    rates, the ones that miss, and the weakest (lowest rate), plainly."""
+    size = str(n)
+    harmful = {stream: detection[stream][COMBINED][size]["rate"]
+               for stream, loss in accuracy_loss_points.items()
+               if loss >= points and size in detection[stream][COMBINED]}
+    return {"points": points, "n": n, "target_power": target_power, "harmful": harmful,
+            "missed": sorted(s for s, rate in harmful.items() if rate < target_power),
+            "weakest": min(harmful, key=harmful.get, default=None)}
+
+
 def calibration_flags(rates: Mapping[str, list[AlarmRate]], alpha: float = 0.05,
                       level: float = 0.05) -> dict[str, list[FalseAlarmRate]]:
     """False-alarm rates with a miscalibration flag corrected for multiplicity.

@@ -33,9 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from shiftwatch.check import parse_time
+
     """0 with a timeline drawn, 2 with nothing to draw or bad input (one line on stderr)."""
     try:
-        since = None if args.since is None else _as_time(args.since, "--since")
+        since = None if args.since is None else parse_time(args.since, "--since")
         points = logged_checks(since)
         summary = first_alerts(points)
         draw(points, args.png)
@@ -162,30 +164,21 @@ def format_summary(summary: dict[str, dict | None], batches: int) -> str:
 
 
 def write_html(path: Path, png: Path, summary: dict[str, dict | None], batches: int) -> None:
-    import base64
     import html
 
+    from shiftwatch.html_report import img_tag
     from shiftwatch.io import atomic_path
 
     rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{'never' if f is None else f['index']}</td>"
                    f"<td>{'' if f is None else html.escape(f['time'])}</td></tr>" for name, f in summary.items())
-    image = base64.b64encode(png.read_bytes()).decode("ascii")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>shiftwatch timeline</title>
 <style>body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; }}
 td, th {{ padding: 0.2em 0.8em; border-bottom: 1px solid #ddd; }} img {{ max-width: 100%; }}</style></head>
 <body><h1>Drift timeline ({batches} batches)</h1>
-<img id="timeline" alt="timeline" src="data:image/png;base64,{image}">
+{img_tag(png.read_bytes(), "timeline", "timeline")}
 <h2>First alert</h2><table id="first-alerts"><tr><th>detector</th><th>batch</th><th>time</th></tr>{rows}</table>
 </body></html>
 """
     with atomic_path(path) as tmp:
         Path(tmp).write_text(page, encoding="utf-8")
-
-
-def _as_time(text: str, option: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ShiftwatchError(f"{option} {text!r}: not an ISO 8601 time; use e.g. 2026-11-29T14:00") from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)  # as check --time

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shiftwatch import ShiftwatchError
+from shiftwatch import NUM_CLASSES, ShiftwatchError
 from shiftwatch.cli import run_stage
 from shiftwatch.corruptions import check_severity, corrupt
 from shiftwatch.features import Features, load_features, model_features
@@ -37,7 +37,15 @@ from shiftwatch.model import load_model, pick_device
 from shiftwatch.monitor import FEATURE_DETECTORS, VERDICT, feature_detector
 from shiftwatch.params import load_params
 from shiftwatch.plots import harm_plot, power_curves
-from shiftwatch.power import COMBINED, calibration_flags, independent_alarm_rates, pool_sampler, separate_sampler
+from shiftwatch.power import (
+    COMBINED,
+    accuracy,
+    calibration_flags,
+    harm_summary,
+    independent_alarm_rates,
+    pool_sampler,
+    separate_sampler,
+)
 from shiftwatch.shift import degrade_images
 from shiftwatch.tracking import stage_run
 from shiftwatch.twosample import check_permutations_for_holm
@@ -70,14 +78,14 @@ def main() -> None:
         model, device = load_model("models/resnet18.pt"), pick_device()
         streams = {NULL_STREAM: Stream("false_alarms", pool_sampler(pool, pool), power.sizes),
                    "domain_a_train": Stream("false_alarms", separate_sampler(pool, domain_a), power.sizes)}
-        clean_accuracy = _accuracy(pool, labels)
+        clean_accuracy = accuracy(pool.probabilities, labels)
         for name, shifted in _severities(model, device, images, params).items():
             streams[name] = Stream("detection", pool_sampler(pool, shifted), power.sizes,
-                                   clean_accuracy - _accuracy(shifted, labels))
+                                   clean_accuracy - accuracy(shifted.probabilities, labels))
         for keep in power.label_keep_levels:
             streams[f"label_keep_{keep:g}"] = Stream("detection", pool_sampler(
                 pool, pool, labels=labels, label_class=params.shift.label_class, keep=keep), power.sizes,
-                clean_accuracy - _label_shift_accuracy(pool, labels, params.shift.label_class, keep))
+                clean_accuracy - accuracy(pool.probabilities, labels, _kept(params.shift.label_class, keep)))
         streams.update(_corruption_streams(model, device, pool, labels, images, params))
         streams.update(_monitored_streams(pool, labels, params))
 
@@ -111,7 +119,8 @@ def main() -> None:
             if streams[name].accuracy_loss is not None:
                 results["accuracy_loss_points"][name] = 100 * streams[name].accuracy_loss
             _write_csv(f"metrics/power/{name}.csv", found)
-        results["harm"] = _harm(results, power)
+        results["harm"] = harm_summary(results["detection"], results["accuracy_loss_points"],
+                                       power.harm_points, power.harm_n, TARGET_POWER)
 
         write_json("metrics/power_details.json", results)
         write_json("metrics/power.json", _headline(results, power))
@@ -181,7 +190,7 @@ def _corruption_streams(model, device, pool: Features, labels: np.ndarray, image
             name = f"{family}_{severity:g}"
             shifted = model_features(model, corrupt(images[rows], family, severity, seed=params.seed),
                                      evaluate.batch_size, device, evaluate.precision, desc=name)
-            loss = _accuracy(clean, clean_labels) - _accuracy(shifted, clean_labels)
+            loss = accuracy(clean.probabilities, clean_labels) - accuracy(shifted.probabilities, clean_labels)
             streams[name] = Stream("detection", pool_sampler(clean, shifted), power.corruption_sizes,
                                    loss, corruption=True, repetitions=power.corruption_repetitions)
     return streams
@@ -208,16 +217,11 @@ def _monitored_streams(pool: Features, labels: np.ndarray, params) -> dict[str, 
     return streams
 
 
-def _accuracy(view: Features, labels: np.ndarray) -> float:
-    return float(np.mean(view.probabilities.argmax(1) == labels))
-
-
-def _label_shift_accuracy(view: Features, labels: np.ndarray, label_class: int, keep: float) -> float:
-    """Expected accuracy on the pool once only share `keep` of `label_class` is left: the
-    per-class accuracies weighted by the new class mix."""
-    correct = view.probabilities.argmax(1) == labels
-    weights = np.where(labels == label_class, keep, 1.0)
-    return float(np.sum(weights * correct) / np.sum(weights))
+def _kept(label_class: int, keep: float) -> np.ndarray:
+    """Class weights of a label shift: share `keep` of `label_class` left, every other class whole."""
+    weights = np.ones(NUM_CLASSES)
+    weights[label_class] = keep
+    return weights
 
 
 def _seeded(name: str, permutations: int, mmd_max_per_side: int | None = None):
@@ -240,20 +244,6 @@ def _repetitions_for(power):
     return repetitions
 
 
-def _harm(results: dict, power) -> dict:
-    """The harm target: every stream whose accuracy loss is >= power.harm_points must be
-    detected by the verdict at n = power.harm_n in >= 90 % of draws. Lists the harmful
-    streams, the ones that miss, and the weakest (lowest power) plainly."""
-    n = str(power.harm_n)
-    harmful = {stream: results["detection"][stream][COMBINED][n]["rate"]
-               for stream, loss in results["accuracy_loss_points"].items()
-               if loss >= power.harm_points and n in results["detection"][stream][COMBINED]}
-    weakest = min(harmful, key=harmful.get, default=None)
-    return {"points": power.harm_points, "n": power.harm_n, "target_power": TARGET_POWER,
-            "harmful": harmful, "missed": sorted(s for s, rate in harmful.items() if rate < TARGET_POWER),
-            "weakest": weakest}
-
-
 def _headline(results: dict, power) -> dict:
     """The power table in a few numbers: each detector's worst false-alarm rate over all n on
     the null stream; per shifted stream (not the corruptions) the smallest n at which the
@@ -264,20 +254,22 @@ def _headline(results: dict, power) -> dict:
     corruption_names = {f"{family}_{s:g}" for family, levels in power.corruptions.items() for s in levels}
     return {
         "false_alarm_max": {d: max(p["rate"] for p in points.values()) for d, points in healthy.items()},
-        "min_n_power_90": {stream: min((int(n) for n, p in by_detector[COMBINED].items()
-                                        if p["rate"] >= TARGET_POWER), default=None)
-                           for stream, by_detector in results["detection"].items()
+        "min_n_power_90": {stream: _min_n(by_detector) for stream, by_detector in results["detection"].items()
                            if stream not in corruption_names},
         "as_monitored": {
             "false_alarm_max": max((p["rate"] for p in results["as_monitored"]["false_alarms"]
                                     .get(NULL_STREAM, {}).get(COMBINED, {}).values()), default=None),
-            "min_n_power_90": {stream: min((int(n) for n, p in by_detector[COMBINED].items()
-                                            if p["rate"] >= TARGET_POWER), default=None)
+            "min_n_power_90": {stream: _min_n(by_detector)
                                for stream, by_detector in results["as_monitored"]["detection"].items()}},
         "harm": {"harmful_shifts": len(harm["harmful"]),
                  "detected": len(harm["harmful"]) - len(harm["missed"]),
                  "weakest_power": min(harm["harmful"].values(), default=None)},
     }
+
+
+def _min_n(by_detector: dict) -> int | None:
+    """The smallest n at which the verdict alarms in >= 90 % of draws (None: at no n tried)."""
+    return min((int(n) for n, p in by_detector[COMBINED].items() if p["rate"] >= TARGET_POWER), default=None)
 
 
 def _point(p) -> dict:

@@ -313,3 +313,22 @@ def test_calibration_flags_are_corrected_for_the_number_of_cells():
     assert flags["d0"][0].excess_pvalue < 0.05 and not flags["d0"][0].miscalibrated
     table["d1"][2] = cell(40)  # 20 % false alarms: flagged whatever the table's size
     assert calibration_flags(table)["d1"][2].miscalibrated
+
+
+def test_accuracy_under_a_label_shift_weights_the_per_class_accuracies():
+    from shiftwatch.power import accuracy
+
+    labels = np.array([0, 0, 1, 1])
+    probabilities = np.eye(2)[[0, 1, 1, 1]]  # class 0 half right, class 1 all right
+    assert accuracy(probabilities, labels) == 0.75
+    assert accuracy(probabilities, labels, class_weights=np.array([0.0, 1.0])) == 1.0  # class 0 gone
+    assert accuracy(probabilities, labels, class_weights=np.array([1.0, 0.0])) == 0.5
+
+
+def test_harm_summary_names_the_harmful_streams_that_miss_and_the_weakest():
+    from shiftwatch.power import harm_summary
+
+    detection = {s: {"combined": {"100": {"rate": r}}} for s, r in (("a", 0.95), ("b", 0.4), ("c", 1.0))}
+    summary = harm_summary(detection, {"a": 12.0, "b": 6.0, "c": 1.0}, points=5, n=100, target_power=0.9)
+    assert summary["harmful"] == {"a": 0.95, "b": 0.4}  # c costs too little to count
+    assert summary["missed"] == ["b"] and summary["weakest"] == "b"

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from shiftwatch import DEPLOYMENT_SETS as SETS
+from shiftwatch.corruptions import FAMILIES
 
 # The study's published numbers (from the project brief); None where it gave none.
 STUDY = {"accuracy_train": 0.9075, "kl_identical": 1.46}
@@ -215,9 +216,7 @@ def false_alarm_table() -> str:
 
 def power_table() -> str:
     details = _load("metrics/power_details.json")
-    corruptions = set(details.get("harm", {}).get("harmful", {})) | {
-        s for s in details["detection"] if s.split("_")[0] in CORRUPTION_FAMILIES}
-    return _rate_table({s: by for s, by in details["detection"].items() if s not in corruptions})
+    return _rate_table({s: by for s, by in details["detection"].items() if _family(s) not in FAMILIES})
 
 
 def monitored_table() -> str:
@@ -261,9 +260,6 @@ def check_bench_table() -> str:
                     f"{server['seconds']:.2f} s = {server['ms_per_image']:.3f} ms/image | "
                     f"{'yes' if same.get('verdict') else 'no'}, p-values within {same.get('max_pvalue_gap', 0):.1g} |")
     return "\n".join(rows) + f"\n\n(target: ≤ {bench['target_seconds_1000']:g} s for 1,000 images)"
-
-
-CORRUPTION_FAMILIES = ("contrast", "gamma", "noise", "rotate", "translate", "jpeg")
 
 
 def harm_table() -> str:
