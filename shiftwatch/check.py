@@ -51,8 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", type=Path, default=None,
                         help=f"reference summary written by the reference stage "
                              f"(default: <repo root>/{DEFAULT_REFERENCE})")
-    parser.add_argument("--model", type=Path, default=None,
-                        help=f"ResNet-18 state_dict (default: <repo root>/{DEFAULT_MODEL})")
+    parser.add_argument("--model", default=None, metavar="PATH|models:/NAME@ALIAS",
+                        help=f"ResNet-18 state_dict (default: <repo root>/{DEFAULT_MODEL}), or a "
+                             "registered model in the MLflow store, e.g. models:/shiftwatch-resnet18@champion "
+                             "(downloaded once per version); the reference must have been made by it")
     parser.add_argument("--params", type=Path, default=None,
                         help=f"params file (default: <repo root>/{DEFAULT_PARAMS})")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
@@ -183,12 +185,13 @@ def check_batch(batch: Path, *, reference: Path | None = None, model: Path | Non
     return report, views
 
 
-def load_inputs(reference: Path | None, model: Path | None, params: Path | None):
-    """(settings, reference summary, {"reference", "model", "params"} paths), validated; the
-    model file is only checked to exist (loading it needs torch: `load_network`)."""
+def load_inputs(reference: Path | None, model: str | Path | None, params: Path | None):
+    """(settings, reference summary, {"reference", "model", "params"} paths, plus "model_uri"
+    for a registry model), validated; the model file is checked to exist and to be the one
+    the reference was made with (loading it needs torch: `load_network`)."""
     root = _project_root()
     paths = {"reference": reference if reference is not None else root / DEFAULT_REFERENCE,
-             "model": model if model is not None else root / DEFAULT_MODEL,
+             "model": Path(model) if model is not None else root / DEFAULT_MODEL,
              "params": params if params is not None else root / DEFAULT_PARAMS}
     from shiftwatch.params import load_params
 
@@ -197,9 +200,36 @@ def load_inputs(reference: Path | None, model: Path | None, params: Path | None)
                               f"<repo root>/params.yaml) or pass --params")
     settings = load_params(paths["params"])
     ref = load_reference(paths["reference"])
+    from shiftwatch.registry import is_model_uri
+
+    if model is not None and is_model_uri(str(model)):
+        from shiftwatch.registry import fetch_model
+        from shiftwatch.tracking import tracking_uri
+
+        paths["model_uri"] = str(model)
+        paths["model"], _ = fetch_model(str(model), tracking_uri())
     if not paths["model"].exists():  # before the (slower) torch import
         raise ShiftwatchError(f"{paths['model']}: not found; run `dvc repro train` or pass --model")
+    ref["model_md5"] = _same_model(ref, paths)
     return settings, ref, paths
+
+
+def _same_model(ref: dict, paths: dict) -> str:
+    """The model's md5, if it is the one that made the reference: another model's outputs
+    and embeddings differ from the reference's even on identical images, so every detector
+    on them would alarm (a retrained model with a stale reference)."""
+    from shiftwatch.lineage import file_md5
+
+    md5, made_by = file_md5(paths["model"]), ref.get("model_md5")
+    shown = paths.get("model_uri", paths["model"])
+    if made_by is None:
+        raise ShiftwatchError(f"{paths['reference']}: does not record which model made it (written before "
+                              "shiftwatch recorded it); rerun `dvc repro reference`")
+    if made_by != md5:
+        raise ShiftwatchError(f"{paths['reference']}: made by the model with md5 {made_by[:12]}, but --model "
+                              f"{shown} has md5 {md5[:12]}; rerun `dvc repro reference` with this model, or "
+                              "check with the model that made the reference")
+    return md5
 
 
 def load_network(model_path: Path):
@@ -253,7 +283,8 @@ def check_images(images: np.ndarray, batch_info: dict, settings, ref: dict, netw
         "alpha": monitor.alpha,
         "batch": {**batch_info, "images": len(images)},
         "reference": {"path": str(paths["reference"]), "images": len(ref["labels"])},
-        "model": str(paths["model"]),
+        "model": paths.get("model_uri", str(paths["model"])),
+        "model_md5": ref["model_md5"],
         "tests": verdict["tests"],
         "label_shift": {**label_shift, "reference": reference_mix.tolist(), "focus_class": focus,
                         "class_names": list(CLASS_NAMES)},
@@ -272,6 +303,7 @@ def load_reference(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             ref = {key: archive[key] for key in keys}
+            made_by = str(archive["model_md5"]) if "model_md5" in archive.files else None
     except KeyError as err:
         raise ShiftwatchError(f"{path}: no array {err}; it is not a monitor summary; {hint}") from None
     except Exception as err:  # zip, pickle and format errors all mean the same to the user
@@ -297,6 +329,7 @@ def load_reference(path: Path) -> dict[str, np.ndarray]:
         if not np.isfinite(ref[key]).all():
             raise ShiftwatchError(f"{path}: {key} contains NaN or infinite values; {hint}")
     ref["labels"] = ref["labels"].astype(np.int64)
+    ref["model_md5"] = made_by
     return ref
 
 
@@ -453,6 +486,7 @@ def format_report(report: dict) -> str:
     lines = [f"batch      {batch['path']}: {batch['images']} images "
              f"({origin}{', resized to 28x28' if batch['resized'] else ''}"
              f"{_ignored(batch)}) vs {report['reference']['images']} reference images",
+             f"model      {report['model']} (md5 {report.get('model_md5', '?')[:12]}, the reference's)",
              "",
              f"{'detector':<15} {'statistic':>10} {'p-value':>10} {'Holm p':>10}"]
     for name, test in report["tests"].items():
@@ -504,7 +538,8 @@ def log_check(report: dict, params: dict[str, object], html: Path | None = None,
     experiment_id = _retry(lambda: _experiment_id(client, uri))
     tags = {**dvc_tags("check"), "shiftwatch.role": "check", "shiftwatch.verdict": report["verdict"],
             "shiftwatch.batch": report["batch"]["path"], "shiftwatch.reference": report["reference"]["path"],
-            "shiftwatch.model": report["model"], "shiftwatch.batch_time": report["batch"].get("time", "")}
+            "shiftwatch.model": report["model"], "shiftwatch.model_md5": report.get("model_md5", ""),
+            "shiftwatch.batch_time": report["batch"].get("time", "")}
     run = _retry(lambda: client.create_run(experiment_id, run_name=f"check {Path(report['batch']['path']).name}",
                                            tags=tags))
     run_id = run.info.run_id
@@ -522,6 +557,7 @@ def log_check(report: dict, params: dict[str, object], html: Path | None = None,
         _retry(lambda: client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in numbers.items()],
                                         params=[Param(k, str(v)) for k, v in params.items()]))
         client.log_dict(run_id, report, "check.json")
+        _retry(lambda: client.log_inputs(run_id, _lineage(report)))
         if html is not None:
             client.log_artifact(run_id, str(html))
         for name, png in (pictures or {}).items():
@@ -530,6 +566,16 @@ def log_check(report: dict, params: dict[str, object], html: Path | None = None,
     finally:
         _retry(lambda: client.set_terminated(run_id, status))
     return run_id
+
+
+def _lineage(report: dict) -> list:
+    """The batch and the reference as MLflow dataset inputs, with their md5s as digests."""
+    from shiftwatch.lineage import md5_of
+    from shiftwatch.registry import dataset_input
+
+    return [dataset_input(report[key]["path"], md5_of(report[key]["path"]), context)
+            for key, context in (("batch", "check"), ("reference", "reference"))
+            if Path(report[key]["path"]).exists()]
 
 
 # ---------------------------------------------------------------- helpers

@@ -39,14 +39,16 @@ class Features:
 
 
 def save_features(path: str | Path, view: Features, labels: np.ndarray,
-                  source_index: np.ndarray | None = None) -> None:
+                  source_index: np.ndarray | None = None, model_md5: str | None = None) -> None:
     """A set's Features as computed once by `reference` / `evaluate`, reused by `monitor`,
     `power`, `mitigate` and `shiftwatch check`. Labels are stored to build the evaluation
-    streams and score remedies, never to detect; source indices to find subsets (b_label)."""
+    streams and score remedies, never to detect; source indices to find subsets (b_label);
+    the md5 of the model's state_dict so that `check` never pairs it with another model."""
     index = np.arange(len(labels)) if source_index is None else source_index
+    lineage = {} if model_md5 is None else {"model_md5": np.array(model_md5)}
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, probabilities=view.probabilities, embeddings=view.embeddings,
-                 image_stats=view.image_stats, labels=labels, source_index=index)
+                 image_stats=view.image_stats, labels=labels, source_index=index, **lineage)
 
 
 def load_features(path: str | Path, with_index: bool = False):

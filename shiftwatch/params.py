@@ -111,6 +111,12 @@ class MitigateParams(_Strict):
     review_threshold: float = Field(0.8, ge=0, le=1)
 
 
+class RegistryParams(_Strict):
+    # MLflow's rules for a registered model name, kept simple enough for a models:/ URI.
+    model_name: str = Field("shiftwatch-resnet18", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    champion_tolerance_points: float = Field(0.5, ge=0, le=100)
+
+
 class Params(_Strict):
     seed: int = Field(42, ge=0, le=2**32 - 1)
     data: DataParams = DataParams()
@@ -121,6 +127,7 @@ class Params(_Strict):
     monitor: MonitorParams = MonitorParams()
     power: PowerParams = PowerParams()
     mitigate: MitigateParams = MitigateParams()
+    registry: RegistryParams = RegistryParams()
 
     def flat(self, *sections: str) -> dict[str, object]:
         """Dotted keys as DVC shows them ({'shift.brightness': 0.1, ...}), for MLflow.

@@ -35,7 +35,7 @@ MAX_BODY = 2 * 1024 ** 3  # 2 GiB of float32 images: ~680,000 images per request
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8765, help="TCP port on 127.0.0.1 (default 8765; 0 = any free)")
     parser.add_argument("--reference", type=Path, default=None, help="as for check")
-    parser.add_argument("--model", type=Path, default=None, help="as for check")
+    parser.add_argument("--model", default=None, help="as for check (a path or models:/NAME@ALIAS)")
     parser.add_argument("--params", type=Path, default=None, help="as for check")
 
 

@@ -235,12 +235,29 @@ class StageRun:
     def set_tag(self, key: str, value: str) -> None:
         self._commands.put(("set_tag", (key, str(value))))
 
+    def log_dataset(self, path: str | Path, context: str) -> None:
+        """Record a file (or folder) the stage read as an MLflow dataset input, its md5 (the
+        digest DVC records for it) as digest: the run links back to the exact data."""
+        self._commands.put(("log_dataset", (str(path), context)))
+
+    def register_model(self, path: str | Path, name: str) -> None:
+        """Make the state_dict at `path` a version of the registered model `name` (unless a
+        version with the same md5 exists), tagged with its md5, git commit and DVC experiment."""
+        self._commands.put(("register_model", (str(path), name)))
+
+    def promote_champion(self, path: str | Path, name: str, test_accuracy: float,
+                         tolerance_points: float) -> None:
+        """Score the model at `path` (registering it first if `train` did not, e.g. after
+        `dvc pull`) and move `@champion` to it if it passes the gate (see registry.promote)."""
+        self._commands.put(("promote_champion", (str(path), name, test_accuracy, tolerance_points)))
+
 
 class _Logger:
     """The MLflow side of a stage run, in the helper process."""
 
     def __init__(self, store: tuple, stage: str, params, started_ms: int):
         self.client = client = store[0]
+        self.stage = stage
         experiment_id = store[1]
         tags = dvc_tags(stage)
         key = pipeline_key(params.model_dump_json(), tags)
@@ -268,6 +285,34 @@ class _Logger:
 
     def set_tag(self, key: str, value: str) -> None:
         _retry(lambda: self.client.set_tag(self.run_id, key, value))
+
+    def log_dataset(self, path: str, context: str) -> None:
+        from shiftwatch.lineage import md5_of
+        from shiftwatch.registry import dataset_input
+
+        entry = dataset_input(path, md5_of(path), context)
+        _retry(lambda: self.client.log_inputs(self.run_id, [entry]))
+
+    def register_model(self, path: str, name: str):
+        from shiftwatch.lineage import file_md5
+        from shiftwatch.registry import register
+
+        tags = {k: v for k, v in dvc_tags(self.stage).items() if not k.startswith("mlflow.")}
+        version, created = _retry(lambda: register(self.client, self.run_id, name, path, file_md5(path), tags))
+        self.set_tag("registry.version", f"{name}/{version.version}")
+        print(f"{self.stage}: {path} is {name} version {version.version}"
+              f"{'' if created else ' (registered before: same md5)'}", flush=True)
+        return version
+
+    def promote_champion(self, path: str, name: str, test_accuracy: float, tolerance_points: float) -> None:
+        from shiftwatch.registry import CHAMPION, promote
+
+        version = self.register_model(path, name)
+        decision = _retry(lambda: promote(self.client, name, version, test_accuracy, tolerance_points))
+        self.set_tag("registry.champion", str(decision["promoted"]).lower())
+        moved = "is now" if decision["promoted"] else "stays"
+        holder = decision["version"] if decision["promoted"] else decision["champion_before"]
+        print(f"{self.stage}: {name}@{CHAMPION} {moved} version {holder} ({decision['reason']})", flush=True)
 
     def end(self, status: str, ended_ms: int) -> None:
         """Close the stage run, then give the parent every headline metric now on disk."""

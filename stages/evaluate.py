@@ -1,6 +1,7 @@
 """evaluate: what the shift does to the deployed model, set by set.
 
-Reads params: shift.label_class (the class surfaced on top, 7 = sneaker), evaluate.
+Reads params: shift.label_class (the class surfaced on top, 7 = sneaker), evaluate, registry
+(the model's held-out test accuracy decides whether it becomes the registry's @champion).
 Runs the network on b_covariate only (the one set whose images `reference` has not seen) and
 writes its Features to data/features/b_covariate.npz for `monitor` and `mitigate`.
 Writes metrics/evaluate.json (headline: accuracies, class-7 precision/recall/F1 on b_shift),
@@ -54,6 +55,11 @@ def main() -> None:
         run.log_metric_tree("evaluate", {name: {k: v for k, v in m.items() if k != "per_class"}
                                          for name, m in per_set.items()})
         run.log_artifact("metrics/evaluate_details.json")
+        run.log_dataset("data/reference/test.npz", "evaluation")
+        for name in DEPLOYMENT_SETS:
+            run.log_dataset(f"data/shifted/{name}.npz", "evaluation")
+        run.promote_champion("models/resnet18.pt", params.registry.model_name,
+                             per_set["test"]["accuracy"], params.registry.champion_tolerance_points)
         for path in figures:
             run.log_artifact(path, "plots")
     for name, m in per_set.items():

@@ -1,8 +1,9 @@
 """train: ResNet-18 on domain A. Nothing else: predictions belong to `reference`.
 
-Reads params: train (train.seed seeds initialisation and shuffling; the data seed is not read).
-Writes models/resnet18.pt (state_dict), metrics/train.json (final loss and accuracy on the fly),
-metrics/train_history.csv (per epoch, with images/s).
+Reads params: train (train.seed seeds initialisation and shuffling; the data seed is not read),
+registry.model_name. Writes models/resnet18.pt (state_dict), metrics/train.json (final loss and
+accuracy on the fly), metrics/train_history.csv (per epoch, with images/s). Registers the model
+in MLflow's model registry (a new version unless one with the same md5 exists).
 """
 import csv
 import time
@@ -45,6 +46,8 @@ def main() -> None:
         run.log_metrics({"train.seconds": train_seconds, "train.final_loss": history[-1]["loss"]})
         run.log_artifact(HISTORY)
         run.log_model(model.cpu(), input_example=domain_a.images[:2, None])
+        run.log_dataset("data/prepared/domain_a.npz", "training")
+        run.register_model(MODEL, params.registry.model_name)
     print(f"train: {params.train.epochs} epochs in {train_seconds:.0f} s on {device.type} "
           f"({history[-1]['images_per_second']:.0f} images/s), final loss {history[-1]['loss']:.4f}")
 

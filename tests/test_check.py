@@ -17,6 +17,7 @@ from shiftwatch import CLASS_NAMES
 from shiftwatch.__main__ import main
 from shiftwatch.check import load_batch
 from shiftwatch.features import features
+from shiftwatch.lineage import file_md5
 from shiftwatch.model import build_resnet18, predict_with_embeddings, save_state_dict
 from shiftwatch.monitor import FEATURE_DETECTORS
 from shiftwatch.params import Params
@@ -53,7 +54,7 @@ def project(tmp_path_factory):
                                                         progress=False)
     view = features(images, probabilities, embeddings)
     np.savez(root / "test.npz", probabilities=view.probabilities, embeddings=view.embeddings,
-             image_stats=view.image_stats, labels=labels)
+             image_stats=view.image_stats, labels=labels, model_md5=np.array(file_md5(root / "resnet18.pt")))
     (root / "params.yaml").write_text(yaml.safe_dump(Params().model_dump()))
     np.save(root / "clean.npy", blobs(200, seed=3))
     np.save(root / "bright.npy", np.clip(blobs(200, seed=3) + 0.2, 0, 1))
@@ -215,6 +216,30 @@ def test_missing_model_reference_or_params_exit_2(project, tmp_path, capsys, mis
     assert not out.exists()
 
 
+def test_a_reference_made_by_another_model_is_refused(project, tmp_path, capsys):
+    """A retrained model with a stale reference: every detector would compare two different
+    networks' outputs and alarm on any batch. `check` refuses instead (exit 2, one line)."""
+    retrained = tmp_path / "retrained.pt"
+    save_state_dict(build_resnet18(seed=1), retrained)
+    out = tmp_path / "out.json"
+    argv = ["check", str(project / "clean.npy"), "--reference", str(project / "test.npz"),
+            "--params", str(project / "params.yaml"), "--json", str(out)]
+    assert main([*argv, "--model", str(retrained)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and file_md5(retrained)[:12] in err[0] and "dvc repro reference" in err[0]
+    assert file_md5(project / "resnet18.pt")[:12] in err[0] and not out.exists()
+
+    with np.load(project / "test.npz") as archive:  # a reference from before the md5 was recorded
+        np.savez(tmp_path / "old.npz", **{k: archive[k] for k in archive.files if k != "model_md5"})
+    argv[3] = str(tmp_path / "old.npz")
+    assert main([*argv, "--model", str(project / "resnet18.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not record which model" in err[0]
+
+    assert main([*argv[:3], str(project / "test.npz"), *argv[4:], "--model", str(project / "resnet18.pt")]) == 0
+    assert json.loads(out.read_text())["model_md5"] == file_md5(project / "resnet18.pt")
+
+
 def test_the_entry_point_runs_as_a_module_with_its_exit_codes(project, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
     common = ["--reference", str(project / "test.npz"), "--params", str(project / "params.yaml")]
@@ -275,6 +300,11 @@ def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypa
     assert {"check.json", "bright.html", "figures"} <= artifacts
     figures = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "figures")}
     assert figures == {"mean_pixel.png", "confidence.png", "samples.png"}
+    # Lineage: the batch and the reference as dataset inputs, by md5; the model by md5.
+    inputs = {d.dataset.name: (d.dataset.digest, d.tags[0].value) for d in run.inputs.dataset_inputs}
+    assert inputs == {str(project / "bright.npy"): (file_md5(project / "bright.npy"), "check"),
+                      str(project / "test.npz"): (file_md5(project / "test.npz"), "reference")}
+    assert run.data.tags["shiftwatch.model_md5"] == file_md5(project / "resnet18.pt")
 
 
 def test_json_dash_writes_only_the_report_to_standard_output(project, capsys):

@@ -220,6 +220,39 @@ def test_repro_logs_one_run_per_stage_under_one_parent(repo):
         m.name for m in client.search_logged_models([train_run.info.experiment_id])}
 
 
+def test_the_model_is_registered_with_its_lineage_and_checked_from_the_registry(repo, tmp_path):
+    from shiftwatch.lineage import file_md5
+
+    client, runs = _runs(repo)
+    name = yaml.safe_load((repo / "params.yaml").read_text())["registry"]["model_name"]
+    version, = client.search_model_versions(f"name = '{name}'")
+    train_run = next(r for r in runs if r.data.tags.get("dvc.stage") == "train")
+    assert version.run_id == train_run.info.run_id
+    assert version.tags["model_md5"] == file_md5(repo / "models" / "resnet18.pt")
+    assert version.tags["git.commit"] == train_run.data.tags["git.commit"]
+    assert version.tags["dvc.exp_name"] == "workspace"
+    # evaluate scored it on the held-out test set and, the first, made it champion
+    assert client.get_model_version_by_alias(name, "champion").version == version.version
+    assert float(version.tags["test_accuracy"]) == pytest.approx(_metrics(repo, "evaluate")["accuracy"]["test"])
+    # the runs link back to the exact data: DVC's md5 of each file they read
+    trained_on, = train_run.inputs.dataset_inputs
+    assert trained_on.dataset.digest == file_md5(repo / "data" / "prepared" / "domain_a.npz")
+    evaluate_run = next(r for r in runs if r.data.tags.get("dvc.stage") == "evaluate")
+    evaluated = {d.dataset.name: d.dataset.digest for d in evaluate_run.inputs.dataset_inputs}
+    assert evaluated["data/shifted/b_shift.npz"] == file_md5(repo / "data" / "shifted" / "b_shift.npz")
+
+    # `check --model models:/<name>@champion` downloads the champion and uses it
+    np.save(tmp_path / "b_shift.npy", load_set(repo / "data" / "shifted" / "b_shift.npz").images[:300])
+    result = subprocess.run([sys.executable, "-m", "shiftwatch", "check", str(tmp_path / "b_shift.npy"),
+                             "--model", f"models:/{name}@champion", "--json", "-"], cwd=repo,
+                            env={**_env(repo), "XDG_CACHE_HOME": str(tmp_path / "cache")},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"] == f"models:/{name}@champion"
+    assert report["model_md5"] == version.tags["model_md5"]
+
+
 def test_dvc_exp_show_fits_a_screen(repo):
     header = _dvc(repo, "exp", "show", "--csv").stdout.splitlines()[0].split(",")
     metric_columns = [c for c in header if c in set(_flat_metric_names(repo))]

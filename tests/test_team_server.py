@@ -11,12 +11,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO, needs_fashion_mnist
+from test_migrate import check_copy, make_history
 from test_pipeline import SHIFT_STAGES, STAGES, _copy_repo, _env, _small_params
 
 sys.path.insert(0, str(REPO / "tools"))
-import team_server  # noqa: E402 (a maintainer tool, not part of the package)
+import migrate_store  # noqa: E402 (maintainer tools, not part of the package)
+import team_server  # noqa: E402
+
+from shiftwatch.io import load_set  # noqa: E402
+from shiftwatch.lineage import file_md5  # noqa: E402
 
 pytestmark = [needs_fashion_mnist, pytest.mark.skipif(
     not (team_server.PG_BIN / "initdb").exists(), reason="PostgreSQL 15 not installed: apt-get install postgresql")]
@@ -100,3 +106,25 @@ def test_four_experiments_two_at_a_time_lose_nothing_on_the_server(server, tmp_p
     evaluate = next(r for r in runs if r.data.tags.get("dvc.stage") == "evaluate" and r.data.tags.get("dvc.exp_name"))
     plots = [a.path for a in client.list_artifacts(evaluate.info.run_id, "plots")]
     assert plots, "evaluate's figures did not come back through the server"
+
+    # The registry on the server: one version (every experiment reused the model), the champion,
+    # and `check` loading it through the server by its models:/ URI.
+    version, = client.search_model_versions("name = 'shiftwatch-resnet18'")
+    assert client.get_model_version_by_alias("shiftwatch-resnet18", "champion").version == version.version
+    np.save(tmp_path / "b_shift.npy", load_set(repo / "data" / "shifted" / "b_shift.npz").images[:300])
+    result = subprocess.run([sys.executable, "-m", "shiftwatch", "check", str(tmp_path / "b_shift.npy"),
+                             "--model", "models:/shiftwatch-resnet18@champion", "--quiet"], cwd=repo,
+                            env={**_env(repo), "MLFLOW_TRACKING_URI": server, "XDG_CACHE_HOME": str(tmp_path)},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr  # b_shift drifts
+    assert file_md5(next(tmp_path.glob("shiftwatch/models/shiftwatch-resnet18/*/resnet18.pt"))) == \
+        file_md5(repo / "models" / "resnet18.pt")
+
+
+def test_a_local_history_moves_to_the_server(server, tmp_path):
+    """tools/migrate_store.py from a local SQLite store to the PostgreSQL-backed server."""
+    source = f"sqlite:///{tmp_path / 'local.db'}"
+    make_history(source, tmp_path, experiment="someone's laptop", model="laptop-model")
+    counts = migrate_store.migrate(source, server, log=lambda _: None)
+    assert (counts["runs"], counts["versions"]) == (2, 1)
+    check_copy(server, tmp_path, experiment="someone's laptop", model="laptop-model")
