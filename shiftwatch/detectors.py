@@ -64,6 +64,38 @@ def ks_columns(reference: np.ndarray, deployment: np.ndarray) -> tuple[np.ndarra
     return statistics, pvalues
 
 
+def per_pixel_ks(reference: np.ndarray, deployment: np.ndarray) -> DetectorResult:
+    """KS test on every pixel position, Bonferroni over the positions: what alibi-detect's
+    `KSDrift` does on raw images. Inputs are 8-bit pixels, (N, P) and (M, P) uint8 arrays.
+
+    statistic = the largest KS distance of any pixel; pvalue = min(1, P * smallest p-value),
+    each p-value the asymptotic one of `ks_test`. Exact for 8-bit values and vectorised: each
+    side's per-pixel empirical CDFs come from one bincount over its 256 levels (~1 ms for 200
+    images of 784 pixels), so the power stage can repeat it. Positions that never vary
+    (the black border) get D = 0 and p = 1, and still count in the correction.
+    """
+    _require_nonempty(reference, "reference")
+    _require_nonempty(deployment, "deployment")
+    if reference.dtype != np.uint8 or deployment.dtype != np.uint8 or reference.ndim != 2 \
+            or reference.shape[1] != deployment.shape[1]:
+        raise ShiftwatchError(f"per_pixel_ks takes uint8 arrays (N, P) with the same P; got "
+                              f"{reference.dtype} {reference.shape} and {deployment.dtype} {deployment.shape}")
+    gaps = np.abs(_pixel_cdfs(reference) - _pixel_cdfs(deployment)).max(axis=1)
+    m, n = sorted([float(len(reference)), float(len(deployment))], reverse=True)
+    # The p-value falls as D grows (same n, m), so the smallest is that of the largest D:
+    # one kstwo.sf call, not 784 (~0.5 s).
+    smallest = float(np.clip(stats.kstwo.sf(gaps.max(), np.round(m * n / (m + n))), 0, 1))
+    return DetectorResult(float(gaps.max()), min(1.0, len(gaps) * smallest))
+
+
+def _pixel_cdfs(pixels: np.ndarray) -> np.ndarray:
+    """(P, 256): per pixel position, the share of images with a value <= each level."""
+    n, positions = pixels.shape
+    keys = (np.arange(positions, dtype=np.int64) * 256 + pixels).ravel()
+    counts = np.bincount(keys, minlength=positions * 256).reshape(positions, 256)
+    return np.cumsum(counts, axis=1) / n
+
+
 def histogram_probabilities(values: np.ndarray, bins: int, smoothing: float,
                             value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
     """Probability masses over `bins` fixed, equal-width bins on `value_range`.

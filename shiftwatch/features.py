@@ -19,23 +19,30 @@ from shiftwatch.twosample import pixel_quantiles, zero_fraction
 
 @dataclass(frozen=True)
 class Features:
-    """Per-image views of one set: probabilities (N, 10), embeddings (N, 512) and image
-    statistics (N, 5): mean pixel, share of exactly-zero pixels, 10/50/90 % pixel quantiles."""
+    """Per-image views of one set (the views detectors consume, see
+    shiftwatch.detector_registry.VIEWS): probabilities (N, 10), embeddings (N, 512), image
+    statistics (N, 5): mean pixel, share of exactly-zero pixels, 10/50/90 % pixel quantiles;
+    and the pixels themselves, 8-bit (N, 784) uint8 (None where a set was saved without)."""
     probabilities: np.ndarray
     embeddings: np.ndarray
     image_stats: np.ndarray
+    pixels: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.probabilities)
+        return len(self.image_stats)
 
     def subset(self, rows: np.ndarray) -> Features:
-        return Features(self.probabilities[rows], self.embeddings[rows], self.image_stats[rows])
+        return Features(self.probabilities[rows], self.embeddings[rows], self.image_stats[rows],
+                        None if self.pixels is None else self.pixels[rows])
 
     @staticmethod
     def concatenate(views) -> Features:
         """The rows of several views, one after the other."""
-        return Features(*(np.concatenate([getattr(v, field) for v in views])
-                          for field in ("probabilities", "embeddings", "image_stats")))
+        views = list(views)
+        fields = [np.concatenate([getattr(v, field) for v in views])
+                  for field in ("probabilities", "embeddings", "image_stats")]
+        pixels = None if any(v.pixels is None for v in views) else np.concatenate([v.pixels for v in views])
+        return Features(*fields, pixels)
 
 
 def save_features(path: str | Path, view: Features, labels: np.ndarray,
@@ -45,10 +52,12 @@ def save_features(path: str | Path, view: Features, labels: np.ndarray,
     streams and score remedies, never to detect; source indices to find subsets (b_label);
     the md5 of the model's state_dict so that `check` never pairs it with another model."""
     index = np.arange(len(labels)) if source_index is None else source_index
-    lineage = {} if model_md5 is None else {"model_md5": np.array(model_md5)}
+    optional = {} if model_md5 is None else {"model_md5": np.array(model_md5)}
+    if view.pixels is not None:
+        optional["pixels"] = view.pixels
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, probabilities=view.probabilities, embeddings=view.embeddings,
-                 image_stats=view.image_stats, labels=labels, source_index=index, **lineage)
+                 image_stats=view.image_stats, labels=labels, source_index=index, **optional)
 
 
 def load_features(path: str | Path, with_index: bool = False):
@@ -56,7 +65,8 @@ def load_features(path: str | Path, with_index: bool = False):
     `save_features`; a clear error if missing or corrupt."""
     try:
         with np.load(path) as archive:
-            loaded = (Features(archive["probabilities"], archive["embeddings"], archive["image_stats"]),
+            pixels = archive["pixels"] if "pixels" in archive.files else None
+            loaded = (Features(archive["probabilities"], archive["embeddings"], archive["image_stats"], pixels),
                       archive["labels"])
             return (*loaded, archive["source_index"]) if with_index else loaded
     except FileNotFoundError:
@@ -90,8 +100,18 @@ def image_statistics(images: np.ndarray) -> np.ndarray:
     return np.column_stack([flat.mean(axis=1), zero_fraction(images), pixel_quantiles(images)])
 
 
+def pixels_8bit(images: np.ndarray) -> np.ndarray:
+    """(N, H*W) uint8: images in [0, 1] as a stored image holds them (rounded to 1/255)."""
+    return np.rint(np.clip(images.reshape(len(images), -1), 0, 1) * 255).astype(np.uint8)
+
+
+def image_features(images: np.ndarray) -> Features:
+    """The model-free views only (image statistics, pixels): what `detect` compares."""
+    return Features(None, None, image_statistics(images), pixels_8bit(images))
+
+
 def features(images: np.ndarray, probabilities: np.ndarray, embeddings: np.ndarray) -> Features:
-    return Features(probabilities, embeddings, image_statistics(images))
+    return Features(probabilities, embeddings, image_statistics(images), pixels_8bit(images))
 
 
 def model_features(model, images: np.ndarray, batch_size: int, device, precision: str = "auto",

@@ -74,6 +74,9 @@ def render(report: dict, pictures: dict[str, bytes]) -> str:
         f"<td>{test['statistic']:.4f}</td><td>{_p(test['pvalue'])}</td><td>{_p(test['adjusted_pvalue'])}</td>"
         f"<td>{'ALERT' if name in report['alerting'] else 'ok'}</td></tr>"
         for name, test in report["tests"].items())
+    tests += "".join(  # diagnostics: own p-value, not in the verdict
+        f"<tr class='diagnostic'><td>{_e(name)}</td><td>{test['statistic']:.4f}</td><td>{_p(test['pvalue'])}</td>"
+        f"<td></td><td>diagnostic</td></tr>" for name, test in report.get("diagnostics", {}).items())
     focus = shift["focus_class"]
     mix = "".join(
         f"<tr class='{'focus' if k == focus else ''}'><td>{k} {_e(name)}</td><td>{shift['bbse'][k]:.3f}</td>"

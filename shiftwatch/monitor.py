@@ -3,7 +3,8 @@
 What the detectors look at is computed once per set (`shiftwatch.features.Features`):
 softmax outputs and penultimate-layer embeddings of the model, and cheap per-image statistics
 that catch what the model ignores. `run_detectors` turns a reference and a deployment `Features` into
-p-values and the one verdict (`VERDICT`, the same in `monitor`, `power` and `check`);
+p-values of every detector in `shiftwatch.detector_registry` and the one verdict (`VERDICT`,
+the same in `monitor`, `power` and `check`);
 `label_shift_report` estimates the class mix
 (BBSE and EM) and `accuracy_report` the model's accuracy (ATC, average confidence).
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from shiftwatch import NUM_CLASSES
-from shiftwatch.detectors import DetectorResult, ks_test
+from shiftwatch.detector_registry import Settings, bound, diagnostic_detectors, verdict_detectors
+from shiftwatch.detectors import DetectorResult
 from shiftwatch.features import Features
 from shiftwatch.labelshift import (
     atc_estimate,
@@ -28,79 +30,38 @@ from shiftwatch.labelshift import (
     estimates_disagree,
     total_variation,
 )
-from shiftwatch.twosample import bbsd_chi2, bbsd_class_shares, bbsd_ks, holm, median_bandwidth, mmd_test
+from shiftwatch.twosample import holm
 
-# The verdict: Holm–Bonferroni at monitor.alpha over these detectors, every one weighted alike.
-# `monitor`, `power` and `check` all use exactly this set (they need only `Features`, so the
-# power stage can repeat them); `monitor`'s pixel-level tests are reported beside it as
-# diagnostics, outside the verdict. Fixed before the harm table (power stage) was measured.
-FEATURE_DETECTORS = ("ks_mean_pixel", "image_stats", "bbsd_ks", "bbsd_chi2", "bbsd_class_shares",
-                     "mmd_embedding")
+# The verdict: Holm–Bonferroni at monitor.alpha over the registry's verdict detectors, every
+# one weighted alike. `monitor`, `power` and `check` all use exactly this set (they need only
+# `Features`, so the power stage can repeat them); the registry's diagnostics, and `monitor`'s
+# pixel-level MMD and domain classifier, are reported beside it, outside the verdict.
+FEATURE_DETECTORS = verdict_detectors()
+DIAGNOSTIC_DETECTORS = diagnostic_detectors()
 VERDICT = "Holm over " + ", ".join(FEATURE_DETECTORS)
-# image_stats columns tested: the 10/50/90 % pixel quantiles (column 1, the share of exactly-zero
-# pixels, is kept in the features but not tested: JPEG, rotation or a resize change it
-# without harm, and the synthetic brightness shift is the only shift that leaves that trace).
-_QUANTILE_COLUMNS = (2, 3, 4)
-
-
-def feature_detector(name: str, *, seed: int, mmd_permutations: int, mmd_max_per_side: int | None):
-    """detector(reference: Features, deployment: Features) -> DetectorResult, by name."""
-    def ks_mean_pixel(ref: Features, dep: Features) -> DetectorResult:
-        return ks_test(ref.image_stats[:, 0], dep.image_stats[:, 0])
-
-    def image_stats(ref: Features, dep: Features) -> DetectorResult:
-        # KS on the three pixel quantiles, Bonferroni over them.
-        results = [ks_test(ref.image_stats[:, c], dep.image_stats[:, c]) for c in _QUANTILE_COLUMNS]
-        return DetectorResult(max(r.statistic for r in results),
-                              min(1.0, len(results) * min(r.pvalue for r in results)))
-
-    prepared: dict[str, object] = {"for": None}
-
-    def mmd_embedding(ref: Features, dep: Features) -> DetectorResult:
-        # The reference is fixed across the many draws of the power stage: subsample it and
-        # fix the kernel bandwidth (median heuristic on the reference) once, not per draw.
-        # A bandwidth that does not depend on the deployment sample keeps the permutation test valid.
-        if prepared["for"] is not ref.embeddings:  # identity, not id(): no reuse after GC
-            reference = ref.embeddings
-            if mmd_max_per_side is not None and len(reference) > mmd_max_per_side:
-                rows = np.random.default_rng(seed).choice(len(reference), mmd_max_per_side, replace=False)
-                reference = reference[rows]
-            prepared.update({"for": ref.embeddings, "reference": reference,
-                             "bandwidth": median_bandwidth(reference, reference, seed=seed)})
-        return mmd_test(prepared["reference"], dep.embeddings, n_permutations=mmd_permutations,
-                        seed=seed, bandwidth=prepared["bandwidth"], max_per_side=mmd_max_per_side)
-
-    detectors = {
-        "ks_mean_pixel": ks_mean_pixel,
-        "image_stats": image_stats,
-        "bbsd_ks": lambda ref, dep: bbsd_ks(ref.probabilities, dep.probabilities),
-        "bbsd_chi2": lambda ref, dep: bbsd_chi2(ref.probabilities, dep.probabilities),
-        "bbsd_class_shares": lambda ref, dep: bbsd_class_shares(ref.probabilities, dep.probabilities),
-        "mmd_embedding": mmd_embedding,
-    }
-    return detectors[name]
 
 
 def run_detectors(reference: Features, deployment: Features, *, seed: int, alpha: float,
                   mmd_permutations: int, mmd_max_per_side: int | None,
                   diagnostics: dict[str, DetectorResult] | None = None) -> dict:
-    """Every verdict detector's result and the verdict (Holm–Bonferroni over their p-values
-    at `alpha`); `diagnostics` (e.g. pixel MMD, domain classifier) are reported beside it
-    with their own p-values and do not enter the verdict."""
-    results = {name: feature_detector(name, seed=seed, mmd_permutations=mmd_permutations,
-                                      mmd_max_per_side=mmd_max_per_side)(reference, deployment)
-               for name in FEATURE_DETECTORS}
-    verdict = holm({name: r.pvalue for name, r in results.items()}, alpha)
+    """Every registered detector's result and the verdict (Holm–Bonferroni over the verdict
+    detectors' p-values at `alpha`). The registry's diagnostics and `diagnostics` (e.g. pixel
+    MMD, domain classifier) are reported beside it with their own p-values."""
+    settings = Settings(seed=seed, permutations=mmd_permutations, max_per_side=mmd_max_per_side)
+    results = {name: test(reference, deployment)
+               for name, test in bound(FEATURE_DETECTORS + DIAGNOSTIC_DETECTORS, settings).items()}
+    verdict = holm({name: results[name].pvalue for name in FEATURE_DETECTORS}, alpha)
+    extra = {**{name: results[name] for name in DIAGNOSTIC_DETECTORS}, **(diagnostics or {})}
     report = {
-        "tests": {name: {"statistic": r.statistic, "pvalue": r.pvalue,
-                         "adjusted_pvalue": verdict.adjusted[name]} for name, r in results.items()},
+        "tests": {name: {"statistic": results[name].statistic, "pvalue": results[name].pvalue,
+                         "adjusted_pvalue": verdict.adjusted[name]} for name in FEATURE_DETECTORS},
         "drift": int(verdict.reject),
         "alerting": sorted(verdict.rejected),
         "verdict": VERDICT,
     }
-    if diagnostics:
+    if extra:
         report["diagnostics"] = {name: {"statistic": r.statistic, "pvalue": r.pvalue}
-                                 for name, r in diagnostics.items()}
+                                 for name, r in extra.items()}
     return report
 
 

@@ -215,7 +215,7 @@ def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetec
                             ns: Iterable[int], repetitions: int,
                             alpha: float = 0.05, seed: int = 0, confidence: float = 0.95,
                             repetitions_for: Callable[[str, int], int] | None = None,
-                            ) -> dict[str, list[AlarmRate]]:
+                            verdict: Iterable[str] | None = None) -> dict[str, list[AlarmRate]]:
     """Alarm rates from independent repetitions (the protocol of Rabanser et al. 2019).
 
     Repetition r at size n has its own generator, np.random.default_rng([seed, n, r]):
@@ -227,9 +227,13 @@ def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetec
 
     `repetitions_for(name, n)` may give a costly detector fewer repetitions at large n (the
     first ones, on the same draws); its AlarmRate then says how many it got. The "combined"
-    entry is the Holm–Bonferroni verdict over all detectors, on the repetitions where all ran.
+    entry is the Holm–Bonferroni verdict over the `verdict` detectors (default: all), on the
+    repetitions where all of them ran; the others are diagnostics with their own rates.
     """
     names = _names(detectors, "holm")
+    in_verdict = list(detectors) if verdict is None else list(verdict)
+    if not in_verdict or set(in_verdict) - set(detectors):
+        raise ShiftwatchError(f"verdict = {in_verdict}: name one or more of the detectors {list(detectors)}")
     sizes = _sizes(ns)
     _check_probability(alpha, "alpha")
     if repetitions < 1:
@@ -238,7 +242,7 @@ def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetec
     for n in sizes:
         count = {name: repetitions if repetitions_for is None
                  else max(1, min(repetitions, repetitions_for(name, n))) for name in detectors}
-        everyone = min(count.values())
+        everyone = min(count[name] for name in in_verdict)
         alarms = dict.fromkeys(names, 0)
         for r in range(repetitions):
             rng = np.random.default_rng([seed, n, r])
@@ -249,7 +253,7 @@ def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetec
             for name, pvalue in pvalues.items():
                 alarms[name] += pvalue < alpha
             if r < everyone:
-                alarms[COMBINED] += holm(pvalues, alpha).reject
+                alarms[COMBINED] += holm({name: pvalues[name] for name in in_verdict}, alpha).reject
         for name in names:
             trials = everyone if name == COMBINED else count[name]
             low, high = wilson_interval(int(alarms[name]), trials, confidence)

@@ -9,7 +9,7 @@ any HTTP client) in the time of the forward pass and the detectors. It runs the 
     shiftwatch check batch.npy --server http://127.0.0.1:8765
 
 Endpoints: GET /health -> {"ok": true, "model", "reference", "images"}; POST /check with a
-.npy body (float32 (N, 28, 28) in [0, 1], what `check.load_batch` returns) and the batch's
+.npy body (float32 (N, 28, 28) in [0, 1], what `batch.load_batch` returns) and the batch's
 description as JSON in the X-Shiftwatch-Batch header -> {"report": ..., "views": ... (with
 ?views=1, for the HTML report)}. Checks are answered one at a time (the model uses every core).
 """
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shiftwatch.check import load_inputs, load_network
+    from shiftwatch.checking import load_inputs, load_network
 
     try:
         settings, ref, paths = load_inputs(args.reference, args.model, args.params)
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _handler(settings, ref: dict, network, paths: dict):
-    from shiftwatch.check import check_images
+    from shiftwatch.checking import check_images
 
     one_at_a_time = threading.Lock()
 

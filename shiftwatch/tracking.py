@@ -288,14 +288,14 @@ class _Logger:
 
     def log_dataset(self, path: str, context: str) -> None:
         from shiftwatch.lineage import md5_of
-        from shiftwatch.registry import dataset_input
+        from shiftwatch.model_registry import dataset_input
 
         entry = dataset_input(path, md5_of(path), context)
         _retry(lambda: self.client.log_inputs(self.run_id, [entry]))
 
     def register_model(self, path: str, name: str):
         from shiftwatch.lineage import file_md5
-        from shiftwatch.registry import register
+        from shiftwatch.model_registry import register
 
         tags = {k: v for k, v in dvc_tags(self.stage).items() if not k.startswith("mlflow.")}
         version, created = _retry(lambda: register(self.client, self.run_id, name, path, file_md5(path), tags))
@@ -305,7 +305,7 @@ class _Logger:
         return version
 
     def promote_champion(self, path: str, name: str, test_accuracy: float, tolerance_points: float) -> None:
-        from shiftwatch.registry import CHAMPION, promote
+        from shiftwatch.model_registry import CHAMPION, promote
 
         version = self.register_model(path, name)
         decision = _retry(lambda: promote(self.client, name, version, test_accuracy, tolerance_points))
@@ -512,3 +512,71 @@ def _parent_run(client, experiment_id: str, key: str, tags: dict[str, str],
                             tags={**run_tags, PIPELINE_TAG: key, "shiftwatch.role": "pipeline"})
     _log_params(client, run.info.run_id, all_params)
     return run.info.run_id
+
+
+# ---------------------------------------------------------------- shiftwatch check --log
+
+def log_check(report: dict, params: dict[str, object], html: Path | None = None,
+              pictures: dict[str, bytes] | None = None) -> str:
+    """One MLflow run (tags dvc.stage = shiftwatch.role = "check") in the project's store
+    with the params `check` read, every number of the report as a metric (check.<path>, the
+    class mix as check.label_shift.<method>.class_<k>), the report as check.json, and the
+    HTML report (`html`) with its figures (`pictures`, PNG bytes by name) when given."""
+    from datetime import datetime
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    uri = tracking_uri()
+    client = MlflowClient(uri)
+    experiment_id = _retry(lambda: _experiment_id(client, uri))
+    tags = {**dvc_tags("check"), "shiftwatch.role": "check", "shiftwatch.verdict": report["verdict"],
+            "shiftwatch.batch": report["batch"]["path"], "shiftwatch.reference": report["reference"]["path"],
+            "shiftwatch.model": report["model"], "shiftwatch.model_md5": report.get("model_md5", ""),
+            "shiftwatch.batch_time": report["batch"].get("time", "")}
+    run = _retry(lambda: client.create_run(experiment_id, run_name=f"check {Path(report['batch']['path']).name}",
+                                           tags=tags))
+    run_id = run.info.run_id
+    mixes = {method: {f"class_{k}": share for k, share in enumerate(report["label_shift"][method])}
+             for method in ("bbse", "em", "reference")}
+    numbers = flatten_numbers({key: report[key] for key in ("drift", "tests", "accuracy", "seconds")},
+                              "check")
+    numbers.update(flatten_numbers({"label_shift": {**report["label_shift"], **mixes}}, "check"))
+    numbers["check.batch.images"] = report["batch"]["images"]
+    if report["batch"].get("time"):
+        numbers["check.batch.time"] = datetime.fromisoformat(report["batch"]["time"]).timestamp()
+    now = int(time.time() * 1000)
+    status = "FAILED"
+    try:
+        _retry(lambda: client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in numbers.items()],
+                                        params=[Param(k, str(v)) for k, v in params.items()]))
+        client.log_dict(run_id, report, "check.json")
+        _retry(lambda: client.log_inputs(run_id, _lineage(report)))
+        if html is not None:
+            client.log_artifact(run_id, str(html))
+        for name, png in (pictures or {}).items():
+            client.log_image(run_id, _decoded(png), f"figures/{name}.png")
+        status = "FINISHED"
+    finally:
+        _retry(lambda: client.set_terminated(run_id, status))
+    return run_id
+
+
+def _lineage(report: dict) -> list:
+    """The batch and the reference as MLflow dataset inputs, with their md5s as digests."""
+    from shiftwatch.lineage import md5_of
+    from shiftwatch.model_registry import dataset_input
+
+    return [dataset_input(report[key]["path"], md5_of(report[key]["path"]), context)
+            for key, context in (("batch", "check"), ("reference", "reference"))
+            if Path(report[key]["path"]).exists()]
+
+
+def _decoded(png: bytes):
+    """PNG bytes -> an RGB(A) array, what MlflowClient.log_image takes."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)))

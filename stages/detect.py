@@ -1,12 +1,16 @@
 """detect: is each deployment set different from domain A? No model, no labels.
 
 Reads params: seed, detect. Writes metrics/detect.json (headline: KS, KL, AUC and verdict per shifted set),
-metrics/detect_details.json (everything, b_raw too), histograms in metrics/plots/mean_pixel/.
+metrics/detect_details.json (everything, b_raw too, and under "registered" every model-free
+detector of shiftwatch.detector_registry with its own uncorrected p-value: they do not enter this
+stage's verdict, which is the study's), histograms in metrics/plots/mean_pixel/.
 """
 
 from shiftwatch import DEPLOYMENT_SETS, SHIFTED_SETS
 from shiftwatch.cli import run_stage
+from shiftwatch.detector_registry import DETECTORS, Settings, bound
 from shiftwatch.detectors import detect_drift, mean_pixel
+from shiftwatch.features import image_features
 from shiftwatch.io import load_set, write_json
 from shiftwatch.params import load_params
 from shiftwatch.plots import mean_pixel_histogram
@@ -17,6 +21,7 @@ from shiftwatch.workers import fork_map
 # per-detector verdicts are in metrics/detect_details.json.
 HEADLINE = ("ks_statistic", "kl_divergence", "domain_auc", "drift")
 HISTOGRAM = "metrics/plots/mean_pixel/{name}.png"
+MODEL_FREE = tuple(name for name, d in DETECTORS.items() if d.consumes in ("pixels", "image_stats"))
 
 
 def main() -> None:
@@ -29,6 +34,8 @@ def main() -> None:
         # The four comparisons (with their histograms) are independent: one worker per core.
         # Workers run BLAS single-threaded, which moves AUCs by ~1e-5 against a serial run, reproducibly.
         reference_means = mean_pixel(domain_a.images)
+        reference_view = image_features(domain_a.images)
+        registered = bound(MODEL_FREE, Settings(seed=params.seed))
 
         def compare(name: str):
             report = detect_drift(
@@ -36,10 +43,13 @@ def main() -> None:
                 classifier_samples=detect.classifier_samples, seed=params.seed, alpha=thresholds.alpha,
                 kl_threshold=thresholds.kl, auc_threshold=thresholds.auc)
             _histogram(reference_means, name, deployment[name], report.kl.statistic, detect.bins)
-            return report
+            view = image_features(deployment[name])
+            return report, {d: test(reference_view, view).as_dict() for d, test in registered.items()}
 
-        reports = fork_map(compare, DEPLOYMENT_SETS)
-        results = {name: report.as_metrics() for name, report in zip(DEPLOYMENT_SETS, reports)}
+        compared = fork_map(compare, DEPLOYMENT_SETS)
+        reports = [report for report, _ in compared]
+        results = {name: {**report.as_metrics(), "registered": others}
+                   for name, (report, others) in zip(DEPLOYMENT_SETS, compared)}
         for name, report in zip(DEPLOYMENT_SETS, reports):
             print(f"detect: A vs {name}: KS={report.ks.statistic:.4f} (p={report.ks.pvalue:.3g}), "
                   f"KL={report.kl.statistic:.4f}, AUC={report.domain_classifier.statistic:.3f} "

@@ -31,10 +31,11 @@ import numpy as np
 from shiftwatch import NUM_CLASSES, ShiftwatchError
 from shiftwatch.cli import run_stage
 from shiftwatch.corruptions import check_severity, corrupt
+from shiftwatch.detector_registry import DETECTORS, Settings
 from shiftwatch.features import Features, load_features, model_features
 from shiftwatch.io import atomic_path, load_set, write_json
 from shiftwatch.model import load_model, pick_device
-from shiftwatch.monitor import FEATURE_DETECTORS, VERDICT, feature_detector
+from shiftwatch.monitor import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS, VERDICT
 from shiftwatch.params import load_params
 from shiftwatch.plots import harm_plot, power_curves
 from shiftwatch.power import (
@@ -89,7 +90,8 @@ def main() -> None:
         streams.update(_corruption_streams(model, device, pool, labels, images, params))
         streams.update(_monitored_streams(pool, labels, params))
 
-        detectors = {name: _seeded(name, power.mmd_permutations) for name in FEATURE_DETECTORS}
+        every = FEATURE_DETECTORS + DIAGNOSTIC_DETECTORS  # the registry's: verdict, then diagnostics
+        detectors = {name: _seeded(name, power.mmd_permutations) for name in every}
         as_monitored = {name: _seeded(name, power.mmd_permutations, params.monitor.mmd_max_per_side)
                         for name in FEATURE_DETECTORS}
         alpha = params.monitor.alpha
@@ -100,7 +102,8 @@ def main() -> None:
             print(f"power: {stream.kind} on {name}, n = {stream.sizes}, R = {repetitions}", flush=True)
             found = independent_alarm_rates(stream.sample, as_monitored if stream.monitored else detectors,
                                             stream.sizes, repetitions, alpha=alpha, seed=params.seed,
-                                            repetitions_for=None if stream.monitored else _repetitions_for(power))
+                                            repetitions_for=None if stream.monitored else _repetitions_for(power),
+                                            verdict=FEATURE_DETECTORS)
             return calibration_flags(found, alpha) if stream.kind == "false_alarms" else found
 
         all_rates = fork_map(rates, list(streams))
@@ -225,10 +228,10 @@ def _kept(label_class: int, keep: float) -> np.ndarray:
 
 
 def _seeded(name: str, permutations: int, mmd_max_per_side: int | None = None):
-    """The monitor's detector `name`, seeded per repetition; MMD at full size unless a cap is given."""
+    """The registered detector `name`, seeded per repetition; MMD at full size unless a cap is given."""
     def detector(reference: Features, deployment: Features, seed: int):
-        return feature_detector(name, seed=seed, mmd_permutations=permutations,
-                                mmd_max_per_side=mmd_max_per_side)(reference, deployment)
+        settings = Settings(seed=seed, permutations=permutations, max_per_side=mmd_max_per_side)
+        return DETECTORS[name].bind(settings)(reference, deployment)
     return detector
 
 

@@ -15,11 +15,11 @@ from PIL import Image
 
 from shiftwatch import CLASS_NAMES
 from shiftwatch.__main__ import main
-from shiftwatch.check import load_batch
+from shiftwatch.batch import load_batch
 from shiftwatch.features import features
 from shiftwatch.lineage import file_md5
 from shiftwatch.model import build_resnet18, predict_with_embeddings, save_state_dict
-from shiftwatch.monitor import FEATURE_DETECTORS
+from shiftwatch.monitor import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS
 from shiftwatch.params import Params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +54,8 @@ def project(tmp_path_factory):
                                                         progress=False)
     view = features(images, probabilities, embeddings)
     np.savez(root / "test.npz", probabilities=view.probabilities, embeddings=view.embeddings,
-             image_stats=view.image_stats, labels=labels, model_md5=np.array(file_md5(root / "resnet18.pt")))
+             image_stats=view.image_stats, pixels=view.pixels, labels=labels,
+             model_md5=np.array(file_md5(root / "resnet18.pt")))
     (root / "params.yaml").write_text(yaml.safe_dump(Params().model_dump()))
     np.save(root / "clean.npy", blobs(200, seed=3))
     np.save(root / "bright.npy", np.clip(blobs(200, seed=3) + 0.2, 0, 1))
@@ -76,6 +77,8 @@ def test_a_batch_like_the_reference_passes_with_every_detector_in_the_json(proje
     assert list(report["tests"]) == list(FEATURE_DETECTORS)
     for test in report["tests"].values():
         assert 0 <= test["pvalue"] <= test["adjusted_pvalue"] <= 1
+    assert list(report["diagnostics"]) == list(DIAGNOSTIC_DETECTORS)  # the registry's, e.g. pixel_ks
+    assert 0 <= report["diagnostics"]["pixel_ks"]["pvalue"] <= 1
     assert report["batch"]["images"] == 200 and report["reference"]["images"] == 300
     shift = report["label_shift"]
     assert shift["focus_class"] == 7 and shift["class_names"] == list(CLASS_NAMES)
@@ -88,6 +91,7 @@ def test_a_batch_like_the_reference_passes_with_every_detector_in_the_json(proje
     assert "ok: no shift detected" in printed and "ALERT" not in printed
     assert "* 7 Sneaker" in printed and "<- focus" in printed
     assert all(name in printed for name in FEATURE_DETECTORS)
+    assert "pixel_ks" in printed and "(diagnostic, " in printed
 
 
 def test_a_healthy_batch_saved_as_resized_rgb_pngs_does_not_alarm(project, tmp_path):
@@ -319,7 +323,7 @@ def test_html_report_is_self_contained_and_says_the_verdict_first(project, tmp_p
     assert check(project, project / "bright.npy", "--html", out, "--quiet") == 1
     page = out.read_text()
     assert page.index("ALERT: shift detected by") < page.index("<h2>Detectors")
-    assert all(name in page for name in FEATURE_DETECTORS)
+    assert all(name in page for name in FEATURE_DETECTORS + DIAGNOSTIC_DETECTORS)
     assert page.count('src="data:image/png;base64,') == 3  # two histograms and the sample grid
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     assert "Sneaker" in page and 'id="trust"' in page and 'id="accuracy"' in page

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from shiftwatch.features import Features, image_statistics
+from shiftwatch.features import Features, image_statistics, pixels_8bit
 from shiftwatch.monitor import FEATURE_DETECTORS, accuracy_report, label_shift_report, run_detectors
 
 
@@ -14,7 +14,7 @@ def _features(rng, n, brightness=0.0, class_weights=None):
     probabilities[np.arange(n), predicted] = confidence
     images = np.clip(rng.random((n, 28, 28)) * (rng.random((n, 28, 28)) > 0.5) + brightness, 0, 1)
     embeddings = np.eye(10)[predicted] + rng.normal(0, 0.1, (n, 10))
-    return Features(probabilities, embeddings, image_statistics(images)), labels
+    return Features(probabilities, embeddings, image_statistics(images), pixels_8bit(images)), labels
 
 
 def test_image_statistics_columns(rng):
@@ -62,7 +62,7 @@ def test_the_zero_pixel_share_alone_does_not_raise_the_verdict(rng):
     same, _ = _features(rng, 300)
     stats = same.image_stats.copy()
     stats[:, 1] = 0.0  # no exact zeros left, every other statistic as before
-    resized = Features(same.probabilities, same.embeddings, stats)
+    resized = Features(same.probabilities, same.embeddings, stats, same.pixels)
     result = run_detectors(reference, resized, seed=0, alpha=0.05, mmd_permutations=50,
                            mmd_max_per_side=300)
     assert result["drift"] == 0

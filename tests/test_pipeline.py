@@ -114,12 +114,16 @@ def test_repro_writes_every_output_and_metric(repo):
     detect = _metrics(repo, "detect_details")
     assert detect["b_shift"]["drift"] == 1 and detect["b_shift"]["domain_auc"] > 0.9
     assert detect["b_raw"]["kl_divergence"] < detect["b_shift"]["kl_divergence"]
+    # the registry's model-free detectors reach detect, monitor and power (pixel_ks, a diagnostic)
+    assert set(detect["b_shift"]["registered"]) == {"ks_mean_pixel", "image_stats", "pixel_ks"}
+    assert detect["b_shift"]["registered"]["pixel_ks"]["pvalue"] < 1e-6
     evaluate = _metrics(repo, "evaluate_details")
     assert set(evaluate) == {"domain_a_train", "test", "b_raw", "b_covariate", "b_label", "b_shift"}
     assert set(evaluate["b_shift"]["class_7"]) == {"precision", "recall", "f1"}
     monitor = _metrics(repo, "monitor_details")
     assert monitor["b_shift"]["drift"] == 1 and monitor["b_shift"]["tests"]["image_stats"]["pvalue"] < 1e-6
     assert {"class_7_share_true", "class_7_share_bbse", "class_7_share_em"} <= set(monitor["b_label"]["label_shift"])
+    assert monitor["b_shift"]["diagnostics"]["pixel_ks"]["pvalue"] < 1e-6
     assert {"true", "atc", "average_confidence"} == set(monitor["b_covariate"]["accuracy"])
     power = _metrics(repo, "power_details")
     assert set(power["false_alarms"]) == {"no_shift", "domain_a_train"}
@@ -128,6 +132,8 @@ def test_repro_writes_every_output_and_metric(repo):
     assert power["false_alarms"]["no_shift"]["mmd_embedding"]["100"]["repetitions"] == 5
     assert power["false_alarms"]["no_shift"]["combined"]["100"]["repetitions"] == 5
     assert power["false_alarms"]["no_shift"]["bbsd_ks"]["100"]["repetitions"] == 10
+    assert power["false_alarms"]["no_shift"]["pixel_ks"]["100"]["repetitions"] == 10
+    assert power["detection"]["rotate_30"]["pixel_ks"]["100"]["repetitions"] == 8
     assert "miscalibrated" in power["false_alarms"]["no_shift"]["bbsd_ks"]["10"]
     assert monitor["b_shift"]["mmd_images_tested"] == {  # all of them: below monitor.mmd_max_per_side
         "reference": 500, "deployment": _metrics(repo, "shift")["b_shift"]["n"]}

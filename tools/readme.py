@@ -13,6 +13,8 @@ from pathlib import Path
 
 from shiftwatch import DEPLOYMENT_SETS as SETS
 from shiftwatch.corruptions import FAMILIES
+from shiftwatch.detector_registry import DETECTORS
+from shiftwatch.monitor import FEATURE_DETECTORS
 
 # The study's published numbers (from the project brief); None where it gave none.
 STUDY = {"accuracy_train": 0.9075, "kl_identical": 1.46}
@@ -278,7 +280,7 @@ def harm_table() -> str:
         verdict = by_detector["combined"].get(n)
         if verdict is None:
             continue
-        best = max((d for d in by_detector if d != "combined"), key=lambda d: by_detector[d][n]["rate"])
+        best = max((d for d in by_detector if d in FEATURE_DETECTORS), key=lambda d: by_detector[d][n]["rate"])
         harmful = stream in harm["harmful"]
         met = "—" if not harmful else ("✓" if verdict["rate"] >= harm["target_power"] else "**✗ missed**")
         name = f"**{stream}** (weakest)" if stream == harm["weakest"] else stream
@@ -292,6 +294,33 @@ def harm_table() -> str:
                 f"detects {len(harm['harmful']) - len(missed)} of them in ≥ {harm['target_power']:.0%} of "
                 f"draws at n = {harm['n']}" + (f"; missed: {', '.join(missed)}" if missed else "")
                 + (f". Weakest: {weakest} ({harm['harmful'][weakest]:.2f})." if weakest else "."))
+    return "\n".join(rows)
+
+
+def registry_table() -> str:
+    """The detectors as registered in shiftwatch/detector_registry.py."""
+    rows = ["| detector | consumes | role | what it tests |", "|---|---|---|---|"]
+    rows += [f"| `{d.name}` | {d.consumes} | {'verdict' if d.verdict else 'diagnostic'} | "
+             f"{d.summary} |" for d in DETECTORS.values()]
+    return "\n".join(rows)
+
+
+def added_detector_table(name: str = "pixel_ks") -> str:
+    """One registered diagnostic's power row beside the verdict's, on every stream at n = harm_n."""
+    details = _load("metrics/power_details.json")
+    if name not in details["false_alarms"].get("no_shift", {}):
+        return f"_run `dvc repro power`: no {name} rows yet_"
+    n = str(details["harm"]["n"])
+    rows = [f"| stream | accuracy lost (points) | {name} alarms at n={n} | verdict alarms at n={n} |",
+            "|---|---|---|---|"]
+    for kind in ("false_alarms", "detection"):
+        for stream, by_detector in details[kind].items():
+            if n not in by_detector.get(name, {}) or n not in by_detector["combined"]:
+                continue
+            loss = details["accuracy_loss_points"].get(stream)
+            rows.append(f"| {stream}{' (no shift)' if kind == 'false_alarms' else ''} | "
+                        f"{'—' if loss is None else f'{loss:.1f}'} | {by_detector[name][n]['rate']:.2f} | "
+                        f"{by_detector['combined'][n]['rate']:.2f} |")
     return "\n".join(rows)
 
 
@@ -413,7 +442,7 @@ TABLES = {"detection": detection_table, "accuracy": accuracy_table, "study": stu
           "check-example": check_example, "seeds": seed_table, "mmd-bench": mmd_table,
           "trust": trust_table, "harm": harm_table,
           "power-monitored": monitored_table, "timeline": timeline_table,
-          "check-bench": check_bench_table}
+          "check-bench": check_bench_table, "detectors": registry_table, "pixel-ks": added_detector_table}
 
 
 def refresh(text: str) -> str:

@@ -3,7 +3,8 @@ found by md5, the @champion gate, downloading a models:/ URI, datasets with md5 
 import numpy as np
 import pytest
 
-from shiftwatch import ShiftwatchError, registry
+from shiftwatch import ShiftwatchError
+from shiftwatch import model_registry as registry
 from shiftwatch.lineage import file_md5, folder_md5
 
 NAME = "shiftwatch-resnet18"
