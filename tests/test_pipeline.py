@@ -196,6 +196,57 @@ def test_a_fresh_clone_pulls_the_model_and_checks_without_retraining(repo, tmp_p
     assert check(tmp_path / "test.npy") == 0  # part of the reference itself: no drift
 
 
+@pytest.fixture()
+def s3_endpoint():
+    """A local S3-compatible server (moto, from PyPI) with one bucket; fake credentials."""
+    import socket
+
+    import boto3
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                   "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        for _ in range(100):
+            try:
+                boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                             aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="team")
+                break
+            except Exception:  # not listening yet
+                time.sleep(0.2)
+        yield endpoint, credentials
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_an_s3_remote_round_trips_data_model_and_reference(repo, tmp_path, s3_endpoint, monkeypatch):
+    """The S3 set-up the README documents, against a local S3 server: remote settings in the
+    git-ignored .dvc/config.local, credentials only from the environment."""
+    endpoint, credentials = s3_endpoint
+    for key, value in credentials.items():
+        monkeypatch.setenv(key, value)  # _env passes them on to dvc
+
+    def s3_remote(checkout: Path) -> None:
+        _dvc(checkout, "remote", "add", "--local", "s3team", "s3://team/shiftwatch")
+        _dvc(checkout, "remote", "modify", "--local", "s3team", "endpointurl", endpoint)
+
+    s3_remote(repo)
+    _dvc(repo, "push", "-r", "s3team")
+    assert "AWS" not in (repo / ".dvc" / "config").read_text()  # nothing secret committed
+    clone = tmp_path / "s3clone"
+    _run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    s3_remote(clone)
+    _dvc(clone, "pull", "-r", "s3team")
+    for path in ("models/resnet18.pt", "data/reference/test.npz", "data/prepared/domain_a.npz"):
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+    assert "up to date" in _dvc(clone, "status").stdout
+
+
 def test_repro_logs_one_run_per_stage_under_one_parent(repo):
     client, runs = _runs(repo)
     parents = _parents(runs)
