@@ -194,8 +194,10 @@ def predict_set(model: nn.Module, image_set, batch_size: int, device: torch.devi
 def save_state_dict(model: nn.Module, path: str | Path) -> None:
     from shiftwatch.io import atomic_path
 
-    with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+    # To a file object: given a path, torch.save names the archive's root folder after the
+    # (randomly named) temporary file, and the same weights got a different md5 every time.
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(model.state_dict(), handle)
 
 
 def load_model(path: str | Path) -> nn.Module:

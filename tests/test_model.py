@@ -64,6 +64,15 @@ def test_state_dict_roundtrip_and_mismatch(tmp_path):
         load_model(tmp_path / "missing.pt")
 
 
+def test_the_same_weights_give_the_same_file(tmp_path):
+    # The md5 identifies a model (DVC's cache, the MLflow registry, the reference summary):
+    # saving the same weights twice, to different names, must give identical bytes.
+    model = build_resnet18(seed=1)
+    save_state_dict(model, tmp_path / "a.pt")
+    save_state_dict(model, tmp_path / "b" / "resnet18.pt")
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b" / "resnet18.pt").read_bytes()
+
+
 def test_empty_training_set_is_an_error():
     with pytest.raises(ShiftwatchError, match="empty"):
         train(build_resnet18(), np.zeros((0, 28, 28), np.float32), np.zeros(0, np.int64),
