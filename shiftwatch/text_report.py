@@ -1,6 +1,9 @@
 """The human-readable `shiftwatch check` report (the HTML one is html_report.py)."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 def format_report(report: dict) -> str:
     """The human report: detectors, verdict, estimated class mix and accuracy, wall time."""
@@ -11,15 +14,15 @@ def format_report(report: dict) -> str:
     lines = [f"batch      {batch['path']}: {batch['images']} images "
              f"({origin}{', resized to 28x28' if batch['resized'] else ''}"
              f"{_ignored(batch)}) vs {report['reference']['images']} reference images",
-             f"model      {report['model']} (md5 {report.get('model_md5', '?')[:12]}, the reference's)",
+             f"model      {_shown(report['model'])} (md5 {report.get('model_md5', '?')[:12]}, the reference's)",
              "",
-             f"{'detector':<15} {'statistic':>10} {'p-value':>10} {'Holm p':>10}"]
+             f"{'detector':<17} {'statistic':>10} {'p-value':>10} {'Holm p':>10}"]
     for name, test in report["tests"].items():
         flag = "ALERT" if name in report["alerting"] else "ok"
-        lines.append(f"{name:<15} {test['statistic']:>10.4f} {_p(test['pvalue'])} "
+        lines.append(f"{name:<17} {test['statistic']:>10.4f} {_p(test['pvalue'])} "
                      f"{_p(test['adjusted_pvalue'])}  {flag}")
     for name, test in report.get("diagnostics", {}).items():
-        lines.append(f"{name:<15} {test['statistic']:>10.4f} {_p(test['pvalue'])} {'':>10}  "
+        lines.append(f"{name:<17} {test['statistic']:>10.4f} {_p(test['pvalue'])} {'':>10}  "
                      f"(diagnostic, {'p < alpha' if test['pvalue'] < report['alpha'] else 'p >= alpha'})")
     verdict = (f"ALERT: shift detected by {', '.join(report['alerting'])}" if report["drift"]
                else "ok: no shift detected")
@@ -48,3 +51,11 @@ def _p(value: float) -> str:
 def _ignored(batch: dict) -> str:
     ignored = batch.get("files_ignored", 0)
     return f", {ignored} other files ignored" if ignored else ""
+
+
+def _shown(path: str) -> str:
+    """A path under the working directory relative to it (what the user would type)."""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else path
+    except (OSError, ValueError):  # a models:/ URI, another drive
+        return path
