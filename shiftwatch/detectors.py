@@ -70,8 +70,8 @@ def per_pixel_ks(reference: np.ndarray, deployment: np.ndarray) -> DetectorResul
 
     statistic = the largest KS distance of any pixel; pvalue = min(1, P * smallest p-value),
     each p-value the asymptotic one of `ks_test`. Exact for 8-bit values and vectorised: each
-    side's per-pixel empirical CDFs come from one bincount over its 256 levels (~1 ms for 200
-    images of 784 pixels), so the power stage can repeat it. Positions that never vary
+    side's per-pixel empirical CDFs come from one bincount over its 256 levels (3.5 ms for
+    200 test images against 200, measured), so the power stage can repeat it. Positions that never vary
     (the black border) get D = 0 and p = 1, and still count in the correction.
     """
     _require_nonempty(reference, "reference")
