@@ -1,6 +1,7 @@
-"""dvc.yaml's deps cannot drift from the code: each stage lists exactly the shiftwatch modules
-its script imports, directly or through other modules (a module missing from deps means
-stale results after an edit; a module listed but not imported means needless reruns)."""
+"""dvc.yaml cannot drift from the code: each stage lists exactly the shiftwatch modules its
+script imports, directly or through other modules, and exactly the params keys it reads (a
+module or key missing means stale results after an edit; one listed but unused means needless
+reruns)."""
 import ast
 from pathlib import Path
 
@@ -109,3 +110,90 @@ def test_params_yaml_sets_every_key_so_schema_defaults_cannot_change_results():
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     assert set(_flatten(raw)) == set(Params().flat())
+
+
+# ---------------------------------------------------------------- params read vs declared
+
+def _params_read(script: Path) -> set[str]:
+    """The params.yaml keys `script` reads: attribute chains on the variable `params` (in any
+    function of the script, helpers included) and on names assigned from it
+    (`power = params.power`, `monitor, focus = params.monitor, params.shift.label_class`),
+    each cut to the longest prefix that names a section or setting of the schema. A chain
+    used whole (a section passed on) counts as reading the whole section."""
+    from shiftwatch.params import Params, _setting_keys
+
+    known = set(_setting_keys(Params))
+    known |= {key.rsplit(".", i)[0] for key in known for i in range(1, key.count(".") + 1)}  # sections
+    tree = ast.parse(script.read_text())
+    aliases: dict[str, str] = {"params": ""}
+
+    def chain(node) -> tuple[str, list[str]] | None:
+        parts = []
+        while isinstance(node, ast.Attribute):
+            parts.append(node.attr)
+            node = node.value
+        if isinstance(node, ast.Name) and node.id in aliases:
+            return node.id, parts[::-1]
+        return None
+
+    def key(root: str, parts: list[str]) -> str | None:
+        full = [p for p in (aliases[root], *parts) if p]
+        for end in range(len(full), 0, -1):
+            if ".".join(full[:end]) in known:
+                return ".".join(full[:end])
+        return None
+
+    definitions = set()  # the value nodes that define an alias: not reads themselves
+    for node in ast.walk(tree):  # aliases first: `name = params.section`
+        if isinstance(node, ast.Assign):
+            targets = node.targets[0].elts if isinstance(node.targets[0], ast.Tuple) else node.targets
+            for target, value in zip(targets, _assigned_values(node)):
+                found = chain(value) if isinstance(target, ast.Name) else None
+                if found and found[1] and key(*found) in known - set(_setting_keys(Params)):
+                    aliases[target.id] = key(*found)
+                    definitions.add(value)
+    reads: set[str] = set()
+    parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Attribute, ast.Name)) or isinstance(parents.get(node), ast.Attribute):
+            continue  # only the outermost node of each chain
+        if node in definitions or isinstance(getattr(node, "ctx", None), ast.Store):
+            continue
+        found = chain(node) if isinstance(node, ast.Attribute) else (
+            (node.id, []) if node.id in aliases and node.id != "params" else None)
+        if found is not None and (found_key := key(*found)) is not None:
+            reads.add(found_key)
+    return reads
+
+
+def _assigned_values(assign: ast.Assign) -> list:
+    if isinstance(assign.targets[0], ast.Tuple) and isinstance(assign.value, ast.Tuple):
+        return list(assign.value.elts)
+    return [assign.value]
+
+
+def test_every_stage_declares_the_params_it_reads_and_reads_what_it_declares():
+    problems = []
+    for stage, spec in _stages().items():
+        declared = {str(p) for p in spec.get("params", [])}
+        read = _params_read(_script(spec))
+        covered = lambda key: any(key == d or key.startswith(f"{d}.") for d in declared)  # noqa: E731
+        unused = {d for d in declared if not any(r == d or r.startswith(f"{d}.") or d.startswith(f"{r}.")
+                                                  for r in read)}
+        if {r for r in read if not covered(r)}:
+            problems.append(f"{stage}: reads but does not declare {sorted(r for r in read if not covered(r))}")
+        if unused:
+            problems.append(f"{stage}: declares but never reads {sorted(unused)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_params_check_sees_aliases_and_helpers(tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text("def main():\n"
+                      "    params = load_params()\n"
+                      "    power, focus = params.power, params.shift.label_class\n"
+                      "    use(power.sizes, params.seed)\n"
+                      "    helper(params)\n\n"
+                      "def helper(params):\n"
+                      "    return params.evaluate\n")
+    assert _params_read(script) == {"power.sizes", "shift.label_class", "seed", "evaluate"}
