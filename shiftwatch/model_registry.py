@@ -55,15 +55,19 @@ def register(client, run_id: str, name: str, model_path: str | Path, md5: str, t
     return version, True
 
 
-def promote(client, name: str, version, test_accuracy: float, tolerance_points: float) -> dict:
+def promote(client, name: str, version, test_accuracy: float, tolerance_points: float,
+            blocked: str | None = None) -> dict:
     """Record `version`'s held-out test accuracy and move `@champion` to it if it passes the
     gate: accuracy >= the current champion's - tolerance_points (percentage points). The
-    first scored version becomes champion. Returns what was decided, for the log."""
+    first scored version becomes champion. `blocked` (a reason) records the accuracy but
+    moves nothing (an exploratory DVC experiment). Returns what was decided, for the log."""
     client.set_model_version_tag(name, version.version, ACCURACY_TAG, f"{test_accuracy:.6f}")
     champion = _version_by_alias(client, name, CHAMPION)
     decision = {"version": int(version.version), "test_accuracy": test_accuracy,
                 "champion_before": None if champion is None else int(champion.version)}
-    if champion is None:
+    if blocked and (champion is None or champion.version != version.version):
+        decision.update(promoted=False, reason=blocked)
+    elif champion is None:
         decision.update(promoted=True, reason="no champion yet")
     elif champion.version == version.version:
         decision.update(promoted=False, reason="already champion")

@@ -115,6 +115,8 @@ class RegistryParams(_Strict):
     # MLflow's rules for a registered model name, kept simple enough for a models:/ URI.
     model_name: str = Field("shiftwatch-resnet18", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     champion_tolerance_points: float = Field(0.5, ge=0, le=100)
+    # Who may move @champion: only runs in the workspace (`dvc repro`), or DVC experiments too.
+    promote_from: Literal["workspace", "any"] = "workspace"
 
 
 class Params(_Strict):

@@ -246,10 +246,12 @@ class StageRun:
         self._commands.put(("register_model", (str(path), name)))
 
     def promote_champion(self, path: str | Path, name: str, test_accuracy: float,
-                         tolerance_points: float) -> None:
+                         tolerance_points: float, promote_from: str = "workspace") -> None:
         """Score the model at `path` (registering it first if `train` did not, e.g. after
-        `dvc pull`) and move `@champion` to it if it passes the gate (see registry.promote)."""
-        self._commands.put(("promote_champion", (str(path), name, test_accuracy, tolerance_points)))
+        `dvc pull`) and move `@champion` to it if it passes the gate (see registry.promote);
+        with promote_from="workspace", a DVC experiment scores its model but never moves it."""
+        self._commands.put(("promote_champion", (str(path), name, test_accuracy, tolerance_points,
+                                                 promote_from)))
 
 
 class _Logger:
@@ -304,15 +306,21 @@ class _Logger:
               f"{'' if created else ' (registered before: same md5)'}", flush=True)
         return version
 
-    def promote_champion(self, path: str, name: str, test_accuracy: float, tolerance_points: float) -> None:
+    def promote_champion(self, path: str, name: str, test_accuracy: float, tolerance_points: float,
+                         promote_from: str) -> None:
         from shiftwatch.model_registry import CHAMPION, promote
 
         version = self.register_model(path, name)
-        decision = _retry(lambda: promote(self.client, name, version, test_accuracy, tolerance_points))
+        experiment = os.environ.get("DVC_EXP_NAME")
+        blocked = (f"scored in experiment {experiment}; registry.promote_from = workspace"
+                   if experiment and promote_from == "workspace" else None)
+        decision = _retry(lambda: promote(self.client, name, version, test_accuracy, tolerance_points,
+                                          blocked=blocked))
         self.set_tag("registry.champion", str(decision["promoted"]).lower())
         moved = "is now" if decision["promoted"] else "stays"
         holder = decision["version"] if decision["promoted"] else decision["champion_before"]
-        print(f"{self.stage}: {name}@{CHAMPION} {moved} version {holder} ({decision['reason']})", flush=True)
+        print(f"{self.stage}: {name}@{CHAMPION} {moved} {'unset' if holder is None else f'version {holder}'} "
+              f"({decision['reason']})", flush=True)
 
     def end(self, status: str, ended_ms: int) -> None:
         """Close the stage run, then give the parent every headline metric now on disk."""

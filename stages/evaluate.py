@@ -59,7 +59,8 @@ def main() -> None:
         for name in DEPLOYMENT_SETS:
             run.log_dataset(f"data/shifted/{name}.npz", "evaluation")
         run.promote_champion("models/resnet18.pt", params.registry.model_name,
-                             per_set["test"]["accuracy"], params.registry.champion_tolerance_points)
+                             per_set["test"]["accuracy"], params.registry.champion_tolerance_points,
+                             params.registry.promote_from)
         for path in figures:
             run.log_artifact(path, "plots")
     for name, m in per_set.items():

@@ -61,6 +61,19 @@ def test_champion_moves_only_past_the_gate(store, tmp_path):
     assert client.get_model_version(NAME, "2").tags[registry.ACCURACY_TAG] == "0.890000"
 
 
+def test_an_experiment_scores_its_model_but_does_not_move_the_champion(store, tmp_path):
+    _, client, experiment = store
+    v1, _ = _register(client, experiment, _model(tmp_path, 1))
+    v2, _ = _register(client, experiment, _model(tmp_path, 2))
+    blocked = "scored in experiment bally-loot"
+    assert registry.promote(client, NAME, v1, 0.90, 0.5, blocked=blocked)["promoted"] is False  # none yet
+    assert registry.promote(client, NAME, v1, 0.90, 0.5)["promoted"]  # from the workspace
+    decision = registry.promote(client, NAME, v2, 0.95, 0.5, blocked=blocked)  # better, but an experiment
+    assert not decision["promoted"] and decision["reason"] == blocked
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1
+    assert client.get_model_version(NAME, "2").tags[registry.ACCURACY_TAG] == "0.950000"  # still scored
+
+
 def test_a_models_uri_downloads_the_champion_once(store, tmp_path, monkeypatch):
     uri, client, experiment = store
     model = _model(tmp_path, 1)
