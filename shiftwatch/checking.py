@@ -27,7 +27,7 @@ PARAMS_READ = ("seed", "shift.label_class", "evaluate.batch_size", "evaluate.pre
                "monitor.mmd_permutations", "monitor.mmd_max_per_side", "monitor.trust_tolerance")
 
 
-def check_batch(batch: Path, *, reference: Path | None = None, model: Path | None = None,
+def check_batch(batch: Path, *, reference: Path | None = None, model: str | Path | None = None,
                 params: Path | None = None, progress: bool = False):
     """Load everything, validate it, and check the batch: (report, a JSON-ready dict; the
     per-image numbers the HTML report draws, html_report.Views). Every input problem raises

@@ -318,7 +318,7 @@ def added_detector_table(name: str = "pixel_ks") -> str:
             if n not in by_detector.get(name, {}) or n not in by_detector["combined"]:
                 continue
             loss = details["accuracy_loss_points"].get(stream)
-            rows.append(f"| {stream}{' (no shift)' if kind == 'false_alarms' else ''} | "
+            rows.append(f"| {stream}{' (false-alarm stream)' if kind == 'false_alarms' else ''} | "
                         f"{'—' if loss is None else f'{loss:.1f}'} | {by_detector[name][n]['rate']:.2f} | "
                         f"{by_detector['combined'][n]['rate']:.2f} |")
     return "\n".join(rows)
