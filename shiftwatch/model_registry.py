@@ -48,7 +48,7 @@ def register(client, run_id: str, name: str, model_path: str | Path, md5: str, t
         client.create_registered_model(name, description="ResNet-18 on FashionMNIST domain A "
                                        "(shiftwatch); the @champion alias is what monitoring uses")
     except MlflowException as err:  # registered before, or by a concurrent stage
-        if "already exists" not in str(err).lower() and "RESOURCE_ALREADY_EXISTS" not in str(err):
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
     version = client.create_model_version(name, source=f"runs:/{run_id}/{STATE_DICT_FOLDER}",
                                           run_id=run_id, tags={**tags, MD5_TAG: md5})

@@ -261,7 +261,7 @@ class _Logger:
         self.client = client = store[0]
         self.stage = stage
         experiment_id = store[1]
-        tags = dvc_tags(stage)
+        self.tags = tags = dvc_tags(stage)
         key = pipeline_key(params.model_dump_json(), tags)
         self.parent_id = _retry(lambda: _parent_run(client, experiment_id, key, tags, params.flat(),
                                                      started_ms))
@@ -299,8 +299,9 @@ class _Logger:
         from shiftwatch.lineage import file_md5
         from shiftwatch.model_registry import register
 
-        tags = {k: v for k, v in dvc_tags(self.stage).items() if not k.startswith("mlflow.")}
-        version, created = _retry(lambda: register(self.client, self.run_id, name, path, file_md5(path), tags))
+        tags = {k: v for k, v in self.tags.items() if not k.startswith("mlflow.")}
+        md5 = file_md5(path)
+        version, created = _retry(lambda: register(self.client, self.run_id, name, path, md5, tags))
         self.set_tag("registry.version", f"{name}/{version.version}")
         print(f"{self.stage}: {path} is {name} version {version.version}"
               f"{'' if created else ' (registered before: same md5)'}", flush=True)
@@ -311,9 +312,9 @@ class _Logger:
         from shiftwatch.model_registry import CHAMPION, promote
 
         version = self.register_model(path, name)
-        experiment = os.environ.get("DVC_EXP_NAME")
+        experiment = self.tags["dvc.exp_name"]
         blocked = (f"scored in experiment {experiment}; registry.promote_from = workspace"
-                   if experiment and promote_from == "workspace" else None)
+                   if experiment != "workspace" and promote_from == "workspace" else None)
         decision = _retry(lambda: promote(self.client, name, version, test_accuracy, tolerance_points,
                                           blocked=blocked))
         self.set_tag("registry.champion", str(decision["promoted"]).lower())

@@ -8,11 +8,15 @@ from pathlib import Path
 import yaml
 from conftest import REPO
 
-# Modules that cannot change a stage's results: where and how it logs to MLflow, how its errors
-# are printed, and the params schema (it only validates: the values a stage reads are declared
-# under `params:` in dvc.yaml, and params.yaml sets every key, see the test below). Listing
-# them would rerun training for an edit to an error message.
-CANNOT_CHANGE_RESULTS = {"shiftwatch/tracking.py", "shiftwatch/cli.py", "shiftwatch/params.py"}
+# Modules that cannot change a stage's results: where and how it logs to MLflow (tracking.py,
+# with the model registry it calls; the check does not follow tracking's own imports, which
+# also include lineage.py for the md5s it logs), how its errors are printed, and the params
+# schema (it only validates: the values a stage reads are declared under `params:` in dvc.yaml,
+# and params.yaml sets every key, see the test below). Listing them would rerun training for an
+# edit to an error message. A stage that imports lineage.py itself (reference, which stores a
+# model md5 in its output) must list it.
+CANNOT_CHANGE_RESULTS = {"shiftwatch/tracking.py", "shiftwatch/model_registry.py", "shiftwatch/cli.py",
+                         "shiftwatch/params.py"}
 
 
 def _module_file(dotted: str) -> Path | None:

@@ -112,8 +112,9 @@ def _copy_model(source, target, model, new_ids: dict[str, str], counts: dict[str
 
     try:
         target.create_registered_model(model.name, tags=model.tags, description=model.description)
-    except MlflowException:  # already there: add what is missing
-        pass
+    except MlflowException as err:  # already there: add what is missing
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
     there = {v.tags.get(MIGRATED_FROM): v.version for v in target.search_model_versions(f"name = '{model.name}'")}
     numbers: dict[str, str] = {}
     for version in sorted(source.search_model_versions(f"name = '{model.name}'"), key=lambda v: int(v.version)):
