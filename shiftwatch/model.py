@@ -1,13 +1,16 @@
 """The classifier: torchvision's ResNet-18 for 1-channel 28x28 images, trained from memory.
 
 Images are fed as tensors sliced from one in-memory array (no per-sample PIL conversion,
-no DataLoader workers), in channels-last layout, with a fused Adam step: together what makes
-CPU training affordable here (measured by `make bench`). Inference runs under bfloat16
-autocast where the CPU has native bf16 kernels (about 2x faster measured; fp32 elsewhere).
+no DataLoader workers), in channels-last layout, with a fused Adam step, bf16 compute where
+the CPU has native bf16 kernels, and layer4's one-pixel convolutions computed as matrix
+products: together what makes CPU training affordable here (measured by `make bench`).
+Inference runs under bfloat16 autocast where the CPU has native bf16 kernels (about 2x faster
+measured; fp32 elsewhere).
 """
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,14 +87,77 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
+class PointConv(nn.Module):
+    """A convolution whose output is a single pixel, computed as one matrix product.
+
+    On 28x28 images ResNet-18's layer4 works on 2x2 and 1x1 feature maps, so its 3x3 kernels
+    mostly multiply padding, and oneDNN's backward pass for them was the slowest op of a
+    training step. The one output pixel sees only the input pixels under the kernel's window,
+    so the convolution is `window @ taps`: the same function and the same gradients (exactly
+    zero for taps that only ever meet padding), on the conv's own weight tensor.
+    """
+
+    def __init__(self, conv: nn.Conv2d, input_size: tuple[int, int]):
+        super().__init__()
+        self.weight = conv.weight  # shared: the state_dict and the optimizer see the conv's tensor
+        kernel, pad = conv.kernel_size[0], conv.padding[0]
+        self.pad = pad
+        self.rows, self.cols = min(input_size[0], kernel - pad), min(input_size[1], kernel - pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        window = x[:, :, :self.rows, :self.cols].reshape(len(x), -1)
+        taps = self.weight[:, :, self.pad:self.pad + self.rows, self.pad:self.pad + self.cols]
+        return (window @ taps.reshape(len(taps), -1).T)[:, :, None, None]
+
+
+def lower_point_convs(model: nn.Module, image_size: tuple[int, int]) -> list[str]:
+    """Replace, in place, every plain Conv2d whose output is 1x1 at `image_size` by a PointConv.
+
+    Returns the names of the replaced modules. Convs with a bias, groups or dilation keep
+    oneDNN (torchvision's ResNet has none of those).
+    """
+    shapes: dict[str, tuple] = {}
+    plain = {name: conv for name, conv in model.named_modules()
+             if type(conv) is nn.Conv2d and conv.bias is None and conv.groups == 1
+             and conv.dilation == (1, 1) and conv.kernel_size[0] == conv.kernel_size[1]
+             and conv.padding[0] == conv.padding[1]}
+    hooks = [conv.register_forward_hook(
+        lambda _, inputs, output, name=name: shapes.__setitem__(name, (inputs[0].shape[2:], output.shape[2:])))
+        for name, conv in plain.items()]
+    weight = next(model.parameters())
+    was_training = model.training
+    with torch.no_grad():  # a probe image in eval mode: BatchNorm statistics stay untouched
+        model.eval()(torch.zeros(1, 1, *image_size, dtype=weight.dtype, device=weight.device))
+    model.train(was_training)
+    for hook in hooks:
+        hook.remove()
+    lowered = [name for name, (_, output) in shapes.items() if tuple(output) == (1, 1)]
+    for name in lowered:
+        parent, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(parent), attribute, PointConv(plain[name], tuple(shapes[name][0])))
+    return lowered
+
+
+def training_graph(model: nn.Module, dtype: torch.dtype, image_size: tuple[int, int]) -> nn.Module:
+    """The network the training steps run: a structural copy of `model` with its one-pixel
+    convolutions lowered. In float32 it shares the model's parameters and buffers (the steps
+    update the model itself); in bfloat16 it holds its own low-precision copies."""
+    shared = ({id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
+              if dtype == torch.float32 else {})
+    graph = copy.deepcopy(model, shared).to(dtype)
+    lower_point_convs(graph, image_size)
+    return graph
+
+
 def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int,
           batch_size: int, lr: float, seed: int, device: torch.device, progress: bool = True,
-          precision: str = "fp32") -> list[dict[str, float]]:
+          precision: str = "fp32", lower: bool = True) -> list[dict[str, float]]:
     """Adam + cross-entropy; a fresh seeded shuffle every epoch.
 
     precision="auto" trains in mixed precision where bf16 is native (see `inference_dtype`):
     forward and backward in bfloat16 on a copy of the network, while the optimizer keeps and
     updates float32 master weights (Adam's 1e-4 steps would vanish in bf16's 8-bit mantissa).
+    `lower=False` keeps layer4's convolutions on oneDNN (see PointConv; for the benchmark).
     Returns one row per epoch: mean training loss, training accuracy (on the fly, as the
     batches went by), images per second.
     """
@@ -101,7 +167,11 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
     generator = torch.Generator().manual_seed(seed)
     model.to(device, memory_format=torch.channels_last).train()
     dtype = inference_dtype(device, precision)
-    compute = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    mixed = dtype != torch.float32
+    if lower:
+        compute = training_graph(model, dtype, images.shape[1:])
+    else:
+        compute = copy.deepcopy(model).to(dtype) if mixed else model
     master_weights, compute_weights = list(model.parameters()), list(compute.parameters())
     # fused: one kernel for all 11 M parameters (36 -> 4 ms per step measured on 2 CPU cores)
     optimizer = torch.optim.Adam(master_weights, lr=lr, fused=True)
@@ -115,7 +185,7 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
                        unit="batch", disable=not progress, mininterval=2.0)
         for rows in batches:
             batch, target = all_images[rows], all_labels[rows]
-            if compute is not model:
+            if mixed:
                 with torch.no_grad():
                     for low, master in zip(compute_weights, master_weights):
                         low.copy_(master)
@@ -123,7 +193,7 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
             logits = compute(batch.to(dtype)).float()
             loss = loss_fn(logits, target)
             loss.backward()
-            if compute is not model:
+            if mixed:
                 for master, low in zip(master_weights, compute_weights):
                     master.grad = low.grad.float()
             optimizer.step()
@@ -132,7 +202,7 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
         seconds = time.perf_counter() - started
         history.append({"epoch": epoch, "loss": total_loss / len(order),
                         "accuracy": correct / len(order), "images_per_second": len(order) / seconds})
-    if compute is not model:  # BatchNorm running statistics were tracked on the copy
+    if mixed:  # BatchNorm running statistics were tracked on the copy
         with torch.no_grad():
             for master, low in zip(model.buffers(), compute.buffers()):
                 master.copy_(low)

@@ -1,3 +1,4 @@
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -5,7 +6,8 @@ import pytest
 import torch
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.model import build_resnet18, load_model, predict_proba, save_state_dict, train
+from shiftwatch.model import (PointConv, build_resnet18, load_model, lower_point_convs, predict_proba,
+                              save_state_dict, train, training_graph)
 
 CPU = torch.device("cpu")
 
@@ -140,3 +142,52 @@ def test_mixed_precision_training_keeps_float32_master_weights_and_learns(rng):
     fp32 = train(reference, images, labels, epochs=3, batch_size=64, lr=1e-3, seed=0, device=CPU,
                  progress=False, precision="fp32")
     assert [row["accuracy"] for row in history] == pytest.approx([row["accuracy"] for row in fp32], abs=0.05)
+
+
+def test_one_pixel_convs_lowered_give_the_same_outputs_and_gradients(rng):
+    # Given ResNet-18 and a copy whose convolutions with a 1x1 output are matrix products
+    model = build_resnet18(seed=0).train()
+    lowered = training_graph(model, torch.float32, (28, 28))
+    names = [name for name, module in lowered.named_modules() if isinstance(module, PointConv)]
+    # Then exactly layer4's five convolutions (2x2 and 1x1 inputs, 1x1 outputs) are lowered,
+    assert names == ["layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample.0",
+                     "layer4.1.conv1", "layer4.1.conv2"]
+    # on the model's own tensors, under the same names (the state_dict does not change)
+    assert [n for n, _ in lowered.named_parameters()] == [n for n, _ in model.named_parameters()]
+    assert all(a is b for a, b in zip(lowered.parameters(), model.parameters()))
+    assert all(a is b for a, b in zip(lowered.buffers(), model.buffers()))
+    assert all(type(module) is torch.nn.Conv2d for name, module in model.named_modules() if "conv" in name)
+    # When both compute a training step's loss and gradients on the same batch
+    images = torch.from_numpy(rng.random((16, 1, 28, 28), dtype=np.float32))
+    labels = torch.from_numpy(rng.integers(0, 10, 16))
+    reference = copy.deepcopy(model)
+    torch.nn.functional.cross_entropy(reference(images), labels).backward()
+    torch.nn.functional.cross_entropy(lowered(images), labels).backward()
+    # Then the gradients agree to float32 rounding, including the zero gradient of the taps
+    # that only ever meet padding
+    for (name, ours), theirs in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-5, msg=name)
+    padding_taps = model.layer4[1].conv1.weight.grad[:, :, 0]
+    assert torch.count_nonzero(padding_taps) == 0
+    assert torch.count_nonzero(model.layer4[1].conv1.weight.grad[:, :, 1, 1]) > 0
+
+
+def test_lowering_leaves_convs_with_larger_outputs_alone():
+    # On 64x64 images layer4's outputs are 2x2: nothing is lowered
+    assert lower_point_convs(build_resnet18(seed=0), (64, 64)) == []
+    # A conv with a bias keeps oneDNN even with a 1x1 output
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1, bias=True))
+    assert lower_point_convs(net, (1, 1)) == []
+    assert isinstance(net[0], torch.nn.Conv2d)
+
+
+def test_training_with_and_without_the_lowering_follows_the_same_path():
+    images, labels = _toy(64)
+    losses = {}
+    for lower in (False, True):
+        model = build_resnet18(seed=5)
+        history = train(model, images, labels, epochs=2, batch_size=16, lr=1e-3, seed=5, device=CPU,
+                        progress=False, precision="fp32", lower=lower)
+        losses[lower] = ([row["loss"] for row in history], model.fc.weight.detach().clone())
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-3, abs=1e-5)
+    torch.testing.assert_close(losses[True][1], losses[False][1], rtol=1e-3, atol=1e-4)
