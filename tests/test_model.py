@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.model import (PointConv, build_resnet18, load_model, lower_point_convs, predict_proba,
-                              save_state_dict, train, training_graph)
+from shiftwatch.model import (
+    PointConv,
+    build_resnet18,
+    load_model,
+    lower_point_convs,
+    predict_proba,
+    save_state_dict,
+    train,
+    training_graph,
+)
 
 CPU = torch.device("cpu")
 
