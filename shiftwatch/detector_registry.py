@@ -28,7 +28,7 @@ import numpy as np
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.detectors import DetectorResult, ks_test, per_pixel_ks
-from shiftwatch.twosample import bbsd_chi2, bbsd_class_shares, bbsd_ks, median_bandwidth, mmd_test
+from shiftwatch.twosample import bbsd_chi2, bbsd_class_shares, bbsd_ks, frame_span_test, median_bandwidth, mmd_test
 
 View = Literal["pixels", "image_stats", "probabilities", "embeddings"]
 # What each view holds, one row per image (`shiftwatch.features.Features` carries all four).
@@ -109,8 +109,9 @@ def bound(names, settings: Settings) -> dict[str, Callable]:
 
 
 # ---------------------------------------------------------------- the verdict
-# Holm–Bonferroni at monitor.alpha over these six, every one weighted alike. Fixed before the
-# harm table (power stage) was measured.
+# Holm–Bonferroni at monitor.alpha over these seven, every one weighted alike. The first six were
+# fixed before the harm table (power stage) was measured; frame_span was added after it showed
+# one-pixel translations missed, designed on domain A images (not in the power pool): see README.
 
 @register("ks_mean_pixel", consumes="image_stats", verdict=True,
           summary="KS on the per-image mean pixel (the study's test)")
@@ -130,6 +131,13 @@ def image_stats(reference, deployment, settings):
     results = [ks_test(reference[:, c], deployment[:, c]) for c in _QUANTILE_COLUMNS]
     return DetectorResult(max(r.statistic for r in results),
                           min(1.0, len(results) * min(r.pvalue for r in results)))
+
+
+@register("frame_span", consumes="pixels", verdict=True,
+          summary="share of images whose object spans the frame (ink on two opposite borders); "
+                  "one-sided Fisher: alarms when fewer do than in the reference")
+def frame_span(reference, deployment, settings):
+    return frame_span_test(reference, deployment)
 
 
 @register("bbsd_ks", consumes="probabilities", verdict=True,

@@ -33,9 +33,9 @@ def test_per_pixel_ks_refuses_floats_and_mismatched_shapes():
         per_pixel_ks(np.zeros((5, 784), np.uint8), np.zeros((5, 100), np.uint8))
 
 
-def test_every_detector_names_a_known_view_and_the_verdict_is_the_six():
-    assert FEATURE_DETECTORS == ("ks_mean_pixel", "image_stats", "bbsd_ks", "bbsd_chi2", "bbsd_class_shares",
-                                 "mmd_embedding")
+def test_every_detector_names_a_known_view_and_the_verdict_is_the_seven():
+    assert FEATURE_DETECTORS == ("ks_mean_pixel", "image_stats", "frame_span", "bbsd_ks", "bbsd_chi2",
+                                 "bbsd_class_shares", "mmd_embedding")
     assert "pixel_ks" in DIAGNOSTIC_DETECTORS and DETECTORS["pixel_ks"].consumes == "pixels"
     assert all(d.consumes in VIEWS and d.summary for d in DETECTORS.values())
 
