@@ -24,6 +24,7 @@ interval, repetitions and the multiplicity-corrected miscalibration flag), metri
 (DVC plots), metrics/plots/power.png.
 """
 import csv
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,6 +69,7 @@ def main() -> None:
         for severity in severities:
             check_severity(family, severity)
     with stage_run("power", params) as run:
+        started = time.perf_counter()
         pool, labels, images = _pool()
         for setting, sizes, size_of_pool in (("power.sizes", power.sizes, len(pool)),
                                              ("power.corruption_sizes", power.corruption_sizes,
@@ -89,6 +91,8 @@ def main() -> None:
                 clean_accuracy - accuracy(pool.probabilities, labels, _kept(params.shift.label_class, keep)))
         streams.update(_corruption_streams(model, device, pool, labels, images, params))
         streams.update(_monitored_streams(pool, labels, params))
+        print(f"power: the model's features of every shifted pool in {time.perf_counter() - started:.0f} s",
+              flush=True)
 
         every = FEATURE_DETECTORS + DIAGNOSTIC_DETECTORS  # the registry's: verdict, then diagnostics
         detectors = {name: _seeded(name, power.mmd_permutations) for name in every}
@@ -99,11 +103,13 @@ def main() -> None:
         def rates(name: str) -> dict:
             stream = streams[name]
             repetitions = stream.repetitions or power.repetitions
-            print(f"power: {stream.kind} on {name}, n = {stream.sizes}, R = {repetitions}", flush=True)
+            stream_started = time.perf_counter()
             found = independent_alarm_rates(stream.sample, as_monitored if stream.monitored else detectors,
                                             stream.sizes, repetitions, alpha=alpha, seed=params.seed,
                                             repetitions_for=None if stream.monitored else _repetitions_for(power),
                                             verdict=FEATURE_DETECTORS)
+            print(f"power: {stream.kind} on {name}, n = {stream.sizes}, R = {repetitions}: "
+                  f"{time.perf_counter() - stream_started:.1f} s", flush=True)
             return calibration_flags(found, alpha) if stream.kind == "false_alarms" else found
 
         all_rates = fork_map(rates, list(streams))
