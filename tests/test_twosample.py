@@ -1,10 +1,9 @@
 import time
 import tracemalloc
 
-from conftest import needs_fashion_mnist
-
 import numpy as np
 import pytest
+from conftest import needs_fashion_mnist
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
