@@ -115,7 +115,7 @@ def test_repro_writes_every_output_and_metric(repo):
     assert detect["b_shift"]["drift"] == 1 and detect["b_shift"]["domain_auc"] > 0.9
     assert detect["b_raw"]["kl_divergence"] < detect["b_shift"]["kl_divergence"]
     # the registry's model-free detectors reach detect, monitor and power (pixel_ks, a diagnostic)
-    assert set(detect["b_shift"]["registered"]) == {"ks_mean_pixel", "image_stats", "pixel_ks"}
+    assert set(detect["b_shift"]["registered"]) == {"ks_mean_pixel", "image_stats", "frame_span", "pixel_ks"}
     assert detect["b_shift"]["registered"]["pixel_ks"]["pvalue"] < 1e-6
     evaluate = _metrics(repo, "evaluate_details")
     assert set(evaluate) == {"domain_a_train", "test", "b_raw", "b_covariate", "b_label", "b_shift"}
