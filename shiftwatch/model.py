@@ -100,9 +100,8 @@ class PointConv(nn.Module):
     def __init__(self, conv: nn.Conv2d, input_size: tuple[int, int]):
         super().__init__()
         self.weight = conv.weight  # shared: the state_dict and the optimizer see the conv's tensor
-        kernel, pad = conv.kernel_size[0], conv.padding[0]
-        self.pad = pad
-        self.rows, self.cols = min(input_size[0], kernel - pad), min(input_size[1], kernel - pad)
+        kernel, self.pad = conv.kernel_size[0], conv.padding[0]
+        self.rows, self.cols = (min(size, kernel - self.pad) for size in input_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         window = x[:, :, :self.rows, :self.cols].reshape(len(x), -1)
@@ -138,14 +137,17 @@ def lower_point_convs(model: nn.Module, image_size: tuple[int, int]) -> list[str
     return lowered
 
 
-def training_graph(model: nn.Module, dtype: torch.dtype, image_size: tuple[int, int]) -> nn.Module:
-    """The network the training steps run: a structural copy of `model` with its one-pixel
-    convolutions lowered. In float32 it shares the model's parameters and buffers (the steps
-    update the model itself); in bfloat16 it holds its own low-precision copies."""
+def training_graph(model: nn.Module, dtype: torch.dtype, image_size: tuple[int, int],
+                   lower: bool = True) -> nn.Module:
+    """The network the training steps run: a structural copy of `model`, with its one-pixel
+    convolutions lowered unless lower=False. In float32 it shares the model's parameters and
+    buffers (the steps update the model itself); in bfloat16 it holds its own low-precision
+    copies."""
     shared = ({id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
               if dtype == torch.float32 else {})
     graph = copy.deepcopy(model, shared).to(dtype)
-    lower_point_convs(graph, image_size)
+    if lower:
+        lower_point_convs(graph, image_size)
     return graph
 
 
@@ -168,10 +170,7 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
     model.to(device, memory_format=torch.channels_last).train()
     dtype = inference_dtype(device, precision)
     mixed = dtype != torch.float32
-    if lower:
-        compute = training_graph(model, dtype, images.shape[1:])
-    else:
-        compute = copy.deepcopy(model).to(dtype) if mixed else model
+    compute = training_graph(model, dtype, images.shape[1:], lower=lower)
     master_weights, compute_weights = list(model.parameters()), list(compute.parameters())
     # fused: one kernel for all 11 M parameters (36 -> 4 ms per step measured on 2 CPU cores)
     optimizer = torch.optim.Adam(master_weights, lr=lr, fused=True)
