@@ -112,14 +112,18 @@ def main() -> None:
                   f"{time.perf_counter() - stream_started:.1f} s", flush=True)
             return calibration_flags(found, alpha) if stream.kind == "false_alarms" else found
 
-        all_rates = fork_map(rates, list(streams))
+        # The short corruption streams go last, so they fill in while the long ones finish
+        # (the two workers take streams in this order); results do not depend on the order.
+        order = sorted(streams, key=lambda name: streams[name].corruption)
+        all_rates = dict(zip(order, fork_map(rates, order)))
         results = {"pool": {"images": len(pool), "largest_n_share": 2 * max(power.sizes) / len(pool),
                             "corruption_pool_images": min(len(pool), power.corruption_pool_images)},
                    "verdict": VERDICT, "false_alarms": {}, "detection": {}, "accuracy_loss_points": {}}
         results["as_monitored"] = {"reference_images": power.monitored_reference,
                                    "mmd_max_per_side": params.monitor.mmd_max_per_side,
                                    "false_alarms": {}, "detection": {}}
-        for name, found in zip(streams, all_rates):
+        for name in streams:
+            found = all_rates[name]
             table = results["as_monitored"] if streams[name].monitored else results
             table[streams[name].kind][name.removeprefix(MONITORED)] = {
                 d: {str(p.n): _point(p) for p in points} for d, points in found.items()}

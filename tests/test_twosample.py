@@ -171,8 +171,8 @@ def test_mmd2_unbiased_matches_double_loop(rng):
     for bandwidth in (0.5, 2.0):
         expected = _double_loop_mmd2(x, y, bandwidth)
         assert mmd2_unbiased(x, y, bandwidth) == pytest.approx(expected, rel=1e-10)
-    # mmd_test reports the same estimate when nothing is subsampled
-    assert mmd_test(x, y, bandwidth=2.0).statistic == pytest.approx(expected, rel=1e-10)
+    # mmd_test reports the same estimate when nothing is subsampled, from its float32 kernel
+    assert mmd_test(x, y, bandwidth=2.0).statistic == pytest.approx(expected, rel=1e-6)
 
 
 def test_mmd2_unbiased_blockwise_equals_dense_and_flattens_images(rng):
@@ -214,15 +214,17 @@ def test_split_quadratic_form_with_equal_sides_matches_too(rng):
     np.testing.assert_allclose(fast, direct, rtol=1e-10, atol=1e-14)
 
 
-def test_mmd_permutation_pvalue_equals_the_direct_permutation_test():
-    # Recomputes every permuted statistic with mmd2_unbiased. Mirrors mmd_test's draws: no
-    # subsampling below max_per_side, then the permutations in one batch from rng(seed).
+@pytest.mark.parametrize("m, n, shift", [(9, 6, 0.3), (700, 450, 0.08)])  # 1,150 rows: 3 kernel blocks
+def test_mmd_permutation_pvalue_equals_the_direct_permutation_test(m, n, shift):
+    # Recomputes every permuted statistic with mmd2_unbiased (float64, the whole kernel).
+    # Mirrors mmd_test's draws: no subsampling below max_per_side, then the permutations in
+    # one batch from rng(seed).
     rng = np.random.default_rng(12)
-    x, y = rng.normal(size=(9, 3)), rng.normal(0.3, 1.0, size=(6, 3))
+    x, y = rng.normal(size=(m, 3)), rng.normal(shift, 1.0, size=(n, 3))
     bandwidth, permutations, seed = 1.5, 60, 3
     pooled = np.concatenate([x, y])
-    draws = np.random.default_rng(seed).permuted(np.tile(np.arange(15), (permutations, 1)),
-                                                 axis=1)[:, :9]
+    draws = np.random.default_rng(seed).permuted(np.tile(np.arange(m + n), (permutations, 1)),
+                                                 axis=1)[:, :m]
     observed = mmd2_unbiased(x, y, bandwidth)
     permuted = np.array([mmd2_unbiased(pooled[r], np.delete(pooled, r, axis=0), bandwidth)
                          for r in draws])
@@ -230,7 +232,7 @@ def test_mmd_permutation_pvalue_equals_the_direct_permutation_test():
     result = mmd_test(x, y, n_permutations=permutations, seed=seed, bandwidth=bandwidth)
     assert 0.05 < expected < 0.95  # a p-value that the ranking decides, not a floor or 1
     assert result.pvalue == expected
-    assert result.statistic == pytest.approx(observed, rel=1e-10)
+    assert result.statistic == pytest.approx(observed, rel=1e-6)  # float32 kernel
 
 
 def test_mmd_permutation_null_pvalues_are_uniform():
