@@ -3,7 +3,7 @@
 The study's covariate shift (blur, then a constant added and clipped) leaves a trace no real
 degradation leaves: the black background turns into exactly `brightness`. These families keep
 black pixels black (contrast, gamma) or perturb every image differently (noise, rotation,
-translation, JPEG), so a detector that wins only on that trace gets no credit here. The
+translation, zoom, JPEG), so a detector that wins only on that trace gets no credit here. The
 `power` stage measures, per family and severity, the accuracy the model loses and how often
 the verdict sees it (detection tied to harm).
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from shiftwatch import ShiftwatchError
 
-FAMILIES = ("contrast", "gamma", "noise", "rotate", "translate", "jpeg")
+FAMILIES = ("contrast", "gamma", "noise", "rotate", "translate", "zoom", "jpeg")
 
 
 def corrupt(images: np.ndarray, family: str, severity: float, seed: int) -> np.ndarray:
@@ -30,6 +30,7 @@ def corrupt(images: np.ndarray, family: str, severity: float, seed: int) -> np.n
         "noise": lambda: images + severity * _rng(seed).standard_normal(images.shape),  # sigma = s
         "rotate": lambda: _affine(images, max_degrees=severity, max_pixels=0, seed=seed),
         "translate": lambda: _affine(images, max_degrees=0, max_pixels=severity, seed=seed),
+        "zoom": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, max_zoom=severity),
         "jpeg": lambda: _jpeg(images, quality=max(1, round(severity))),       # re-compressed at quality s
     }
     check_severity(family, severity)
@@ -41,7 +42,7 @@ def check_severity(family: str, severity: float) -> None:
     if family not in FAMILIES:
         raise ShiftwatchError(f"corruption family {family!r}: use one of {', '.join(FAMILIES)}")
     ranges = {"contrast": (0, 1), "gamma": (0, 10), "noise": (0, 1), "rotate": (0, 180),
-              "translate": (0, 14), "jpeg": (0, 95)}
+              "translate": (0, 14), "zoom": (0, 0.5), "jpeg": (0, 95)}
     low, high = ranges[family]
     if not low < severity <= high:
         raise ShiftwatchError(f"power.corruptions.{family}: severity {severity:g} must be in ({low}, {high}]")
@@ -51,9 +52,12 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _affine(images: np.ndarray, max_degrees: float, max_pixels: float, seed: int) -> np.ndarray:
-    """Each image rotated by its own angle uniform in ±max_degrees and shifted by its own
-    whole-pixel offset uniform in ±max_pixels (per axis), bilinear, black outside."""
+def _affine(images: np.ndarray, max_degrees: float, max_pixels: float, seed: int,
+            max_zoom: float = 0.0) -> np.ndarray:
+    """Each image rotated by its own angle uniform in ±max_degrees, shifted by its own
+    whole-pixel offset uniform in ±max_pixels (per axis) and scaled about its centre by its own
+    factor uniform in 1 ± max_zoom (a camera nearer or farther: >1 crops the edges, <1 leaves a
+    black margin), bilinear, black outside."""
     import torch
     import torch.nn.functional as F
 
@@ -61,9 +65,12 @@ def _affine(images: np.ndarray, max_degrees: float, max_pixels: float, seed: int
     count, size = len(images), images.shape[-1]
     angles = np.deg2rad(rng.uniform(-max_degrees, max_degrees, count))
     offsets = rng.integers(-int(max_pixels), int(max_pixels) + 1, (count, 2)) * 2 / size
+    # Drawn last and only when asked, so rotate and translate keep their images.
+    zoom = 1.0 + rng.uniform(-max_zoom, max_zoom, count) if max_zoom else np.ones(count)
     theta = np.zeros((count, 2, 3), dtype=np.float32)
-    theta[:, 0, 0], theta[:, 0, 1] = np.cos(angles), -np.sin(angles)
-    theta[:, 1, 0], theta[:, 1, 1] = np.sin(angles), np.cos(angles)
+    # affine_grid maps output to input coordinates: zooming in by z samples a window 1/z wide.
+    theta[:, 0, 0], theta[:, 0, 1] = np.cos(angles) / zoom, -np.sin(angles) / zoom
+    theta[:, 1, 0], theta[:, 1, 1] = np.sin(angles) / zoom, np.cos(angles) / zoom
     theta[:, :, 2] = offsets
     batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
     grid = F.affine_grid(torch.from_numpy(theta), list(batch.shape), align_corners=False)

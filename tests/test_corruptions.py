@@ -5,7 +5,8 @@ import pytest
 from shiftwatch import ShiftwatchError
 from shiftwatch.corruptions import FAMILIES, check_severity, corrupt
 
-SEVERITY = {"contrast": 0.5, "gamma": 2, "noise": 0.1, "rotate": 20, "translate": 2, "jpeg": 10}
+SEVERITY = {"contrast": 0.5, "gamma": 2, "noise": 0.1, "rotate": 20, "translate": 2, "zoom": 0.2,
+            "jpeg": 10}
 
 
 @pytest.fixture
@@ -36,7 +37,7 @@ def test_photometric_families_keep_black_pixels_black(images, family):
     assert np.all(shifted[images > 0] < images[images > 0])  # both darken the object here
 
 
-@pytest.mark.parametrize("family", ["noise", "rotate", "translate"])
+@pytest.mark.parametrize("family", ["noise", "rotate", "translate", "zoom"])
 def test_random_families_perturb_each_image_differently_and_follow_the_seed(images, family):
     same = np.repeat(images[:1], 10, axis=0)
     shifted = corrupt(same, family, SEVERITY[family], seed=1)
@@ -49,6 +50,17 @@ def test_translate_moves_whole_pixels_and_keeps_the_object(images):
     np.testing.assert_allclose(shifted.sum(axis=(1, 2)), images.sum(axis=(1, 2)), rtol=1e-5)
 
 
+def test_zoom_scales_each_image_about_its_centre_both_ways():
+    square = np.zeros((1, 28, 28), np.float32)
+    square[0, 10:18, 10:18] = 1.0  # 8 px wide, centred
+    zoomed = corrupt(np.repeat(square, 200, axis=0), "zoom", 0.3, seed=0)
+    inked = zoomed > 0.5
+    widths = inked.any(axis=1).sum(axis=1)
+    assert widths.min() <= 6 and widths.max() >= 10  # shrunk (up to 0.7x) and grown (up to 1.3x)
+    _, rows, cols = np.nonzero(inked)
+    assert abs(rows.mean() - 13.5) < 0.2 and abs(cols.mean() - 13.5) < 0.2  # not moved
+
+
 def test_jpeg_at_high_quality_is_close_and_at_low_quality_is_not(images):
     mild = np.abs(corrupt(images, "jpeg", 95, seed=0) - images).mean()
     harsh = np.abs(corrupt(images, "jpeg", 5, seed=0) - images).mean()
@@ -56,7 +68,8 @@ def test_jpeg_at_high_quality_is_close_and_at_low_quality_is_not(images):
 
 
 @pytest.mark.parametrize("family,severity", [("contrast", 1.5), ("gamma", 0), ("noise", -0.1),
-                                             ("translate", 20), ("jpeg", 100), ("blur", 1)])
+                                             ("translate", 20), ("zoom", 0.6), ("jpeg", 100),
+                                             ("blur", 1)])
 def test_a_meaningless_severity_names_the_setting(family, severity):
     with pytest.raises(ShiftwatchError, match=f"{family}"):
         check_severity(family, severity)
