@@ -73,3 +73,10 @@ def test_jpeg_at_high_quality_is_close_and_at_low_quality_is_not(images):
 def test_a_meaningless_severity_names_the_setting(family, severity):
     with pytest.raises(ShiftwatchError, match=f"{family}"):
         check_severity(family, severity)
+
+
+def test_params_schema_knows_every_family_and_defaults_to_all_of_them():
+    from shiftwatch.params import PowerParams
+
+    assert list(PowerParams().corruptions) == list(FAMILIES)
+    assert list(PowerParams(corruptions={family: [0.1] for family in FAMILIES}).corruptions) == list(FAMILIES)
