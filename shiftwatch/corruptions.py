@@ -3,7 +3,7 @@
 The study's covariate shift (blur, then a constant added and clipped) leaves a trace no real
 degradation leaves: the black background turns into exactly `brightness`. These families keep
 black pixels black (contrast, gamma) or perturb every image differently (noise, rotation,
-translation, zoom, JPEG), so a detector that wins only on that trace gets no credit here. The
+translation, zoom, crop, JPEG), so a detector that wins only on that trace gets no credit here. The
 `power` stage measures, per family and severity, the accuracy the model loses and how often
 the verdict sees it (detection tied to harm).
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from shiftwatch import ShiftwatchError
 
-FAMILIES = ("contrast", "gamma", "noise", "rotate", "translate", "zoom", "jpeg")
+FAMILIES = ("contrast", "gamma", "noise", "rotate", "translate", "zoom", "crop", "jpeg")
 
 
 def corrupt(images: np.ndarray, family: str, severity: float, seed: int) -> np.ndarray:
@@ -30,7 +30,8 @@ def corrupt(images: np.ndarray, family: str, severity: float, seed: int) -> np.n
         "noise": lambda: images + severity * _rng(seed).standard_normal(images.shape),  # sigma = s
         "rotate": lambda: _affine(images, max_degrees=severity, max_pixels=0, seed=seed),
         "translate": lambda: _affine(images, max_degrees=0, max_pixels=severity, seed=seed),
-        "zoom": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, max_zoom=severity),
+        "zoom": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, zoom=(-severity, severity)),
+        "crop": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, zoom=(0, severity)),
         "jpeg": lambda: _jpeg(images, quality=max(1, round(severity))),       # re-compressed at quality s
     }
     check_severity(family, severity)
@@ -42,7 +43,8 @@ def check_severity(family: str, severity: float) -> None:
     if family not in FAMILIES:
         raise ShiftwatchError(f"corruption family {family!r}: use one of {', '.join(FAMILIES)}")
     ranges = {"contrast": (0, 1), "gamma": (0, 10), "noise": (0, 1), "rotate": (0, 180),
-              "translate": (0, 14), "zoom": (0, 0.5), "jpeg": (0, 95)}
+              "translate": (0, 14), "zoom": (0, 0.5), "crop": (0, 0.5),
+              "jpeg": (0, 95)}
     low, high = ranges[family]
     if not low < severity <= high:
         raise ShiftwatchError(f"power.corruptions.{family}: severity {severity:g} must be in ({low}, {high}]")
@@ -53,11 +55,11 @@ def _rng(seed: int) -> np.random.Generator:
 
 
 def _affine(images: np.ndarray, max_degrees: float, max_pixels: float, seed: int,
-            max_zoom: float = 0.0) -> np.ndarray:
+            zoom: tuple[float, float] | None = None) -> np.ndarray:
     """Each image rotated by its own angle uniform in ±max_degrees, shifted by its own
-    whole-pixel offset uniform in ±max_pixels (per axis) and scaled about its centre by its own
-    factor uniform in 1 ± max_zoom (a camera nearer or farther: >1 crops the edges, <1 leaves a
-    black margin), bilinear, black outside."""
+    whole-pixel offset uniform in ±max_pixels (per axis) and, with `zoom` = (low, high), scaled
+    about its centre by its own factor uniform in [1 + low, 1 + high] (a camera nearer or
+    farther: > 1 crops the edges, < 1 leaves a black margin), bilinear, black outside."""
     import torch
     import torch.nn.functional as F
 
@@ -66,11 +68,11 @@ def _affine(images: np.ndarray, max_degrees: float, max_pixels: float, seed: int
     angles = np.deg2rad(rng.uniform(-max_degrees, max_degrees, count))
     offsets = rng.integers(-int(max_pixels), int(max_pixels) + 1, (count, 2)) * 2 / size
     # Drawn last and only when asked, so rotate and translate keep their images.
-    zoom = 1.0 + rng.uniform(-max_zoom, max_zoom, count) if max_zoom else np.ones(count)
+    scale = np.ones(count) if zoom is None else 1.0 + rng.uniform(*zoom, count)
     theta = np.zeros((count, 2, 3), dtype=np.float32)
     # affine_grid maps output to input coordinates: zooming in by z samples a window 1/z wide.
-    theta[:, 0, 0], theta[:, 0, 1] = np.cos(angles) / zoom, -np.sin(angles) / zoom
-    theta[:, 1, 0], theta[:, 1, 1] = np.sin(angles) / zoom, np.cos(angles) / zoom
+    theta[:, 0, 0], theta[:, 0, 1] = np.cos(angles) / scale, -np.sin(angles) / scale
+    theta[:, 1, 0], theta[:, 1, 1] = np.sin(angles) / scale, np.cos(angles) / scale
     theta[:, :, 2] = offsets
     batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
     grid = F.affine_grid(torch.from_numpy(theta), list(batch.shape), align_corners=False)

@@ -6,7 +6,7 @@ from shiftwatch import ShiftwatchError
 from shiftwatch.corruptions import FAMILIES, check_severity, corrupt
 
 SEVERITY = {"contrast": 0.5, "gamma": 2, "noise": 0.1, "rotate": 20, "translate": 2, "zoom": 0.2,
-            "jpeg": 10}
+            "crop": 0.2, "jpeg": 10}
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_photometric_families_keep_black_pixels_black(images, family):
     assert np.all(shifted[images > 0] < images[images > 0])  # both darken the object here
 
 
-@pytest.mark.parametrize("family", ["noise", "rotate", "translate", "zoom"])
+@pytest.mark.parametrize("family", ["noise", "rotate", "translate", "zoom", "crop"])
 def test_random_families_perturb_each_image_differently_and_follow_the_seed(images, family):
     same = np.repeat(images[:1], 10, axis=0)
     shifted = corrupt(same, family, SEVERITY[family], seed=1)
@@ -59,6 +59,13 @@ def test_zoom_scales_each_image_about_its_centre_both_ways():
     assert widths.min() <= 6 and widths.max() >= 10  # shrunk (up to 0.7x) and grown (up to 1.3x)
     _, rows, cols = np.nonzero(inked)
     assert abs(rows.mean() - 13.5) < 0.2 and abs(cols.mean() - 13.5) < 0.2  # not moved
+
+
+def test_crop_only_enlarges():
+    square = np.zeros((1, 28, 28), np.float32)
+    square[0, 10:18, 10:18] = 1.0
+    widths = (corrupt(np.repeat(square, 200, axis=0), "crop", 0.3, seed=0) > 0.5).any(axis=1).sum(axis=1)
+    assert widths.min() >= 8 and widths.max() >= 10
 
 
 def test_jpeg_at_high_quality_is_close_and_at_low_quality_is_not(images):
