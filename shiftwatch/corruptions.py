@@ -19,7 +19,10 @@ import numpy as np
 
 from shiftwatch import ShiftwatchError
 
-FAMILIES = ("contrast", "gamma", "noise", "rotate", "translate", "zoom", "crop", "jpeg")
+# Each family and the (low, high] range its severity must lie in; the order is the families'.
+SEVERITY_RANGES = {"contrast": (0, 1), "gamma": (0, 10), "noise": (0, 1), "rotate": (0, 180),
+                   "translate": (0, 14), "zoom": (0, 0.5), "crop": (0, 0.5), "jpeg": (0, 95)}
+FAMILIES = tuple(SEVERITY_RANGES)
 
 
 def corrupt(images: np.ndarray, family: str, severity: float, seed: int) -> np.ndarray:
@@ -42,10 +45,7 @@ def check_severity(family: str, severity: float) -> None:
     """Raise ShiftwatchError unless `severity` is meaningful for `family`."""
     if family not in FAMILIES:
         raise ShiftwatchError(f"corruption family {family!r}: use one of {', '.join(FAMILIES)}")
-    ranges = {"contrast": (0, 1), "gamma": (0, 10), "noise": (0, 1), "rotate": (0, 180),
-              "translate": (0, 14), "zoom": (0, 0.5), "crop": (0, 0.5),
-              "jpeg": (0, 95)}
-    low, high = ranges[family]
+    low, high = SEVERITY_RANGES[family]
     if not low < severity <= high:
         raise ShiftwatchError(f"power.corruptions.{family}: severity {severity:g} must be in ({low}, {high}]")
 
