@@ -3,7 +3,7 @@
 The study's covariate shift (blur, then a constant added and clipped) leaves a trace no real
 degradation leaves: the black background turns into exactly `brightness`. These families keep
 black pixels black (contrast, gamma) or perturb every image differently (noise, rotation,
-translation, zoom, crop, JPEG), so a detector that wins only on that trace gets no credit here. The
+translation, zoom, crop, shear, JPEG), so a detector that wins only on that trace gets no credit here. The
 `power` stage measures, per family and severity, the accuracy the model loses and how often
 the verdict sees it (detection tied to harm).
 
@@ -21,7 +21,7 @@ from shiftwatch import ShiftwatchError
 
 # Each family and the (low, high] range its severity must lie in; the order is the families'.
 SEVERITY_RANGES = {"contrast": (0, 1), "gamma": (0, 10), "noise": (0, 1), "rotate": (0, 180),
-                   "translate": (0, 14), "zoom": (0, 0.5), "crop": (0, 0.5), "jpeg": (0, 95)}
+                   "translate": (0, 14), "zoom": (0, 0.5), "crop": (0, 0.5), "shear": (0, 1), "jpeg": (0, 95)}
 FAMILIES = tuple(SEVERITY_RANGES)
 
 
@@ -35,6 +35,7 @@ def corrupt(images: np.ndarray, family: str, severity: float, seed: int) -> np.n
         "translate": lambda: _affine(images, max_degrees=0, max_pixels=severity, seed=seed),
         "zoom": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, zoom=(-severity, severity)),
         "crop": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, zoom=(0, severity)),
+        "shear": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, max_shear=severity),
         "jpeg": lambda: _jpeg(images, quality=max(1, round(severity))),       # re-compressed at quality s
     }
     check_severity(family, severity)
@@ -55,11 +56,14 @@ def _rng(seed: int) -> np.random.Generator:
 
 
 def _affine(images: np.ndarray, max_degrees: float, max_pixels: float, seed: int,
-            zoom: tuple[float, float] | None = None) -> np.ndarray:
+            zoom: tuple[float, float] | None = None, max_shear: float | None = None) -> np.ndarray:
     """Each image rotated by its own angle uniform in ±max_degrees, shifted by its own
     whole-pixel offset uniform in ±max_pixels (per axis) and, with `zoom` = (low, high), scaled
     about its centre by its own factor uniform in [1 + low, 1 + high] (a camera nearer or
-    farther: > 1 crops the edges, < 1 leaves a black margin), bilinear, black outside."""
+    farther: > 1 crops the edges, < 1 leaves a black margin); with `max_shear`, sheared
+    horizontally about its centre by its own factor k uniform in ±max_shear (each row moved
+    sideways by k times its height above the centre: a camera tilted off the product's plane).
+    Bilinear, black outside."""
     import torch
     import torch.nn.functional as F
 
@@ -69,10 +73,12 @@ def _affine(images: np.ndarray, max_degrees: float, max_pixels: float, seed: int
     offsets = rng.integers(-int(max_pixels), int(max_pixels) + 1, (count, 2)) * 2 / size
     # Drawn last and only when asked, so rotate and translate keep their images.
     scale = np.ones(count) if zoom is None else 1.0 + rng.uniform(*zoom, count)
+    shear = np.zeros(count) if max_shear is None else rng.uniform(-max_shear, max_shear, count)
     theta = np.zeros((count, 2, 3), dtype=np.float32)
-    # affine_grid maps output to input coordinates: zooming in by z samples a window 1/z wide.
-    theta[:, 0, 0], theta[:, 0, 1] = np.cos(angles) / scale, -np.sin(angles) / scale
-    theta[:, 1, 0], theta[:, 1, 1] = np.sin(angles) / scale, np.cos(angles) / scale
+    # affine_grid maps output to input coordinates: zooming in by z samples a window 1/z wide;
+    # the shear adds k * y to the x an output pixel samples (square images: in pixels too).
+    theta[:, 0, 0], theta[:, 0, 1] = np.cos(angles) / scale, (shear * np.cos(angles) - np.sin(angles)) / scale
+    theta[:, 1, 0], theta[:, 1, 1] = np.sin(angles) / scale, (shear * np.sin(angles) + np.cos(angles)) / scale
     theta[:, :, 2] = offsets
     batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
     grid = F.affine_grid(torch.from_numpy(theta), list(batch.shape), align_corners=False)

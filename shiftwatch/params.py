@@ -79,11 +79,14 @@ class PowerParams(_Strict):
     mmd_permutations: int = Field(200, ge=10, le=10_000)
     mmd_repetitions: dict[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: {500: 100, 1000: 50, 2000: 25})
-    corruptions: dict[Literal["contrast", "gamma", "noise", "rotate", "translate", "zoom", "crop", "jpeg"],
+    diagnostic_repetitions: dict[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: {500: 50})
+    corruptions: dict[Literal["contrast", "gamma", "noise", "rotate", "translate", "zoom", "crop", "shear",
+                              "jpeg"],
                       list[Annotated[float, Field(gt=0, le=180)]]] = Field(
         default_factory=lambda: {"contrast": [0.7, 0.5, 0.3], "gamma": [1.5, 2, 3], "noise": [0.05, 0.1, 0.2],
                                  "rotate": [10, 20, 30], "translate": [1, 2, 3], "zoom": [0.1, 0.2, 0.3],
-                                 "crop": [0.1, 0.2, 0.3], "jpeg": [50, 10, 5]})
+                                 "crop": [0.1, 0.2, 0.3], "shear": [0.1, 0.2, 0.3], "jpeg": [50, 10, 5]})
     corruption_sizes: list[Annotated[int, Field(ge=2, le=30_000)]] = Field(
         default_factory=lambda: [10, 20, 50, 100, 200], min_length=1)
     corruption_pool_images: int = Field(5000, ge=20, le=28_000)

@@ -246,14 +246,19 @@ def _seeded(name: str, permutations: int, mmd_max_per_side: int | None = None):
 
 
 def _repetitions_for(power):
-    """mmd_embedding's repetitions at n >= each key of power.mmd_repetitions (its cost grows
-    as n²); every other detector gets power.repetitions."""
-    caps = sorted(power.mmd_repetitions.items())
+    """Repetitions per (detector, n): mmd_embedding's at n >= each key of power.mmd_repetitions
+    (its cost grows as n²), a diagnostic's at n >= each key of power.diagnostic_repetitions
+    (pixel_ks: ~10-20 ms a call at n >= 500, and not part of the verdict); every other
+    detector gets power.repetitions."""
+    def capped(caps: dict[int, int], n: int) -> int:
+        return min([power.repetitions] + [r for from_n, r in caps.items() if n >= from_n])
 
     def repetitions(name: str, n: int) -> int:
-        if name != "mmd_embedding":
-            return power.repetitions
-        return min([power.repetitions] + [r for from_n, r in caps if n >= from_n])
+        if name == "mmd_embedding":
+            return capped(power.mmd_repetitions, n)
+        if not DETECTORS[name].verdict:
+            return capped(power.diagnostic_repetitions, n)
+        return power.repetitions
     return repetitions
 
 

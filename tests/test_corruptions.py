@@ -6,7 +6,7 @@ from shiftwatch import ShiftwatchError
 from shiftwatch.corruptions import FAMILIES, check_severity, corrupt
 
 SEVERITY = {"contrast": 0.5, "gamma": 2, "noise": 0.1, "rotate": 20, "translate": 2, "zoom": 0.2,
-            "crop": 0.2, "jpeg": 10}
+            "crop": 0.2, "shear": 0.2, "jpeg": 10}
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_photometric_families_keep_black_pixels_black(images, family):
     assert np.all(shifted[images > 0] < images[images > 0])  # both darken the object here
 
 
-@pytest.mark.parametrize("family", ["noise", "rotate", "translate", "zoom", "crop"])
+@pytest.mark.parametrize("family", ["noise", "rotate", "translate", "zoom", "crop", "shear"])
 def test_random_families_perturb_each_image_differently_and_follow_the_seed(images, family):
     same = np.repeat(images[:1], 10, axis=0)
     shifted = corrupt(same, family, SEVERITY[family], seed=1)
@@ -68,6 +68,21 @@ def test_crop_only_enlarges():
     assert widths.min() >= 8 and widths.max() >= 10
 
 
+def test_shear_tilts_a_vertical_bar_about_the_centre_both_ways():
+    bar = np.zeros((1, 28, 28), np.float32)
+    bar[0, 4:24, 12:16] = 1.0  # 20 px tall, 4 px wide, centred
+    sheared = corrupt(np.repeat(bar, 200, axis=0), "shear", 0.3, seed=0)
+    inked = sheared > 0.5
+
+    def centre_column(rows):  # mean column of the ink in these rows, per image
+        ink = inked[:, rows].sum(axis=1)
+        return (ink * np.arange(28)).sum(axis=1) / np.maximum(ink.sum(axis=1), 1)
+    tilt = centre_column(slice(4, 8)) - centre_column(slice(20, 24))  # top row's shift minus bottom's
+    assert tilt.min() < -3 and tilt.max() > 3  # leaning both ways, by up to 0.3 x 16 px
+    assert np.abs(centre_column(slice(13, 15)) - 13.5).max() < 0.5  # the centre rows stay put
+    np.testing.assert_allclose(sheared.sum(axis=(1, 2)), bar.sum(), rtol=0.02)  # a shear keeps the area
+
+
 def test_jpeg_at_high_quality_is_close_and_at_low_quality_is_not(images):
     mild = np.abs(corrupt(images, "jpeg", 95, seed=0) - images).mean()
     harsh = np.abs(corrupt(images, "jpeg", 5, seed=0) - images).mean()
@@ -75,7 +90,7 @@ def test_jpeg_at_high_quality_is_close_and_at_low_quality_is_not(images):
 
 
 @pytest.mark.parametrize("family,severity", [("contrast", 1.5), ("gamma", 0), ("noise", -0.1),
-                                             ("translate", 20), ("zoom", 0.6), ("jpeg", 100),
+                                             ("translate", 20), ("zoom", 0.6), ("shear", 1.5), ("jpeg", 100),
                                              ("blur", 1)])
 def test_a_meaningless_severity_names_the_setting(family, severity):
     with pytest.raises(ShiftwatchError, match=f"{family}"):

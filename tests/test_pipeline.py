@@ -24,6 +24,7 @@ SMALL = {"data": {"max_train_images": 2000, "max_test_images": 500},
          "train": {"epochs": 1}, "detect": {"classifier_samples": 300},
          "monitor": {"classifier_samples": 200, "mmd_permutations": 150},
          "power": {"repetitions": 10, "sizes": [10, 100], "mmd_permutations": 150, "mmd_repetitions": {100: 5},
+                   "diagnostic_repetitions": {100: 7},
                    "corruptions": {"contrast": [0.3], "rotate": [30]}, "corruption_sizes": [10, 100],
                    "corruption_pool_images": 400, "corruption_repetitions": 8,
                    "monitored_reference": 500, "monitored_sizes": [10, 100]},
@@ -132,8 +133,11 @@ def test_repro_writes_every_output_and_metric(repo):
     assert power["false_alarms"]["no_shift"]["mmd_embedding"]["100"]["repetitions"] == 5
     assert power["false_alarms"]["no_shift"]["combined"]["100"]["repetitions"] == 5
     assert power["false_alarms"]["no_shift"]["bbsd_ks"]["100"]["repetitions"] == 10
-    assert power["false_alarms"]["no_shift"]["pixel_ks"]["100"]["repetitions"] == 10
-    assert power["detection"]["rotate_30"]["pixel_ks"]["100"]["repetitions"] == 8
+    # a diagnostic gets power.diagnostic_repetitions from n = 100 on, capped by the stream's own
+    assert power["false_alarms"]["no_shift"]["pixel_ks"]["10"]["repetitions"] == 10
+    assert power["false_alarms"]["no_shift"]["pixel_ks"]["100"]["repetitions"] == 7
+    assert power["detection"]["rotate_30"]["pixel_ks"]["10"]["repetitions"] == 8
+    assert power["detection"]["rotate_30"]["pixel_ks"]["100"]["repetitions"] == 7
     assert "miscalibrated" in power["false_alarms"]["no_shift"]["bbsd_ks"]["10"]
     assert monitor["b_shift"]["mmd_images_tested"] == {  # all of them: below monitor.mmd_max_per_side
         "reference": 500, "deployment": _metrics(repo, "shift")["b_shift"]["n"]}
