@@ -2,10 +2,11 @@
 
 The study's covariate shift (blur, then a constant added and clipped) leaves a trace no real
 degradation leaves: the black background turns into exactly `brightness`. These families keep
-black pixels black (contrast, gamma) or perturb every image differently (noise, rotation,
-translation, zoom, crop, shear, JPEG), so a detector that wins only on that trace gets no credit here. The
-`power` stage measures, per family and severity, the accuracy the model loses and how often
-the verdict sees it (detection tied to harm).
+black pixels black (contrast, gamma, occlusion), perturb every image differently (noise,
+rotation, translation, zoom, crop, shear, occlusion, JPEG) or only soften edges (blur), so a
+detector that wins only on that trace gets no credit here. The `power` stage measures, per
+family and severity, the accuracy the model loses and how often the verdict sees it (detection
+tied to harm).
 
 Every function maps float images (N, 28, 28) in [0, 1] to a new float32 array in [0, 1];
 the random ones draw from `np.random.default_rng(seed)`, so a (family, severity, seed) gives
@@ -21,7 +22,8 @@ from shiftwatch import ShiftwatchError
 
 # Each family and the (low, high] range its severity must lie in; the order is the families'.
 SEVERITY_RANGES = {"contrast": (0, 1), "gamma": (0, 10), "noise": (0, 1), "rotate": (0, 180),
-                   "translate": (0, 14), "zoom": (0, 0.5), "crop": (0, 0.5), "shear": (0, 1), "jpeg": (0, 95)}
+                   "translate": (0, 14), "zoom": (0, 0.5), "crop": (0, 0.5), "shear": (0, 1), "blur": (0, 5),
+                   "occlusion": (0, 27), "jpeg": (0, 95)}
 FAMILIES = tuple(SEVERITY_RANGES)
 
 
@@ -36,6 +38,8 @@ def corrupt(images: np.ndarray, family: str, severity: float, seed: int) -> np.n
         "zoom": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, zoom=(-severity, severity)),
         "crop": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, zoom=(0, severity)),
         "shear": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, max_shear=severity),
+        "blur": lambda: _blur(images, sigma=severity),                        # Gaussian, sigma = s px
+        "occlusion": lambda: _occlude(images, side=round(severity), seed=seed),  # an s x s black square
         "jpeg": lambda: _jpeg(images, quality=max(1, round(severity))),       # re-compressed at quality s
     }
     check_severity(family, severity)
@@ -84,6 +88,26 @@ def _affine(images: np.ndarray, max_degrees: float, max_pixels: float, seed: int
     grid = F.affine_grid(torch.from_numpy(theta), list(batch.shape), align_corners=False)
     moved = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return moved.squeeze(1).numpy()
+
+
+def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Each image under a Gaussian blur of `sigma` pixels (a camera out of focus); beyond the
+    frame the scene continues as at its edge (mode "nearest"), so a border is not darkened."""
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(np.asarray(images, dtype=np.float32), sigma=(0, sigma, sigma),
+                                   mode="nearest")
+
+
+def _occlude(images: np.ndarray, side: int, seed: int) -> np.ndarray:
+    """Each image with one black `side` x `side` square at its own place, uniform over the
+    places that keep the square inside the frame (a finger or a sticker over the product)."""
+    out = np.array(images, dtype=np.float32)
+    size = out.shape[-1]
+    corners = _rng(seed).integers(0, size - side + 1, (len(out), 2))
+    for image, (top, left) in zip(out, corners):
+        image[top:top + side, left:left + side] = 0.0
+    return out
 
 
 def _jpeg(images: np.ndarray, quality: int) -> np.ndarray:

@@ -82,11 +82,12 @@ class PowerParams(_Strict):
     diagnostic_repetitions: dict[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: {500: 50})
     corruptions: dict[Literal["contrast", "gamma", "noise", "rotate", "translate", "zoom", "crop", "shear",
-                              "jpeg"],
+                              "blur", "occlusion", "jpeg"],
                       list[Annotated[float, Field(gt=0, le=180)]]] = Field(
         default_factory=lambda: {"contrast": [0.7, 0.5, 0.3], "gamma": [1.5, 2, 3], "noise": [0.05, 0.1, 0.2],
                                  "rotate": [10, 20, 30], "translate": [1, 2, 3], "zoom": [0.1, 0.2, 0.3],
-                                 "crop": [0.1, 0.2, 0.3], "shear": [0.1, 0.2, 0.3], "jpeg": [50, 10, 5]})
+                                 "crop": [0.1, 0.2, 0.3], "shear": [0.1, 0.2, 0.3],
+                                 "blur": [0.5, 1, 1.5], "occlusion": [6, 10, 14], "jpeg": [50, 10, 5]})
     corruption_sizes: list[Annotated[int, Field(ge=2, le=30_000)]] = Field(
         default_factory=lambda: [10, 20, 50, 100, 200], min_length=1)
     corruption_pool_images: int = Field(5000, ge=20, le=28_000)

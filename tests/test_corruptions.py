@@ -6,7 +6,8 @@ from shiftwatch import ShiftwatchError
 from shiftwatch.corruptions import FAMILIES, check_severity, corrupt
 
 SEVERITY = {"contrast": 0.5, "gamma": 2, "noise": 0.1, "rotate": 20, "translate": 2, "zoom": 0.2,
-            "crop": 0.2, "shear": 0.2, "jpeg": 10}
+            "crop": 0.2, "shear": 0.2, "blur": 1, "occlusion": 10,
+            "jpeg": 10}
 
 
 @pytest.fixture
@@ -37,7 +38,8 @@ def test_photometric_families_keep_black_pixels_black(images, family):
     assert np.all(shifted[images > 0] < images[images > 0])  # both darken the object here
 
 
-@pytest.mark.parametrize("family", ["noise", "rotate", "translate", "zoom", "crop", "shear"])
+@pytest.mark.parametrize("family", ["noise", "rotate", "translate", "zoom", "crop", "shear",
+                                    "occlusion"])
 def test_random_families_perturb_each_image_differently_and_follow_the_seed(images, family):
     same = np.repeat(images[:1], 10, axis=0)
     shifted = corrupt(same, family, SEVERITY[family], seed=1)
@@ -83,6 +85,25 @@ def test_shear_tilts_a_vertical_bar_about_the_centre_both_ways():
     np.testing.assert_allclose(sheared.sum(axis=(1, 2)), bar.sum(), rtol=0.02)  # a shear keeps the area
 
 
+def test_blur_softens_edges_and_keeps_the_ink():
+    square = np.zeros((1, 28, 28), np.float32)
+    square[0, 10:18, 10:18] = 1.0
+    blurred = corrupt(square, "blur", 1.5, seed=0)
+    np.testing.assert_allclose(blurred.sum(), square.sum(), rtol=1e-4)  # nothing leaves the frame
+    assert blurred.max() < 1 and 0 < blurred[0, 9, 13] < 0.5  # the edge spreads outwards
+    np.testing.assert_array_equal(blurred, corrupt(square, "blur", 1.5, seed=9))  # no randomness
+    wide = np.ones((1, 28, 28), np.float32)  # the scene goes on beyond the frame: borders stay lit
+    np.testing.assert_allclose(corrupt(wide, "blur", 1.5, seed=0), 1.0, rtol=1e-6)
+
+
+def test_occlusion_blacks_out_one_square_per_image_inside_the_frame():
+    white = np.ones((300, 28, 28), np.float32)
+    occluded = corrupt(white, "occlusion", 10, seed=0)
+    assert np.all((occluded == 0).sum(axis=(1, 2)) == 100)  # always whole: never cut by the frame
+    rows = np.argmax((occluded == 0).any(axis=2), axis=1)
+    assert rows.min() == 0 and rows.max() == 18  # every place the square fits is used
+
+
 def test_jpeg_at_high_quality_is_close_and_at_low_quality_is_not(images):
     mild = np.abs(corrupt(images, "jpeg", 95, seed=0) - images).mean()
     harsh = np.abs(corrupt(images, "jpeg", 5, seed=0) - images).mean()
@@ -90,8 +111,9 @@ def test_jpeg_at_high_quality_is_close_and_at_low_quality_is_not(images):
 
 
 @pytest.mark.parametrize("family,severity", [("contrast", 1.5), ("gamma", 0), ("noise", -0.1),
-                                             ("translate", 20), ("zoom", 0.6), ("shear", 1.5), ("jpeg", 100),
-                                             ("blur", 1)])
+                                             ("translate", 20), ("zoom", 0.6), ("shear", 1.5), ("blur", 6),
+                                             ("occlusion", 28), ("jpeg", 100),
+                                             ("smear", 1)])
 def test_a_meaningless_severity_names_the_setting(family, severity):
     with pytest.raises(ShiftwatchError, match=f"{family}"):
         check_severity(family, severity)
