@@ -25,6 +25,14 @@ Pre-registered (committed before the first run of this tool, stop 17):
   1.5 px) and occlusion (one black square per image, side 6, 10, 14 px, at a random place inside
   the frame).
 
+Outcome of the first run (stop 17; `metrics/verdict_design.json`, "decision"): rule (a) failed,
+0.715 on crop_0.2 and 0.605 on shear_0.3 (0.71 and 0.565 without the candidate); (b) and (c)
+held. The verdict stays as it is.
+
+Context, not part of the rule (added after that run): the harm table's three misses (crop_0.2,
+shear_0.3 and occlusion_6, the last from the held-out run) on the design rows, against a
+100-image reference and against a 10,000-image one as `check` and `monitor` use.
+
 The candidate is defined here, not registered: registering it would move every verdict. Writes
 metrics/verdict_design.json. Usage (after `dvc repro power`): python tools/verdict_design.py
 """
@@ -51,7 +59,10 @@ from stages.power import _pool, _seeded  # noqa: E402
 
 OUT = Path("metrics/verdict_design.json")
 DESIGN_SHIFTS = {"crop_0.2": ("crop", 0.2), "shear_0.3": ("shear", 0.3)}
+MISSES = {**DESIGN_SHIFTS, "occlusion_6": ("occlusion", 6)}
 REPETITIONS = 200
+TARGET, MAX_FALSE_ALARMS = 0.90, 0.07
+CANDIDATE = "verdict + confidence_drop (8)"
 
 
 def confidence_drop(reference, deployment, seed: int) -> DetectorResult:
@@ -79,11 +90,12 @@ def main() -> None:
     candidates_monitored = {"verdict (7)": monitored,
                             "verdict + confidence_drop (8)": {**monitored, "confidence_drop": confidence_drop}}
 
+    shifted = {name: model_features(model, corrupt(images[design], family, severity, seed=params.seed + 17),
+                                    params.evaluate.batch_size, device, params.evaluate.precision, desc=name)
+               for name, (family, severity) in MISSES.items()}
     streams = {"no_shift": (pool_sampler(clean, clean), [100], candidates)}
-    for name, (family, severity) in DESIGN_SHIFTS.items():
-        shifted = model_features(model, corrupt(images[design], family, severity, seed=params.seed + 17),
-                                 params.evaluate.batch_size, device, params.evaluate.precision, desc=name)
-        streams[name] = (pool_sampler(clean, shifted), [100], candidates)
+    for name in DESIGN_SHIFTS:
+        streams[name] = (pool_sampler(clean, shifted[name]), [100], candidates)
     reference = power.monitored_reference
     streams["as_monitored/no_shift"] = (pool_sampler(clean, clean, reference_size=reference), [200],
                                         candidates_monitored)
@@ -103,8 +115,40 @@ def main() -> None:
                 **({"confidence_drop_alone": found["confidence_drop"][0].rate} if "confidence_drop" in found else {})}
             print(f"{stream:>28} {candidate:>30}: {point.rate:.3f} ({point.ci_low:.2f}-{point.ci_high:.2f})"
                   f"  [{time.perf_counter() - started:.0f} s]", flush=True)
+    results["decision"] = _decision(results["rates"])
+    print(f"decision: {results['decision']}")
+    results["misses_as_monitored"] = _misses(clean, shifted, verdict, monitored, power.monitored_reference,
+                                             alpha, params.seed + 18)
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {OUT}")
+
+
+def _decision(rates: dict) -> dict:
+    """The pre-registered rule, applied to the candidate's rates."""
+    rule = {
+        "a_detects_design_shifts": all(rates[name][CANDIDATE]["rate"] >= TARGET for name in DESIGN_SHIFTS),
+        "b_false_alarms": all(rates[name][CANDIDATE]["rate"] <= MAX_FALSE_ALARMS
+                              for name in ("no_shift", "as_monitored/no_shift")),
+        "c_label_shift_as_monitored": rates["as_monitored/label_keep_0.1"][CANDIDATE]["rate"] >= TARGET,
+    }
+    return {**rule, "joins_verdict": all(rule.values())}
+
+
+def _misses(clean, shifted: dict, verdict: dict, monitored: dict, reference_size: int, alpha: float,
+            seed: int) -> dict:
+    """The verdict's alarm rate at n = 100 on each miss, against an n-image and a
+    `reference_size`-image reference (context for the README, not part of the rule)."""
+    out = {}
+    for name, features in shifted.items():
+        for protocol, detectors, size in (("n_against_n", verdict, None),
+                                          ("as_monitored", monitored, reference_size)):
+            found = independent_alarm_rates(pool_sampler(clean, features, reference_size=size), detectors,
+                                            [100], REPETITIONS, alpha=alpha, seed=seed, verdict=tuple(detectors))
+            point = found[COMBINED][0]
+            out.setdefault(name, {})[protocol] = {"rate": point.rate,
+                                                  "ci": [round(point.ci_low, 3), round(point.ci_high, 3)]}
+            print(f"{name:>12} {protocol:>13}: {point.rate:.3f}", flush=True)
+    return out
 
 
 if __name__ == "__main__":
