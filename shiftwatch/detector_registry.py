@@ -183,7 +183,10 @@ class MMDEmbedding:
 
 # ---------------------------------------------------------------- diagnostics
 
+# Not in the verdict: it sees crop, but also a healthy batch that was resized or saved as JPEG
+# (README, "Detection tied to harm").
 @register("pixel_ks", consumes="pixels", verdict=False,
-          summary="KS on every pixel position, Bonferroni over the 784 (alibi-detect's KSDrift)")
+          summary="KS on every pixel position, Bonferroni over the 784 (alibi-detect's KSDrift); "
+                  "alarms on healthy resized or JPEG-saved images too, so a diagnostic")
 def pixel_ks(reference, deployment, settings):
     return per_pixel_ks(reference, deployment)
