@@ -28,7 +28,7 @@ import numpy as np
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.detectors import DetectorResult, ks_test, per_pixel_ks
-from shiftwatch.twosample import bbsd_chi2, bbsd_class_shares, bbsd_ks, frame_span_test, median_bandwidth, mmd_test
+from shiftwatch.twosample import bbsd_chi2, bbsd_class_shares, bbsd_ks, frame_span_test, mmd_test, reference_bandwidth
 
 View = Literal["pixels", "image_stats", "probabilities", "embeddings"]
 # What each view holds, one row per image (`shiftwatch.features.Features` carries all four).
@@ -176,7 +176,7 @@ class MMDEmbedding:
             if s.max_per_side is not None and len(reference) > s.max_per_side:
                 sample = reference[np.random.default_rng(s.seed).choice(len(reference), s.max_per_side,
                                                                          replace=False)]
-            self._reference, self._bandwidth = sample, median_bandwidth(sample, sample, seed=s.seed)
+            self._reference, self._bandwidth = sample, reference_bandwidth(sample, seed=s.seed)
         return mmd_test(self._reference, deployment, n_permutations=s.permutations, seed=s.seed,
                         bandwidth=self._bandwidth, max_per_side=s.max_per_side)
 

@@ -24,6 +24,7 @@ from shiftwatch.twosample import (
     mmd_test,
     pixel_quantiles,
     rbf_kernel,
+    reference_bandwidth,
     spans_frame,
     zero_fraction,
 )
@@ -271,6 +272,17 @@ def test_median_bandwidth_is_the_median_distance_and_ignores_duplicates():
     x = np.array([[0.0], [1.0], [1.0]])  # distinct distances from x ∪ y: 1, 1, 3, 2, 2
     y = np.array([[3.0]])
     assert median_bandwidth(x, y) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("rows", [5, 6, 7, 8, 40])
+def test_reference_bandwidth_is_median_bandwidth_of_the_reference_with_itself(rng, rows):
+    # Distinct pair counts of both parities (10, 15, 21, 28, 780), a duplicated row (distance 0,
+    # dropped by both), and with max_points below 2 * rows the seeded subsample of the doubled pool.
+    x = rng.normal(size=(rows, 16))
+    x[1] = x[0]
+    assert reference_bandwidth(x, seed=3) == median_bandwidth(x, x, seed=3)
+    assert reference_bandwidth(x, seed=3, max_points=rows) == median_bandwidth(x, x, seed=3, max_points=rows)
+    assert reference_bandwidth(x[:1]) == 1.0  # no pair at all
 
 
 def test_mmd_is_seeded(rng):
