@@ -194,8 +194,7 @@ def _corruption_streams(model, device, pool: Features, labels: np.ndarray, image
     power, evaluate = params.power, params.evaluate
     if not power.corruptions:
         return {}
-    rows = np.sort(np.random.default_rng([params.seed, 1]).choice(
-        len(pool), min(len(pool), power.corruption_pool_images), replace=False))
+    rows = corruption_rows(len(pool), params)
     clean, clean_labels = pool.subset(rows), labels[rows]
     streams = {}
     for family, severities in power.corruptions.items():
@@ -207,6 +206,13 @@ def _corruption_streams(model, device, pool: Features, labels: np.ndarray, image
             streams[name] = Stream("detection", pool_sampler(clean, shifted), power.corruption_sizes,
                                    loss, corruption=True, repetitions=power.corruption_repetitions)
     return streams
+
+
+def corruption_rows(pool_size: int, params) -> np.ndarray:
+    """The pool rows the corruption streams (the harm table) draw from: a seeded subset of
+    power.corruption_pool_images, sorted. tools/verdict_design.py designs on the others."""
+    return np.sort(np.random.default_rng([params.seed, 1]).choice(
+        pool_size, min(pool_size, params.power.corruption_pool_images), replace=False))
 
 
 def _monitored_streams(pool: Features, labels: np.ndarray, params) -> dict[str, Stream]:

@@ -55,7 +55,7 @@ from shiftwatch.model import load_model, pick_device  # noqa: E402
 from shiftwatch.monitor import FEATURE_DETECTORS  # noqa: E402
 from shiftwatch.params import load_params  # noqa: E402
 from shiftwatch.power import COMBINED, independent_alarm_rates, pool_sampler  # noqa: E402
-from stages.power import _pool, _seeded  # noqa: E402
+from stages.power import _pool, _seeded, corruption_rows  # noqa: E402
 
 OUT = Path("metrics/verdict_design.json")
 DESIGN_SHIFTS = {"crop_0.2": ("crop", 0.2), "shear_0.3": ("shear", 0.3)}
@@ -76,9 +76,7 @@ def main() -> None:
     params = load_params()
     power, alpha = params.power, params.monitor.alpha
     pool, labels, images = _pool()
-    reported = np.random.default_rng([params.seed, 1]).choice(  # the harm table's rows (stage power)
-        len(pool), min(len(pool), power.corruption_pool_images), replace=False)
-    design = np.setdiff1d(np.arange(len(pool)), reported)
+    design = np.setdiff1d(np.arange(len(pool)), corruption_rows(len(pool), params))
     clean, design_labels = pool.subset(design), labels[design]
     model, device = load_model("models/resnet18.pt"), pick_device()
 
