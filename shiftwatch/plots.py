@@ -8,6 +8,7 @@ import matplotlib
 matplotlib.use("Agg")  # no screen on servers and CI
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
 
 from shiftwatch import CLASS_NAMES
 from shiftwatch.io import atomic_path
@@ -124,7 +125,8 @@ def power_curves(power_results: dict, alpha: float, path: str | Path) -> None:
 def harm_plot(power_results: dict, harm_points: float, harm_n: int, target_power: float,
               path: str | Path) -> None:
     """Detection tied to harm: each shifted stream's accuracy loss (x) against how often the
-    verdict alarms at n = harm_n (y); the target region (harmful, so power >= target) shaded."""
+    verdict alarms at n = harm_n (y), n against n (filled) and, where measured, against the
+    monitor's reference (open, joined by a line); the target region (harmful) shaded."""
     fig, ax = plt.subplots(figsize=(8, 5))
     n = str(harm_n)
     for stream, loss in power_results["accuracy_loss_points"].items():
@@ -135,6 +137,18 @@ def harm_plot(power_results: dict, harm_points: float, harm_n: int, target_power
         ax.errorbar(loss, point["rate"], yerr=[[point["rate"] - point["ci_low"]], [point["ci_high"] - point["rate"]]],
                     fmt="o", color="crimson" if missed else "tab:blue", markersize=4, capsize=2)
         ax.annotate(stream, (loss, point["rate"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        monitored = power_results.get("as_monitored", {}).get("harm_detection", {}).get(stream, {}).get("combined", {})
+        if n in monitored:  # the same stream against the monitor's reference: an open marker
+            ax.plot([loss, loss], [point["rate"], monitored[n]["rate"]], color="grey", linewidth=0.5)
+            ax.plot(loss, monitored[n]["rate"], "o", markerfacecolor="none", markersize=5,
+                    color="crimson" if monitored[n]["rate"] < target_power else "tab:green")
+    if power_results.get("as_monitored", {}).get("harm_detection"):
+        ax.legend(handles=[
+            Line2D([], [], marker="o", linestyle="none", color="tab:blue",
+                   label=f"n against n ({harm_n}-image reference)"),
+            Line2D([], [], marker="o", linestyle="none", markerfacecolor="none", color="tab:green",
+                   label="as monitored (the monitor's reference), harmful shifts")],
+            loc="lower right", fontsize=7)
     ax.axvline(harm_points, color="black", linestyle=":", linewidth=1)
     ax.axhline(target_power, color="black", linestyle=":", linewidth=1)
     ax.axvspan(harm_points, ax.get_xlim()[1], ymin=0, ymax=1, color="tab:green", alpha=0.05)

@@ -280,6 +280,25 @@ def pool_sampler(pool, deployment, labels: np.ndarray | None = None,
     return sample
 
 
+def subset_sampler(pool, rows: np.ndarray, deployment, reference_size: int) -> Sampler:
+    """Sampler: n deployment rows drawn from a subset of the pool, looked up in `deployment`
+    (row-aligned with `rows`: the subset under a shift), and a fresh reference of
+    `reference_size` pool rows outside those n (it may be larger than the subset). The harm
+    table's corruptions judged as `monitor` and `check` run: 10,000 reference images, a
+    corruption pool of 5,000."""
+    if reference_size + 1 > len(pool):
+        raise ShiftwatchError(f"a reference of {reference_size:,} rows leaves none of the pool's "
+                              f"{len(pool):,} for the deployment; use a smaller reference")
+
+    def sample(rng: np.random.Generator, n: int):
+        picked = rng.choice(len(rows), n, replace=False)
+        outside = np.ones(len(pool), dtype=bool)
+        outside[rows[picked]] = False
+        reference_rows = rng.choice(np.flatnonzero(outside), reference_size, replace=False)
+        return pool.subset(reference_rows), deployment.subset(picked)
+    return sample
+
+
 def separate_sampler(pool, deployment) -> Sampler:
     """Sampler: a fresh reference of n pool rows and n rows of another set (disjoint by
     construction)."""
@@ -303,16 +322,28 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray,
 
 def harm_summary(detection: Mapping[str, Mapping[str, Mapping[str, dict]]],
                  accuracy_loss_points: Mapping[str, float], points: float, n: int,
-                 target_power: float) -> dict:
+                 target_power: float,
+                 monitored_detection: Mapping[str, Mapping[str, Mapping[str, dict]]] | None = None) -> dict:
     """The harm target: every stream losing >= `points` accuracy points must be detected by
     the combined verdict at sample size `n` in >= `target_power` of draws. `detection` is
     stream -> detector -> str(n) -> {"rate", ...}. Returns the harmful streams with their
-    rates, the ones that miss, and the weakest (lowest rate), plainly."""
+    rates, the ones that miss, and the weakest (lowest rate), plainly; with
+    `monitored_detection` (the same streams against the monitor's reference), the same three
+    as monitored under "as_monitored", for the harmful streams it has."""
     size = str(n)
     harmful = {stream: detection[stream][COMBINED][size]["rate"]
                for stream, loss in accuracy_loss_points.items()
                if loss >= points and size in detection[stream][COMBINED]}
-    return {"points": points, "n": n, "target_power": target_power, "harmful": harmful,
+    summary = {"points": points, "n": n, "target_power": target_power, **_misses(harmful, target_power)}
+    if monitored_detection is not None:
+        summary["as_monitored"] = _misses({stream: monitored_detection[stream][COMBINED][size]["rate"]
+                                           for stream in harmful if size in
+                                           monitored_detection.get(stream, {}).get(COMBINED, {})}, target_power)
+    return summary
+
+
+def _misses(harmful: Mapping[str, float], target_power: float) -> dict:
+    return {"harmful": dict(harmful),
             "missed": sorted(s for s, rate in harmful.items() if rate < target_power),
             "weakest": min(harmful, key=harmful.get, default=None)}
 

@@ -15,10 +15,14 @@ the corruption streams <family>_<severity> (shiftwatch/corruptions.py), drawn fr
 subset of power.corruption_pool_images pool images, each with the accuracy the model loses on
 it: every shift costing >= power.harm_points must be detected at n = power.harm_n with power
 >= 0.9. The verdict is the one `monitor` and `check` give (shiftwatch.monitor.VERDICT).
+As monitored (power.monitored_reference, the test set's size, as `monitor` and `check` run):
+the null and the label shifts at power.monitored_sizes, and every harmful shift at harm_n,
+each draw against a fresh reference of that many pool images.
 
 Reads params: seed, shift.label_class, evaluate, monitor.alpha, power.
 Writes metrics/power.json (headline: worst false-alarm rate per detector on no_shift, smallest
-n with power >= 0.9 per stream except the corruptions, and the harm target in three numbers),
+n with power >= 0.9 per stream except the corruptions, and the harm target in three numbers,
+n against n and as monitored),
 metrics/power_details.json (every rate with its Wilson
 interval, repetitions and the multiplicity-corrected miscalibration flag), metrics/power/<stream>.csv
 (DVC plots), metrics/plots/power.png.
@@ -47,6 +51,7 @@ from shiftwatch.power import (
     independent_alarm_rates,
     pool_sampler,
     separate_sampler,
+    subset_sampler,
 )
 from shiftwatch.shift import degrade_images
 from shiftwatch.tracking import stage_run
@@ -58,6 +63,8 @@ HARM_FIGURE = "metrics/plots/harm.png"
 TARGET_POWER = 0.9
 NULL_STREAM = "no_shift"
 MONITORED = "as_monitored/"  # stream-name prefix of the protocol with the monitor's reference size
+MONITORED_HARM = "as_monitored_harm/"  # ... and of a harmful shift's cell at harm_n in that protocol
+HARM_KIND = "harm_detection"  # as monitored: the harmful shifts at harm_n, apart from the label streams
 
 
 def main() -> None:
@@ -77,18 +84,30 @@ def main() -> None:
             if 2 * max(sizes) > size_of_pool:
                 raise ShiftwatchError(f"{setting}: n = {max(sizes)} needs 2n = {2 * max(sizes):,} disjoint "
                                       f"pool images, the pool has {size_of_pool:,}; use smaller sizes")
+        if power.monitored_reference is not None:
+            largest = max(power.monitored_sizes + [power.harm_n])
+            if power.monitored_reference + largest > len(pool):
+                raise ShiftwatchError(f"power.monitored_reference = {power.monitored_reference:,} plus n = "
+                                      f"{largest:,} exceeds the pool of {len(pool):,} images; lower one of them")
         domain_a, _ = load_features("data/reference/domain_a.npz")
         model, device = load_model("models/resnet18.pt"), pick_device()
         streams = {NULL_STREAM: Stream("false_alarms", pool_sampler(pool, pool), power.sizes),
                    "domain_a_train": Stream("false_alarms", separate_sampler(pool, domain_a), power.sizes)}
         clean_accuracy = accuracy(pool.probabilities, labels)
         for name, shifted in _severities(model, device, images, params).items():
-            streams[name] = Stream("detection", pool_sampler(pool, shifted), power.sizes,
-                                   clean_accuracy - accuracy(shifted.probabilities, labels))
+            loss = clean_accuracy - accuracy(shifted.probabilities, labels)
+            streams[name] = Stream("detection", pool_sampler(pool, shifted), power.sizes, loss)
+            if _judged_as_monitored(loss, params):
+                streams[MONITORED_HARM + name] = _harm_as_monitored(
+                    pool_sampler(pool, shifted, reference_size=power.monitored_reference), power)
         for keep in power.label_keep_levels:
-            streams[f"label_keep_{keep:g}"] = Stream("detection", pool_sampler(
-                pool, pool, labels=labels, label_class=params.shift.label_class, keep=keep), power.sizes,
-                clean_accuracy - accuracy(pool.probabilities, labels, _kept(params.shift.label_class, keep)))
+            name, thinned = f"label_keep_{keep:g}", {"labels": labels, "label_class": params.shift.label_class,
+                                                      "keep": keep}
+            loss = clean_accuracy - accuracy(pool.probabilities, labels, _kept(params.shift.label_class, keep))
+            streams[name] = Stream("detection", pool_sampler(pool, pool, **thinned), power.sizes, loss)
+            if _judged_as_monitored(loss, params):  # a weak model's can be
+                streams[MONITORED_HARM + name] = _harm_as_monitored(
+                    pool_sampler(pool, pool, **thinned, reference_size=power.monitored_reference), power)
         streams.update(_corruption_streams(model, device, pool, labels, images, params))
         streams.update(_monitored_streams(pool, labels, params))
         print(f"power: the model's features of every shifted pool in {time.perf_counter() - started:.0f} s",
@@ -121,19 +140,20 @@ def main() -> None:
                    "verdict": VERDICT, "false_alarms": {}, "detection": {}, "accuracy_loss_points": {}}
         results["as_monitored"] = {"reference_images": power.monitored_reference,
                                    "mmd_max_per_side": params.monitor.mmd_max_per_side,
-                                   "false_alarms": {}, "detection": {}}
+                                   "false_alarms": {}, "detection": {}, HARM_KIND: {}}
         for name in streams:
             found = all_rates[name]
             table = results["as_monitored"] if streams[name].monitored else results
-            table[streams[name].kind][name.removeprefix(MONITORED)] = {
+            table[streams[name].kind][name.split("/", 1)[-1]] = {
                 d: {str(p.n): _point(p) for p in points} for d, points in found.items()}
             if streams[name].monitored:
                 continue
             if streams[name].accuracy_loss is not None:
                 results["accuracy_loss_points"][name] = 100 * streams[name].accuracy_loss
             _write_csv(f"metrics/power/{name}.csv", found)
+        monitored = None if power.monitored_reference is None else results["as_monitored"][HARM_KIND]
         results["harm"] = harm_summary(results["detection"], results["accuracy_loss_points"],
-                                       power.harm_points, power.harm_n, TARGET_POWER)
+                                       power.harm_points, power.harm_n, TARGET_POWER, monitored)
 
         write_json("metrics/power_details.json", results)
         write_json("metrics/power.json", _headline(results, power))
@@ -205,7 +225,23 @@ def _corruption_streams(model, device, pool: Features, labels: np.ndarray, image
             loss = accuracy(clean.probabilities, clean_labels) - accuracy(shifted.probabilities, clean_labels)
             streams[name] = Stream("detection", pool_sampler(clean, shifted), power.corruption_sizes,
                                    loss, corruption=True, repetitions=power.corruption_repetitions)
+            if _judged_as_monitored(loss, params):
+                streams[MONITORED_HARM + name] = _harm_as_monitored(
+                    subset_sampler(pool, rows, shifted, power.monitored_reference), power)
     return streams
+
+
+def _harm_as_monitored(sample, power) -> Stream:
+    """A harmful shift against the monitor's reference: n = harm_n only, as many draws as a
+    corruption cell (it is a harm-table cell; sorted with the short streams)."""
+    return Stream(HARM_KIND, sample, [power.harm_n], corruption=True, monitored=True,
+                  repetitions=power.corruption_repetitions)
+
+
+def _judged_as_monitored(accuracy_loss: float, params) -> bool:
+    """A harmful shift is also judged against the monitor's reference, where there is one."""
+    power = params.power
+    return power.monitored_reference is not None and 100 * accuracy_loss >= power.harm_points
 
 
 def corruption_rows(pool_size: int, params) -> np.ndarray:
@@ -224,9 +260,6 @@ def _monitored_streams(pool: Features, labels: np.ndarray, params) -> dict[str, 
     if power.monitored_reference is None:
         return {}
     reference = power.monitored_reference
-    if reference + max(power.monitored_sizes) > len(pool):
-        raise ShiftwatchError(f"power.monitored_reference = {reference:,} plus n = {max(power.monitored_sizes):,} "
-                              f"exceeds the pool of {len(pool):,} images; lower one of them")
     streams = {MONITORED + NULL_STREAM: Stream("false_alarms", pool_sampler(pool, pool, reference_size=reference),
                                                power.monitored_sizes, monitored=True)}
     for keep in power.label_keep_levels:
@@ -272,8 +305,9 @@ def _headline(results: dict, power) -> dict:
     """The power table in a few numbers: each detector's worst false-alarm rate over all n on
     the null stream; per shifted stream (not the corruptions) the smallest n at which the
     verdict alarms in >= 90 % of draws (null: not reached at any n tried); and the harm target
-    (how many harmful corruption shifts, how many detected at harm_n, the weakest power); the
-    same false-alarm and n-for-0.9 numbers for the verdict as monitored (combined only)."""
+    (how many harmful corruption shifts, how many detected at harm_n, the weakest power, and
+    the same as monitored); the same false-alarm and n-for-0.9 numbers for the verdict as
+    monitored (combined only)."""
     healthy, harm = results["false_alarms"][NULL_STREAM], results["harm"]
     corruption_names = {f"{family}_{s:g}" for family, levels in power.corruptions.items() for s in levels}
     return {
@@ -285,10 +319,14 @@ def _headline(results: dict, power) -> dict:
                                     .get(NULL_STREAM, {}).get(COMBINED, {}).values()), default=None),
             "min_n_power_90": {stream: _min_n(by_detector)
                                for stream, by_detector in results["as_monitored"]["detection"].items()}},
-        "harm": {"harmful_shifts": len(harm["harmful"]),
-                 "detected": len(harm["harmful"]) - len(harm["missed"]),
-                 "weakest_power": min(harm["harmful"].values(), default=None)},
+        "harm": {**_harm_counts(harm),
+                 **({"as_monitored": _harm_counts(harm["as_monitored"])} if "as_monitored" in harm else {})},
     }
+
+
+def _harm_counts(harm: dict) -> dict:
+    return {"harmful_shifts": len(harm["harmful"]), "detected": len(harm["harmful"]) - len(harm["missed"]),
+            "weakest_power": min(harm["harmful"].values(), default=None)}
 
 
 def _min_n(by_detector: dict) -> int | None:

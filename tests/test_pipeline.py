@@ -158,8 +158,15 @@ def test_repro_writes_every_output_and_metric(repo):
     monitored = power["as_monitored"]
     assert monitored["reference_images"] == 500 and set(monitored["false_alarms"]) == {"no_shift"}
     assert set(monitored["detection"]) == {"label_keep_0.1", "label_keep_0.3"}  # power.label_keep_levels
+    # and every harmful shift at harm_n only, as many draws as a corruption cell
+    assert set(monitored["harm_detection"]) == set(power["harm"]["harmful"])
+    assert set(monitored["harm_detection"]["contrast_0.3"]["combined"]) == {"100"}
+    assert monitored["harm_detection"]["contrast_0.3"]["combined"]["100"]["repetitions"] == 8
     assert monitored["false_alarms"]["no_shift"]["combined"]["100"]["repetitions"] == 10
     assert set(_metrics(repo, "power")["as_monitored"]["min_n_power_90"]) == {"label_keep_0.1", "label_keep_0.3"}
+    assert set(power["harm"]["as_monitored"]["harmful"]) == set(power["harm"]["harmful"])  # downsample_7 too
+    assert "downsample_7" in power["harm"]["harmful"]
+    assert harm["as_monitored"]["harmful_shifts"] == harm["harmful_shifts"]
     mitigate = _metrics(repo, "mitigate_details")
     assert set(mitigate["b_shift"]) == {"none", "label_shift_bbse", "label_shift_em", "adabn",
                                         "finetune_augmented", "selective", "selective_augmented"}

@@ -332,3 +332,48 @@ def test_harm_summary_names_the_harmful_streams_that_miss_and_the_weakest():
     summary = harm_summary(detection, {"a": 12.0, "b": 6.0, "c": 1.0}, points=5, n=100, target_power=0.9)
     assert summary["harmful"] == {"a": 0.95, "b": 0.4}  # c costs too little to count
     assert summary["missed"] == ["b"] and summary["weakest"] == "b"
+
+
+def test_harm_summary_as_monitored_judges_the_same_harmful_streams():
+    from shiftwatch.power import harm_summary
+
+    detection = {s: {"combined": {"100": {"rate": r}}} for s, r in (("a", 0.95), ("b", 0.4), ("c", 1.0))}
+    monitored = {s: {"combined": {"100": {"rate": r}}} for s, r in (("a", 1.0), ("b", 0.8), ("c", 0.1))}
+    summary = harm_summary(detection, {"a": 12.0, "b": 6.0, "c": 1.0}, points=5, n=100, target_power=0.9,
+                           monitored_detection=monitored)
+    assert summary["as_monitored"] == {"harmful": {"a": 1.0, "b": 0.8}, "missed": ["b"], "weakest": "b"}
+    assert "as_monitored" not in harm_summary(detection, {"a": 12.0}, points=5, n=100, target_power=0.9)
+
+
+class _Rows:
+    """Stands in for Features: rows of an array, with len() and .subset()."""
+
+    def __init__(self, values):
+        self.values = np.asarray(values)
+
+    def __len__(self):
+        return len(self.values)
+
+    def subset(self, rows):
+        return _Rows(self.values[rows])
+
+
+def test_subset_sampler_draws_a_reference_larger_than_the_subset_and_disjoint_from_the_draw():
+    from shiftwatch.power import subset_sampler
+
+    pool = _Rows(np.arange(3000))
+    rows = np.sort(np.random.default_rng(0).choice(3000, 500, replace=False))  # the corruption subset
+    shifted = _Rows(-rows)  # row-aligned with `rows`: pool row r corrupted is -r
+    sample = subset_sampler(pool, rows, shifted, reference_size=2000)
+    references = []
+    for seed in range(20):
+        reference, deployment = sample(np.random.default_rng(seed), 100)
+        drawn = -deployment.values
+        assert len(reference) == 2000 and len(set(reference.values)) == 2000
+        assert len(set(drawn)) == 100 and set(drawn) <= set(rows)  # corrupted subset rows, no repeats
+        assert not set(drawn) & set(reference.values)  # disjoint from its reference
+        assert set(reference.values) - set(rows)  # the reference reaches beyond the subset
+        references.append(frozenset(reference.values))
+    assert len(set(references)) == 20  # a fresh reference every repetition
+    with pytest.raises(ShiftwatchError, match="smaller reference"):
+        subset_sampler(pool, rows, shifted, reference_size=3000)

@@ -272,9 +272,12 @@ def harm_table() -> str:
     if harm is None:
         return "_run `dvc repro power`_"
     n = str(harm["n"])
+    monitored = harm.get("as_monitored")
+    reference = details.get("as_monitored", {}).get("reference_images")
     rows = [f"| shift | accuracy lost (points) | verdict alarms at n={harm['n']} (95 % interval) | "
-            f"best single detector there | harmful (≥ {harm['points']:g} points)? | target met? |",
-            "|---|---|---|---|---|---|"]
+            f"best single detector there | harmful (≥ {harm['points']:g} points)? | target met? |"
+            + (f" as monitored ({reference:,}-image reference) |" if monitored else ""),
+            "|---|---|---|---|---|---|" + ("---|" if monitored else "")]
     for stream, loss in sorted(details["accuracy_loss_points"].items(), key=lambda kv: (_family(kv[0]), kv[1])):
         by_detector = details["detection"][stream]
         verdict = by_detector["combined"].get(n)
@@ -286,7 +289,8 @@ def harm_table() -> str:
         name = f"**{stream}** (weakest)" if stream == harm["weakest"] else stream
         interval = f"{verdict['ci_low']:.2f}–{verdict['ci_high']:.2f}"
         rows.append(f"| {name} | {loss:.1f} | {verdict['rate']:.2f} ({interval}) | "
-                    f"{best} {by_detector[best][n]['rate']:.2f} | {'yes' if harmful else 'no'} | {met} |")
+                    f"{best} {by_detector[best][n]['rate']:.2f} | {'yes' if harmful else 'no'} | {met} |"
+                    + (f" {_monitored_cell(details, stream, n, harm)} |" if monitored else ""))
     missed = harm["missed"]
     rows.append("")
     weakest = harm["weakest"]
@@ -294,7 +298,24 @@ def harm_table() -> str:
                 f"detects {len(harm['harmful']) - len(missed)} of them in ≥ {harm['target_power']:.0%} of "
                 f"draws at n = {harm['n']}" + (f"; missed: {', '.join(missed)}" if missed else "")
                 + (f". Weakest: {weakest} ({harm['harmful'][weakest]:.2f})." if weakest else "."))
+    if monitored:
+        missed, weakest = monitored["missed"], monitored["weakest"]
+        rows.append("")
+        rows.append(f"As monitored (each draw of n = {harm['n']} against a fresh {reference:,}-image reference), "
+                    f"the verdict detects {len(monitored['harmful']) - len(missed)} of the "
+                    f"{len(monitored['harmful'])} in ≥ {harm['target_power']:.0%} of draws"
+                    + (f"; missed: {', '.join(missed)}" if missed else "")
+                    + (f". Weakest: {weakest} ({monitored['harmful'][weakest]:.2f})." if weakest else "."))
     return "\n".join(rows)
+
+
+def _monitored_cell(details: dict, stream: str, n: str, harm: dict) -> str:
+    """The harm table's as-monitored column: the verdict's rate with its interval, harmful rows only."""
+    point = details["as_monitored"]["harm_detection"].get(stream, {}).get("combined", {}).get(n)
+    if point is None:
+        return "—"
+    cell = f"{point['rate']:.2f} ({point['ci_low']:.2f}–{point['ci_high']:.2f})"
+    return cell if point["rate"] >= harm["target_power"] else f"**{cell} ✗**"
 
 
 def registry_table() -> str:
