@@ -129,6 +129,7 @@ def harm_plot(power_results: dict, harm_points: float, harm_n: int, target_power
     monitor's reference (open, joined by a line); the target region (harmful) shaded."""
     fig, ax = plt.subplots(figsize=(8, 5))
     n = str(harm_n)
+    as_monitored = power_results.get("as_monitored", {}).get("harm_detection", {})
     for stream, loss in power_results["accuracy_loss_points"].items():
         point = power_results["detection"][stream]["combined"].get(n)
         if point is None:
@@ -137,12 +138,12 @@ def harm_plot(power_results: dict, harm_points: float, harm_n: int, target_power
         ax.errorbar(loss, point["rate"], yerr=[[point["rate"] - point["ci_low"]], [point["ci_high"] - point["rate"]]],
                     fmt="o", color="crimson" if missed else "tab:blue", markersize=4, capsize=2)
         ax.annotate(stream, (loss, point["rate"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        monitored = power_results.get("as_monitored", {}).get("harm_detection", {}).get(stream, {}).get("combined", {})
+        monitored = as_monitored.get(stream, {}).get("combined", {})
         if n in monitored:  # the same stream against the monitor's reference: an open marker
             ax.plot([loss, loss], [point["rate"], monitored[n]["rate"]], color="grey", linewidth=0.5)
             ax.plot(loss, monitored[n]["rate"], "o", markerfacecolor="none", markersize=5,
                     color="crimson" if monitored[n]["rate"] < target_power else "tab:green")
-    if power_results.get("as_monitored", {}).get("harm_detection"):
+    if as_monitored:
         ax.legend(handles=[
             Line2D([], [], marker="o", linestyle="none", color="tab:blue",
                    label=f"n against n ({harm_n}-image reference)"),

@@ -245,11 +245,8 @@ def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetec
         everyone = min(count[name] for name in in_verdict)
         alarms = dict.fromkeys(names, 0)
         for r in range(repetitions):
-            rng = np.random.default_rng([seed, n, r])
-            reference, deployment = sample(rng, n)
-            detector_seed = int(rng.integers(2 ** 32))
-            pvalues = {name: _pvalue(detector(reference, deployment, detector_seed))
-                       for name, detector in detectors.items() if r < count[name]}
+            pvalues = repetition_pvalues(sample, {name: detector for name, detector in detectors.items()
+                                                  if r < count[name]}, n, r, seed)
             for name, pvalue in pvalues.items():
                 alarms[name] += pvalue < alpha
             if r < everyone:
@@ -259,6 +256,17 @@ def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetec
             low, high = wilson_interval(int(alarms[name]), trials, confidence)
             rates[name].append(AlarmRate(n, int(alarms[name]), trials, alarms[name] / trials, low, high))
     return rates
+
+
+def repetition_pvalues(sample: Sampler, detectors: Mapping[str, SeededDetector], n: int, r: int,
+                       seed: int = 0) -> dict[str, float]:
+    """Repetition r at size n of `independent_alarm_rates`: its own generator
+    np.random.default_rng([seed, n, r]) draws the (reference, deployment) pair, then the
+    detectors' seed; returns each detector's p-value on that draw."""
+    rng = np.random.default_rng([seed, n, r])
+    reference, deployment = sample(rng, n)
+    detector_seed = int(rng.integers(2 ** 32))
+    return {name: _pvalue(detector(reference, deployment, detector_seed)) for name, detector in detectors.items()}
 
 
 def pool_sampler(pool, deployment, labels: np.ndarray | None = None,

@@ -97,17 +97,15 @@ def main() -> None:
         for name, shifted in _severities(model, device, images, params).items():
             loss = clean_accuracy - accuracy(shifted.probabilities, labels)
             streams[name] = Stream("detection", pool_sampler(pool, shifted), power.sizes, loss)
-            if _judged_as_monitored(loss, params):
-                streams[MONITORED_HARM + name] = _harm_as_monitored(
-                    pool_sampler(pool, shifted, reference_size=power.monitored_reference), power)
+            streams.update(_harm_as_monitored(name, loss, params, lambda size, shifted=shifted: pool_sampler(
+                pool, shifted, reference_size=size)))
         for keep in power.label_keep_levels:
-            name, thinned = f"label_keep_{keep:g}", {"labels": labels, "label_class": params.shift.label_class,
-                                                      "keep": keep}
+            name = f"label_keep_{keep:g}"
+            thinned = {"labels": labels, "label_class": params.shift.label_class, "keep": keep}
             loss = clean_accuracy - accuracy(pool.probabilities, labels, _kept(params.shift.label_class, keep))
             streams[name] = Stream("detection", pool_sampler(pool, pool, **thinned), power.sizes, loss)
-            if _judged_as_monitored(loss, params):  # a weak model's can be
-                streams[MONITORED_HARM + name] = _harm_as_monitored(
-                    pool_sampler(pool, pool, **thinned, reference_size=power.monitored_reference), power)
+            streams.update(_harm_as_monitored(name, loss, params, lambda size, thinned=thinned: pool_sampler(
+                pool, pool, **thinned, reference_size=size)))  # harmful only for a weak model
         streams.update(_corruption_streams(model, device, pool, labels, images, params))
         streams.update(_monitored_streams(pool, labels, params))
         print(f"power: the model's features of every shifted pool in {time.perf_counter() - started:.0f} s",
@@ -144,7 +142,7 @@ def main() -> None:
         for name in streams:
             found = all_rates[name]
             table = results["as_monitored"] if streams[name].monitored else results
-            table[streams[name].kind][name.split("/", 1)[-1]] = {
+            table[streams[name].kind][name.split("/", 1)[-1]] = {  # less the as-monitored prefix
                 d: {str(p.n): _point(p) for p in points} for d, points in found.items()}
             if streams[name].monitored:
                 continue
@@ -225,23 +223,20 @@ def _corruption_streams(model, device, pool: Features, labels: np.ndarray, image
             loss = accuracy(clean.probabilities, clean_labels) - accuracy(shifted.probabilities, clean_labels)
             streams[name] = Stream("detection", pool_sampler(clean, shifted), power.corruption_sizes,
                                    loss, corruption=True, repetitions=power.corruption_repetitions)
-            if _judged_as_monitored(loss, params):
-                streams[MONITORED_HARM + name] = _harm_as_monitored(
-                    subset_sampler(pool, rows, shifted, power.monitored_reference), power)
+            streams.update(_harm_as_monitored(name, loss, params, lambda size, shifted=shifted: subset_sampler(
+                pool, rows, shifted, size)))
     return streams
 
 
-def _harm_as_monitored(sample, power) -> Stream:
-    """A harmful shift against the monitor's reference: n = harm_n only, as many draws as a
-    corruption cell (it is a harm-table cell; sorted with the short streams)."""
-    return Stream(HARM_KIND, sample, [power.harm_n], corruption=True, monitored=True,
-                  repetitions=power.corruption_repetitions)
-
-
-def _judged_as_monitored(accuracy_loss: float, params) -> bool:
-    """A harmful shift is also judged against the monitor's reference, where there is one."""
+def _harm_as_monitored(name: str, accuracy_loss: float, params, sampler) -> dict[str, Stream]:
+    """A harmful shift is also judged against the monitor's reference, where there is one:
+    `sampler(reference_size)` draws it; n = harm_n only, as many draws as a corruption cell (a
+    harm-table cell, sorted with the short streams). Empty for a shift that costs too little."""
     power = params.power
-    return power.monitored_reference is not None and 100 * accuracy_loss >= power.harm_points
+    if power.monitored_reference is None or 100 * accuracy_loss < power.harm_points:
+        return {}
+    return {MONITORED_HARM + name: Stream(HARM_KIND, sampler(power.monitored_reference), [power.harm_n],
+                                          corruption=True, monitored=True, repetitions=power.corruption_repetitions)}
 
 
 def corruption_rows(pool_size: int, params) -> np.ndarray:

@@ -291,22 +291,25 @@ def harm_table() -> str:
         rows.append(f"| {name} | {loss:.1f} | {verdict['rate']:.2f} ({interval}) | "
                     f"{best} {by_detector[best][n]['rate']:.2f} | {'yes' if harmful else 'no'} | {met} |"
                     + (f" {_monitored_cell(details, stream, n, harm)} |" if monitored else ""))
-    missed = harm["missed"]
-    rows.append("")
-    weakest = harm["weakest"]
-    rows.append(f"{len(harm['harmful'])} shifts cost ≥ {harm['points']:g} accuracy points; the verdict "
-                f"detects {len(harm['harmful']) - len(missed)} of them in ≥ {harm['target_power']:.0%} of "
-                f"draws at n = {harm['n']}" + (f"; missed: {', '.join(missed)}" if missed else "")
-                + (f". Weakest: {weakest} ({harm['harmful'][weakest]:.2f})." if weakest else "."))
+    rows += ["", f"{len(harm['harmful'])} shifts cost ≥ {harm['points']:g} accuracy points; the verdict "
+             f"detects {_detected(harm)} of them in ≥ {harm['target_power']:.0%} of draws at n = {harm['n']}"
+             + _misses(harm)]
     if monitored:
-        missed, weakest = monitored["missed"], monitored["weakest"]
-        rows.append("")
-        rows.append(f"As monitored (each draw of n = {harm['n']} against a fresh {reference:,}-image reference), "
-                    f"the verdict detects {len(monitored['harmful']) - len(missed)} of the "
-                    f"{len(monitored['harmful'])} in ≥ {harm['target_power']:.0%} of draws"
-                    + (f"; missed: {', '.join(missed)}" if missed else "")
-                    + (f". Weakest: {weakest} ({monitored['harmful'][weakest]:.2f})." if weakest else "."))
+        rows += ["", f"As monitored (each draw of n = {harm['n']} against a fresh {reference:,}-image reference), "
+                 f"the verdict detects {_detected(monitored)} of the {len(monitored['harmful'])} in "
+                 f"≥ {harm['target_power']:.0%} of draws" + _misses(monitored)]
     return "\n".join(rows)
+
+
+def _detected(summary: dict) -> int:
+    return len(summary["harmful"]) - len(summary["missed"])
+
+
+def _misses(summary: dict) -> str:
+    """The end of a harm sentence: which harmful shifts were missed, and the weakest."""
+    missed, weakest = summary["missed"], summary["weakest"]
+    return ((f"; missed: {', '.join(missed)}" if missed else "")
+            + (f". Weakest: {weakest} ({summary['harmful'][weakest]:.2f})." if weakest else "."))
 
 
 def _monitored_cell(details: dict, stream: str, n: str, harm: dict) -> str:

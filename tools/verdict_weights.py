@@ -40,7 +40,7 @@ from shiftwatch.features import model_features  # noqa: E402
 from shiftwatch.model import load_model, pick_device  # noqa: E402
 from shiftwatch.monitor import FEATURE_DETECTORS  # noqa: E402
 from shiftwatch.params import load_params  # noqa: E402
-from shiftwatch.power import pool_sampler, wilson_interval  # noqa: E402
+from shiftwatch.power import pool_sampler, repetition_pvalues, wilson_interval  # noqa: E402
 from shiftwatch.workers import fork_map  # noqa: E402
 from stages.power import _pool, _seeded, corruption_rows  # noqa: E402
 
@@ -70,15 +70,10 @@ def alarms(pvalues: np.ndarray, candidate: str, alpha: float) -> np.ndarray:
 
 
 def draw_pvalues(sample, detectors: dict, n: int, seed: int) -> np.ndarray:
-    """The verdict detectors' p-values on R independent draws (as independent_alarm_rates draws)."""
-    rows = []
-    for r in range(REPETITIONS):
-        rng = np.random.default_rng([seed, n, r])
-        reference, deployment = sample(rng, n)
-        detector_seed = int(rng.integers(2 ** 32))
-        rows.append([float(getattr(result, "pvalue", result))
-                     for result in (detectors[d](reference, deployment, detector_seed) for d in FEATURE_DETECTORS)])
-    return np.array(rows)
+    """The verdict detectors' p-values (columns in FEATURE_DETECTORS order) on the R draws
+    independent_alarm_rates would make."""
+    return np.array([[pvalues[d] for d in FEATURE_DETECTORS]
+                     for pvalues in (repetition_pvalues(sample, detectors, n, r, seed) for r in range(REPETITIONS))])
 
 
 def main() -> None:
