@@ -23,7 +23,12 @@ from shiftwatch import ShiftwatchError
 # Each family and the (low, high] range its severity must lie in; the order is the families'.
 SEVERITY_RANGES = {"contrast": (0, 1), "gamma": (0, 10), "noise": (0, 1), "rotate": (0, 180),
                    "translate": (0, 14), "zoom": (0, 0.5), "crop": (0, 0.5), "shear": (0, 1), "blur": (0, 5),
-                   "occlusion": (0, 27), "jpeg": (0, 95)}
+                   "occlusion": (0, 27), "jpeg": (0, 95),
+                   # Held out from every choice of the accuracy estimator (stage `harm`), fixed here
+                   # before their first run: blocky resize, camera shake, dead/hot pixels.
+                   "pixelate": (1, 27), "motion_blur": (1, 27), "salt_pepper": (0, 0.5),
+                   # What a healthy image pipeline does every day (the page must stay quiet).
+                   "contrast_mean": (0, 2), "png": (0, 9)}
 FAMILIES = tuple(SEVERITY_RANGES)
 
 
@@ -41,6 +46,11 @@ def corrupt(images: np.ndarray, family: str, severity: float, seed: int) -> np.n
         "blur": lambda: _blur(images, sigma=severity),                        # Gaussian, sigma = s px
         "occlusion": lambda: _occlude(images, side=round(severity), seed=seed),  # an s x s black square
         "jpeg": lambda: _jpeg(images, quality=max(1, round(severity))),       # re-compressed at quality s
+        "pixelate": lambda: _pixelate(images, size=round(severity)),   # area-shrunk to s x s px, blown up blocky
+        "motion_blur": lambda: _motion_blur(images, length=round(severity)),  # horizontal box blur, s px
+        "salt_pepper": lambda: _salt_pepper(images, share=severity, seed=seed),  # share s of pixels 0 or 1
+        "contrast_mean": lambda: _contrast_about_mean(images, severity),  # c * (x - image mean) + mean
+        "png": lambda: _png(images, level=round(severity)),                # 8-bit PNG round trip, zlib level s
     }
     check_severity(family, severity)
     return np.clip(apply[family](), 0.0, 1.0).astype(np.float32)
@@ -119,6 +129,58 @@ def _jpeg(images: np.ndarray, quality: int) -> np.ndarray:
         buffer = io.BytesIO()
         Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(
             buffer, format="JPEG", quality=quality)
+        buffer.seek(0)
+        out[i] = np.asarray(Image.open(buffer), dtype=np.float32) / 255
+    return out
+
+
+def _pixelate(images: np.ndarray, size: int) -> np.ndarray:
+    """Each image averaged down to `size` x `size` pixels and blown up again by repeating them
+    (nearest neighbour): the blocky look of an upload resized by a cheap scaler."""
+    import torch
+    import torch.nn.functional as F
+
+    batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
+    small = F.interpolate(batch, size=(size, size), mode="area")
+    return F.interpolate(small, size=images.shape[-2:], mode="nearest").squeeze(1).numpy()
+
+
+def _motion_blur(images: np.ndarray, length: int) -> np.ndarray:
+    """Each image averaged over `length` horizontal neighbours (a camera moved sideways during
+    the exposure); beyond the frame the scene continues as at its edge."""
+    from scipy import ndimage
+
+    return ndimage.uniform_filter1d(np.asarray(images, dtype=np.float32), size=length, axis=-1,
+                                    mode="nearest")
+
+
+def _salt_pepper(images: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A share `share` of the pixels, each drawn independently, set to black or white with equal
+    probability (dead and hot sensor pixels, transmission errors)."""
+    rng = _rng(seed)
+    out = np.array(images, dtype=np.float32)
+    hit = rng.random(out.shape) < share
+    out[hit] = (rng.random(int(hit.sum())) < 0.5).astype(np.float32)
+    return out
+
+
+def _contrast_about_mean(images: np.ndarray, factor: float) -> np.ndarray:
+    """Each image's contrast scaled by `factor` about its own mean pixel (an auto-levels step):
+    the mean stays, black lifts slightly when factor < 1."""
+    means = images.mean(axis=(-2, -1), keepdims=True)
+    return (means + factor * (images - means)).astype(np.float32)
+
+
+def _png(images: np.ndarray, level: int) -> np.ndarray:
+    """Each image saved as an 8-bit gray PNG at zlib `level` and decoded (Pillow): lossless, so on
+    8-bit images it changes nothing; on float images it rounds to 1/255."""
+    from PIL import Image
+
+    out = np.empty(images.shape, dtype=np.float32)
+    for i, image in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(
+            buffer, format="PNG", compress_level=level)
         buffer.seek(0)
         out[i] = np.asarray(Image.open(buffer), dtype=np.float32) / 255
     return out

@@ -82,7 +82,8 @@ class PowerParams(_Strict):
     diagnostic_repetitions: dict[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: {500: 50})
     corruptions: dict[Literal["contrast", "gamma", "noise", "rotate", "translate", "zoom", "crop", "shear",
-                              "blur", "occlusion", "jpeg"],
+                              "blur", "occlusion", "jpeg", "pixelate", "motion_blur", "salt_pepper",
+                              "contrast_mean", "png"],
                       list[Annotated[float, Field(gt=0, le=180)]]] = Field(
         default_factory=lambda: {"contrast": [0.7, 0.5, 0.3], "gamma": [1.5, 2, 3], "noise": [0.05, 0.1, 0.2],
                                  "rotate": [10, 20, 30], "translate": [1, 2, 3], "zoom": [0.1, 0.2, 0.3],

@@ -7,7 +7,8 @@ from shiftwatch.corruptions import FAMILIES, check_severity, corrupt
 
 SEVERITY = {"contrast": 0.5, "gamma": 2, "noise": 0.1, "rotate": 20, "translate": 2, "zoom": 0.2,
             "crop": 0.2, "shear": 0.2, "blur": 1, "occlusion": 10,
-            "jpeg": 10}
+            "jpeg": 10, "pixelate": 10, "motion_blur": 5, "salt_pepper": 0.05, "contrast_mean": 0.9,
+            "png": 6}
 
 
 @pytest.fixture
@@ -119,8 +120,11 @@ def test_a_meaningless_severity_names_the_setting(family, severity):
         check_severity(family, severity)
 
 
-def test_params_schema_knows_every_family_and_defaults_to_all_of_them():
+def test_params_schema_knows_every_family_and_defaults_to_the_harm_tables():
     from shiftwatch.params import PowerParams
 
-    assert list(PowerParams().corruptions) == list(FAMILIES)
+    # The harm table's families come first in FAMILIES; the estimator's held-out and
+    # everyday-pipeline families follow and are not power's by default.
+    assert list(PowerParams().corruptions) == list(FAMILIES[:len(PowerParams().corruptions)])
+    assert {"pixelate", "motion_blur", "salt_pepper", "contrast_mean", "png"} <= set(FAMILIES)
     assert list(PowerParams(corruptions={family: [0.1] for family in FAMILIES}).corruptions) == list(FAMILIES)
