@@ -1,0 +1,105 @@
+"""The label-free accuracy estimate: its arithmetic, its fit, its interval on calibrated draws."""
+import numpy as np
+import pytest
+
+from shiftwatch import ShiftwatchError
+from shiftwatch.estimate import SIGNALS, EstimatorFit, Reference, estimate, fit_weights, reference_summary
+
+
+def calibrated(rng, n: int, sharpness: float):
+    """Softmax outputs of a calibrated 10-class model and labels drawn from them: the top
+    class is right with exactly its probability. Lower `sharpness`, less confident (a shift)."""
+    logits = rng.normal(0, 1, (n, 10))
+    logits[np.arange(n), rng.integers(0, 10, n)] += sharpness
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    labels = np.array([rng.choice(10, p=p) for p in probabilities])
+    return probabilities, labels
+
+
+def test_with_confidence_alone_and_weight_one_it_is_difference_of_confidences():
+    # Given a reference and a batch, when only the confidence signal counts with weight 1,
+    # then the estimate is the reference accuracy moved by the drop in mean confidence (DoC).
+    rng = np.random.default_rng(0)
+    reference_probs, reference_labels = calibrated(rng, 2000, 4.0)
+    batch, _ = calibrated(rng, 300, 2.0)
+    fit = EstimatorFit(("confidence",), (1.0,))
+    reference = reference_summary(reference_probs, reference_labels, None, fit)
+    found = estimate(batch, None, reference, fit, page_points=3)
+    accuracy = np.mean(reference_probs.argmax(1) == reference_labels)
+    expected = accuracy + batch.max(1).mean() - reference_probs.max(1).mean()
+    assert found.accuracy == pytest.approx(expected)
+    assert found.loss_points == pytest.approx(100 * (accuracy - expected))
+    standard_error = np.sqrt(batch.max(1).var(ddof=1) / 300 + reference_probs.max(1).var(ddof=1) / 2000)
+    assert found.standard_error == pytest.approx(standard_error)
+    low, high = found.interval
+    assert low < found.accuracy < high
+
+
+def test_the_page_fires_exactly_when_the_estimated_loss_reaches_page_points():
+    rng = np.random.default_rng(1)
+    reference_probs, reference_labels = calibrated(rng, 2000, 4.0)
+    fit = EstimatorFit(("confidence",), (1.0,))
+    reference = reference_summary(reference_probs, reference_labels, None, fit)
+    milder, _ = calibrated(rng, 500, 3.6)
+    harsher, _ = calibrated(rng, 500, 1.0)
+    for batch in (milder, harsher):
+        found = estimate(batch, None, reference, fit, page_points=3)
+        assert found.harmful == (found.loss_points >= 3)
+    assert not estimate(milder, None, reference, fit, 50).harmful
+    assert estimate(harsher, None, reference, fit, 3).harmful
+
+
+def test_the_interval_holds_the_batchs_own_accuracy_in_at_least_90_percent_of_independent_draws():
+    # Calibrated model, so DoC is unbiased: fresh reference and batch per draw, under no shift
+    # and under a shift that costs ~20 points; the interval must hold the draw's own accuracy.
+    fit = EstimatorFit(("confidence",), (1.0,))
+    for sharpness in (4.0, 2.0):
+        for n in (100, 1000):
+            held = 0
+            for r in range(60):
+                rng = np.random.default_rng([n, r, int(10 * sharpness)])
+                reference_probs, reference_labels = calibrated(rng, 2000, 4.0)
+                batch, labels = calibrated(rng, n, sharpness)
+                found = estimate(batch, None, reference_summary(reference_probs, reference_labels, None, fit),
+                                 fit, page_points=3)
+                held += found.interval[0] <= np.mean(batch.argmax(1) == labels) <= found.interval[1]
+            assert held / 60 >= 0.85, (sharpness, n, held)
+
+
+def test_fit_weights_recovers_non_negative_weights_and_refuses_too_few_sets():
+    rng = np.random.default_rng(2)
+    shifts = rng.normal(0, 0.1, (30, 3))
+    weights = fit_weights(shifts, shifts @ np.array([0.5, 0.0, 0.3]))
+    np.testing.assert_allclose(weights, [0.5, 0.0, 0.3], atol=1e-9)
+    assert np.all(fit_weights(shifts, shifts @ np.array([0.5, -0.4, 0.3])) >= 0)  # never negative
+    with pytest.raises(ShiftwatchError, match="at least as many shifted sets"):
+        fit_weights(shifts[:2], np.zeros(2))
+
+
+def test_the_agreement_signals_need_the_fine_tuned_models_outputs():
+    rng = np.random.default_rng(3)
+    probabilities, labels = calibrated(rng, 200, 3.0)
+    fit = EstimatorFit(SIGNALS, (0.0, 0.5, 0.2, 0.4))
+    with pytest.raises(ShiftwatchError, match="fine-tuned model"):
+        reference_summary(probabilities, labels, None, fit)
+    reference = reference_summary(probabilities, labels, probabilities, fit)  # a twin agrees always
+    assert reference.means["agreement"] == 1.0
+    with pytest.raises(ShiftwatchError, match="same images"):
+        estimate(probabilities, probabilities[:10], reference, fit, 3)
+
+
+def test_a_batch_of_one_image_and_bad_estimator_files_give_one_clear_error():
+    rng = np.random.default_rng(4)
+    probabilities, labels = calibrated(rng, 200, 3.0)
+    fit = EstimatorFit(("confidence",), (1.0,))
+    reference = reference_summary(probabilities, labels, None, fit)
+    with pytest.raises(ShiftwatchError, match="at least 2"):
+        estimate(probabilities[:1], None, reference, fit, 3)
+    with pytest.raises(ShiftwatchError, match="known signals"):
+        EstimatorFit.from_dict({"signals": ["brightness"], "weights": [1.0]})
+    with pytest.raises(ShiftwatchError, match="do not match"):
+        EstimatorFit.from_dict({"signals": ["atc", "confidence"], "weights": [1.0]})
+    with pytest.raises(ShiftwatchError, match="dvc repro harm"):
+        Reference.from_dict({"accuracy": 0.9}, fit)
+    again = Reference.from_dict(reference.as_dict(), fit)
+    assert estimate(probabilities, None, again, fit, 3) == estimate(probabilities, None, reference, fit, 3)
