@@ -372,3 +372,11 @@ def calibration_flags(rates: Mapping[str, list[AlarmRate]], alpha: float = 0.05,
                                   miscalibrated=f"{name}@{i}" in verdict.rejected)
                    for i, p in enumerate(points)]
             for name, points in rates.items()}
+
+
+def corruption_rows(pool_size: int, params) -> np.ndarray:
+    """The pool rows the corruption streams (the harm table) and stage `harm`'s cells draw
+    from: a seeded subset of power.corruption_pool_images, sorted. tools/verdict_design.py
+    designs on the others."""
+    return np.sort(np.random.default_rng([params.seed, 1]).choice(
+        pool_size, min(pool_size, params.power.corruption_pool_images), replace=False))

@@ -47,6 +47,7 @@ from shiftwatch.power import (
     COMBINED,
     accuracy,
     calibration_flags,
+    corruption_rows,
     harm_summary,
     independent_alarm_rates,
     pool_sampler,
@@ -237,13 +238,6 @@ def _harm_as_monitored(name: str, accuracy_loss: float, params, sampler) -> dict
         return {}
     return {MONITORED_HARM + name: Stream(HARM_KIND, sampler(power.monitored_reference), [power.harm_n],
                                           corruption=True, monitored=True, repetitions=power.corruption_repetitions)}
-
-
-def corruption_rows(pool_size: int, params) -> np.ndarray:
-    """The pool rows the corruption streams (the harm table) draw from: a seeded subset of
-    power.corruption_pool_images, sorted. tools/verdict_design.py designs on the others."""
-    return np.sort(np.random.default_rng([params.seed, 1]).choice(
-        pool_size, min(pool_size, params.power.corruption_pool_images), replace=False))
 
 
 def _monitored_streams(pool: Features, labels: np.ndarray, params) -> dict[str, Stream]:

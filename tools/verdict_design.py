@@ -55,7 +55,8 @@ from shiftwatch.model import load_model, pick_device  # noqa: E402
 from shiftwatch.monitor import FEATURE_DETECTORS  # noqa: E402
 from shiftwatch.params import load_params  # noqa: E402
 from shiftwatch.power import COMBINED, independent_alarm_rates, pool_sampler  # noqa: E402
-from stages.power import _pool, _seeded, corruption_rows  # noqa: E402
+from shiftwatch.power import corruption_rows  # noqa: E402
+from stages.power import _pool, _seeded  # noqa: E402
 
 OUT = Path("metrics/verdict_design.json")
 DESIGN_SHIFTS = {"crop_0.2": ("crop", 0.2), "shear_0.3": ("shear", 0.3)}

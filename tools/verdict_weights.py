@@ -8,7 +8,7 @@ gives BBSD-KS a larger share of alpha (weighted Bonferroni, the first step of we
 alarm when p_i < alpha * w_i for some detector, weights summing to 1, so the family-wise false
 alarm rate stays <= alpha) would catch more of it, and less of what the other detectors alone
 see. This tool measures that trade on the 23,000 pool images the harm table does not use
-(`stages.power.corruption_rows`), so it touches no reported number.
+(`shiftwatch.power.corruption_rows`), so it touches no reported number.
 
 Fixed before its first run (stop 18), shaped by the harm table's miss, so nothing here can be
 adopted on these numbers alone: a weighting chosen from them needs a corruption family no one
@@ -42,7 +42,8 @@ from shiftwatch.monitor import FEATURE_DETECTORS  # noqa: E402
 from shiftwatch.params import load_params  # noqa: E402
 from shiftwatch.power import pool_sampler, repetition_pvalues, wilson_interval  # noqa: E402
 from shiftwatch.workers import fork_map  # noqa: E402
-from stages.power import _pool, _seeded, corruption_rows  # noqa: E402
+from shiftwatch.power import corruption_rows  # noqa: E402
+from stages.power import _pool, _seeded  # noqa: E402
 
 OUT = Path("metrics/verdict_weights.json")
 REPETITIONS = 200

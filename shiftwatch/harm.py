@@ -1,0 +1,128 @@
+"""Design and judgement of the accuracy estimate and the page (stage `harm`).
+
+A *cell* is a shift of known cost: a pool of images under one family and severity, the
+deployed model's (and the fine-tuned model's) softmax outputs on them, their labels, and, for
+a label shift, the share of one class kept. From cells the stage
+
+- fits the estimator's weights on the design families (`fit_estimator`), and measures its
+  error on each design family with that family left out of the fit (`leave_one_family_out`);
+- judges the estimate and the page as `check` runs them (`judge_cell`): independent draws of n
+  shifted images, each against a fresh reference of pool images outside the draw, each draw
+  estimated, paged or not, and its interval checked against the draw's own accuracy.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from shiftwatch import ShiftwatchError
+from shiftwatch.estimate import EstimatorFit, estimate, fit_weights, reference_summary, signals
+from shiftwatch.labelshift import atc_fit
+from shiftwatch.power import wilson_interval
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One shifted pool: the family it belongs to, the model's and the fine-tuned model's
+    outputs on each image, the images' pool rows and labels; `keep` thins `label_class` out
+    (a label shift: each of its images kept with that probability)."""
+    family: str
+    probabilities: np.ndarray
+    aux_probabilities: np.ndarray | None
+    rows: np.ndarray
+    labels: np.ndarray
+    keep: float | None = None
+    label_class: int | None = None
+
+    def weights(self) -> np.ndarray:
+        """Each image's weight in the cell's population (the label shift's class mix)."""
+        if self.keep is None:
+            return np.ones(len(self.labels))
+        return np.where(self.labels == self.label_class, self.keep, 1.0)
+
+    def accuracy(self) -> float:
+        correct = self.probabilities.argmax(1) == self.labels
+        return float(np.average(correct, weights=self.weights()))
+
+
+def signal_shift(cell: Cell, clean: Cell, names: Sequence[str]) -> np.ndarray:
+    """How far each signal's mean moved from the clean images to the cell's (same images:
+    the ATC threshold fitted on the clean ones), at population level."""
+    threshold = atc_fit(clean.probabilities, clean.labels)
+    shifted = signals(cell.probabilities, cell.aux_probabilities, threshold)
+    before = signals(clean.probabilities, clean.aux_probabilities, threshold)
+    return np.array([np.average(shifted[s], weights=cell.weights()) - before[s].mean() for s in names])
+
+
+def fit_estimator(cells: dict[str, Cell], clean: Cell, names: Sequence[str],
+                  model_error: float = 0.0) -> EstimatorFit:
+    """Weights of `names` fitted on `cells` (accuracy change from signal change)."""
+    if not cells:
+        raise ShiftwatchError("fitting the estimator needs at least one design cell")
+    shifts = np.array([signal_shift(cell, clean, names) for cell in cells.values()])
+    changes = np.array([cell.accuracy() - clean.accuracy() for cell in cells.values()])
+    return EstimatorFit(tuple(names), tuple(fit_weights(shifts, changes).tolist()), model_error)
+
+
+def population_error(fit: EstimatorFit, cell: Cell, clean: Cell) -> float:
+    """Estimated minus true accuracy change of the whole cell, in points (no sampling noise)."""
+    predicted = float(np.asarray(fit.weights) @ signal_shift(cell, clean, fit.signals))
+    return 100 * (predicted - (cell.accuracy() - clean.accuracy()))
+
+
+def leave_one_family_out(design: dict[str, Cell], clean: Cell, names: Sequence[str]) -> dict[str, float]:
+    """Per design cell: the population error (points) of the estimator fitted on every other
+    design family."""
+    errors = {}
+    for family in sorted({cell.family for cell in design.values()}):
+        rest = {name: cell for name, cell in design.items() if cell.family != family}
+        fit = fit_estimator(rest, clean, names)
+        errors.update({name: population_error(fit, cell, clean)
+                       for name, cell in design.items() if cell.family == family})
+    return errors
+
+
+def judge_cell(cell: Cell, pool_probabilities: np.ndarray, pool_aux: np.ndarray | None,
+               pool_labels: np.ndarray, fit: EstimatorFit, *, sizes: Sequence[int], repetitions: int,
+               reference_size: int, page_points: float, seed: int) -> dict[str, dict]:
+    """Per n: how often the page fires, the estimate's error against the cell's accuracy and
+    how often its interval holds the draw's own accuracy. Repetition r at size n draws with
+    np.random.default_rng([seed, n, r]): n cell images (thinned for a label shift), then a
+    reference of `reference_size` pool rows that excludes the drawn images' own rows."""
+    truth, results = cell.accuracy(), {}
+    for n in sizes:
+        pages, covered, errors = 0, 0, []
+        for r in range(repetitions):
+            rng = np.random.default_rng([seed, n, r])
+            picked = _draw(cell, n, rng)
+            outside = np.ones(len(pool_labels), dtype=bool)
+            outside[cell.rows[picked]] = False
+            reference_rows = rng.choice(np.flatnonzero(outside), reference_size, replace=False)
+            reference = reference_summary(pool_probabilities[reference_rows], pool_labels[reference_rows],
+                                          None if pool_aux is None else pool_aux[reference_rows], fit)
+            found = estimate(cell.probabilities[picked],
+                             None if cell.aux_probabilities is None else cell.aux_probabilities[picked],
+                             reference, fit, page_points)
+            drawn = float(np.mean(cell.probabilities[picked].argmax(1) == cell.labels[picked]))
+            pages += found.harmful
+            covered += found.interval[0] <= drawn <= found.interval[1]
+            errors.append(100 * (found.accuracy - truth))
+        low, high = wilson_interval(pages, repetitions)
+        errors = np.abs(errors)
+        results[str(n)] = {"page_rate": float(pages) / repetitions, "ci_low": low, "ci_high": high,
+                           "coverage": float(covered) / repetitions, "median_error_points": float(np.median(errors)),
+                           "repetitions": repetitions}
+    return results
+
+
+def _draw(cell: Cell, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n positions of the cell's images; for a label shift, from a thinned permutation."""
+    order = rng.permutation(len(cell.labels))
+    if cell.keep is not None:
+        order = order[(cell.labels[order] != cell.label_class) | (rng.random(len(order)) < cell.keep)]
+    if len(order) < n:
+        raise ShiftwatchError(f"a draw of n = {n} needs {n} images, the cell has {len(order)}; "
+                              "lower harm.sizes or raise harm.pool_images")
+    return order[:n]

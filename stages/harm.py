@@ -1,0 +1,173 @@
+"""harm: fit the label-free accuracy estimate on shifts of known cost, and judge the page.
+
+Once per model (reads no `shift.*` but the class a label shift thins out). Every cell is a
+seeded subset of harm.pool_images pool images (the power stage's corruption rows: the harm
+table's images) under one shift, with the deployed model's and the fine-tuned model's outputs
+on each. The estimator's weights are fitted on the design cells (harm.design: the corruption
+library, the study's brightness and blur, the label shift, and B_shift's combination); each
+design family is judged with a fit that left it out (leave-one-family-out), the held-out
+families (harm.held_out, fixed in a commit before their first run) and the everyday pipeline
+operations (harm.everyday) with the fit on every design family (or, where an everyday cell
+belongs to a design family, with that family left out).
+
+Judged as `check` runs it: per cell and n in harm.sizes, harm.repetitions independent draws of
+n shifted images, each against a fresh reference of harm.reference_images pool images outside
+the draw; per draw the estimate, the page (estimated loss >= harm.page_points) and whether the
+interval holds the draw's own accuracy. The null is the clean cell.
+
+Reads params: seed, shift.label_class, evaluate, power.corruption_pool_images, harm.
+Writes models/accuracy_estimator.json (the fit, read by `shiftwatch check` and `monitor`),
+metrics/harm.json (headline: the worst page rates and the estimate's errors),
+metrics/harm_details.json (every cell).
+"""
+import time
+
+import numpy as np
+
+from shiftwatch.cli import run_stage
+from shiftwatch.corruptions import check_severity, corrupt
+from shiftwatch.estimate import reference_summary
+from shiftwatch.features import load_features
+from shiftwatch.harm import Cell, fit_estimator, judge_cell, leave_one_family_out, population_error
+from shiftwatch.io import load_set, write_json
+from shiftwatch.lineage import file_md5
+from shiftwatch.model import load_model, pick_device, predict_proba
+from shiftwatch.params import load_params
+from shiftwatch.power import corruption_rows
+from shiftwatch.shift import degrade_images
+from shiftwatch.tracking import stage_run
+from shiftwatch.workers import fork_map
+
+ESTIMATOR = "models/accuracy_estimator.json"
+HEADLINE_N = 200  # the issue's targets are set at n = 200
+CLEAN = "no_shift"
+
+
+def main() -> None:
+    params = load_params()
+    harm = params.harm
+    for group in (harm.design, harm.held_out, harm.everyday):
+        for family, severities in group.items():
+            for severity in severities:
+                _check(family, severity)
+    with stage_run("harm", params) as run:
+        started = time.perf_counter()
+        pool, labels, images = _pool()
+        rows = corruption_rows(len(labels), params)
+        base, aux = load_model("models/resnet18.pt"), load_model("models/resnet18_augmented.pt")
+        device, evaluate = pick_device(), params.evaluate
+
+        def outputs(shifted_images, name):
+            return tuple(predict_proba(model, shifted_images, evaluate.batch_size, device, desc=name,
+                                       progress=False, precision=evaluate.precision) for model in (base, aux))
+
+        pool_aux = outputs(images, "pool")[1]
+        clean = Cell(CLEAN, pool[rows], pool_aux[rows], rows, labels[rows])
+        groups = {"design": {}, "held_out": {}, "everyday": {}}
+        for group in groups:
+            for family, severities in getattr(harm, group).items():
+                for severity in severities:
+                    name = f"{family}_{severity:g}"
+                    groups[group][name] = _cell(family, severity, clean, images[rows], outputs, params)
+        print(f"harm: the models' outputs on {sum(map(len, groups.values()))} cells in "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
+
+        lofo = leave_one_family_out(groups["design"], clean, harm.signals)
+        model_error = float(np.sqrt(np.mean(np.square(list(lofo.values()))))) / 100
+        fit = fit_estimator(groups["design"], clean, harm.signals, model_error)
+        fits = {family: fit_estimator({n: c for n, c in groups["design"].items() if c.family != family},
+                                      clean, harm.signals, model_error)
+                for family in {c.family for c in groups["design"].values()}}
+        cells = {CLEAN: ("null", clean), **{name: (group, cell) for group, members in groups.items()
+                                            for name, cell in members.items()}}
+
+        def judged(name: str) -> dict:
+            group, cell = cells[name]
+            used = fits.get(cell.family, fit)  # a design family is judged by the fit without it
+            return {"group": group, "family": cell.family,
+                    "loss_points": 100 * (clean.accuracy() - cell.accuracy()),
+                    "population_error_points": population_error(used, cell, clean) if name != CLEAN else 0.0,
+                    "left_out": cell.family if cell.family in fits else None,
+                    "draws": judge_cell(cell, pool, pool_aux, labels, used, sizes=harm.sizes,
+                                        repetitions=harm.repetitions, reference_size=harm.reference_images,
+                                        page_points=harm.page_points, seed=params.seed)}
+
+        details = dict(zip(cells, fork_map(judged, list(cells))))
+        test_size = len(load_features("data/reference/test.npz")[1])  # the pool's first rows
+        reference = reference_summary(pool[:test_size], labels[:test_size], pool_aux[:test_size], fit)
+        write_json(ESTIMATOR, {**fit.as_dict(), "page_points": harm.page_points, "harm_points": harm.harm_points,
+                               "reference": {**reference.as_dict(), "path": "data/reference/test.npz",
+                                             "model_md5": file_md5("models/resnet18.pt"),
+                                             "finetuned_md5": file_md5("models/resnet18_augmented.pt")}})
+        results = {"estimator": fit.as_dict(), "leave_one_family_out_points": lofo,
+                   "clean_accuracy": clean.accuracy(), "cells": details}
+        write_json("metrics/harm_details.json", results)
+        headline = _headline(details, harm)
+        write_json("metrics/harm.json", headline)
+        run.log_metric_tree("harm", headline)
+        run.log_artifact("metrics/harm_details.json")
+        run.log_artifact(ESTIMATOR)
+    print(f"harm: {len(cells)} cells judged in {time.perf_counter() - started:.0f} s; "
+          f"weights {dict(zip(fit.signals, np.round(fit.weights, 3)))}, model error {100 * model_error:.2f} points")
+
+
+def _check(family: str, severity: float) -> None:
+    if family in ("brightness", "downsample", "label_keep"):
+        return
+    check_severity(family, severity)
+
+
+def _pool():
+    """The deployed model's outputs, labels and images of the unseen pool (test + domain B)."""
+    probabilities, labels, images = [], [], []
+    for name in ("test", "domain_b"):
+        view, view_labels = load_features(f"data/reference/{name}.npz")
+        probabilities.append(view.probabilities)
+        labels.append(view_labels)
+        images.append(load_set(f"data/prepared/{name}.npz", hint="run `dvc repro prepare`").images)
+    return np.concatenate(probabilities), np.concatenate(labels), np.concatenate(images)
+
+
+def _cell(family: str, severity: float, clean: Cell, images: np.ndarray, outputs, params) -> Cell:
+    """The clean cell's images under one shift, through both models (a label shift reuses the
+    clean outputs and thins class shift.label_class out)."""
+    if family == "label_keep":
+        return Cell(family, clean.probabilities, clean.aux_probabilities, clean.rows, clean.labels,
+                    keep=severity, label_class=params.shift.label_class)
+    if family == "brightness":
+        shifted = degrade_images(images, 28, severity)
+    elif family == "downsample":
+        shifted = degrade_images(images, int(severity), 0.0)
+    else:
+        shifted = corrupt(images, family, severity, seed=params.seed)
+    probabilities, aux = outputs(shifted, f"{family}_{severity:g}")
+    return Cell(family, probabilities, aux, clean.rows, clean.labels)
+
+
+def _headline(details: dict, harm) -> dict:
+    """The page and the estimate in a few numbers (dvc exp show, MLflow)."""
+    n = str(HEADLINE_N if HEADLINE_N in harm.sizes else harm.sizes[0])
+    shifted = {name: cell for name, cell in details.items() if name != CLEAN}
+    harmful = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] >= harm.harm_points]
+    harmless = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] < 1]
+    held_out = np.abs([c["population_error_points"] for c in shifted.values() if c["group"] == "held_out"])
+    design = np.abs([c["population_error_points"] for c in shifted.values() if c["group"] == "design"])
+    coverage = [draw["coverage"] for c in details.values() for draw in c["draws"].values()]
+    return {
+        "page": {"n": int(n), "harmful_min": min(harmful, default=None), "harmless_max": max(harmless, default=None),
+                 "no_shift_max": max(d["page_rate"] for d in details[CLEAN]["draws"].values())},
+        "estimate": {
+            "held_out": _errors(held_out), "design_left_out": _errors(design),
+            "coverage_min": min(coverage)},
+    }
+
+
+def _errors(errors: np.ndarray) -> dict:
+    if len(errors) == 0:
+        return {}
+    return {"median_error_points": float(np.median(errors)), "p90_error_points": float(np.quantile(errors, 0.9)),
+            "worst_error_points": float(errors.max())}
+
+
+if __name__ == "__main__":
+    run_stage("harm", main)

@@ -1,0 +1,86 @@
+"""Stage harm's design and judgement: cells, leave-one-family-out, and the page as check runs it."""
+import numpy as np
+import pytest
+
+from shiftwatch import ShiftwatchError
+from shiftwatch.estimate import EstimatorFit
+from shiftwatch.harm import Cell, fit_estimator, judge_cell, leave_one_family_out, population_error
+
+
+def outputs(rng, n: int, sharpness: float) -> tuple[np.ndarray, np.ndarray]:
+    """A calibrated 10-class model's softmax outputs and labels drawn from them."""
+    logits = rng.normal(0, 1, (n, 10))
+    logits[np.arange(n), rng.integers(0, 10, n)] += sharpness
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return probabilities, np.array([rng.choice(10, p=p) for p in probabilities])
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """A pool of 3,000 images: the first 1,000 are the cells' rows; labels drawn calibrated."""
+    probabilities, labels = outputs(np.random.default_rng(0), 3000, 4.0)
+    return probabilities, labels
+
+
+def shifted_cell(pool, family: str, sharpness: float, seed: int, keep: float | None = None) -> Cell:
+    """The cell's 1,000 pool rows seen less sharply (a covariate shift that costs accuracy);
+    the labels stay the images' own (drawn from the clean outputs)."""
+    probabilities, labels = pool
+    rows = np.arange(1000)
+    if sharpness is None:
+        shifted = probabilities[rows]
+    else:
+        rng = np.random.default_rng(seed)
+        logits = np.log(probabilities[rows]) * (sharpness / 4.0) + rng.normal(0, 0.3, (1000, 10))
+        shifted = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return Cell(family, shifted, None, rows, labels[rows], keep=keep, label_class=7 if keep else None)
+
+
+def test_a_label_shift_cell_weighs_its_images_by_the_new_class_mix(pool):
+    cell = shifted_cell(pool, "label_keep", None, 0, keep=0.1)
+    correct = cell.probabilities.argmax(1) == cell.labels
+    by_class = [correct[cell.labels == k].mean() for k in range(10)]
+    counts = np.bincount(cell.labels, minlength=10) * np.where(np.arange(10) == 7, 0.1, 1.0)
+    assert cell.accuracy() == pytest.approx(np.dot(by_class, counts) / counts.sum())
+
+
+def test_leave_one_family_out_judges_each_family_with_a_fit_that_never_saw_it(pool):
+    clean = shifted_cell(pool, "none", None, 0)
+    design = {f"{family}_{s}": shifted_cell(pool, family, s, seed)
+              for seed, (family, s) in enumerate([("a", 3.0), ("a", 2.0), ("b", 3.0), ("b", 1.5)])}
+    # A family whose images lose accuracy while confidence does not move: only the fit that saw
+    # it could absorb it, and it must not, so its left-out error is large.
+    probabilities, labels = pool
+    wrong = clean.labels.copy()
+    wrong[:200] = (wrong[:200] + 1) % 10
+    design["liar_1"] = Cell("liar", clean.probabilities, None, clean.rows, wrong)
+    errors = leave_one_family_out(design, clean, ["confidence"])
+    assert set(errors) == set(design)
+    assert errors["liar_1"] > 10  # points: the estimate sees no change, the truth lost ~18 points
+    fitted = fit_estimator(design, clean, ["confidence"])
+    assert abs(population_error(fitted, design["a_2.0"], clean)) < abs(errors["liar_1"])
+
+
+def test_judge_cell_pages_on_a_costly_shift_and_stays_quiet_on_no_shift(pool):
+    probabilities, labels = pool
+    clean = shifted_cell(pool, "none", None, 0)
+    fit = EstimatorFit(("confidence",), (1.0,), 0.005)
+    costly = shifted_cell(pool, "blurry", 1.0, 1)
+    assert 100 * (clean.accuracy() - costly.accuracy()) > 5
+    quiet = judge_cell(clean, probabilities, None, labels, fit, sizes=[100, 300], repetitions=40,
+                       reference_size=1500, page_points=3, seed=0)
+    loud = judge_cell(costly, probabilities, None, labels, fit, sizes=[100], repetitions=40,
+                      reference_size=1500, page_points=3, seed=0)
+    assert quiet["300"]["page_rate"] <= 0.1 and loud["100"]["page_rate"] >= 0.9
+    assert quiet["100"]["coverage"] >= 0.8 and set(quiet["100"]) >= {"ci_low", "ci_high", "median_error_points"}
+    again = judge_cell(clean, probabilities, None, labels, fit, sizes=[100, 300], repetitions=40,
+                       reference_size=1500, page_points=3, seed=0)
+    assert again == quiet  # seeded per (n, repetition)
+
+
+def test_a_draw_larger_than_the_thinned_cell_is_refused(pool):
+    probabilities, labels = pool
+    cell = shifted_cell(pool, "label_keep", None, 0, keep=0.1)
+    with pytest.raises(ShiftwatchError, match="harm.sizes"):
+        judge_cell(cell, probabilities, None, labels, EstimatorFit(("confidence",), (1.0,)), sizes=[990],
+                   repetitions=1, reference_size=100, page_points=3, seed=0)
