@@ -15,9 +15,9 @@ least squares without an intercept and with non-negative weights: no change mean
 and no signal may argue that a less confident batch is more accurate.
 
 Because the estimate is a mean of per-image scores, its sampling error has a closed form
-(the scores' variance over n, plus the reference's over its size); `EstimatorFit.model_error`
-adds the error of the fit itself on families it never saw (leave-one-family-out on the design
-families). The interval covers the batch's own accuracy: it adds the binomial spread of n
+(the scores' variance over n, plus the reference's over its size); `EstimatorFit.error` adds
+the error of the fit itself on families it never saw (leave-one-family-out on the design
+families), which grows with the loss. The interval covers the batch's own accuracy: it adds the binomial spread of n
 right-or-wrong predictions.
 
 The page (the harmful answer): the estimated loss against the reference is at least
@@ -41,10 +41,17 @@ Z_90 = 1.6448536269514722  # two-sided 90 % normal quantile
 @dataclass(frozen=True)
 class EstimatorFit:
     """The fitted estimator: the signals it uses, their weights, and its error on families it
-    never saw (points, leave-one-family-out RMS at population level)."""
+    never saw (leave-one-family-out, at population level): `model_error` (accuracy, a
+    fraction) on shifts that cost little, plus `relative_error` times the estimated loss (the
+    error grows with the shift: a few points on a 30-point loss, tenths on a 1-point one)."""
     signals: tuple[str, ...]
     weights: tuple[float, ...]
     model_error: float = 0.0
+    relative_error: float = 0.0
+
+    def error(self, loss: float) -> float:
+        """The fit's own error (accuracy, a fraction) at an estimated loss (a fraction)."""
+        return float(np.hypot(self.model_error, self.relative_error * max(loss, 0.0)))
 
     def as_dict(self) -> dict:
         return {**asdict(self), "signals": list(self.signals), "weights": list(self.weights)}
@@ -53,7 +60,7 @@ class EstimatorFit:
     def from_dict(payload: dict, where: str = "estimator") -> EstimatorFit:
         try:
             fit = EstimatorFit(tuple(payload["signals"]), tuple(float(w) for w in payload["weights"]),
-                               float(payload.get("model_error", 0.0)))
+                               float(payload.get("model_error", 0.0)), float(payload.get("relative_error", 0.0)))
         except (KeyError, TypeError, ValueError) as err:
             raise ShiftwatchError(f"{where}: not an accuracy estimator ({type(err).__name__}: {err}); "
                                   "rerun `dvc repro harm`") from None
@@ -156,7 +163,7 @@ def estimate(probabilities: np.ndarray, aux_probabilities: np.ndarray | None, re
     # The batch's own accuracy spreads binomially around what the signals predict, and so did
     # the reference's around the accuracy the weights were anchored to.
     binomial = point * (1 - point) / n + reference.accuracy * (1 - reference.accuracy) / reference.size
-    spread = np.sqrt(sampling + binomial + fit.model_error ** 2)
+    spread = np.sqrt(sampling + binomial + fit.error(reference.accuracy - point) ** 2)
     low, high = max(0.0, point - Z_90 * spread), min(1.0, point + Z_90 * spread)
     loss = 100 * (reference.accuracy - point)
     return Estimate(point, (low, high), reference.accuracy, loss,
@@ -166,13 +173,14 @@ def estimate(probabilities: np.ndarray, aux_probabilities: np.ndarray | None, re
 
 def fit_weights(shifts: np.ndarray, losses: np.ndarray) -> np.ndarray:
     """Non-negative least squares without intercept: accuracy change (one per shifted set) from
-    the change of each signal's mean (rows: sets, columns: signals)."""
+    the change of each signal's mean (rows: sets, columns: signals). With fewer sets than
+    signals (a leave-one-family-out fit on a small grid) it still returns one solution."""
     from scipy.optimize import nnls
 
     shifts, losses = np.asarray(shifts, dtype=np.float64), np.asarray(losses, dtype=np.float64)
-    if shifts.ndim != 2 or len(shifts) != len(losses) or len(shifts) < shifts.shape[1]:
-        raise ShiftwatchError(f"fitting the estimator needs at least as many shifted sets as signals "
-                              f"(got {len(losses)} sets, shape {shifts.shape})")
+    if shifts.ndim != 2 or len(shifts) != len(losses) or len(shifts) == 0:
+        raise ShiftwatchError(f"fitting the estimator needs one row of signal changes per shifted set "
+                              f"(got {len(losses)} sets, shape {shifts.shape}); add harm.design cells")
     weights, _ = nnls(shifts, losses)
     return weights
 

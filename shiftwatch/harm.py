@@ -57,13 +57,23 @@ def signal_shift(cell: Cell, clean: Cell, names: Sequence[str]) -> np.ndarray:
 
 
 def fit_estimator(cells: dict[str, Cell], clean: Cell, names: Sequence[str],
-                  model_error: float = 0.0) -> EstimatorFit:
+                  model_error: float = 0.0, relative_error: float = 0.0) -> EstimatorFit:
     """Weights of `names` fitted on `cells` (accuracy change from signal change)."""
     if not cells:
         raise ShiftwatchError("fitting the estimator needs at least one design cell")
     shifts = np.array([signal_shift(cell, clean, names) for cell in cells.values()])
     changes = np.array([cell.accuracy() - clean.accuracy() for cell in cells.values()])
-    return EstimatorFit(tuple(names), tuple(fit_weights(shifts, changes).tolist()), model_error)
+    return EstimatorFit(tuple(names), tuple(fit_weights(shifts, changes).tolist()), model_error, relative_error)
+
+
+def fit_errors(errors: dict[str, float], losses: dict[str, float], harm_points: float) -> tuple[float, float]:
+    """The fit's error on unseen families from leave-one-family-out errors (points) of design
+    cells that cost `losses` (points): (RMS error of the cells that cost less than
+    `harm_points`, as accuracy; RMS of error / loss of the others). The interval uses both."""
+    small = [errors[name] for name in errors if losses[name] < harm_points]
+    large = [errors[name] / losses[name] for name in errors if losses[name] >= harm_points]
+    base = float(np.sqrt(np.mean(np.square(small)))) / 100 if small else 0.0
+    return base, float(np.sqrt(np.mean(np.square(large)))) if large else 0.0
 
 
 def population_error(fit: EstimatorFit, cell: Cell, clean: Cell) -> float:

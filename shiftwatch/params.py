@@ -106,6 +106,45 @@ class PowerParams(_Strict):
         return self
 
 
+_Severities = list[Annotated[float, Field(gt=0, le=180)]]
+# Families a harm cell may use: the corruption library's, the study's two covariate shifts and
+# the label shift (severity: the share of shift.label_class kept).
+_HarmFamily = Literal["contrast", "gamma", "noise", "rotate", "translate", "zoom", "crop", "shear", "blur",
+                      "occlusion", "jpeg", "pixelate", "motion_blur", "salt_pepper", "contrast_mean", "png",
+                      "brightness", "downsample", "label_keep"]
+
+
+class HarmParams(_Strict):
+    signals: list[Literal["confidence", "atc", "agreement", "soft_agreement"]] = Field(
+        default_factory=lambda: ["confidence", "atc", "agreement", "soft_agreement"], min_length=1)
+    harm_points: float = Field(5.0, gt=0, le=100)
+    page_points: float = Field(3.0, gt=0, le=100)
+    reference_images: int = Field(10_000, ge=10, le=28_000)
+    sizes: list[Annotated[int, Field(ge=2, le=5_000)]] = Field(
+        default_factory=lambda: [100, 200, 500, 1000], min_length=1)
+    repetitions: int = Field(100, ge=1, le=100_000)
+    design: dict[_HarmFamily, _Severities] = Field(default_factory=lambda: {
+        "contrast": [0.7, 0.5, 0.3], "gamma": [1.5, 2, 3], "noise": [0.05, 0.1, 0.2], "rotate": [10, 20, 30],
+        "translate": [1, 2, 3], "zoom": [0.1, 0.2, 0.3], "crop": [0.1, 0.2, 0.3], "shear": [0.1, 0.2, 0.3],
+        "blur": [0.5, 1, 1.5], "occlusion": [6, 10, 14], "jpeg": [50, 10, 5], "brightness": [0.05, 0.1, 0.2],
+        "downsample": [14, 7], "label_keep": [0.1, 0.3]}, min_length=1)
+    held_out: dict[_HarmFamily, _Severities] = Field(default_factory=lambda: {
+        "pixelate": [14, 10, 7], "motion_blur": [3, 5, 7], "salt_pepper": [0.02, 0.05, 0.1]})
+    everyday: dict[_HarmFamily, _Severities] = Field(default_factory=lambda: {
+        "jpeg": [90, 75], "contrast_mean": [0.99], "gamma": [1.1], "brightness": [0.02], "png": [6]})
+
+    @model_validator(mode="after")
+    def _page_below_harm(self):
+        if self.page_points > self.harm_points:
+            raise ValueError(f"page_points = {self.page_points} must not exceed harm_points = {self.harm_points} "
+                             "(a batch that loses harm_points must page)")
+        overlap = set(self.held_out) & set(self.design)
+        if overlap:
+            raise ValueError(f"held_out families {sorted(overlap)} are design families too; a family is "
+                             "held out only if no fit sees it")
+        return self
+
+
 class MitigateParams(_Strict):
     finetune_epochs: int = Field(1, ge=1, le=100)
     augment_downsample: list[Annotated[int, Field(ge=1, le=28)]] = Field(
@@ -134,6 +173,7 @@ class Params(_Strict):
     evaluate: EvaluateParams = EvaluateParams()
     monitor: MonitorParams = MonitorParams()
     power: PowerParams = PowerParams()
+    harm: HarmParams = HarmParams()
     mitigate: MitigateParams = MitigateParams()
     registry: RegistryParams = RegistryParams()
 

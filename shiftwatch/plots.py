@@ -159,3 +159,38 @@ def harm_plot(power_results: dict, harm_points: float, harm_n: int, target_power
     ax.set_title(f"every shift costing >= {harm_points:g} points must alarm in >= {target_power:.0%} of draws")
     fig.tight_layout()
     _save(fig, path)
+
+
+def page_plot(cells: dict, harm_points: float, page_points: float, sizes: list[str], path: str | Path) -> None:
+    """Stage harm in two panels: the estimated loss of each cell (its population value, the
+    fit that never saw its family) against the true loss; and how often the page fires at
+    each n against the true loss, with the harmful region shaded."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    colours = {"design": "tab:blue", "held_out": "crimson", "everyday": "tab:green", "null": "black"}
+    for cell in cells.values():
+        estimated = cell["loss_points"] - cell["population_error_points"]
+        left.plot(cell["loss_points"], estimated, "o", color=colours[cell["group"]], markersize=4)
+    top = max(c["loss_points"] for c in cells.values()) + 2
+    left.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1)
+    left.axhline(page_points, color="black", linestyle="--", linewidth=0.8)
+    left.set_xlabel("true accuracy loss (points)")
+    left.set_ylabel("estimated loss (points, family left out)")
+    left.set_title("label-free estimate vs truth, 5,000 images per cell")
+    markers = dict(zip(sizes, "os^D"))
+    for cell in cells.values():
+        for n in sizes:
+            right.plot(cell["loss_points"], cell["draws"][n]["page_rate"], markers[n], markersize=3,
+                       color=colours[cell["group"]], markerfacecolor="none" if n != "200" else None)
+    right.axvline(harm_points, color="black", linestyle=":", linewidth=1)
+    right.axvline(1, color="black", linestyle=":", linewidth=1)
+    right.axvspan(harm_points, top, color="tab:red", alpha=0.05)
+    right.set_xscale("symlog", linthresh=1)
+    right.set_xlabel("true accuracy loss (points)")
+    right.set_ylabel("page rate (share of draws)")
+    right.set_title(f"page fires when the estimated loss >= {page_points:g} points")
+    right.legend(handles=[Line2D([], [], marker=markers[n], linestyle="none", color="grey", label=f"n = {n}")
+                          for n in sizes] +
+                 [Line2D([], [], marker="o", linestyle="none", color=c, label=g) for g, c in colours.items()],
+                 fontsize=7, loc="center right")
+    fig.tight_layout()
+    _save(fig, path)

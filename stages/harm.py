@@ -16,9 +16,11 @@ the draw; per draw the estimate, the page (estimated loss >= harm.page_points) a
 interval holds the draw's own accuracy. The null is the clean cell.
 
 Reads params: seed, shift.label_class, evaluate, power.corruption_pool_images, harm.
-Writes models/accuracy_estimator.json (the fit, read by `shiftwatch check` and `monitor`),
-metrics/harm.json (headline: the worst page rates and the estimate's errors),
-metrics/harm_details.json (every cell).
+Writes models/accuracy_estimator.json (the fit and its summary of the test set, read by
+`shiftwatch check` and `serve`), metrics/harm.json (headline at n = 200: the lowest page rate
+on a harmful cell, the highest on a harmless one (< 1 point) and on no shift; the estimate's
+errors and its worst coverage at n = 100 and 1,000), metrics/harm_details.json (every cell at
+every n), metrics/plots/page.png.
 """
 import time
 
@@ -28,17 +30,26 @@ from shiftwatch.cli import run_stage
 from shiftwatch.corruptions import check_severity, corrupt
 from shiftwatch.estimate import reference_summary
 from shiftwatch.features import load_features
-from shiftwatch.harm import Cell, fit_estimator, judge_cell, leave_one_family_out, population_error
+from shiftwatch.harm import (
+    Cell,
+    fit_errors,
+    fit_estimator,
+    judge_cell,
+    leave_one_family_out,
+    population_error,
+)
 from shiftwatch.io import load_set, write_json
 from shiftwatch.lineage import file_md5
 from shiftwatch.model import load_model, pick_device, predict_proba
 from shiftwatch.params import load_params
+from shiftwatch.plots import page_plot
 from shiftwatch.power import corruption_rows
 from shiftwatch.shift import degrade_images
 from shiftwatch.tracking import stage_run
 from shiftwatch.workers import fork_map
 
 ESTIMATOR = "models/accuracy_estimator.json"
+FIGURE = "metrics/plots/page.png"
 HEADLINE_N = 200  # the issue's targets are set at n = 200
 CLEAN = "no_shift"
 
@@ -53,7 +64,7 @@ def main() -> None:
     with stage_run("harm", params) as run:
         started = time.perf_counter()
         pool, labels, images = _pool()
-        rows = corruption_rows(len(labels), params)
+        rows = corruption_rows(len(labels), params.seed, params.power.corruption_pool_images)
         base, aux = load_model("models/resnet18.pt"), load_model("models/resnet18_augmented.pt")
         device, evaluate = pick_device(), params.evaluate
 
@@ -73,10 +84,11 @@ def main() -> None:
               f"{time.perf_counter() - started:.0f} s", flush=True)
 
         lofo = leave_one_family_out(groups["design"], clean, harm.signals)
-        model_error = float(np.sqrt(np.mean(np.square(list(lofo.values()))))) / 100
-        fit = fit_estimator(groups["design"], clean, harm.signals, model_error)
+        errors = fit_errors(lofo, {name: 100 * (clean.accuracy() - cell.accuracy())
+                                   for name, cell in groups["design"].items()}, harm.harm_points)
+        fit = fit_estimator(groups["design"], clean, harm.signals, *errors)
         fits = {family: fit_estimator({n: c for n, c in groups["design"].items() if c.family != family},
-                                      clean, harm.signals, model_error)
+                                      clean, harm.signals, *errors)
                 for family in {c.family for c in groups["design"].values()}}
         cells = {CLEAN: ("null", clean), **{name: (group, cell) for group, members in groups.items()
                                             for name, cell in members.items()}}
@@ -99,16 +111,20 @@ def main() -> None:
                                "reference": {**reference.as_dict(), "path": "data/reference/test.npz",
                                              "model_md5": file_md5("models/resnet18.pt"),
                                              "finetuned_md5": file_md5("models/resnet18_augmented.pt")}})
-        results = {"estimator": fit.as_dict(), "leave_one_family_out_points": lofo,
+        results = {"harm_points": harm.harm_points, "page_points": harm.page_points,
+                   "estimator": fit.as_dict(), "leave_one_family_out_points": lofo,
                    "clean_accuracy": clean.accuracy(), "cells": details}
         write_json("metrics/harm_details.json", results)
+        page_plot(details, harm.harm_points, harm.page_points, [str(n) for n in harm.sizes], FIGURE)
         headline = _headline(details, harm)
         write_json("metrics/harm.json", headline)
         run.log_metric_tree("harm", headline)
         run.log_artifact("metrics/harm_details.json")
         run.log_artifact(ESTIMATOR)
+        run.log_artifact(FIGURE, "plots")
     print(f"harm: {len(cells)} cells judged in {time.perf_counter() - started:.0f} s; "
-          f"weights {dict(zip(fit.signals, np.round(fit.weights, 3)))}, model error {100 * model_error:.2f} points")
+          f"weights {dict(zip(fit.signals, np.round(fit.weights, 3).tolist()))}, fit error "
+          f"{100 * fit.model_error:.2f} points + {fit.relative_error:.2f} x loss")
 
 
 def _check(family: str, severity: float) -> None:
@@ -152,10 +168,11 @@ def _headline(details: dict, harm) -> dict:
     harmless = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] < 1]
     held_out = np.abs([c["population_error_points"] for c in shifted.values() if c["group"] == "held_out"])
     design = np.abs([c["population_error_points"] for c in shifted.values() if c["group"] == "design"])
-    coverage = [draw["coverage"] for c in details.values() for draw in c["draws"].values()]
+    coverage_sizes = [s for s in ("100", "1000") if s in details[CLEAN]["draws"]] or list(details[CLEAN]["draws"])
+    coverage = [c["draws"][s]["coverage"] for c in details.values() for s in coverage_sizes]
     return {
         "page": {"n": int(n), "harmful_min": min(harmful, default=None), "harmless_max": max(harmless, default=None),
-                 "no_shift_max": max(d["page_rate"] for d in details[CLEAN]["draws"].values())},
+                 "no_shift_max": details[CLEAN]["draws"][n]["page_rate"]},
         "estimate": {
             "held_out": _errors(held_out), "design_left_out": _errors(design),
             "coverage_min": min(coverage)},

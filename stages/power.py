@@ -213,7 +213,7 @@ def _corruption_streams(model, device, pool: Features, labels: np.ndarray, image
     power, evaluate = params.power, params.evaluate
     if not power.corruptions:
         return {}
-    rows = corruption_rows(len(pool), params)
+    rows = corruption_rows(len(pool), params.seed, params.power.corruption_pool_images)
     clean, clean_labels = pool.subset(rows), labels[rows]
     streams = {}
     for family, severities in power.corruptions.items():

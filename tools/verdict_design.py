@@ -54,8 +54,12 @@ from shiftwatch.features import model_features  # noqa: E402
 from shiftwatch.model import load_model, pick_device  # noqa: E402
 from shiftwatch.monitor import FEATURE_DETECTORS  # noqa: E402
 from shiftwatch.params import load_params  # noqa: E402
-from shiftwatch.power import COMBINED, independent_alarm_rates, pool_sampler  # noqa: E402
-from shiftwatch.power import corruption_rows  # noqa: E402
+from shiftwatch.power import (  # noqa: E402
+    COMBINED,
+    corruption_rows,  # noqa: E402
+    independent_alarm_rates,
+    pool_sampler,
+)
 from stages.power import _pool, _seeded  # noqa: E402
 
 OUT = Path("metrics/verdict_design.json")
@@ -77,7 +81,8 @@ def main() -> None:
     params = load_params()
     power, alpha = params.power, params.monitor.alpha
     pool, labels, images = _pool()
-    design = np.setdiff1d(np.arange(len(pool)), corruption_rows(len(pool), params))
+    design = np.setdiff1d(np.arange(len(pool)),
+                          corruption_rows(len(pool), params.seed, params.power.corruption_pool_images))
     clean, design_labels = pool.subset(design), labels[design]
     model, device = load_model("models/resnet18.pt"), pick_device()
 

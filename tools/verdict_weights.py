@@ -40,9 +40,13 @@ from shiftwatch.features import model_features  # noqa: E402
 from shiftwatch.model import load_model, pick_device  # noqa: E402
 from shiftwatch.monitor import FEATURE_DETECTORS  # noqa: E402
 from shiftwatch.params import load_params  # noqa: E402
-from shiftwatch.power import pool_sampler, repetition_pvalues, wilson_interval  # noqa: E402
+from shiftwatch.power import (  # noqa: E402
+    corruption_rows,  # noqa: E402
+    pool_sampler,
+    repetition_pvalues,
+    wilson_interval,
+)
 from shiftwatch.workers import fork_map  # noqa: E402
-from shiftwatch.power import corruption_rows  # noqa: E402
 from stages.power import _pool, _seeded  # noqa: E402
 
 OUT = Path("metrics/verdict_weights.json")
@@ -84,7 +88,8 @@ def main() -> None:
     corruptions = {f"{family}_{s:g}": (family, s) for family, levels in power.corruptions.items() for s in levels}
     harmful = [name for name in corruptions if name in harm["harmful"]]
     pool, labels, images = _pool()
-    design = np.setdiff1d(np.arange(len(pool)), corruption_rows(len(pool), params))
+    design = np.setdiff1d(np.arange(len(pool)),
+                          corruption_rows(len(pool), params.seed, params.power.corruption_pool_images))
     clean, design_labels = pool.subset(design), labels[design]
     model, device = load_model("models/resnet18.pt"), pick_device()
     shifted = {name: model_features(model, corrupt(images[design], *corruptions[name], seed=seed),
