@@ -15,9 +15,14 @@ shiftwatch/batch.py, the reports text_report.py and html_report.py, logging trac
 No labels are needed: class proportions (BBSE, EM) and accuracy (ATC, average confidence) are
 estimates.
 
-Exit status: 0 no alert, 1 the combined verdict alerts, 2 bad input (one line on stderr,
-nothing written). A --json path that cannot be written or a --log that cannot reach MLflow
-also gives 2 (one line on stderr), after the report is printed: a gate never passes silently.
+Two answers (shiftwatch/page.py): **harmful**, the page (the label-free accuracy estimate of
+stage `harm` says the batch loses at least harm.page_points against the reference), and
+**changed**, the Holm verdict of the change detectors, kept as information.
+
+Exit status: 0 not harmful, 1 harmful (page), 2 bad input (one line on stderr, nothing
+written); with --fail-on change, 3 when the batch changed but is not harmful. A --json path
+that cannot be written or a --log that cannot reach MLflow also gives 2 (one line on
+stderr), after the report is printed: a gate never passes silently.
 """
 from __future__ import annotations
 
@@ -32,7 +37,15 @@ import numpy as np
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.batch import load_batch
-from shiftwatch.checking import DEFAULT_MODEL, DEFAULT_PARAMS, DEFAULT_REFERENCE, check_batch
+from shiftwatch.checking import (
+    DEFAULT_ESTIMATOR,
+    DEFAULT_FINETUNED,
+    DEFAULT_MODEL,
+    DEFAULT_PARAMS,
+    DEFAULT_REFERENCE,
+    check_batch,
+)
+from shiftwatch.page import FAIL_ON, exit_code
 from shiftwatch.text_report import format_report
 
 HELP = "check a batch of images for distribution shift against the saved reference"
@@ -50,6 +63,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(downloaded once per version); the reference must have been made by it")
     parser.add_argument("--params", type=Path, default=None,
                         help=f"params file (default: <repo root>/{DEFAULT_PARAMS})")
+    parser.add_argument("--estimator", type=Path, default=None,
+                        help=f"accuracy estimator written by the harm stage (default: <repo root>/{DEFAULT_ESTIMATOR})")
+    parser.add_argument("--finetuned", type=Path, default=None,
+                        help=f"the fine-tuned model the estimator compares with "
+                             f"(default: <repo root>/{DEFAULT_FINETUNED})")
+    parser.add_argument("--fail-on", choices=FAIL_ON, default="harm",
+                        help="harm (default): exit 1 only when the batch is harmful; change: also exit 3 "
+                             "when it changed without harm (the change verdict's alarm)")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
                         help="also write the report as JSON (atomically); `--json -` writes it to "
                              "standard output instead of the human report")
@@ -69,7 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The `check` command: 0 no alert, 1 alert, 2 bad input (one line on stderr)."""
+    """The `check` command: 0 not harmful, 1 harmful, 2 bad input (one line on stderr), 3
+    changed without harm (only with --fail-on change)."""
     to_stdout = args.json is not None and str(args.json) == "-"
     quiet = args.quiet or to_stdout  # standard output carries the JSON alone
     try:
@@ -82,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
             report, views = _check_on_server(args.server, args.batch, want_views=args.html is not None)
         else:
             report, views = check_batch(args.batch, reference=args.reference, model=args.model,
-                                        params=args.params, progress=not quiet)
+                                        params=args.params, estimator=args.estimator,
+                                        finetuned=args.finetuned, progress=not quiet)
         report["batch"]["time"] = taken
     except ShiftwatchError as err:
         print(f"shiftwatch check: error: {err}", file=sys.stderr)
@@ -118,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         if not quiet:
             print(f"logged: MLflow run {run_id}")
-    return int(report["drift"])
+    return exit_code(report, args.fail_on)
 
 
 def _check_on_server(url: str, batch: Path, want_views: bool):

@@ -17,10 +17,13 @@ import numpy as np
 
 from shiftwatch import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, ShiftwatchError
 from shiftwatch.batch import load_batch
+from shiftwatch.page import change_summary, load_estimator, mean_pixels, remedies
 
 DEFAULT_REFERENCE = "data/reference/test.npz"
 DEFAULT_MODEL = "models/resnet18.pt"
 DEFAULT_PARAMS = "params.yaml"
+DEFAULT_ESTIMATOR = "models/accuracy_estimator.json"
+DEFAULT_FINETUNED = "models/resnet18_augmented.pt"
 # The params the check reads, logged with --log (the monitor stage's detector settings).
 PARAMS_READ = ("seed", "shift.label_class", "evaluate.batch_size", "evaluate.precision",
                "monitor.alpha",
@@ -28,15 +31,17 @@ PARAMS_READ = ("seed", "shift.label_class", "evaluate.batch_size", "evaluate.pre
 
 
 def check_batch(batch: Path, *, reference: Path | None = None, model: str | Path | None = None,
-                params: Path | None = None, progress: bool = False):
+                params: Path | None = None, estimator: Path | None = None, finetuned: Path | None = None,
+                progress: bool = False):
     """Load everything, validate it, and check the batch: (report, a JSON-ready dict; the
     per-image numbers the HTML report draws, html_report.Views). Every input problem raises
     ShiftwatchError before the model runs or anything is written."""
     started = time.perf_counter()
-    settings, ref, paths = load_inputs(reference, model, params)
+    settings, ref, paths = load_inputs(reference, model, params, estimator, finetuned)
     images, batch_info = load_batch(batch)
     loaded = time.perf_counter()
     network, imports = load_network(paths["model"])
+    ref["finetuned_network"] = load_network(paths["finetuned"])[0]
     model_loaded = time.perf_counter()
     report, views = check_images(images, {"path": str(batch), **batch_info}, settings, ref, network, paths,
                                  progress=progress)
@@ -45,14 +50,18 @@ def check_batch(batch: Path, *, reference: Path | None = None, model: str | Path
     return report, views
 
 
-def load_inputs(reference: Path | None, model: str | Path | None, params: Path | None):
-    """(settings, reference summary, {"reference", "model", "params"} paths, plus "model_uri"
-    for a registry model), validated; the model file is checked to exist and to be the one
-    the reference was made with (loading it needs torch: `load_network`)."""
+def load_inputs(reference: Path | None, model: str | Path | None, params: Path | None,
+                estimator: Path | None = None, finetuned: Path | None = None):
+    """(settings, reference summary, {"reference", "model", "params", "estimator", "finetuned"}
+    paths, plus "model_uri" for a registry model), validated; the model file is checked to
+    exist and to be the one the reference was made with, the estimator to be fitted for that
+    model and the fine-tuned one (loading them needs torch: `load_network`)."""
     root = _project_root()
     paths = {"reference": reference if reference is not None else root / DEFAULT_REFERENCE,
              "model": Path(model) if model is not None else root / DEFAULT_MODEL,
-             "params": params if params is not None else root / DEFAULT_PARAMS}
+             "params": params if params is not None else root / DEFAULT_PARAMS,
+             "estimator": estimator if estimator is not None else root / DEFAULT_ESTIMATOR,
+             "finetuned": finetuned if finetuned is not None else root / DEFAULT_FINETUNED}
     from shiftwatch.params import load_params
 
     if not paths["params"].exists():
@@ -71,7 +80,27 @@ def load_inputs(reference: Path | None, model: str | Path | None, params: Path |
     if not paths["model"].exists():  # before the (slower) torch import
         raise ShiftwatchError(f"{paths['model']}: not found; run `dvc repro train` or pass --model")
     ref["model_md5"] = _same_model(ref, paths)
+    ref["estimator"] = _estimator_for(ref, paths)
+    ref["remedies"] = remedies(root)
     return settings, ref, paths
+
+
+def _estimator_for(ref: dict, paths: dict):
+    """The accuracy estimator, checked to be fitted for this model and the fine-tuned model
+    on disk: the page's weights and reference summary are a property of both."""
+    from shiftwatch.lineage import file_md5
+
+    fit, summary, payload = load_estimator(paths["estimator"])
+    made_for = payload["reference"].get("model_md5")
+    if made_for != ref["model_md5"]:
+        raise ShiftwatchError(f"{paths['estimator']}: fitted for the model with md5 {str(made_for)[:12]}, "
+                              f"not {ref['model_md5'][:12]}; rerun `dvc repro harm`")
+    if not paths["finetuned"].exists():
+        raise ShiftwatchError(f"{paths['finetuned']}: not found; run `dvc repro finetune` or pass --finetuned")
+    if payload["reference"].get("finetuned_md5") != file_md5(paths["finetuned"]):
+        raise ShiftwatchError(f"{paths['estimator']}: fitted with another fine-tuned model than "
+                              f"{paths['finetuned']}; rerun `dvc repro harm`")
+    return fit, summary, payload
 
 
 def _same_model(ref: dict, paths: dict) -> str:
@@ -127,6 +156,7 @@ def check_images(images: np.ndarray, batch_info: dict, settings, ref: dict, netw
                                      monitor.trust_tolerance)
     reference_mix = np.bincount(ref["labels"], minlength=NUM_CLASSES) / len(ref["labels"])
     accuracy = accuracy_report(ref["probabilities"], ref["labels"], probabilities)
+    found = _estimate(images, probabilities, settings, ref)
     finished = time.perf_counter()
 
     from shiftwatch.html_report import SAMPLE_GRID, Views
@@ -136,7 +166,10 @@ def check_images(images: np.ndarray, batch_info: dict, settings, ref: dict, netw
                   reference_mean_pixel=ref["image_stats"][:, 0],
                   reference_confidence=ref["probabilities"].max(axis=1),
                   sample_images=images[:SAMPLE_GRID])
-    return _plain({
+    report = _plain({
+        "page": "PAGE" if found.harmful else "ok",
+        "harmful": int(found.harmful),
+        "estimate": {**found.as_dict(), "harm_points": ref["estimator"][2].get("harm_points")},
         "verdict": "ALERT" if verdict["drift"] else "ok",
         "drift": verdict["drift"],
         "alerting": verdict["alerting"],
@@ -152,7 +185,22 @@ def check_images(images: np.ndarray, batch_info: dict, settings, ref: dict, netw
         "accuracy": accuracy,
         "seconds": {"predict": predicted - started, "detectors": finished - predicted},
         "params": settings.flat(*PARAMS_READ),
-    }), views
+        "brightness": mean_pixels(images, ref["image_stats"]),
+        "remedies": ref["remedies"],
+    })
+    report["change_words"] = change_summary(report)
+    return report, views
+
+
+def _estimate(images: np.ndarray, probabilities: np.ndarray, settings, ref: dict):
+    """The page's estimate: the fine-tuned model's outputs on the batch, then the estimator."""
+    from shiftwatch.estimate import estimate
+    from shiftwatch.model import pick_device, predict_proba
+
+    fit, summary, payload = ref["estimator"]
+    aux = predict_proba(ref["finetuned_network"], images, settings.evaluate.batch_size, pick_device(),
+                        progress=False, precision=settings.evaluate.precision)
+    return estimate(probabilities, aux, summary, fit, float(payload["page_points"]))
 
 
 def load_reference(path: Path) -> dict[str, np.ndarray]:

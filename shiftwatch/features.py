@@ -95,6 +95,22 @@ def deployment_views(domain_b: tuple[Features, np.ndarray], b_covariate: tuple[F
             for name, image_set in sets.items()}
 
 
+def finetuned_outputs(sets: dict, batch: int, device, precision: str) -> dict[str, np.ndarray]:
+    """The fine-tuned model's softmax outputs per shifted set (`sets`: ImageSets by name): b_label
+    from its outputs on domain B (`finetune`), b_covariate through the network, b_shift as rows
+    of b_covariate. `monitor` (the page's estimate) and `mitigate` (the remedy) read them."""
+    from shiftwatch.io import load_predictions
+    from shiftwatch.model import load_model, predict_proba
+
+    on_b = load_predictions("data/finetuned/domain_b.npz", hint="run `dvc repro finetune`")
+    covariate = predict_proba(load_model("models/resnet18_augmented.pt"), sets["b_covariate"].images,
+                              batch, device, desc="fine-tuned model b_covariate", precision=precision)
+    cov_index = sets["b_covariate"].source_index
+    return {"b_label": on_b.probabilities[rows_matching(sets["b_label"].source_index, on_b.source_index)],
+            "b_covariate": covariate,
+            "b_shift": covariate[rows_matching(sets["b_shift"].source_index, cov_index)]}
+
+
 def image_statistics(images: np.ndarray) -> np.ndarray:
     flat = images.reshape(len(images), -1)
     return np.column_stack([flat.mean(axis=1), zero_fraction(images), pixel_quantiles(images)])

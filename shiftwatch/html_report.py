@@ -65,10 +65,14 @@ def figures(views: Views) -> dict[str, bytes]:
 
 def render(report: dict, pictures: dict[str, bytes]) -> str:
     """The HTML document for a `check` report and its figures."""
-    alert = bool(report["drift"])
+    from shiftwatch.page import advice
+    from shiftwatch.text_report import change_line, headline
+
+    alert = bool(report["harmful"])  # the banner is the page; the change is the line below it
     shift, accuracy, batch = report["label_shift"], report["accuracy"], report["batch"]
-    verdict = (f"ALERT: shift detected by {', '.join(report['alerting'])}" if alert
-               else "ok: no shift detected")
+    verdict = headline(report)
+    steps = "".join(f"<li>{_e(step)}</li>" for step in advice(report))
+    todo = f'<h3>What to do</h3><ol id="advice">{steps}</ol>' if steps else ""
     tests = "".join(
         f"<tr class='{'alert' if name in report['alerting'] else ''}'><td>{_e(name)}</td>"
         f"<td>{test['statistic']:.4f}</td><td>{_p(test['pvalue'])}</td><td>{_p(test['adjusted_pvalue'])}</td>"
@@ -87,7 +91,7 @@ def render(report: dict, pictures: dict[str, bytes]) -> str:
     interval = f" (95 % bootstrap interval {low:.3f}–{high:.3f})" if low is not None else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>shiftwatch check: {_e(report['verdict'])} — {_e(Path(batch['path']).name)}</title>
+<title>shiftwatch check: {_e(report['page'])} — {_e(Path(batch['path']).name)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }}
 .verdict {{ font-size: 1.6em; padding: 0.6em 1em; border-radius: 6px; color: white;
@@ -99,10 +103,12 @@ tr.alert td {{ color: #b3261e; font-weight: bold; }} tr.focus td {{ background: 
 img {{ max-width: 100%; }} .muted {{ color: #666; font-size: 0.9em; }}
 </style></head><body>
 <div class="verdict" id="verdict">{_e(verdict)}</div>
+<p id="change"><b>{_e(change_line(report))}</b></p>
+{todo}
 <p class="muted">{batch['images']:,} images from {_e(batch['path'])} against {report['reference']['images']:,}
 reference images; Holm over {len(report['tests'])} detectors at alpha {report['alpha']};
 model {_e(report['model'])}.</p>
-<h2>Detectors</h2>
+<h2>Change detectors (information: a change is not harm)</h2>
 <table id="tests"><tr><th>detector</th><th>statistic</th><th>p-value</th><th>Holm-adjusted</th><th></th></tr>
 {tests}</table>
 <h2>What the batch looks like next to the reference</h2>
@@ -113,8 +119,10 @@ model {_e(report['model'])}.</p>
 class {focus} share by BBSE {shift[f'class_{focus}_share_bbse']:.3f}{interval}).</p>
 <table id="mix"><tr><th>class</th><th>BBSE</th><th>EM</th><th>reference</th></tr>{mix}</table>
 <h2>Accuracy without labels</h2>
-<p id="accuracy">Estimated accuracy {accuracy['atc']:.3f} (ATC), {accuracy['average_confidence']:.3f}
-(average confidence).</p>
+<p id="accuracy">Estimated accuracy {report['estimate']['accuracy']:.3f} (90 % interval
+{report['estimate']['interval'][0]:.3f}–{report['estimate']['interval'][1]:.3f}; the page's estimate, stage harm);
+for comparison {accuracy['atc']:.3f} (ATC) and {accuracy['average_confidence']:.3f} (average confidence),
+which over-estimate accuracy under covariate shift.</p>
 <h2>Sample images (first {min(SAMPLE_GRID, batch['images'])})</h2>
 {img_tag(pictures['samples'], 'samples', 'sample images')}
 </body></html>

@@ -37,14 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reference", type=Path, default=None, help="as for check")
     parser.add_argument("--model", default=None, help="as for check (a path or models:/NAME@ALIAS)")
     parser.add_argument("--params", type=Path, default=None, help="as for check")
+    parser.add_argument("--estimator", type=Path, default=None, help="as for check")
+    parser.add_argument("--finetuned", type=Path, default=None, help="as for check")
 
 
 def run(args: argparse.Namespace) -> int:
     from shiftwatch.checking import load_inputs, load_network
 
     try:
-        settings, ref, paths = load_inputs(args.reference, args.model, args.params)
+        settings, ref, paths = load_inputs(args.reference, args.model, args.params, args.estimator,
+                                           args.finetuned)
         network, _ = load_network(paths["model"])
+        ref["finetuned_network"] = load_network(paths["finetuned"])[0]
         server = ThreadingHTTPServer(("127.0.0.1", args.port), _handler(settings, ref, network, paths))
     except (ShiftwatchError, OSError) as err:
         print(f"shiftwatch serve: error: {err}", file=sys.stderr)

@@ -1,10 +1,13 @@
 """shiftwatch timeline: the drift of a monitored stream over time, from the logged checks.
 
 Every `shiftwatch check BATCH --log` is one point in time (its --time, or the batch's
-modification time). This reads those MLflow runs back, in time order, and draws per detector
-the p-value (after Holm, the one the verdict uses) against the alert level, the label-free
-accuracy estimate (ATC) and the estimated share of the focus class (BBSE); it prints, and
-writes as JSON, the first batch at which each detector and the verdict alerted.
+modification time). This reads those MLflow runs back, in time order, and draws the page's
+accuracy estimate with its 90 % interval and the page decisions, per detector the p-value
+(after Holm, the one the change verdict uses) against the alert level, and the estimated
+share of the focus class (BBSE); it prints, and writes as JSON, the first batch that paged
+and the first at which each detector and the change verdict alerted, and how many false
+pages a week a healthy stream of 24 such batches a day would get (the no-shift page rate
+stage `harm` measured at the nearest batch size).
 
     shiftwatch timeline --png timeline.png [--html timeline.html] [--json first_alerts.json]
 """
@@ -40,17 +43,18 @@ def run(args: argparse.Namespace) -> int:
         since = None if args.since is None else parse_time(args.since, "--since")
         points = logged_checks(since)
         summary = first_alerts(points)
+        false_pages = false_pages_per_week(points)
         draw(points, args.png)
         from shiftwatch.io import write_json
 
         if args.json is not None:
-            write_json(args.json, {"points": points, "first_alerts": summary})
+            write_json(args.json, {"points": points, "first_alerts": summary, "false_pages": false_pages})
         if args.html is not None:
             write_html(args.html, args.png, summary, len(points))
     except ShiftwatchError as err:
         print(f"shiftwatch timeline: error: {err}", file=sys.stderr)
         return 2
-    print(format_summary(summary, len(points)))
+    print(format_summary(summary, len(points), false_pages))
     print(f"figure: {args.png}")
     return 0
 
@@ -88,6 +92,11 @@ def logged_checks(since: datetime | None = None) -> list[dict]:
             "timestamp": metrics["check.batch.time"],
             "batch": tags.get("shiftwatch.batch", ""),
             "verdict": tags.get("shiftwatch.verdict", ""),
+            "page": tags.get("shiftwatch.page", ""),
+            "estimated_accuracy": metrics.get("check.estimate.accuracy"),
+            "interval": [metrics.get("check.estimate.interval_low"), metrics.get("check.estimate.interval_high")],
+            "reference_accuracy": metrics.get("check.estimate.reference_accuracy"),
+            "page_points": metrics.get("check.estimate.page_points"),
             "alpha": float(params.get("monitor.alpha", 0.05)),
             "images": int(metrics.get("check.batch.images", 0)),
             "adjusted_pvalues": {key.split(".")[2]: value for key, value in metrics.items()
@@ -103,14 +112,16 @@ def logged_checks(since: datetime | None = None) -> list[dict]:
 
 
 def first_alerts(points: list[dict]) -> dict[str, dict | None]:
-    """Per detector (and "verdict"), the first batch whose adjusted p-value fell below alpha:
-    {"index": position in time order, "time", "batch"}, or None if it never alerted."""
+    """The first batch that paged ("page"), and per detector (and "verdict", the change
+    verdict) the first whose adjusted p-value fell below alpha: {"index": position in time
+    order, "time", "batch"}, or None if it never did."""
     detectors = sorted({d for p in points for d in p["adjusted_pvalues"]})
     summary: dict[str, dict | None] = {}
-    for name in [*detectors, "verdict"]:
+    for name in ["page", *detectors, "verdict"]:
         summary[name] = None
         for index, point in enumerate(points):
             alerted = (point["verdict"] == "ALERT" if name == "verdict"
+                       else point.get("page") == "PAGE" if name == "page"
                        else point["adjusted_pvalues"].get(name, 1.0) < point["alpha"])
             if alerted:
                 summary[name] = {"index": index, "time": point["time"], "batch": point["batch"]}
@@ -129,34 +140,83 @@ def draw(points: list[dict], path: Path) -> None:
     from shiftwatch.io import atomic_path
 
     x = list(range(len(points)))
-    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
-    for name in sorted({d for p in points for d in p["adjusted_pvalues"]}):
-        axes[0].plot(x, [max(p["adjusted_pvalues"].get(name, 1.0), 1e-12) for p in points],
-                     marker="o", markersize=3, label=name)
-    axes[0].axhline(points[-1]["alpha"], color="black", linestyle=":", label="alert level (alpha)")
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("Holm-adjusted p-value")
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    estimated = [p.get("estimated_accuracy") for p in points]
+    if any(e is not None for e in estimated):
+        low = [p["interval"][0] if p.get("interval") and p["interval"][0] is not None else e
+               for p, e in zip(points, estimated)]
+        high = [p["interval"][1] if p.get("interval") and p["interval"][1] is not None else e
+                for p, e in zip(points, estimated)]
+        axes[0].fill_between(x, low, high, color="tab:blue", alpha=0.2, label="90 % interval")
+        axes[0].plot(x, estimated, marker="o", markersize=3, label="estimated accuracy (page's estimate)")
+        last = points[-1]
+        if last.get("reference_accuracy") is not None:
+            axes[0].axhline(last["reference_accuracy"], color="black", linestyle=":", label="reference accuracy")
+            axes[0].axhline(last["reference_accuracy"] - last["page_points"] / 100, color="crimson",
+                            linestyle="--", label="page below this")
+    axes[0].plot(x, [p["accuracy_atc"] for p in points], marker=".", markersize=3, color="grey",
+                 linewidth=0.8, label="ATC (for comparison)")
+    axes[0].set_ylabel("accuracy")
     axes[0].legend(fontsize=7, ncol=2)
-    alerts = [i for i, p in enumerate(points) if p["verdict"] == "ALERT"]
-    for ax in axes:
-        for i in alerts:
-            ax.axvspan(i - 0.5, i + 0.5, color="crimson", alpha=0.08, linewidth=0)
-    axes[1].plot(x, [p["accuracy_atc"] for p in points], marker="o", markersize=3)
-    axes[1].set_ylabel("estimated accuracy (ATC)")
+    for name in sorted({d for p in points for d in p["adjusted_pvalues"]}):
+        axes[1].plot(x, [max(p["adjusted_pvalues"].get(name, 1.0), 1e-12) for p in points],
+                     marker="o", markersize=3, label=name)
+    axes[1].axhline(points[-1]["alpha"], color="black", linestyle=":", label="alert level (alpha)")
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("Holm-adjusted p-value (change)")
+    axes[1].legend(fontsize=7, ncol=2)
+    for i, p in enumerate(points):
+        colour = "crimson" if p.get("page") == "PAGE" else "orange" if p["verdict"] == "ALERT" else None
+        for ax in axes if colour else ():
+            ax.axvspan(i - 0.5, i + 0.5, color=colour, alpha=0.1, linewidth=0)
     focus = points[-1]["focus_class"]
     axes[2].plot(x, [p["focus_share_bbse"] for p in points], marker="o", markersize=3)
     axes[2].set_ylabel(f"class {focus} share (BBSE)")
     axes[2].set_xticks(x, [p["time"][5:16].replace("T", " ") for p in points], fontsize=7,
                        rotation=60, ha="right")  # MM-DD hh:mm
-    axes[2].set_xlabel("batch (time taken); shaded: verdict ALERT")
+    axes[2].set_xlabel("batch (time taken); shaded red: PAGE (harmful), orange: changed without harm")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
-def format_summary(summary: dict[str, dict | None], batches: int) -> str:
-    lines = [f"{batches} logged batches; first alert:"]
+def false_pages_per_week(points: list[dict], details_path: Path | None = None,
+                         batches_per_day: int = 24) -> dict | None:
+    """How many false pages a week a healthy stream of `batches_per_day` batches of the median
+    logged size would get: the no-shift page rate stage `harm` measured at the nearest judged
+    n (with its 95 % Wilson upper end), times 7 x batches_per_day. None without harm's details."""
+    import json
+    import statistics
+
+    path = details_path or _root() / "metrics" / "harm_details.json"
+    try:
+        draws = json.loads(path.read_text())["cells"]["no_shift"]["draws"]
+    except (OSError, ValueError, KeyError):
+        return None
+    size = statistics.median(p["images"] for p in points)
+    n = min(draws, key=lambda k: abs(int(k) - size))
+    per_week = 7 * batches_per_day
+    return {"batch_images": size, "judged_n": int(n), "page_rate": draws[n]["page_rate"],
+            "per_week": per_week * draws[n]["page_rate"], "per_week_upper": per_week * draws[n]["ci_high"],
+            "batches_per_day": batches_per_day}
+
+
+def _root() -> Path:
+    from shiftwatch.tracking import repo_root
+
+    return repo_root(Path.cwd())
+
+
+def format_summary(summary: dict[str, dict | None], batches: int, false_pages: dict | None = None) -> str:
+    lines = []
+    if false_pages is not None:
+        lines.append(f"healthy stream, {false_pages['batches_per_day']} batches a day of "
+                     f"~{false_pages['batch_images']:g} images: {false_pages['per_week']:.1f} false pages a week "
+                     f"(95 % upper "
+                     f"{false_pages['per_week_upper']:.1f}; no-shift page rate {false_pages['page_rate']:.2f} at "
+                     f"n = {false_pages['judged_n']}, stage harm)")
+    lines.append(f"{batches} logged batches; first page and first alerts:")
     for name, first in summary.items():
         where = "never" if first is None else f"batch {first['index']} ({first['time']})"
         lines.append(f"  {name:<18} {where}")

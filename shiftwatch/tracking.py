@@ -539,7 +539,8 @@ def log_check(report: dict, params: dict[str, object], html: Path | None = None,
     uri = tracking_uri()
     client = MlflowClient(uri)
     experiment_id = _retry(lambda: _experiment_id(client, uri))
-    tags = {**dvc_tags("check"), "shiftwatch.role": "check", "shiftwatch.verdict": report["verdict"],
+    tags = {**dvc_tags("check"), "shiftwatch.role": "check", "shiftwatch.page": report["page"],
+            "shiftwatch.verdict": report["verdict"],
             "shiftwatch.batch": report["batch"]["path"], "shiftwatch.reference": report["reference"]["path"],
             "shiftwatch.model": report["model"], "shiftwatch.model_md5": report.get("model_md5", ""),
             "shiftwatch.batch_time": report["batch"].get("time", "")}
@@ -548,10 +549,11 @@ def log_check(report: dict, params: dict[str, object], html: Path | None = None,
     run_id = run.info.run_id
     mixes = {method: {f"class_{k}": share for k, share in enumerate(report["label_shift"][method])}
              for method in ("bbse", "em", "reference")}
-    numbers = flatten_numbers({key: report[key] for key in ("drift", "tests", "accuracy", "seconds")},
-                              "check")
+    numbers = flatten_numbers({key: report[key] for key in ("harmful", "estimate", "drift", "tests", "accuracy",
+                                                            "seconds")}, "check")
     numbers.update(flatten_numbers({"label_shift": {**report["label_shift"], **mixes}}, "check"))
     numbers["check.batch.images"] = report["batch"]["images"]
+    numbers["check.estimate.interval_low"], numbers["check.estimate.interval_high"] = report["estimate"]["interval"]
     if report["batch"].get("time"):
         numbers["check.batch.time"] = datetime.fromisoformat(report["batch"]["time"]).timestamp()
     now = int(time.time() * 1000)

@@ -15,8 +15,8 @@ import numpy as np
 
 from shiftwatch import SHIFTED_SETS
 from shiftwatch.cli import run_stage
-from shiftwatch.features import deployment_views, load_features, load_view
-from shiftwatch.io import atomic_path, load_predictions, load_set, read_json, rows_matching, write_json
+from shiftwatch.features import deployment_views, finetuned_outputs, load_features, load_view
+from shiftwatch.io import atomic_path, load_set, read_json, write_json
 from shiftwatch.metrics import classification_metrics
 from shiftwatch.mitigate import adapt_batchnorm, correct_label_shift, coverage_curve, selective_prediction
 from shiftwatch.model import load_model, pick_device, predict_proba
@@ -40,7 +40,7 @@ def main() -> None:
         source_priors = np.bincount(reference_labels, minlength=10) / len(reference_labels)
         monitor = read_json("metrics/monitor_details.json", hint="run `dvc repro monitor`")
         model = load_model("models/resnet18.pt")
-        augmented = _augmented_outputs(sets, batch, device, precision)
+        augmented = finetuned_outputs(sets, batch, device, precision)
 
         results, costs = {}, {}
         for name in SHIFTED_SETS:
@@ -81,18 +81,6 @@ def main() -> None:
         run.log_metric_tree("mitigate", {**results, "cost": costs})
         run.log_artifact("metrics/mitigate_details.json")
         run.log_artifact(COVERAGE_CSV)
-
-
-def _augmented_outputs(sets: dict, batch: int, device, precision: str) -> dict[str, np.ndarray]:
-    """The fine-tuned model's softmax outputs per shifted set: b_label from its outputs on domain
-    B (`finetune`), b_covariate through the network, b_shift as rows of b_covariate."""
-    on_b = load_predictions("data/finetuned/domain_b.npz", hint="run `dvc repro finetune`")
-    covariate = predict_proba(load_model("models/resnet18_augmented.pt"), sets["b_covariate"].images,
-                              batch, device, desc="augmented model b_covariate", precision=precision)
-    cov_index = sets["b_covariate"].source_index
-    return {"b_label": on_b.probabilities[rows_matching(sets["b_label"].source_index, on_b.source_index)],
-            "b_covariate": covariate,
-            "b_shift": covariate[rows_matching(sets["b_shift"].source_index, cov_index)]}
 
 
 def _seeded_rows(size: int, limit: int, seed: int) -> np.ndarray:

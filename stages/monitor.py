@@ -1,21 +1,30 @@
 """monitor: label-free, model-based monitoring of each deployment set against the held-out test set.
 
-Reads params: seed, shift.label_class, monitor. Runs no network: the
-model's outputs come from `reference` (test set, domain B) and `evaluate` (b_covariate).
-Writes metrics/monitor.json (headline: the verdict of shiftwatch.monitor.VERDICT, class-7 share, trust flag,
-ATC accuracy per
-shifted set), metrics/monitor_details.json (every detector's p-value and the Holm verdict,
-estimated class mix and accuracy next to the truth), a figure.
+Two answers per set, as `check` gives them (shiftwatch/page.py): harmful (the page: the
+accuracy estimate of stage `harm` says the set loses at least harm.page_points) and changed
+(the Holm verdict of shiftwatch.monitor.VERDICT).
+Reads params: seed, shift.label_class, evaluate, monitor. The deployed model's outputs come
+from `reference` (test set, domain B) and `evaluate` (b_covariate); the fine-tuned model's
+from `finetune` (domain B) and one pass over b_covariate here.
+Writes metrics/monitor.json (headline per shifted set: page, estimated accuracy and loss, the
+change verdict, class-7 share, trust flag, ATC), metrics/monitor_details.json (every
+detector's p-value and the Holm verdict, estimated class mix and accuracy next to the
+truth), a figure.
 Deployment labels are read only to report the truth beside the estimates.
 """
+from pathlib import Path
+
 import numpy as np
 
 from shiftwatch import DEPLOYMENT_SETS, SHIFTED_SETS
 from shiftwatch.cli import run_stage
 from shiftwatch.detectors import domain_classifier_test
-from shiftwatch.features import deployment_views, load_features, load_view
-from shiftwatch.io import load_set, write_json
+from shiftwatch.estimate import estimate
+from shiftwatch.features import deployment_views, finetuned_outputs, load_features, load_view
+from shiftwatch.io import load_predictions, load_set, rows_matching, write_json
+from shiftwatch.model import pick_device
 from shiftwatch.monitor import FEATURE_DETECTORS, accuracy_report, label_shift_report, run_detectors
+from shiftwatch.page import load_estimator
 from shiftwatch.params import load_params
 from shiftwatch.plots import estimates_vs_truth
 from shiftwatch.tracking import stage_run
@@ -23,6 +32,7 @@ from shiftwatch.twosample import check_permutations_for_holm, mmd_test
 from shiftwatch.workers import fork_map
 
 FIGURE = "metrics/plots/monitor_estimates.png"
+ESTIMATOR = "models/accuracy_estimator.json"
 
 
 def main() -> None:
@@ -41,6 +51,9 @@ def main() -> None:
         # The pixel-level tests dominate (logistic regressions, MMD permutations): one worker per core.
         pixel_tests = fork_map(lambda name: _pixel_tests(test.images, sets[name].images, params),
                                DEPLOYMENT_SETS)
+        fit, summary, estimator = load_estimator(Path(ESTIMATOR))
+        aux = {**finetuned_outputs(sets, params.evaluate.batch_size, pick_device(), params.evaluate.precision),
+               "b_raw": _on_domain_b(sets["b_raw"])}  # the fine-tuned model's outputs, for the page
         results = {}
         for name, extra in zip(DEPLOYMENT_SETS, pixel_tests):
             deployment, labels = views[name], sets[name].labels
@@ -55,6 +68,9 @@ def main() -> None:
                 "accuracy": accuracy_report(reference.probabilities, test.labels,
                                             deployment.probabilities, true_labels=labels),
             }
+            found = estimate(deployment.probabilities, aux[name], summary, fit, float(estimator["page_points"]))
+            results[name]["page"] = {**found.as_dict(), "true_loss_points": 100 * (
+                found.reference_accuracy - results[name]["accuracy"]["true"])}
             results[name]["mmd_images_tested"] = _tested(len(test), len(deployment), monitor.mmd_max_per_side)
             _print(name, results[name], focus)
 
@@ -64,6 +80,12 @@ def main() -> None:
         run.log_metric_tree("monitor", results)
         run.log_artifact("metrics/monitor_details.json")
         run.log_artifact(FIGURE, "plots")
+
+
+def _on_domain_b(b_raw) -> np.ndarray:
+    """The fine-tuned model's outputs on b_raw (domain B, saved by `finetune`), in b_raw's order."""
+    on_b = load_predictions("data/finetuned/domain_b.npz", hint="run `dvc repro finetune`")
+    return on_b.probabilities[rows_matching(b_raw.source_index, on_b.source_index)]
 
 
 def _tested(reference: int, deployment: int, cap: int | None) -> dict:
@@ -84,9 +106,13 @@ def _pixel_tests(reference_images, images, params) -> dict:
 
 
 def _headline(results: dict, focus: int) -> dict:
-    """Per shifted set: the verdict, the estimated focus-class share and whether to trust it,
-    and the label-free accuracy estimate (ATC). Everything else is in monitor_details.json."""
-    return {name: {"drift": results[name]["drift"],
+    """Per shifted set: the page and its estimate, the change verdict, the estimated
+    focus-class share and whether to trust it, and ATC (for comparison). Everything else is
+    in monitor_details.json."""
+    return {name: {"page": int(results[name]["page"]["harmful"]),
+                   "estimated_accuracy": results[name]["page"]["accuracy"],
+                   "estimated_loss_points": results[name]["page"]["loss_points"],
+                   "drift": results[name]["drift"],
                    f"class_{focus}_share_bbse": results[name]["label_shift"][f"class_{focus}_share_bbse"],
                    "estimate_untrustworthy": results[name]["label_shift"]["untrustworthy"],
                    "accuracy_atc": results[name]["accuracy"]["atc"]}
@@ -105,7 +131,10 @@ def _flat(images: np.ndarray) -> np.ndarray:
 
 def _print(name: str, result: dict, focus: int) -> None:
     shift, accuracy = result["label_shift"], result["accuracy"]
-    print(f"monitor: {name:12s} {'DRIFT' if result['drift'] else 'no drift'} "
+    page = result["page"]
+    print(f"monitor: {name:12s} {'PAGE' if page['harmful'] else 'no page'}: estimated accuracy "
+          f"{page['accuracy']:.3f} (loss {page['loss_points']:.1f} points, true {page['true_loss_points']:.1f}); "
+          f"{'DRIFT' if result['drift'] else 'no drift'} "
           f"({', '.join(result['alerting']) or 'none alerting'}); class {focus} share "
           f"true {shift[f'class_{focus}_share_true']:.3f} BBSE {shift[f'class_{focus}_share_bbse']:.3f} "
           f"EM {shift[f'class_{focus}_share_em']:.3f}{' (untrustworthy)' if shift['untrustworthy'] else ''}; "

@@ -16,9 +16,10 @@ from PIL import Image
 from shiftwatch import CLASS_NAMES
 from shiftwatch.__main__ import main
 from shiftwatch.batch import load_batch
+from shiftwatch.estimate import SIGNALS, EstimatorFit, reference_summary
 from shiftwatch.features import features
 from shiftwatch.lineage import file_md5
-from shiftwatch.model import build_resnet18, predict_with_embeddings, save_state_dict
+from shiftwatch.model import build_resnet18, predict_proba, predict_with_embeddings, save_state_dict
 from shiftwatch.monitor import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS
 from shiftwatch.params import Params
 
@@ -57,14 +58,37 @@ def project(tmp_path_factory):
              image_stats=view.image_stats, pixels=view.pixels, labels=labels,
              model_md5=np.array(file_md5(root / "resnet18.pt")))
     (root / "params.yaml").write_text(yaml.safe_dump(Params().model_dump()))
+    write_estimator(root, model, images, probabilities, labels)
+    # An estimator whose reference the model saw as noise images it labelled itself (accuracy 1,
+    # its fine-tuned twin agreeing far more than on blobs): on blobs it estimates a large loss.
+    noise = np.random.default_rng(4).random((300, 28, 28)).astype(np.float32)
+    noise_probabilities = predict_proba(model, noise, 1000, torch.device("cpu"), progress=False)
+    write_estimator(root, model, noise, noise_probabilities, noise_probabilities.argmax(1),
+                    name="paging_estimator.json")
     np.save(root / "clean.npy", blobs(200, seed=3))
     np.save(root / "bright.npy", np.clip(blobs(200, seed=3) + 0.2, 0, 1))
     return root
 
 
+def write_estimator(root: Path, model, images, probabilities, labels, page_points: float = 3.0,
+                    name: str = "estimator.json") -> None:
+    """A fine-tuned model (another seed) and an accuracy estimator for this model, with the
+    reference summary the harm stage writes (weights as the real fit's, order of magnitude)."""
+    finetuned = build_resnet18(seed=5)
+    save_state_dict(finetuned, root / "finetuned.pt")
+    aux = predict_proba(finetuned, images, 1000, torch.device("cpu"), progress=False)
+    fit = EstimatorFit(SIGNALS, (0.0, 0.5, 0.2, 0.4), 0.01)
+    summary = reference_summary(probabilities, labels, aux, fit)
+    payload = {**fit.as_dict(), "page_points": page_points, "harm_points": 5.0,
+               "reference": {**summary.as_dict(), "model_md5": file_md5(root / "resnet18.pt"),
+                             "finetuned_md5": file_md5(root / "finetuned.pt")}}
+    (root / name).write_text(json.dumps(payload))
+
+
 def check(project, batch, *extra):
     return main(["check", str(batch), "--reference", str(project / "test.npz"),
                  "--model", str(project / "resnet18.pt"), "--params", str(project / "params.yaml"),
+                 "--estimator", str(project / "estimator.json"), "--finetuned", str(project / "finetuned.pt"),
                  *map(str, extra)])
 
 
@@ -87,8 +111,16 @@ def test_a_batch_like_the_reference_passes_with_every_detector_in_the_json(proje
     assert 0 <= report["accuracy"]["atc"] <= 1 and 0 < report["accuracy"]["average_confidence"] <= 1
     assert report["params"]["monitor.alpha"] == 0.05 and report["params"]["seed"] == 42
 
+    assert report["page"] == "ok" and report["harmful"] == 0
+    estimate = report["estimate"]
+    assert estimate["loss_points"] < estimate["page_points"] == 3 and estimate["harm_points"] == 5
+    low, high = estimate["interval"]
+    assert low <= estimate["accuracy"] <= high and 0 < estimate["reference_accuracy"] < 1
+
     printed = capsys.readouterr().out
-    assert "ok: no shift detected" in printed and "ALERT" not in printed
+    assert printed.startswith("ok: the model is not hurt: estimated accuracy ")
+    assert printed.splitlines()[1] == "changed: no (no detector alarms)"
+    assert "unchanged: no shift detected" in printed and "PAGE" not in printed
     assert "* 7 Sneaker" in printed and "<- focus" in printed
     assert all(name in printed for name in FEATURE_DETECTORS)
     assert "pixel_ks" in printed and "(diagnostic, " in printed
@@ -115,14 +147,53 @@ def test_a_healthy_batch_saved_as_resized_rgb_pngs_does_not_alarm(project, tmp_p
     assert json.loads(out.read_text())["alerting"] == []
 
 
-def test_a_brighter_batch_alerts_with_exit_code_1(project, tmp_path, capsys):
+def test_a_brighter_batch_changed_without_harm_exits_0_or_3_with_fail_on_change(project, tmp_path, capsys):
+    # The untrained model's estimate does not drop on brighter blobs: a change, no page.
     out = tmp_path / "bright.json"
-    assert check(project, project / "bright.npy", "--json", out) == 1
+    assert check(project, project / "bright.npy", "--json", out) == 0
     report = json.loads(out.read_text())
-    assert report["verdict"] == "ALERT" and report["drift"] == 1
+    assert report["verdict"] == "ALERT" and report["drift"] == 1 and report["harmful"] == 0
     assert "image_stats" in report["alerting"]  # the black background is gone
     assert report["tests"]["image_stats"]["adjusted_pvalue"] < 1e-6
-    assert "ALERT: shift detected by" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("ok: the model is not hurt")
+    assert printed[1].startswith("changed: yes: ") and "images brighter (mean pixel" in printed[1]
+    assert printed[2].startswith("do: no action needed for the model")
+    assert check(project, project / "bright.npy", "--fail-on", "change", "--quiet") == 3
+
+
+def test_a_batch_the_estimate_calls_harmful_pages_with_exit_code_1(project, tmp_path, capsys):
+    out = tmp_path / "clean.json"
+    assert check(project, project / "clean.npy", "--estimator", project / "paging_estimator.json",
+                 "--json", out) == 1
+    report = json.loads(out.read_text())
+    assert report["page"] == "PAGE" and report["harmful"] == 1
+    assert report["estimate"]["loss_points"] >= report["estimate"]["page_points"]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("PAGE: the model is hurt: estimated accuracy ")
+    assert any(line.startswith("do: review the low-confidence predictions") for line in printed[:6])
+    # harmful wins over changed: --fail-on change still gives 1
+    assert check(project, project / "clean.npy", "--estimator", project / "paging_estimator.json",
+                 "--fail-on", "change", "--quiet") == 1
+
+
+@pytest.mark.parametrize("harmful, changed, fail_on, code", [
+    (0, 0, "harm", 0), (0, 1, "harm", 0), (1, 0, "harm", 1), (1, 1, "harm", 1),
+    (0, 0, "change", 0), (0, 1, "change", 3), (1, 0, "change", 1), (1, 1, "change", 1)])
+def test_exit_codes_gate_on_harm_by_default_and_on_change_when_asked(harmful, changed, fail_on, code):
+    from shiftwatch.page import exit_code
+
+    assert exit_code({"harmful": harmful, "drift": changed}, fail_on) == code
+
+
+def test_an_estimator_for_another_model_is_refused(project, tmp_path, capsys):
+    payload = json.loads((project / "estimator.json").read_text())
+    payload["reference"]["model_md5"] = "0" * 32
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps(payload))
+    assert check(project, project / "clean.npy", "--estimator", stale) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dvc repro harm" in err[0] and "000000000000" in err[0]
 
 
 def test_uint8_channels_last_and_rgb_arrays_give_the_same_answer_as_floats(project, tmp_path):
@@ -208,10 +279,13 @@ def test_bad_batches_exit_2_with_one_line_and_no_json(project, tmp_path, capsys,
 
 @pytest.mark.parametrize("missing, words", [("--model", "dvc repro train"),
                                             ("--reference", "dvc repro reference"),
-                                            ("--params", "pass --params")])
+                                            ("--params", "pass --params"),
+                                            ("--estimator", "dvc repro harm"),
+                                            ("--finetuned", "dvc repro finetune")])
 def test_missing_model_reference_or_params_exit_2(project, tmp_path, capsys, missing, words):
     paths = {"--reference": project / "test.npz", "--model": project / "resnet18.pt",
-             "--params": project / "params.yaml", missing: tmp_path / "nowhere" / "file"}
+             "--params": project / "params.yaml", "--estimator": project / "estimator.json",
+             "--finetuned": project / "finetuned.pt", missing: tmp_path / "nowhere" / "file"}
     out = tmp_path / "out.json"
     argv = ["check", str(project / "clean.npy"), "--json", str(out)]
     assert main(argv + [str(a) for pair in paths.items() for a in pair]) == 2
@@ -227,7 +301,8 @@ def test_a_reference_made_by_another_model_is_refused(project, tmp_path, capsys)
     save_state_dict(build_resnet18(seed=1), retrained)
     out = tmp_path / "out.json"
     argv = ["check", str(project / "clean.npy"), "--reference", str(project / "test.npz"),
-            "--params", str(project / "params.yaml"), "--json", str(out)]
+            "--params", str(project / "params.yaml"), "--json", str(out),
+            "--estimator", str(project / "estimator.json"), "--finetuned", str(project / "finetuned.pt")]
     assert main([*argv, "--model", str(retrained)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and file_md5(retrained)[:12] in err[0] and "dvc repro reference" in err[0]
@@ -246,12 +321,14 @@ def test_a_reference_made_by_another_model_is_refused(project, tmp_path, capsys)
 
 def test_the_entry_point_runs_as_a_module_with_its_exit_codes(project, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    common = ["--reference", str(project / "test.npz"), "--params", str(project / "params.yaml")]
+    common = ["--reference", str(project / "test.npz"), "--params", str(project / "params.yaml"),
+              "--estimator", str(project / "estimator.json"), "--finetuned", str(project / "finetuned.pt"),
+              "--fail-on", "change"]
     alert = subprocess.run([sys.executable, "-m", "shiftwatch", "check", str(project / "bright.npy"),
                             "--model", str(project / "resnet18.pt"), *common],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert alert.returncode == 1, alert.stderr
-    assert "verdict    ALERT" in alert.stdout and "time " in alert.stdout
+    assert alert.returncode == 3, alert.stderr  # changed, not harmful
+    assert "change     changed: shift detected by" in alert.stdout and "time " in alert.stdout
     missing = subprocess.run([sys.executable, "-m", "shiftwatch", "check", str(project / "clean.npy"),
                               "--model", str(tmp_path / "none.pt"), *common],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
@@ -281,7 +358,7 @@ def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "bright.json"
     assert check(project, project / "bright.npy", "--json", out, "--html", tmp_path / "bright.html",
-                 "--log", "--quiet") == 1
+                 "--log", "--quiet") == 0
     report = json.loads(out.read_text())
 
     client = MlflowClient(uri)
@@ -291,9 +368,10 @@ def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypa
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["dvc.stage"] == "check" and run.data.tags["shiftwatch.role"] == "check"
-    assert run.data.tags["shiftwatch.verdict"] == "ALERT"
+    assert run.data.tags["shiftwatch.verdict"] == "ALERT" and run.data.tags["shiftwatch.page"] == "ok"
     metrics = run.data.metrics
-    assert metrics["check.drift"] == 1 and metrics["check.batch.images"] == 200
+    assert metrics["check.drift"] == 1 and metrics["check.harmful"] == 0 and metrics["check.batch.images"] == 200
+    assert metrics["check.estimate.loss_points"] == pytest.approx(report["estimate"]["loss_points"])
     assert metrics["check.tests.image_stats.pvalue"] == pytest.approx(report["tests"]["image_stats"]["pvalue"])
     assert metrics["check.accuracy.atc"] == pytest.approx(report["accuracy"]["atc"])
     assert metrics["check.label_shift.bbse.class_7"] == pytest.approx(report["label_shift"]["bbse"][7])
@@ -312,7 +390,7 @@ def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypa
 
 
 def test_json_dash_writes_only_the_report_to_standard_output(project, capsys):
-    assert check(project, project / "bright.npy", "--json", "-") == 1
+    assert check(project, project / "bright.npy", "--json", "-") == 0
     printed = capsys.readouterr().out
     report = json.loads(printed)  # nothing but the JSON on stdout
     assert report["verdict"] == "ALERT" and list(report["tests"]) == list(FEATURE_DETECTORS)
@@ -320,9 +398,11 @@ def test_json_dash_writes_only_the_report_to_standard_output(project, capsys):
 
 def test_html_report_is_self_contained_and_says_the_verdict_first(project, tmp_path):
     out = tmp_path / "report.html"
-    assert check(project, project / "bright.npy", "--html", out, "--quiet") == 1
+    assert check(project, project / "bright.npy", "--html", out, "--quiet") == 0
     page = out.read_text()
-    assert page.index("ALERT: shift detected by") < page.index("<h2>Detectors")
+    assert page.index("ok: the model is not hurt: estimated accuracy") < page.index("changed: yes: ")
+    assert "images brighter" in page
+    assert page.index("changed: yes") < page.index('id="advice"') < page.index("<h2>Change detectors")
     assert all(name in page for name in FEATURE_DETECTORS + DIAGNOSTIC_DETECTORS)
     assert page.count('src="data:image/png;base64,') == 3  # two histograms and the sample grid
     assert "http://" not in page and "https://" not in page  # nothing to fetch
@@ -343,7 +423,7 @@ def test_html_report_renders_in_headless_chromium(project, tmp_path):
                f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*browser, "--dump-dom", out.as_uri()], capture_output=True, text=True,
                          timeout=120)
-    assert 'id="verdict"' in dom.stdout and "ok: no shift detected" in dom.stdout
+    assert 'id="verdict"' in dom.stdout and "ok: the model is not hurt" in dom.stdout
     shot = tmp_path / "report.png"
     subprocess.run([*browser, f"--screenshot={shot}", "--window-size=1200,1600", out.as_uri()],
                    capture_output=True, timeout=120)
@@ -352,3 +432,23 @@ def test_html_report_renders_in_headless_chromium(project, tmp_path):
     # the green verdict banner is at the top: look for it in the first 200 rows
     rgb = np.asarray(Image.open(shot).convert("RGB"), dtype=int)[:200]
     assert np.any((rgb[..., 1] > 100) & (rgb[..., 0] < 60) & (rgb[..., 2] < 80))
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None,
+                    reason="headless Chromium not installed: apt-get install chromium (.ci/run does)")
+def test_a_paging_html_report_shows_page_estimate_change_and_advice_above_the_fold(project, tmp_path):
+    """At 1280x800, the banner (page and estimate), the change line and the advice all end
+    above the fold: measured by the browser's own layout, read back through the DOM."""
+    out = tmp_path / "page.html"
+    assert check(project, project / "clean.npy", "--estimator", project / "paging_estimator.json",
+                 "--html", out, "--quiet") == 1
+    probe = tmp_path / "probe.html"
+    probe.write_text(out.read_text().replace("</body>", (
+        "<script>document.body.setAttribute('data-bottoms', JSON.stringify(['verdict', 'change', 'advice']"
+        ".map(id => document.getElementById(id).getBoundingClientRect().bottom)));</script></body>")))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,800", "--dump-dom",
+                          probe.as_uri()], capture_output=True, text=True, timeout=120)
+    assert "PAGE: the model is hurt" in dom.stdout and "review the low-confidence predictions" in dom.stdout
+    bottoms = json.loads(dom.stdout.split("data-bottoms=\"", 1)[1].split("\"", 1)[0].replace("&quot;", '"'))
+    assert len(bottoms) == 3 and all(0 < bottom <= 800 for bottom in bottoms), bottoms

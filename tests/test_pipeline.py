@@ -28,8 +28,11 @@ SMALL = {"data": {"max_train_images": 2000, "max_test_images": 500},
                    "corruptions": {"contrast": [0.3], "rotate": [30]}, "corruption_sizes": [10, 100],
                    "corruption_pool_images": 400, "corruption_repetitions": 8,
                    "monitored_reference": 500, "monitored_sizes": [10, 100]},
+         "harm": {"sizes": [100], "repetitions": 10, "reference_images": 300,
+                  "design": {"contrast": [0.5, 0.3], "rotate": [30], "label_keep": [0.1]},
+                  "held_out": {"pixelate": [7]}, "everyday": {"jpeg": [90]}},
          "mitigate": {"adabn_images": 200}}
-MODEL_STAGES = ("prepare", "train", "reference", "finetune", "power")  # once per model
+MODEL_STAGES = ("prepare", "train", "reference", "finetune", "power", "harm")  # once per model
 SHIFT_STAGES = ("shift", "detect", "evaluate", "monitor", "mitigate")  # once per shift experiment
 STAGES = MODEL_STAGES + SHIFT_STAGES
 
@@ -107,7 +110,8 @@ def test_repro_writes_every_output_and_metric(repo):
                  "metrics/plots/mean_pixel/b_shift.png", "metrics/plots/confusion/b_shift.png",
                  "metrics/confusion/b_shift.csv", "metrics/train_history.csv",
                  "metrics/plots/monitor_estimates.png", "metrics/power/label_keep_0.1.csv",
-                 "metrics/plots/power.png", "metrics/plots/harm.png"):
+                 "metrics/plots/power.png", "metrics/plots/harm.png", "metrics/plots/page.png",
+                 "models/accuracy_estimator.json", "metrics/harm_details.json"):
         assert (repo / path).is_file(), path
     prepare = _metrics(repo, "prepare")
     assert prepare["n"] == {"domain_a": 1400, "domain_b": 600, "test": 500}
@@ -186,6 +190,40 @@ def _parents(runs) -> list:
     return [r for r in runs if r.data.tags.get("shiftwatch.role") == "pipeline"]
 
 
+def test_repro_fits_the_estimate_and_the_page_fires_on_harm_not_on_change(repo):
+    """Stage harm on the 1-epoch model: the estimator, its judged cells, and monitor's two answers."""
+    from shiftwatch.page import load_estimator
+
+    fit, summary, payload = load_estimator(repo / "models" / "accuracy_estimator.json")
+    assert fit.signals == ("confidence", "atc", "agreement", "soft_agreement") and min(fit.weights) >= 0
+    assert summary.size == 500 and payload["page_points"] == 3  # the test set's 500 images
+    harm = _metrics(repo, "harm_details")
+    assert set(harm["cells"]) == {"no_shift", "contrast_0.5", "contrast_0.3", "rotate_30", "label_keep_0.1",
+                                  "pixelate_7", "jpeg_90"}
+    assert {c["group"] for c in harm["cells"].values()} == {"null", "design", "held_out", "everyday"}
+    assert harm["cells"]["contrast_0.5"]["left_out"] == "contrast"  # judged by a fit that never saw it
+    assert harm["cells"]["pixelate_7"]["left_out"] is None
+    for cell in harm["cells"].values():
+        draws = cell["draws"]["100"]
+        assert draws["repetitions"] == 10 and 0 <= draws["page_rate"] <= 1 and 0 <= draws["coverage"] <= 1
+    # Harm from a class-mix change counts: the weak model loses >= 5 points without sneakers
+    # (its best class), and the page fires on it; a shift that costs 20 points pages always.
+    label = harm["cells"]["label_keep_0.1"]
+    if label["loss_points"] >= 5:
+        assert label["draws"]["100"]["page_rate"] >= 0.5, label
+    assert harm["cells"]["contrast_0.3"]["loss_points"] > 20
+    assert harm["cells"]["contrast_0.3"]["draws"]["100"]["page_rate"] == 1.0
+    headline = _metrics(repo, "harm")
+    assert set(headline["page"]) == {"n", "harmful_min", "harmless_max", "no_shift_max"}
+    assert headline["page"]["n"] == 100 and headline["estimate"]["coverage_min"] <= 1
+    # monitor gives both answers per set: b_shift costs this model far more than 5 points
+    monitor = _metrics(repo, "monitor")
+    assert monitor["b_shift"]["page"] == 1 and monitor["b_shift"]["estimated_loss_points"] >= 3
+    assert monitor["b_shift"]["drift"] == 1
+    details = _metrics(repo, "monitor_details")["b_shift"]["page"]
+    assert details["true_loss_points"] > 10 and details["interval"][0] <= details["accuracy"]
+
+
 def test_a_fresh_clone_pulls_the_model_and_checks_without_retraining(repo, tmp_path):
     """`make remote` + `dvc push` in one checkout; in a fresh clone `dvc pull` restores data,
     model and reference summary: nothing to rerun, and `check` gives its verdict at once."""
@@ -203,8 +241,8 @@ def test_a_fresh_clone_pulls_the_model_and_checks_without_retraining(repo, tmp_p
     np.save(tmp_path / "test.npy", load_set(clone / "data" / "prepared" / "test.npz").images[:300])
     check = lambda batch: _run(clone, sys.executable, "-m", "shiftwatch", "check", str(batch),  # noqa: E731
                                "--quiet", check=False).returncode
-    assert check(tmp_path / "b_shift.npy") == 1  # drift
-    assert check(tmp_path / "test.npy") == 0  # part of the reference itself: no drift
+    assert check(tmp_path / "b_shift.npy") == 1  # the 1-epoch model loses far more than 5 points: page
+    assert check(tmp_path / "test.npy") == 0  # part of the reference itself: no page
 
 
 @pytest.fixture()

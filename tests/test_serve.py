@@ -13,7 +13,8 @@ from test_check import check, project  # noqa: F401 (project is a fixture)
 def server(project):  # noqa: F811
     process = subprocess.Popen(
         [sys.executable, "-m", "shiftwatch", "serve", "--port", "0", "--reference", str(project / "test.npz"),
-         "--model", str(project / "resnet18.pt"), "--params", str(project / "params.yaml")],
+         "--model", str(project / "resnet18.pt"), "--params", str(project / "params.yaml"),
+         "--estimator", str(project / "estimator.json"), "--finetuned", str(project / "finetuned.pt")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         banner = process.stdout.readline()  # printed once the model is loaded and the port bound
@@ -25,7 +26,7 @@ def server(project):  # noqa: F811
 
 
 def test_a_check_on_the_server_gives_the_local_report(project, server, tmp_path):  # noqa: F811
-    for batch, expected_exit in (("bright.npy", 1), ("clean.npy", 0)):
+    for batch, expected_exit in (("bright.npy", 0), ("clean.npy", 0)):
         local, remote = tmp_path / f"local_{batch}.json", tmp_path / f"remote_{batch}.json"
         assert check(project, project / batch, "--json", local, "--quiet") == expected_exit
         assert check(project, project / batch, "--json", remote, "--quiet", "--server", server) == expected_exit
@@ -35,12 +36,15 @@ def test_a_check_on_the_server_gives_the_local_report(project, server, tmp_path)
             assert there["tests"][name]["pvalue"] == pytest.approx(test["pvalue"], rel=1e-9, abs=1e-300)
         assert there["label_shift"]["bbse"] == pytest.approx(here["label_shift"]["bbse"])
         assert there["accuracy"] == pytest.approx(here["accuracy"])
+        assert there["page"] == here["page"] and there["harmful"] == here["harmful"]
+        assert there["estimate"]["loss_points"] == pytest.approx(here["estimate"]["loss_points"])
         assert there["server"] == server and there["batch"]["path"] == str(project / batch)
 
 
 def test_the_html_report_works_through_the_server(project, server, tmp_path):  # noqa: F811
     out = tmp_path / "remote.html"
-    assert check(project, project / "bright.npy", "--html", out, "--quiet", "--server", server) == 1
+    assert check(project, project / "bright.npy", "--html", out, "--quiet", "--server", server,
+                 "--fail-on", "change") == 3
     assert out.read_text().count('src="data:image/png;base64,') == 3
 
 

@@ -21,15 +21,29 @@ def test_timeline_orders_batches_by_time_and_names_the_first_alerts(project, sto
                "2026-11-01T02:00": project / "bright.npy", "2026-11-01T01:00": project / "clean.npy"}
     for taken, batch in batches.items():
         check(project, batch, "--log", "--quiet", "--time", taken)
+    # a fifth batch that the estimate calls harmful: the first page
+    check(project, project / "clean.npy", "--estimator", project / "paging_estimator.json", "--log", "--quiet",
+          "--time", "2026-11-01T04:00")
+    # stage harm's no-shift cell, as the pipeline writes it: 3 of 100 draws paged at n = 200
+    (store / "metrics").mkdir()
+    (store / "metrics" / "harm_details.json").write_text(json.dumps({"cells": {"no_shift": {"draws": {
+        "100": {"page_rate": 0.12, "ci_high": 0.2}, "200": {"page_rate": 0.03, "ci_high": 0.085}}}}}))
     out = store / "timeline.json"
     assert main(["timeline", "--png", str(store / "t.png"), "--json", str(out),
                  "--html", str(store / "t.html")]) == 0
     timeline = json.loads(out.read_text())
     assert [p["time"] for p in timeline["points"]] == [
         "2026-11-01T00:00:00+00:00", "2026-11-01T01:00:00+00:00", "2026-11-01T02:00:00+00:00",
-        "2026-11-01T03:00:00+00:00"]
-    assert [p["verdict"] for p in timeline["points"]] == ["ok", "ok", "ALERT", "ALERT"]
-    assert timeline["first_alerts"]["verdict"]["index"] == 2
+        "2026-11-01T03:00:00+00:00", "2026-11-01T04:00:00+00:00"]
+    assert [p["verdict"] for p in timeline["points"]] == ["ok", "ok", "ALERT", "ALERT", "ok"]
+    assert [p["page"] for p in timeline["points"]] == ["ok", "ok", "ok", "ok", "PAGE"]
+    assert timeline["first_alerts"]["verdict"]["index"] == 2 and timeline["first_alerts"]["page"]["index"] == 4
+    low, high = timeline["points"][0]["interval"]
+    assert low <= timeline["points"][0]["estimated_accuracy"] <= high
+    # 200-image batches, 24 a day: 168 a week at the no-shift page rate of n = 200
+    assert timeline["false_pages"]["judged_n"] == 200
+    assert timeline["false_pages"]["per_week"] == pytest.approx(168 * 0.03)
+    assert timeline["false_pages"]["per_week_upper"] == pytest.approx(168 * 0.085)
     assert timeline["first_alerts"]["image_stats"]["index"] == 2  # the black background lifts
     assert (store / "t.png").stat().st_size > 10_000
     assert 'id="first-alerts"' in (store / "t.html").read_text()
