@@ -122,16 +122,7 @@ def _occlude(images: np.ndarray, side: int, seed: int) -> np.ndarray:
 
 def _jpeg(images: np.ndarray, quality: int) -> np.ndarray:
     """Each image saved as an 8-bit gray JPEG at `quality` and decoded again (Pillow)."""
-    from PIL import Image
-
-    out = np.empty(images.shape, dtype=np.float32)
-    for i, image in enumerate(images):
-        buffer = io.BytesIO()
-        Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(
-            buffer, format="JPEG", quality=quality)
-        buffer.seek(0)
-        out[i] = np.asarray(Image.open(buffer), dtype=np.float32) / 255
-    return out
+    return _round_trip(images, "JPEG", quality=quality)
 
 
 def _pixelate(images: np.ndarray, size: int) -> np.ndarray:
@@ -174,13 +165,19 @@ def _contrast_about_mean(images: np.ndarray, factor: float) -> np.ndarray:
 def _png(images: np.ndarray, level: int) -> np.ndarray:
     """Each image saved as an 8-bit gray PNG at zlib `level` and decoded (Pillow): lossless, so on
     8-bit images it changes nothing; on float images it rounds to 1/255."""
+    return _round_trip(images, "PNG", compress_level=level)
+
+
+def _round_trip(images: np.ndarray, image_format: str, **options) -> np.ndarray:
+    """Each image saved as an 8-bit gray file in `image_format` with Pillow's `options`, then
+    decoded again."""
     from PIL import Image
 
     out = np.empty(images.shape, dtype=np.float32)
     for i, image in enumerate(images):
         buffer = io.BytesIO()
-        Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(
-            buffer, format="PNG", compress_level=level)
+        Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(buffer, format=image_format,
+                                                                                **options)
         buffer.seek(0)
         out[i] = np.asarray(Image.open(buffer), dtype=np.float32) / 255
     return out

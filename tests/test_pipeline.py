@@ -213,6 +213,8 @@ def test_repro_fits_the_estimate_and_the_page_fires_on_harm_not_on_change(repo):
         assert label["draws"]["100"]["page_rate"] >= 0.5, label
     assert harm["cells"]["contrast_0.3"]["loss_points"] > 20
     assert harm["cells"]["contrast_0.3"]["draws"]["100"]["page_rate"] == 1.0
+    # calibration on real draws: the interval holds the draw's own accuracy under no shift
+    assert harm["cells"]["no_shift"]["draws"]["100"]["coverage"] >= 0.8
     headline = _metrics(repo, "harm")
     assert set(headline["page"]) == {"n", "harmful_min", "harmless_max", "no_shift_max"}
     assert headline["page"]["n"] == 100 and headline["estimate"]["coverage_min"] <= 1
