@@ -136,3 +136,32 @@ def _draw(cell: Cell, n: int, rng: np.random.Generator) -> np.ndarray:
         raise ShiftwatchError(f"a draw of n = {n} needs {n} images, the cell has {len(order)}; "
                               "lower harm.sizes or raise harm.pool_images")
     return order[:n]
+
+
+# The estimators the survey compares (issue 20): each a set of signals, with fixed weights
+# (the published ones: DoC, ATC, agreement) or None (fitted, non-negative, as the page's).
+SURVEY = {
+    "doc (confidence, weight 1)": (("confidence",), (1.0,)),
+    "atc (weight 1)": (("atc",), (1.0,)),
+    "agreement with the fine-tuned model (weight 1)": (("agreement",), (1.0,)),
+    "fine-tuned model's probability of the class (weight 1)": (("soft_agreement",), (1.0,)),
+    "fitted: confidence + atc": (("confidence", "atc"), None),
+    "fitted: agreement + soft agreement": (("agreement", "soft_agreement"), None),
+    "fitted: all four (the page's)": (("confidence", "atc", "agreement", "soft_agreement"), None),
+}
+
+
+def survey(design: dict[str, Cell], others: dict[str, Cell], clean: Cell) -> dict[str, dict[str, float]]:
+    """Each SURVEY estimator's population error (points) on every cell: a design cell by a fit
+    that left its family out, any other cell by the fit on every design cell."""
+    errors = {}
+    for label, (names, weights) in SURVEY.items():
+        if weights is None:
+            found = leave_one_family_out(design, clean, names)
+            fit = fit_estimator(design, clean, names)
+        else:
+            fit = EstimatorFit(names, weights)
+            found = {name: population_error(fit, cell, clean) for name, cell in design.items()}
+        found.update({name: population_error(fit, cell, clean) for name, cell in others.items()})
+        errors[label] = found
+    return errors

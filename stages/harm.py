@@ -37,6 +37,7 @@ from shiftwatch.harm import (
     judge_cell,
     leave_one_family_out,
     population_error,
+    survey,
 )
 from shiftwatch.io import load_set, write_json
 from shiftwatch.lineage import file_md5
@@ -111,8 +112,10 @@ def main() -> None:
                                "reference": {**reference.as_dict(), "path": "data/reference/test.npz",
                                              "model_md5": file_md5("models/resnet18.pt"),
                                              "finetuned_md5": file_md5("models/resnet18_augmented.pt")}})
+        surveyed = survey(groups["design"], {**groups["held_out"], **groups["everyday"]}, clean)
         results = {"harm_points": harm.harm_points, "page_points": harm.page_points,
                    "estimator": fit.as_dict(), "leave_one_family_out_points": lofo,
+                   "survey_points": surveyed,
                    "clean_accuracy": clean.accuracy(), "cells": details}
         write_json("metrics/harm_details.json", results)
         page_plot(details, harm.harm_points, harm.page_points, [str(n) for n in harm.sizes], FIGURE)

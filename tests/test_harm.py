@@ -84,3 +84,26 @@ def test_a_draw_larger_than_the_thinned_cell_is_refused(pool):
     with pytest.raises(ShiftwatchError, match="harm.sizes"):
         judge_cell(cell, probabilities, None, labels, EstimatorFit(("confidence",), (1.0,)), sizes=[990],
                    repetitions=1, reference_size=100, page_points=3, seed=0)
+
+
+def test_the_survey_scores_every_estimator_on_every_cell_out_of_family(pool):
+    from shiftwatch.harm import SURVEY, survey
+
+    def with_twin(cell: Cell) -> Cell:  # the fine-tuned model's outputs: a softer copy
+        twin = np.sqrt(cell.probabilities)
+        return Cell(cell.family, cell.probabilities, twin / twin.sum(1, keepdims=True), cell.rows, cell.labels)
+
+    clean = with_twin(shifted_cell(pool, "none", None, 0))
+    design = {f"{family}_{s}": with_twin(shifted_cell(pool, family, s, seed))
+              for seed, (family, s) in enumerate([("a", 3.0), ("a", 2.0), ("b", 3.0), ("b", 1.5)])}
+    held_out = {"c_1.0": with_twin(shifted_cell(pool, "c", 1.0, 9))}
+    found = survey(design, held_out, clean)
+    assert set(found) == set(SURVEY)
+    for errors in found.values():
+        assert set(errors) == set(design) | set(held_out)
+    doc = EstimatorFit(("confidence",), (1.0,))
+    expected = population_error(doc, held_out["c_1.0"], clean)
+    assert found["doc (confidence, weight 1)"]["c_1.0"] == pytest.approx(expected)
+    # a fitted estimator's design cell is scored by the fit without its family
+    left_out = leave_one_family_out(design, clean, ["confidence", "atc"])
+    assert found["fitted: confidence + atc"]["a_2.0"] == pytest.approx(left_out["a_2.0"])
