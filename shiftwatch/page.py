@@ -21,7 +21,8 @@ from shiftwatch.estimate import EstimatorFit, Reference
 EXIT_OK, EXIT_HARMFUL, EXIT_BAD_INPUT, EXIT_CHANGED = 0, 1, 2, 3
 FAIL_ON = ("harm", "change")
 
-# What each change detector's alarm means, in words an operator reads.
+# What each change detector's alarm means, in words an operator reads; the pixel-level ones first.
+PIXEL_DETECTORS = ("ks_mean_pixel", "image_stats", "frame_span")
 CHANGE_WORDS = {
     "ks_mean_pixel": "mean brightness changed",
     "image_stats": "pixel values changed (brightness, contrast or encoding)",
@@ -61,26 +62,33 @@ def load_estimator(path: Path) -> tuple[EstimatorFit, Reference, dict]:
 
 
 def change_summary(report: dict) -> list[str]:
-    """What changed, in words: one phrase per alarming detector family, the brightness
-    direction, and the class mix where the focus class's estimated share moved."""
+    """What changed, in words, pixels first (what an operator can look at), then the class
+    mix where the focus class's estimated share moved by half or more, then the model's view."""
+    alerting = set(report["alerting"])
     words = []
-    for name in report["alerting"]:
+    for name in [*PIXEL_DETECTORS, *(name for name in CHANGE_WORDS if name not in PIXEL_DETECTORS)]:
         phrase = CHANGE_WORDS.get(name, name)
-        if name in ("ks_mean_pixel", "image_stats") and "brightness" in report:
-            direction = "brighter" if report["brightness"]["batch"] > report["brightness"]["reference"] else "darker"
-            phrase = f"images {direction} (mean pixel {report['brightness']['batch']:.3f} vs " \
-                     f"{report['brightness']['reference']:.3f})" if name == "ks_mean_pixel" else phrase
-        if phrase not in words:
+        if name == "ks_mean_pixel" and "brightness" in report:
+            seen = report["brightness"]
+            phrase = (f"images {'brighter' if seen['batch'] > seen['reference'] else 'darker'} "
+                      f"(mean pixel {seen['batch']:.3f} vs {seen['reference']:.3f})")
+        if name in alerting and phrase not in words:
             words.append(phrase)
+        if name == PIXEL_DETECTORS[-1] and alerting:
+            words += _class_mix(report)
+    return words + [name for name in report["alerting"] if name not in CHANGE_WORDS]
+
+
+def _class_mix(report: dict) -> list[str]:
     shift = report.get("label_shift")
-    if shift and report["alerting"]:
-        focus = shift["focus_class"]
-        share, before = shift["bbse"][focus], shift["reference"][focus]
-        if abs(share - before) >= 0.5 * before:
-            more = "more" if share > before else "fewer"
-            words.append(f"class mix: {more} {CLASS_NAMES[focus].lower()}s "
-                         f"(estimated {share:.0%} vs {before:.0%})")
-    return words
+    if not shift:
+        return []
+    focus = shift["focus_class"]
+    share, before = shift["bbse"][focus], shift["reference"][focus]
+    if abs(share - before) < 0.5 * before:
+        return []
+    return [f"class mix: {'more' if share > before else 'fewer'} {CLASS_NAMES[focus].lower()}s "
+            f"(estimated {share:.0%} vs {before:.0%})"]
 
 
 def advice(report: dict) -> list[str]:

@@ -14,7 +14,7 @@ def headline(report: dict) -> str:
               else "ok: the model is not hurt")
     return (f"{answer}: estimated accuracy {est['accuracy']:.2f} vs {est['reference_accuracy']:.2f} on the "
             f"reference, {_points(est['loss_points'])} lost (90 % interval {low:.1f} to {high:.1f}; "
-            f"pages at {est['page_points']:g})")
+            f"pages at {est['page_points']:g} points)")
 
 
 def change_line(report: dict) -> str:
