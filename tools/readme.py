@@ -11,6 +11,8 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from shiftwatch import DEPLOYMENT_SETS as SETS
 from shiftwatch.corruptions import FAMILIES
 from shiftwatch.detector_registry import DETECTORS
@@ -301,6 +303,131 @@ def harm_table() -> str:
     return "\n".join(rows)
 
 
+def page_table() -> str:
+    """Stage harm, every cell: the accuracy it costs, the estimate (population, by a fit that
+    never saw the family) and its error, the change verdict's rate (power's grid, n against n)
+    and the page rate at each judged n; the weakest harmful and harmless rows in bold."""
+    details = _generated("metrics/harm_details.json")
+    if details is None:
+        return "_run `dvc repro harm`_"
+    power = _generated("metrics/power_details.json") or {}
+    cells = details["cells"]
+    sizes = list(cells["no_shift"]["draws"])
+    shown = [n for n in sizes if n != "1000"] or sizes
+    harm_points = details["harm_points"]
+    worst = _weakest(cells, harm_points, "200" if "200" in shown else shown[0])
+    rows = ["| shift | group | points lost | estimated (error) | change verdict at n = 100 / 200 | "
+            + " | ".join(f"page at n = {n}" for n in shown) + " |",
+            "|---|---|---|---|---|" + "---|" * len(shown)]
+    order = {"null": 0, "everyday": 1, "design": 2, "held_out": 3}
+    for name, cell in sorted(cells.items(), key=lambda kv: (order[kv[1]["group"]], kv[1]["loss_points"])):
+        group = {"design": f"design (fit without {cell['left_out']})" if cell["left_out"] else "design",
+                 "held_out": "held out", "everyday": "everyday", "null": "no shift"}[cell["group"]]
+        loss, error = cell["loss_points"], cell["population_error_points"]
+        label = f"**{name}** (weakest)" if name in worst else name
+        rows.append(f"| {label} | {group} | {loss:.1f} | {loss - error:.1f} ({-error:+.1f}) | "
+                    f"{_change_rates(power, name)} | "
+                    + " | ".join(_page_cell(cell["draws"][n], loss, harm_points) for n in shown) + " |")
+    return "\n".join(rows) + ("\n\n(estimated: the population loss the estimate gives the cell's 5,000 images, "
+                              "error = estimated minus true loss; page: share of draws that page, as check runs, "
+                              "each against a fresh reference of pool images; ✗ marks a cell that misses its "
+                              f"target: ≥ 0.9 where ≥ {harm_points:g} points are lost, ≤ 0.10 where < 1 point)")
+
+
+def _weakest(cells: dict, harm_points: float, n: str) -> set[str]:
+    harmful = {k: c["draws"][n]["page_rate"] for k, c in cells.items() if c["loss_points"] >= harm_points}
+    harmless = {k: c["draws"][n]["page_rate"] for k, c in cells.items() if c["loss_points"] < 1}
+    weakest = set()
+    if harmful:
+        weakest.add(min(harmful, key=harmful.get))
+    if harmless:
+        weakest.add(max(harmless, key=harmless.get))
+    return weakest
+
+
+def _page_cell(draw: dict, loss: float, harm_points: float) -> str:
+    rate = draw["page_rate"]
+    missed = (loss >= harm_points and rate < 0.9) or (loss < 1 and rate > 0.10)
+    return f"{rate:.2f}{' ✗' if missed else ''}"
+
+
+def _change_rates(power: dict, name: str) -> str:
+    stream = "no_shift" if name == "no_shift" else name
+    verdict = power.get("detection", {}).get(stream) or power.get("false_alarms", {}).get(stream)
+    if not verdict:
+        return "—"
+    combined = verdict["combined"]
+    return " / ".join(f"{combined[n]['rate']:.2f}" if n in combined else "—" for n in ("100", "200"))
+
+
+def page_targets_table() -> str:
+    """Issue 20's targets against stage harm's measurements, per n judged."""
+    details = _generated("metrics/harm_details.json")
+    if details is None:
+        return "_run `dvc repro harm`_"
+    cells, harm_points = details["cells"], details["harm_points"]
+    shifted = {k: c for k, c in cells.items() if k != "no_shift"}
+    rows = ["| target | " + " | ".join(f"n = {n}" for n in cells["no_shift"]["draws"]) + " |",
+            "|---|" + "---|" * len(cells["no_shift"]["draws"])]
+
+    def row(label, values, ok):
+        rows.append(f"| {label} | " + " | ".join(f"{v:.2f}{'' if ok(v) else ' ✗'}" for v in values) + " |")
+
+    sizes = list(cells["no_shift"]["draws"])
+    harmful = [k for k, c in shifted.items() if c["loss_points"] >= harm_points]
+    harmless = [k for k, c in shifted.items() if c["loss_points"] < 1]
+    row(f"page on every shift costing ≥ {harm_points:g} points ({len(harmful)} cells): lowest rate ≥ 0.9",
+        [min(shifted[k]["draws"][n]["page_rate"] for k in harmful) for n in sizes], lambda v: v >= 0.9)
+    row(f"page on every shift costing < 1 point ({len(harmless)} cells): highest rate ≤ 0.10",
+        [max(shifted[k]["draws"][n]["page_rate"] for k in harmless) for n in sizes], lambda v: v <= 0.10)
+    row("page on no shift ≤ 0.05", [cells["no_shift"]["draws"][n]["page_rate"] for n in sizes], lambda v: v <= 0.05)
+    row("interval holds the draw's own accuracy, lowest over cells ≥ 0.9",
+        [min(c["draws"][n]["coverage"] for c in cells.values()) for n in sizes], lambda v: v >= 0.9)
+    for group, label in (("held_out", "held-out families"), ("design", "design families, each left out")):
+        errors = sorted(abs(c["population_error_points"]) for c in shifted.values() if c["group"] == group)
+        if errors:
+            rows.append(f"| estimate's error on {label} ({len(errors)} cells), points: median ≤ 2, 90th "
+                        f"percentile ≤ 5, worst ≤ 10 | {np.median(errors):.1f} / {np.quantile(errors, 0.9):.1f} / "
+                        f"{errors[-1]:.1f} |" + " |" * (len(sizes) - 1))
+    return "\n".join(rows)
+
+
+def survey_table() -> str:
+    """Stage harm's survey: each estimator's population error (points) on the design families
+    (each left out of its own fit) and on the held-out families."""
+    details = _generated("metrics/harm_details.json")
+    if details is None or "survey_points" not in details:
+        return "_run `dvc repro harm`_"
+    groups = {name: cell["group"] for name, cell in details["cells"].items()}
+    rows = ["| estimator | design families, left out: median / 90th pct. / worst | held out: median / 90th pct. "
+            "/ worst | everyday: worst |", "|---|---|---|---|"]
+    for label, errors in details["survey_points"].items():
+        cells = []
+        for group in ("design", "held_out", "everyday"):
+            values = np.abs([e for name, e in errors.items() if groups.get(name) == group])
+            cells.append(f"{values.max():.1f}" if group == "everyday" else
+                         f"{np.median(values):.1f} / {np.quantile(values, 0.9):.1f} / {values.max():.1f}")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n\n(absolute error of the estimated accuracy, points, on each cell's 5,000 images)"
+
+
+def page_sets_table() -> str:
+    """monitor: the page's estimate on the pipeline's own deployment sets, beside the truth."""
+    monitor = _load("metrics/monitor_details.json")
+    if "page" not in monitor.get("b_raw", {}):
+        return "_run `dvc repro monitor`_"
+    rows = ["| set | accuracy: true | estimated (90 % interval) | loss: true | estimated | page | changed | ATC |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name in SETS:
+        page, accuracy = monitor[name]["page"], monitor[name]["accuracy"]
+        low, high = page["interval"]
+        rows.append(f"| {name} | {_num(accuracy['true'])} | {_num(page['accuracy'])} ({_num(low)}–{_num(high)}) | "
+                    f"{page['true_loss_points']:.1f} | {page['loss_points']:.1f} | "
+                    f"{'**PAGE**' if page['harmful'] else 'no'} | {'yes' if monitor[name]['drift'] else 'no'} | "
+                    f"{_num(accuracy['atc'])} |")
+    return "\n".join(rows)
+
+
 def _detected(summary: dict) -> int:
     return len(summary["harmful"]) - len(summary["missed"])
 
@@ -466,7 +593,9 @@ TABLES = {"detection": detection_table, "accuracy": accuracy_table, "study": stu
           "check-example": check_example, "seeds": seed_table, "mmd-bench": mmd_table,
           "trust": trust_table, "harm": harm_table,
           "power-monitored": monitored_table, "timeline": timeline_table,
-          "check-bench": check_bench_table, "detectors": registry_table, "pixel-ks": added_detector_table}
+          "check-bench": check_bench_table, "detectors": registry_table, "pixel-ks": added_detector_table,
+          "page": page_table, "page-sets": page_sets_table, "page-targets": page_targets_table,
+          "estimator-survey": survey_table}
 
 
 def refresh(text: str) -> str:
