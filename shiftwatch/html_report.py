@@ -66,7 +66,7 @@ def figures(views: Views) -> dict[str, bytes]:
 def render(report: dict, pictures: dict[str, bytes]) -> str:
     """The HTML document for a `check` report and its figures."""
     from shiftwatch.page import advice
-    from shiftwatch.text_report import change_line, headline
+    from shiftwatch.text_report import change_line, class_mix_trust, headline
 
     alert = bool(report["harmful"])  # the banner is the page; the change is the line below it
     shift, accuracy, batch = report["label_shift"], report["accuracy"], report["batch"]
@@ -86,7 +86,7 @@ def render(report: dict, pictures: dict[str, bytes]) -> str:
         f"<tr class='{'focus' if k == focus else ''}'><td>{k} {_e(name)}</td><td>{shift['bbse'][k]:.3f}</td>"
         f"<td>{shift['em'][k]:.3f}</td><td>{shift['reference'][k]:.3f}</td></tr>"
         for k, name in enumerate(shift["class_names"]))
-    trust = "untrustworthy" if shift["untrustworthy"] else "trustworthy"
+    trust = class_mix_trust(report)  # in plain words, with the reason
     low, high = shift.get(f"class_{focus}_share_bbse_interval", (None, None))
     interval = f" (95 % bootstrap interval {low:.3f}–{high:.3f})" if low is not None else ""
     return f"""<!DOCTYPE html>
@@ -115,7 +115,7 @@ model {_e(report['model'])}.</p>
 {img_tag(pictures['mean_pixel'], 'mean_pixel', 'mean-pixel histogram')}
 {img_tag(pictures['confidence'], 'confidence', 'confidence histogram')}
 <h2>Estimated class mix</h2>
-<p>Estimate is <b id="trust">{trust}</b> (BBSE vs EM total variation {shift['tv_bbse_em']:.3f};
+<p>Class-mix <b id="trust">{_e(trust)}</b> (BBSE vs EM total variation {shift['tv_bbse_em']:.3f};
 class {focus} share by BBSE {shift[f'class_{focus}_share_bbse']:.3f}{interval}).</p>
 <table id="mix"><tr><th>class</th><th>BBSE</th><th>EM</th><th>reference</th></tr>{mix}</table>
 <h2>Accuracy without labels</h2>

@@ -56,7 +56,7 @@ def format_report(report: dict) -> str:
         mark = "*" if k == focus else " "
         lines.append(f"{mark} {k} {name:<20} {shift['bbse'][k]:>6.3f} {shift['em'][k]:>6.3f} "
                      f"{shift['reference'][k]:>9.3f}{'  <- focus (shift.label_class)' if k == focus else ''}")
-    lines += [f"class mix  {_trust(report)} (BBSE vs EM total variation {shift['tv_bbse_em']:.3f}, "
+    lines += [f"class mix  {class_mix_trust(report)} (BBSE vs EM total variation {shift['tv_bbse_em']:.3f}, "
               f"tolerance {report['params']['monitor.trust_tolerance']})",
               f"accuracy   estimated {acc['atc']:.3f} (ATC), {acc['average_confidence']:.3f} "
               f"(average confidence)",
@@ -65,7 +65,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _trust(report: dict) -> str:
+def class_mix_trust(report: dict) -> str:
     """Whether to trust the class-mix estimate, in plain words; a batch with no detected
     change is not shown as suspect."""
     from shiftwatch.page import why_untrustworthy

@@ -121,6 +121,7 @@ def test_a_batch_like_the_reference_passes_with_every_detector_in_the_json(proje
     assert printed.startswith("ok: the model is not hurt: estimated accuracy ")
     assert printed.splitlines()[1] == "changed: no (no detector alarms)"
     assert "unchanged: no shift detected" in printed and "PAGE" not in printed
+    assert "untrustworthy" not in printed.lower()  # a batch with no detected change is not suspect
     assert "* 7 Sneaker" in printed and "<- focus" in printed
     assert all(name in printed for name in FEATURE_DETECTORS)
     assert "pixel_ks" in printed and "(diagnostic, " in printed
