@@ -187,6 +187,17 @@ def test_exit_codes_gate_on_harm_by_default_and_on_change_when_asked(harmful, ch
     assert exit_code({"harmful": harmful, "drift": changed}, fail_on) == code
 
 
+@pytest.mark.parametrize("content, words", [("{not json", "not JSON"), ('{"signals": []}', "not an accuracy"),
+                                             ('{"signals": ["x"], "weights": [1], "page_points": 3, '
+                                              '"reference": {}}', "known signals")])
+def test_a_corrupt_estimator_exits_2_with_one_line_and_no_report(project, tmp_path, capsys, content, words):
+    bad, out = tmp_path / "estimator.json", tmp_path / "out.json"
+    bad.write_text(content)
+    assert check(project, project / "clean.npy", "--estimator", bad, "--json", out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and "dvc repro harm" in err[0] and not out.exists()
+
+
 def test_an_estimator_for_another_model_is_refused(project, tmp_path, capsys):
     payload = json.loads((project / "estimator.json").read_text())
     payload["reference"]["model_md5"] = "0" * 32
