@@ -164,7 +164,7 @@ def estimate(probabilities: np.ndarray, aux_probabilities: np.ndarray | None, re
     # the reference's around the accuracy the weights were anchored to.
     binomial = point * (1 - point) / n + reference.accuracy * (1 - reference.accuracy) / reference.size
     spread = np.sqrt(sampling + binomial + fit.error(reference.accuracy - point) ** 2)
-    low, high = max(0.0, point - Z_90 * spread), min(1.0, point + Z_90 * spread)
+    low, high = float(max(0.0, point - Z_90 * spread)), float(min(1.0, point + Z_90 * spread))
     loss = 100 * (reference.accuracy - point)
     return Estimate(point, (low, high), reference.accuracy, loss,
                     (100 * (reference.accuracy - high), 100 * (reference.accuracy - low)),
