@@ -112,16 +112,19 @@ def logged_checks(since: datetime | None = None) -> list[dict]:
 
 
 def first_alerts(points: list[dict]) -> dict[str, dict | None]:
-    """The first batch that paged ("page"), and per detector (and "verdict", the change
-    verdict) the first whose adjusted p-value fell below alpha: {"index": position in time
-    order, "time", "batch"}, or None if it never did."""
+    """The first batch that paged ("page"), the first page confirmed by the batch before it
+    ("confirmed_page": two in a row), and per detector (and "verdict", the change verdict) the
+    first whose adjusted p-value fell below alpha: {"index": position in time order, "time",
+    "batch"}, or None if it never did."""
     detectors = sorted({d for p in points for d in p["adjusted_pvalues"]})
     summary: dict[str, dict | None] = {}
-    for name in ["page", *detectors, "verdict"]:
+    paged = [point.get("page") == "PAGE" for point in points]
+    for name in ["page", "confirmed_page", *detectors, "verdict"]:
         summary[name] = None
         for index, point in enumerate(points):
             alerted = (point["verdict"] == "ALERT" if name == "verdict"
-                       else point.get("page") == "PAGE" if name == "page"
+                       else paged[index] if name == "page"
+                       else index > 0 and paged[index - 1] and paged[index] if name == "confirmed_page"
                        else point["adjusted_pvalues"].get(name, 1.0) < point["alpha"])
             if alerted:
                 summary[name] = {"index": index, "time": point["time"], "batch": point["batch"]}
@@ -185,7 +188,9 @@ def false_pages_per_week(points: list[dict], details_path: Path | None = None,
                          batches_per_day: int = 24) -> dict | None:
     """How many false pages a week a healthy stream of `batches_per_day` batches of the median
     logged size would get: the no-shift page rate stage `harm` measured at the nearest judged
-    n (with its 95 % Wilson upper end), times 7 x batches_per_day. None without harm's details."""
+    n (with its 95 % Wilson upper end), times 7 x batches_per_day; and, for a page confirmed
+    by the next batch (two in a row, as `first_alerts` reports it), the square of that rate
+    (healthy batches are independent draws). None without harm's details."""
     import json
     import statistics
 
@@ -199,6 +204,8 @@ def false_pages_per_week(points: list[dict], details_path: Path | None = None,
     per_week = 7 * batches_per_day
     return {"batch_images": size, "judged_n": int(n), "page_rate": draws[n]["page_rate"],
             "per_week": per_week * draws[n]["page_rate"], "per_week_upper": per_week * draws[n]["ci_high"],
+            "confirmed_per_week": per_week * draws[n]["page_rate"] ** 2,
+            "confirmed_per_week_upper": per_week * draws[n]["ci_high"] ** 2,
             "batches_per_day": batches_per_day}
 
 
@@ -215,7 +222,9 @@ def format_summary(summary: dict[str, dict | None], batches: int, false_pages: d
                      f"~{false_pages['batch_images']:g} images: {false_pages['per_week']:.1f} false pages a week "
                      f"(95 % upper "
                      f"{false_pages['per_week_upper']:.1f}; no-shift page rate {false_pages['page_rate']:.2f} at "
-                     f"n = {false_pages['judged_n']}, stage harm)")
+                     f"n = {false_pages['judged_n']}, stage harm); a page confirmed by the next batch: "
+                     f"{false_pages['confirmed_per_week']:.2f} a week (95 % upper "
+                     f"{false_pages['confirmed_per_week_upper']:.2f})")
     lines.append(f"{batches} logged batches; first page and first alerts:")
     for name, first in summary.items():
         where = "never" if first is None else f"batch {first['index']} ({first['time']})"

@@ -38,12 +38,14 @@ def test_timeline_orders_batches_by_time_and_names_the_first_alerts(project, sto
     assert [p["verdict"] for p in timeline["points"]] == ["ok", "ok", "ALERT", "ALERT", "ok"]
     assert [p["page"] for p in timeline["points"]] == ["ok", "ok", "ok", "ok", "PAGE"]
     assert timeline["first_alerts"]["verdict"]["index"] == 2 and timeline["first_alerts"]["page"]["index"] == 4
+    assert timeline["first_alerts"]["confirmed_page"] is None  # one page, not confirmed by a second
     low, high = timeline["points"][0]["interval"]
     assert low <= timeline["points"][0]["estimated_accuracy"] <= high
     # 200-image batches, 24 a day: 168 a week at the no-shift page rate of n = 200
     assert timeline["false_pages"]["judged_n"] == 200
     assert timeline["false_pages"]["per_week"] == pytest.approx(168 * 0.03)
     assert timeline["false_pages"]["per_week_upper"] == pytest.approx(168 * 0.085)
+    assert timeline["false_pages"]["confirmed_per_week"] == pytest.approx(168 * 0.03 ** 2)
     assert timeline["first_alerts"]["image_stats"]["index"] == 2  # the black background lifts
     assert (store / "t.png").stat().st_size > 10_000
     assert 'id="first-alerts"' in (store / "t.html").read_text()
