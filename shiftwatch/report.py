@@ -26,7 +26,8 @@ SCORES = {
 }
 ACCURACY = {
     "true acc.": "evaluate.accuracy.{set}",
-    "ATC": "monitor.{set}.accuracy_atc",
+    "page est.": "monitor.{set}.page.accuracy",
+    "ATC": "monitor.{set}.accuracy.atc",
     "avg. conf.": "monitor.{set}.accuracy.average_confidence",
 }
 

@@ -17,10 +17,10 @@ interval holds the draw's own accuracy. The null is the clean cell.
 
 Reads params: seed, shift.label_class, evaluate, power.corruption_pool_images, harm.
 Writes models/accuracy_estimator.json (the fit and its summary of the test set, read by
-`shiftwatch check` and `serve`), metrics/harm.json (headline at n = 200: the lowest page rate
-on a harmful cell, the highest on a harmless one (< 1 point) and on no shift; the estimate's
-errors and its worst coverage at n = 100 and 1,000), metrics/harm_details.json (every cell at
-every n), metrics/plots/page.png.
+`shiftwatch check`, `serve` and `monitor`), metrics/harm.json (headline at n = 200: the lowest
+page rate on a harmful cell, the highest on a harmless one (< 1 point) and on no shift; the
+estimate's worst error on held-out families and its worst coverage at n = 100 and 1,000),
+metrics/harm_details.json (the same at every n, and every cell), metrics/plots/page.png.
 """
 import time
 
@@ -114,6 +114,7 @@ def main() -> None:
                                              "finetuned_md5": file_md5("models/resnet18_augmented.pt")}})
         surveyed = survey(groups["design"], {**groups["held_out"], **groups["everyday"]}, clean)
         results = {"harm_points": harm.harm_points, "page_points": harm.page_points,
+                   "summary": _summary(details, harm),
                    "estimator": fit.as_dict(), "leave_one_family_out_points": lofo,
                    "survey_points": surveyed,
                    "clean_accuracy": clean.accuracy(), "cells": details}
@@ -164,22 +165,33 @@ def _cell(family: str, severity: float, clean: Cell, images: np.ndarray, outputs
 
 
 def _headline(details: dict, harm) -> dict:
-    """The page and the estimate in a few numbers (dvc exp show, MLflow)."""
-    n = str(HEADLINE_N if HEADLINE_N in harm.sizes else harm.sizes[0])
+    """The page and the estimate in five numbers (dvc exp show, MLflow): at n = 200, the lowest
+    page rate on a harmful cell, the highest on a harmless one (< 1 point) and on no shift;
+    the estimate's worst error on the held-out families and its worst coverage at n = 100 and
+    1,000. `_summary` has the rest (every n, the design families' errors)."""
+    summary = _summary(details, harm)
+    n = str(summary["page_n"])
+    return {"page": {key: summary["page_by_n"][n][key] for key in ("harmful_min", "harmless_max", "no_shift_max")},
+            "estimate": {"held_out": {"worst_error_points": summary["held_out"].get("worst_error_points")},
+                         "coverage_min": summary["coverage_min"]}}
+
+
+def _summary(details: dict, harm) -> dict:
+    """Per n, the page's worst cells; the estimate's errors per group; the worst coverage."""
     shifted = {name: cell for name, cell in details.items() if name != CLEAN}
-    harmful = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] >= harm.harm_points]
-    harmless = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] < 1]
-    held_out = np.abs([c["population_error_points"] for c in shifted.values() if c["group"] == "held_out"])
-    design = np.abs([c["population_error_points"] for c in shifted.values() if c["group"] == "design"])
-    coverage_sizes = [s for s in ("100", "1000") if s in details[CLEAN]["draws"]] or list(details[CLEAN]["draws"])
-    coverage = [c["draws"][s]["coverage"] for c in details.values() for s in coverage_sizes]
-    return {
-        "page": {"n": int(n), "harmful_min": min(harmful, default=None), "harmless_max": max(harmless, default=None),
-                 "no_shift_max": details[CLEAN]["draws"][n]["page_rate"]},
-        "estimate": {
-            "held_out": _errors(held_out), "design_left_out": _errors(design),
-            "coverage_min": min(coverage)},
-    }
+    by_n = {}
+    for n in map(str, harm.sizes):
+        harmful = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] >= harm.harm_points]
+        harmless = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] < 1]
+        by_n[n] = {"harmful_min": min(harmful, default=None), "harmless_max": max(harmless, default=None),
+                   "no_shift_max": details[CLEAN]["draws"][n]["page_rate"]}
+    coverage_sizes = [s for s in ("100", "1000") if s in by_n] or list(by_n)
+    return {"page_n": HEADLINE_N if HEADLINE_N in harm.sizes else harm.sizes[0], "page_by_n": by_n,
+            "held_out": _errors(np.abs([c["population_error_points"] for c in shifted.values()
+                                        if c["group"] == "held_out"])),
+            "design_left_out": _errors(np.abs([c["population_error_points"] for c in shifted.values()
+                                               if c["group"] == "design"])),
+            "coverage_min": min(c["draws"][s]["coverage"] for c in details.values() for s in coverage_sizes)}
 
 
 def _errors(errors: np.ndarray) -> dict:

@@ -24,8 +24,8 @@ OUT = Path("metrics/seed_spread.json")
 HEADLINE = {  # metrics file -> dotted keys reported
     "metrics/evaluate.json": ["accuracy.test", "accuracy.b_covariate", "accuracy.b_label", "accuracy.b_shift",
                               "class_7_b_shift.precision", "class_7_b_shift.recall", "class_7_b_shift.f1"],
-    "metrics/monitor.json": ["b_shift.accuracy_atc", "b_shift.class_7_share_bbse", "b_shift.drift",
-                             "b_label.drift", "b_shift.estimate_untrustworthy"],
+    "metrics/monitor.json": ["b_shift.page", "b_shift.estimated_loss_points", "b_shift.class_7_share_bbse",
+                             "b_shift.drift", "b_label.drift"],
     "metrics/mitigate.json": ["b_shift_accuracy.none", "b_shift_accuracy.adabn",
                               "b_shift_accuracy.finetune_augmented"],
     "metrics/detect.json": ["b_shift.domain_auc", "b_label.drift"],
