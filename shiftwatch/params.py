@@ -259,10 +259,36 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except FileNotFoundError:
         raise ShiftwatchError(f"{path}: not found; run from the repository root") from None
     try:
+        duplicate = _duplicate_key(yaml.compose(text, Loader=yaml.SafeLoader), [])
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ShiftwatchError(f"{path}: not valid YAML{where}: {problem}") from None
+    if duplicate:
+        raise ShiftwatchError(f"{path}: {duplicate}; keep one of them (dvc repro refuses the file too)")
     return parse_params(raw, str(path), complete=True)
+
+
+def _duplicate_key(node, path: list[str]) -> str | None:
+    """The first key set twice in one mapping, with its dotted name and both lines. PyYAML
+    keeps the last value without a word; DVC refuses such a file, so a stage run by hand must
+    refuse it too, or it would run on a value `dvc repro` never accepts."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key, line = str(key_node.value), key_node.start_mark.line + 1
+            if key in seen:
+                return f"key '{'.'.join([*path, key])}' is set twice, at lines {seen[key]} and {line}"
+            seen[key] = line
+            found = _duplicate_key(value_node, [*path, key])
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found = _duplicate_key(item, path)
+            if found:
+                return found
+    return None
+

@@ -106,6 +106,42 @@ def test_a_yaml_syntax_error_names_the_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def _with_a_second_brightness(tmp_path):
+    """The repository's params.yaml with `brightness: 0.5` added again under shift; its lines."""
+    lines = (REPO / "params.yaml").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip().startswith("brightness:"))
+    lines.insert(first + 1, "  brightness: 0.5")
+    (tmp_path / "params.yaml").write_text("\n".join(lines) + "\n")
+    return first + 1, first + 2
+
+
+def test_a_key_set_twice_is_refused_naming_it_and_both_lines(tmp_path):
+    # PyYAML alone keeps the last value silently; dvc repro refuses the file.
+    assert yaml.safe_load((REPO / "params.yaml").read_text())["shift"]["brightness"] == 0.1
+    first, second = _with_a_second_brightness(tmp_path)
+    with pytest.raises(ShiftwatchError) as err:
+        load_params(tmp_path / "params.yaml")
+    assert str(err.value) == (f"{tmp_path / 'params.yaml'}: key 'shift.brightness' is set twice, at lines "
+                              f"{first} and {second}; keep one of them (dvc repro refuses the file too)")
+
+
+def test_a_stage_run_by_hand_refuses_a_key_set_twice_and_writes_nothing(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    first, second = _with_a_second_brightness(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    done = subprocess.run([sys.executable, "-m", "stages.shift"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"shiftwatch shift: error: params.yaml: key 'shift.brightness' is set twice, at lines {first} and "
+        f"{second}; keep one of them (dvc repro refuses the file too)"]
+    # no pipeline output (the MLflow helper, forked at start-up to overlap imports, may open mlflow.db)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "metrics").exists()
+
+
 def test_ctrl_c_in_a_stage_is_one_line_and_exit_130(capsys):
     from shiftwatch.cli import run_stage
 
