@@ -13,7 +13,7 @@ a label shift, the share of one class kept. From cells the stage
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -82,16 +82,32 @@ def population_error(fit: EstimatorFit, cell: Cell, clean: Cell) -> float:
     return 100 * (predicted - (cell.accuracy() - clean.accuracy()))
 
 
-def leave_one_family_out(design: dict[str, Cell], clean: Cell, names: Sequence[str]) -> dict[str, float]:
+def left_out_fits(design: dict[str, Cell], clean: Cell, names: Sequence[str]) -> dict[str, EstimatorFit]:
+    """Per design family: the estimator fitted on every other design family."""
+    return {family: fit_estimator({name: cell for name, cell in design.items() if cell.family != family},
+                                  clean, names)
+            for family in sorted({cell.family for cell in design.values()})}
+
+
+def leave_one_family_out(design: dict[str, Cell], clean: Cell, names: Sequence[str],
+                         fits: dict[str, EstimatorFit] | None = None) -> dict[str, float]:
     """Per design cell: the population error (points) of the estimator fitted on every other
-    design family."""
-    errors = {}
-    for family in sorted({cell.family for cell in design.values()}):
-        rest = {name: cell for name, cell in design.items() if cell.family != family}
-        fit = fit_estimator(rest, clean, names)
-        errors.update({name: population_error(fit, cell, clean)
-                       for name, cell in design.items() if cell.family == family})
-    return errors
+    design family (`fits`, from `left_out_fits`, when already made)."""
+    fits = fits or left_out_fits(design, clean, names)
+    return {name: population_error(fits[cell.family], cell, clean) for name, cell in design.items()}
+
+
+def design_fits(design: dict[str, Cell], clean: Cell, names: Sequence[str], harm_points: float):
+    """The page's estimator fitted on every design cell, the fit without each design family,
+    and each design cell's left-out error (points); every fit carries the fit-error terms those
+    left-out errors give (`fit_errors`). Each family's fit is made once."""
+    fits = left_out_fits(design, clean, names)
+    errors = leave_one_family_out(design, clean, names, fits)
+    model_error, relative_error = fit_errors(errors, {name: 100 * (clean.accuracy() - cell.accuracy())
+                                                      for name, cell in design.items()}, harm_points)
+    with_errors = lambda fit: replace(fit, model_error=model_error, relative_error=relative_error)  # noqa: E731
+    return (with_errors(fit_estimator(design, clean, names)),
+            {family: with_errors(fit) for family, fit in fits.items()}, errors)
 
 
 def judge_cell(cell: Cell, pool_probabilities: np.ndarray, pool_aux: np.ndarray | None,
@@ -165,3 +181,43 @@ def survey(design: dict[str, Cell], others: dict[str, Cell], clean: Cell) -> dic
         found.update({name: population_error(fit, cell, clean) for name, cell in others.items()})
         errors[label] = found
     return errors
+
+
+NULL_CELL = "no_shift"  # the clean cell: the page's false alarms
+
+
+def summary(details: dict, harm_points: float, sizes: Sequence[int], headline_n: int) -> dict:
+    """Judged cells (`judge_cell` per cell, with its group, loss and population error) in a few
+    numbers: per n, the lowest page rate on a harmful cell, the highest on a harmless one
+    (< 1 point) and on no shift; the estimate's errors per group; the worst coverage at n = 100
+    and 1,000 (where judged)."""
+    shifted = {name: cell for name, cell in details.items() if name != NULL_CELL}
+    by_n = {}
+    for n in map(str, sizes):
+        harmful = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] >= harm_points]
+        harmless = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] < 1]
+        by_n[n] = {"harmful_min": min(harmful, default=None), "harmless_max": max(harmless, default=None),
+                   "no_shift_max": details[NULL_CELL]["draws"][n]["page_rate"]}
+    coverage_sizes = [s for s in ("100", "1000") if s in by_n] or list(by_n)
+    return {"page_n": headline_n if headline_n in sizes else sizes[0], "page_by_n": by_n,
+            "held_out": _errors([c["population_error_points"] for c in shifted.values() if c["group"] == "held_out"]),
+            "design_left_out": _errors([c["population_error_points"] for c in shifted.values()
+                                        if c["group"] == "design"]),
+            "coverage_min": min(c["draws"][s]["coverage"] for c in details.values() for s in coverage_sizes)}
+
+
+def headline(summarised: dict) -> dict:
+    """The five numbers `dvc exp show` and MLflow show: the page at `summary`'s page_n, the
+    estimate's worst held-out error and its worst coverage."""
+    page = summarised["page_by_n"][str(summarised["page_n"])]
+    return {"page": {key: page[key] for key in ("harmful_min", "harmless_max", "no_shift_max")},
+            "estimate": {"held_out": {"worst_error_points": summarised["held_out"].get("worst_error_points")},
+                         "coverage_min": summarised["coverage_min"]}}
+
+
+def _errors(signed: list[float]) -> dict:
+    errors = np.abs(signed)
+    if len(errors) == 0:
+        return {}
+    return {"median_error_points": float(np.median(errors)), "p90_error_points": float(np.quantile(errors, 0.9)),
+            "worst_error_points": float(errors.max())}

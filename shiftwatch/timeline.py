@@ -194,7 +194,9 @@ def false_pages_per_week(points: list[dict], details_path: Path | None = None,
     import json
     import statistics
 
-    path = details_path or _root() / "metrics" / "harm_details.json"
+    from shiftwatch.tracking import repo_root
+
+    path = details_path or repo_root(Path.cwd()) / "metrics" / "harm_details.json"
     try:
         draws = json.loads(path.read_text())["cells"]["no_shift"]["draws"]
     except (OSError, ValueError, KeyError):
@@ -207,12 +209,6 @@ def false_pages_per_week(points: list[dict], details_path: Path | None = None,
             "confirmed_per_week": per_week * draws[n]["page_rate"] ** 2,
             "confirmed_per_week_upper": per_week * draws[n]["ci_high"] ** 2,
             "batches_per_day": batches_per_day}
-
-
-def _root() -> Path:
-    from shiftwatch.tracking import repo_root
-
-    return repo_root(Path.cwd())
 
 
 def format_summary(summary: dict[str, dict | None], batches: int, false_pages: dict | None = None) -> str:

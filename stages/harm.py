@@ -31,12 +31,13 @@ from shiftwatch.corruptions import check_severity, corrupt
 from shiftwatch.estimate import reference_summary
 from shiftwatch.features import load_features
 from shiftwatch.harm import (
+    NULL_CELL,
     Cell,
-    fit_errors,
-    fit_estimator,
+    design_fits,
+    headline,
     judge_cell,
-    leave_one_family_out,
     population_error,
+    summary,
     survey,
 )
 from shiftwatch.io import load_set, write_json
@@ -52,7 +53,7 @@ from shiftwatch.workers import fork_map
 ESTIMATOR = "models/accuracy_estimator.json"
 FIGURE = "metrics/plots/page.png"
 HEADLINE_N = 200  # the issue's targets are set at n = 200
-CLEAN = "no_shift"
+CLEAN = NULL_CELL
 
 
 def main() -> None:
@@ -64,7 +65,7 @@ def main() -> None:
                 _check(family, severity)
     with stage_run("harm", params) as run:
         started = time.perf_counter()
-        pool, labels, images = _pool()
+        pool, labels, images, test_size = _pool()
         rows = corruption_rows(len(labels), params.seed, params.power.corruption_pool_images)
         base, aux = load_model("models/resnet18.pt"), load_model("models/resnet18_augmented.pt")
         device, evaluate = pick_device(), params.evaluate
@@ -84,13 +85,7 @@ def main() -> None:
         print(f"harm: the models' outputs on {sum(map(len, groups.values()))} cells in "
               f"{time.perf_counter() - started:.0f} s", flush=True)
 
-        lofo = leave_one_family_out(groups["design"], clean, harm.signals)
-        errors = fit_errors(lofo, {name: 100 * (clean.accuracy() - cell.accuracy())
-                                   for name, cell in groups["design"].items()}, harm.harm_points)
-        fit = fit_estimator(groups["design"], clean, harm.signals, *errors)
-        fits = {family: fit_estimator({n: c for n, c in groups["design"].items() if c.family != family},
-                                      clean, harm.signals, *errors)
-                for family in {c.family for c in groups["design"].values()}}
+        fit, fits, lofo = design_fits(groups["design"], clean, harm.signals, harm.harm_points)
         cells = {CLEAN: ("null", clean), **{name: (group, cell) for group, members in groups.items()
                                             for name, cell in members.items()}}
 
@@ -106,23 +101,22 @@ def main() -> None:
                                         page_points=harm.page_points, seed=params.seed)}
 
         details = dict(zip(cells, fork_map(judged, list(cells))))
-        test_size = len(load_features("data/reference/test.npz")[1])  # the pool's first rows
         reference = reference_summary(pool[:test_size], labels[:test_size], pool_aux[:test_size], fit)
         write_json(ESTIMATOR, {**fit.as_dict(), "page_points": harm.page_points, "harm_points": harm.harm_points,
                                "reference": {**reference.as_dict(), "path": "data/reference/test.npz",
                                              "model_md5": file_md5("models/resnet18.pt"),
                                              "finetuned_md5": file_md5("models/resnet18_augmented.pt")}})
         surveyed = survey(groups["design"], {**groups["held_out"], **groups["everyday"]}, clean)
+        summarised = summary(details, harm.harm_points, harm.sizes, HEADLINE_N)
         results = {"harm_points": harm.harm_points, "page_points": harm.page_points,
-                   "summary": _summary(details, harm),
+                   "summary": summarised,
                    "estimator": fit.as_dict(), "leave_one_family_out_points": lofo,
                    "survey_points": surveyed,
                    "clean_accuracy": clean.accuracy(), "cells": details}
         write_json("metrics/harm_details.json", results)
         page_plot(details, harm.harm_points, harm.page_points, [str(n) for n in harm.sizes], FIGURE)
-        headline = _headline(details, harm)
-        write_json("metrics/harm.json", headline)
-        run.log_metric_tree("harm", headline)
+        write_json("metrics/harm.json", headline(summarised))
+        run.log_metric_tree("harm", headline(summarised))
         run.log_artifact("metrics/harm_details.json")
         run.log_artifact(ESTIMATOR)
         run.log_artifact(FIGURE, "plots")
@@ -138,14 +132,15 @@ def _check(family: str, severity: float) -> None:
 
 
 def _pool():
-    """The deployed model's outputs, labels and images of the unseen pool (test + domain B)."""
+    """The deployed model's outputs, labels and images of the unseen pool (test + domain B),
+    and how many of its first rows are the test set (the monitor's reference)."""
     probabilities, labels, images = [], [], []
     for name in ("test", "domain_b"):
         view, view_labels = load_features(f"data/reference/{name}.npz")
         probabilities.append(view.probabilities)
         labels.append(view_labels)
         images.append(load_set(f"data/prepared/{name}.npz", hint="run `dvc repro prepare`").images)
-    return np.concatenate(probabilities), np.concatenate(labels), np.concatenate(images)
+    return np.concatenate(probabilities), np.concatenate(labels), np.concatenate(images), len(labels[0])
 
 
 def _cell(family: str, severity: float, clean: Cell, images: np.ndarray, outputs, params) -> Cell:
@@ -162,43 +157,6 @@ def _cell(family: str, severity: float, clean: Cell, images: np.ndarray, outputs
         shifted = corrupt(images, family, severity, seed=params.seed)
     probabilities, aux = outputs(shifted, f"{family}_{severity:g}")
     return Cell(family, probabilities, aux, clean.rows, clean.labels)
-
-
-def _headline(details: dict, harm) -> dict:
-    """The page and the estimate in five numbers (dvc exp show, MLflow): at n = 200, the lowest
-    page rate on a harmful cell, the highest on a harmless one (< 1 point) and on no shift;
-    the estimate's worst error on the held-out families and its worst coverage at n = 100 and
-    1,000. `_summary` has the rest (every n, the design families' errors)."""
-    summary = _summary(details, harm)
-    n = str(summary["page_n"])
-    return {"page": {key: summary["page_by_n"][n][key] for key in ("harmful_min", "harmless_max", "no_shift_max")},
-            "estimate": {"held_out": {"worst_error_points": summary["held_out"].get("worst_error_points")},
-                         "coverage_min": summary["coverage_min"]}}
-
-
-def _summary(details: dict, harm) -> dict:
-    """Per n, the page's worst cells; the estimate's errors per group; the worst coverage."""
-    shifted = {name: cell for name, cell in details.items() if name != CLEAN}
-    by_n = {}
-    for n in map(str, harm.sizes):
-        harmful = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] >= harm.harm_points]
-        harmless = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] < 1]
-        by_n[n] = {"harmful_min": min(harmful, default=None), "harmless_max": max(harmless, default=None),
-                   "no_shift_max": details[CLEAN]["draws"][n]["page_rate"]}
-    coverage_sizes = [s for s in ("100", "1000") if s in by_n] or list(by_n)
-    return {"page_n": HEADLINE_N if HEADLINE_N in harm.sizes else harm.sizes[0], "page_by_n": by_n,
-            "held_out": _errors(np.abs([c["population_error_points"] for c in shifted.values()
-                                        if c["group"] == "held_out"])),
-            "design_left_out": _errors(np.abs([c["population_error_points"] for c in shifted.values()
-                                               if c["group"] == "design"])),
-            "coverage_min": min(c["draws"][s]["coverage"] for c in details.values() for s in coverage_sizes)}
-
-
-def _errors(errors: np.ndarray) -> dict:
-    if len(errors) == 0:
-        return {}
-    return {"median_error_points": float(np.median(errors)), "p90_error_points": float(np.quantile(errors, 0.9)),
-            "worst_error_points": float(errors.max())}
 
 
 if __name__ == "__main__":
