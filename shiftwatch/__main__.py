@@ -33,7 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` and run the command; returns its exit status (argparse exits 2 on bad usage)."""
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except Exception as err:
+        if not _from_tracking_store(err):
+            raise
+        from shiftwatch.tracking import one_line, tracking_uri
+
+        print(f"shiftwatch {args.command}: error: the MLflow tracking store at {tracking_uri()} failed "
+              f"({one_line(err)}); check that it runs, or unset MLFLOW_TRACKING_URI", file=sys.stderr)
+        return 2
+
+
+def _from_tracking_store(err: Exception) -> bool:
+    """An MLflow or HTTP error (a server that went away mid-command): one line, not a traceback."""
+    names = {klass.__module__.split(".")[0] for klass in type(err).__mro__}
+    return bool(names & {"mlflow", "requests", "urllib3"})
 
 
 def entry_point() -> None:

@@ -118,10 +118,11 @@ def fetch_model(uri: str, tracking_uri: str, cache: Path | None = None) -> tuple
     if match is None:
         raise ShiftwatchError(f"--model {uri}: not a model URI; use models:/<name>@<alias> "
                               "(e.g. models:/shiftwatch-resnet18@champion) or models:/<name>/<version>")
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client, name = MlflowClient(tracking_uri), match["name"]
+    from shiftwatch.tracking import store_client
+
+    client, name = store_client(tracking_uri), match["name"]
     try:
         version = (client.get_model_version_by_alias(name, match["alias"]) if match["alias"]
                    else client.get_model_version(name, match["version"]))

@@ -34,11 +34,9 @@ ACCURACY = {
 
 def sweep_rows(param: str, deployment_set: str = "b_shift") -> list[dict]:
     """One row per value of `param`: the latest pipeline run's scores and accuracies."""
-    from mlflow import MlflowClient
+    from shiftwatch.tracking import EXPERIMENT, store_client, tracking_uri
 
-    from shiftwatch.tracking import EXPERIMENT, tracking_uri
-
-    client = MlflowClient(tracking_uri())
+    client = store_client()
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         raise ShiftwatchError(f"no MLflow experiment '{EXPERIMENT}' at {tracking_uri()}; run `dvc repro` first")

@@ -36,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """0 with a timeline drawn, 2 with nothing to draw or bad input (one line on stderr)."""
     from shiftwatch.check import parse_time
 
-    """0 with a timeline drawn, 2 with nothing to draw or bad input (one line on stderr)."""
     try:
         since = None if args.since is None else parse_time(args.since, "--since")
         points = logged_checks(since)
@@ -62,16 +62,14 @@ def run(args: argparse.Namespace) -> int:
 def logged_checks(since: datetime | None = None) -> list[dict]:
     """One point per logged check run, oldest first: time, verdict, Holm-adjusted p-value per
     detector, ATC accuracy, focus-class share (BBSE), alpha, images."""
-    from mlflow import MlflowClient
-
-    from shiftwatch.tracking import EXPERIMENT, tracking_uri
+    from shiftwatch.tracking import EXPERIMENT, store_client, tracking_uri
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
         raise ShiftwatchError(f"no MLflow store at {uri}; log checks with `shiftwatch check BATCH --log` "
                               "first (or set MLFLOW_TRACKING_URI to where they were logged)")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter around the one-line errors
-    client = MlflowClient(uri)
+    client = store_client(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         raise ShiftwatchError(f"no MLflow experiment {EXPERIMENT!r} at {uri}; log checks with "

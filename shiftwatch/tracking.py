@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+
+from shiftwatch import ShiftwatchError
 
 EXPERIMENT = "shiftwatch"
 # Seconds the first call to the tracking store may take before the stage gives up on it.
@@ -183,7 +186,6 @@ def headline_metrics(root: Path = Path(".")) -> dict[str, float]:
 
 def changed_params(current: dict[str, object], baseline_rev: str, root: Path = Path(".")) -> dict:
     """The flat params that differ from params.yaml at `baseline_rev` (empty if unknown)."""
-    from shiftwatch import ShiftwatchError
     from shiftwatch.params import parse_params
 
     text = _git(root, "show", f"{baseline_rev}:params.yaml")
@@ -257,17 +259,19 @@ class StageRun:
 class _Logger:
     """The MLflow side of a stage run, in the helper process."""
 
-    def __init__(self, store: tuple, stage: str, params, started_ms: int):
+    def __init__(self, store: tuple, stage: str, params, started_ms: int, stage_pid: int):
         self.client = client = store[0]
         self.stage = stage
         experiment_id = store[1]
         self.tags = tags = dvc_tags(stage)
         key = pipeline_key(params.model_dump_json(), tags)
+        process = {PROCESS_TAG: process_identity(stage_pid)}
+        close_dead_runs(client, experiment_id)
         self.parent_id = _retry(lambda: _parent_run(client, experiment_id, key, tags, params.flat(),
-                                                     started_ms))
+                                                     started_ms, process))
         self.run_id = _retry(lambda: client.create_run(
             experiment_id, run_name=stage, start_time=started_ms,
-            tags={**tags, PIPELINE_TAG: key, "mlflow.parentRunId": self.parent_id})).info.run_id
+            tags={**tags, **process, PIPELINE_TAG: key, "mlflow.parentRunId": self.parent_id})).info.run_id
         self.log_params(params.flat(*declared_params(stage)))
 
     def log_params(self, params: dict[str, object]) -> None:
@@ -332,15 +336,20 @@ class _Logger:
 
 def _serve(commands, outcome) -> None:
     """The helper process: import MLflow, then open the runs on "open", apply the queued calls,
-    and close the runs at "end". Exits if the stage process dies without saying "end"."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the stage's to handle; "end" follows
+    and close the runs at "end". Exits if the stage process dies without saying "end". If the
+    store fails before "end" (a server that went away, found by a call or by the heartbeat),
+    it reports why and signals the stage (SIGUSR1), which stops within seconds."""
+    for stop in (signal.SIGINT, signal.SIGTERM):  # the stage's to handle; "end" follows
+        signal.signal(stop, signal.SIG_IGN)
     parent = os.getppid()
     try:
         store = _open_store()
     except BaseException as err:
-        outcome.put(("ready", _one_line(err)))
+        outcome.put(("ready", getattr(err, "problem", None) or one_line(err)))
         return
     outcome.put(("ready", None))
+    heartbeat = _Heartbeat(tracking_uri())
+    name = None
     try:
         logger = None
         while True:
@@ -349,9 +358,11 @@ def _serve(commands, outcome) -> None:
             except queue.Empty:
                 if os.getppid() != parent:  # orphaned: the stage was killed
                     return
+                if logger is not None:
+                    heartbeat.check()
                 continue
             if name == "open":
-                logger = _Logger(store, *args)
+                logger = _Logger(store, *args, stage_pid=parent)
             elif name == "quit":  # the stage stopped before its run opened
                 return
             else:
@@ -360,10 +371,36 @@ def _serve(commands, outcome) -> None:
                 break
         outcome.put(("done", None))
     except BaseException as err:  # reported to the stage, which fails with it
-        outcome.put(("done", _one_line(err)))
+        outcome.put(("done", one_line(err)))
+        if name != "end":  # the stage is still working: stop it now, not after its work
+            os.kill(parent, STORE_LOST_SIGNAL)
 
 
-def _one_line(err: BaseException, limit: int = 200) -> str:
+# Sent by the helper to its stage when the store fails mid-stage.
+STORE_LOST_SIGNAL = signal.SIGUSR1
+HEARTBEAT_S = 2.0  # a server is asked every HEARTBEAT_S while the stage computes ...
+HEARTBEAT_MISSES = 2  # ... and declared gone after this many unanswered asks in a row
+
+
+class _Heartbeat:
+    """Asks a tracking server whether it still answers while the stage works without logging,
+    so a stage of minutes stops seconds after its server goes, not at its end."""
+
+    def __init__(self, uri: str):
+        self.uri = uri if uri.startswith(("http://", "https://")) else None
+        self.asked, self.misses = time.monotonic(), 0
+
+    def check(self) -> None:
+        if self.uri is None or time.monotonic() - self.asked < HEARTBEAT_S:
+            return
+        problem = server_problem(self.uri, timeout=HEARTBEAT_S)
+        self.asked = time.monotonic()
+        self.misses = self.misses + 1 if problem else 0
+        if self.misses >= HEARTBEAT_MISSES:
+            raise ConnectionError(f"no answer to {HEARTBEAT_MISSES} health checks in a row: {problem}")
+
+
+def one_line(err: BaseException, limit: int = 200) -> str:
     text = str(err).strip()
     line = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
     return line if len(line) <= limit else line[:limit - 1] + "…"
@@ -373,7 +410,6 @@ def _open_store() -> tuple:
     """(MlflowClient, experiment id) of the tracking store, checked once: a server that does
     not answer fails here within ~STORE_TIMEOUT_S seconds, not after MLflow's minutes of retries."""
     import mlflow
-    from mlflow import MlflowClient
 
     # A new SQLite store announces its schema set-up at INFO on stderr; a stage's stderr is
     # for its own one-line errors.
@@ -381,19 +417,62 @@ def _open_store() -> tuple:
         logging.getLogger(name).setLevel(logging.WARNING)
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(STORE_TIMEOUT_S)}
-    saved = {key: os.environ.get(key) for key in quick}
-    os.environ.update(quick)  # for this first call only: later calls keep MLflow's retries
+    client = store_client(uri)
+    return client, _retry(lambda: _experiment_id(client, uri))
+
+
+# MLflow retries an HTTP call 7 times with exponential back-off, ~4 minutes before it gives up.
+# An unattended monitor must hear within seconds that its server is gone; a user who wants
+# more patience sets these variables.
+FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_TIMEOUT": str(STORE_TIMEOUT_S)}
+
+
+def store_client(uri: str | None = None):
+    """An MlflowClient of the tracking store at `uri` (default: tracking_uri()). A server that
+    does not answer is one ShiftwatchError within ~STORE_TIMEOUT_S seconds, here and on every
+    later call (MLflow's HTTP retries cut to FAIL_FAST_HTTP unless set in the environment)."""
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri()
+    for key, value in FAIL_FAST_HTTP.items():
+        os.environ.setdefault(key, value)
+    problem = server_problem(uri)
+    if problem:
+        raise StoreUnreachable(uri, problem)
+    return MlflowClient(uri)
+
+
+def server_problem(uri: str, timeout: float = STORE_TIMEOUT_S) -> str | None:
+    """Why the tracking server at `uri` does not answer, or None (any HTTP answer counts;
+    a database URI has no server to ask)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import requests
+
     try:
-        experiment_id = _retry(lambda: _experiment_id(client, uri))
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    return client, experiment_id
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.Timeout:
+        return f"no answer within {timeout:g} s"
+    except requests.ConnectionError as err:
+        refused = "refused" in str(err) or "Failed to establish" in str(err)
+        return "connection refused: nothing listens there" if refused else one_line(err)
+    except requests.RequestException as err:
+        return one_line(err)
+    return None
+
+
+def unreachable(uri: str, problem: str) -> str:
+    return (f"the MLflow tracking store at {uri} does not answer ({problem}); "
+            "start it, or unset MLFLOW_TRACKING_URI to log to the local mlflow.db")
+
+
+class StoreUnreachable(ShiftwatchError):
+    """The tracking server did not answer; `problem` says how."""
+
+    def __init__(self, uri: str, problem: str):
+        super().__init__(unreachable(uri, problem))
+        self.problem = problem
 
 
 def _log_params(client, run_id: str, params: dict[str, object]) -> None:
@@ -460,23 +539,31 @@ def stage_run(stage: str, params) -> Iterator[StageRun]:
         helper, commands, outcome = _fork_helper()
     problem = _ready(helper, outcome)
     if problem:  # before any work: no outputs, no half-logged run
-        from shiftwatch import ShiftwatchError
-
-        raise ShiftwatchError(f"the MLflow tracking store at {tracking_uri()} does not answer ({problem}); "
-                              "start it, or unset MLFLOW_TRACKING_URI to log to the local mlflow.db")
+        raise ShiftwatchError(unreachable(tracking_uri(), problem))
     commands.put(("open", (stage, params, started_ms)))
     status = "FAILED"
+    previous = signal.signal(STORE_LOST_SIGNAL, lambda signum, frame: _store_lost(outcome))
     try:
         yield StageRun(commands)
         status = "FINISHED"
     finally:
+        signal.signal(STORE_LOST_SIGNAL, previous)
         commands.put(("end", (status, int(time.time() * 1000))))
         problem = _wait(helper, outcome)
         if problem and status == "FINISHED":  # else the stage's own error is the one to report
-            from shiftwatch import ShiftwatchError
-
             raise ShiftwatchError(f"logging to MLflow at {tracking_uri()} failed ({problem}); "
                                   "check MLFLOW_TRACKING_URI or the store")
+
+
+def _store_lost(outcome) -> None:
+    """The helper's signal: the store failed while the stage worked; stop the stage now."""
+    try:
+        problem = outcome.get(timeout=2)[1]
+    except queue.Empty:
+        problem = "the MLflow helper reported no reason"
+    raise ShiftwatchError(f"the MLflow tracking store at {tracking_uri()} stopped answering mid-stage "
+                          f"({problem}); the stage stopped, no output is half-written; rerun it once "
+                          "the store is back")
 
 
 def _ready(helper, outcome) -> str | None:
@@ -507,20 +594,67 @@ def _wait(helper, outcome) -> str | None:
 
 
 def _parent_run(client, experiment_id: str, key: str, tags: dict[str, str],
-                all_params: dict[str, object], started_ms: int) -> str:
-    """This pipeline execution's parent run (created by its first stage), marked RUNNING."""
+                all_params: dict[str, object], started_ms: int, process: dict[str, str]) -> str:
+    """This pipeline execution's parent run (created by its first stage), marked RUNNING and
+    tagged with the process of the stage that holds it open."""
     found = client.search_runs([experiment_id], filter_string=(
         f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`shiftwatch.role` = 'pipeline'"), max_results=1)
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
+        client.set_tag(found[0].info.run_id, PROCESS_TAG, process[PROCESS_TAG])
         return found[0].info.run_id
     run_tags = {k: v for k, v in tags.items() if k != "dvc.stage"}
     run_tags["mlflow.source.name"] = "dvc.yaml"
     name = parent_name(tags, changed_params(all_params, tags["dvc.baseline_rev"]))
     run = client.create_run(experiment_id, run_name=name, start_time=started_ms,
-                            tags={**run_tags, PIPELINE_TAG: key, "shiftwatch.role": "pipeline"})
+                            tags={**run_tags, **process, PIPELINE_TAG: key, "shiftwatch.role": "pipeline"})
     _log_params(client, run.info.run_id, all_params)
     return run.info.run_id
+
+
+# ---------------------------------------------------------------- runs whose process is gone
+
+PROCESS_TAG = "shiftwatch.process"  # host:pid:start time of the process that holds a run open
+
+
+def process_identity(pid: int) -> str:
+    """host:pid:start, unique even when the system reuses a pid."""
+    return f"{socket.gethostname()}:{pid}:{_started(pid) or ''}"
+
+
+def process_alive(identity: str) -> bool:
+    """Whether the process named by process_identity() still runs (on this host)."""
+    _, pid, started = identity.rsplit(":", 2)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):  # another user's process, or a tag we did not write
+        return True
+    return not started or _started(int(pid)) in (None, started)
+
+
+def _started(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]  # field 22; the name before ")" may hold spaces
+
+
+def close_dead_runs(client, experiment_id: str) -> list[str]:
+    """Close as KILLED every run of this host left RUNNING by a process that is gone (SIGKILL,
+    a crash, a store lost mid-stage), so no run shows as running forever; returns their ids.
+    Runs opened on other hosts cannot be checked from here and are left as they are."""
+    host = socket.gethostname()
+    running = client.search_runs([experiment_id], filter_string=(
+        f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}` LIKE '{host}:%'"), max_results=1000)
+    dead = [run.info.run_id for run in running if not process_alive(run.data.tags[PROCESS_TAG])]
+    for run_id in dead:
+        client.set_tag(run_id, "shiftwatch.closed_by", "a later stage: the run's process was gone")
+        client.set_terminated(run_id, "KILLED")
+    return dead
 
 
 # ---------------------------------------------------------------- shiftwatch check --log
@@ -533,11 +667,10 @@ def log_check(report: dict, params: dict[str, object], html: Path | None = None,
     HTML report (`html`) with its figures (`pictures`, PNG bytes by name) when given."""
     from datetime import datetime
 
-    from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
     uri = tracking_uri()
-    client = MlflowClient(uri)
+    client = store_client(uri)
     experiment_id = _retry(lambda: _experiment_id(client, uri))
     tags = {**dvc_tags("check"), "shiftwatch.role": "check", "shiftwatch.page": report["page"],
             "shiftwatch.verdict": report["verdict"],

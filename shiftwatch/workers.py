@@ -25,12 +25,18 @@ def fork_map(function: Callable[[Item], Result], items: Sequence[Item],
     if workers <= 1 or len(items) <= 1:
         return [_single_threaded(function, item) for item in items]
     _task = (function, items)
+    pool = ProcessPoolExecutor(min(workers, len(items)), mp_context=multiprocessing.get_context("fork"))
     try:
-        with ProcessPoolExecutor(min(workers, len(items)),
-                                 mp_context=multiprocessing.get_context("fork")) as pool:
-            return list(pool.map(_run, range(len(items))))
+        results = list(pool.map(_run, range(len(items))))
+    except BaseException:  # SIGTERM, Ctrl-C, a lost tracking store: stop now, not after the queue
+        for worker in list((pool._processes or {}).values()):
+            worker.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
     finally:
         _task = None
+    pool.shutdown(wait=True)
+    return results
 
 
 def _run(index: int):

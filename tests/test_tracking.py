@@ -1,5 +1,9 @@
+import contextlib
 import json
+import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +21,8 @@ from shiftwatch.tracking import (
     git_commit,
     headline_metrics,
     parent_name,
+    process_alive,
+    process_identity,
     repo_root,
     stage_run,
     tracking_uri,
@@ -169,3 +175,178 @@ def test_a_store_that_does_not_answer_stops_the_stage_before_its_work(store, mon
             worked.append(True)
     assert not worked
     assert "\n" not in str(raised.value)
+
+
+# ---------------------------------------------------------------- faults: signals, dead processes, a lost server
+
+# A stage that opens its run, says so, then works (sleeps) until stopped.
+SLOW_STAGE = """
+import sys, time
+from shiftwatch.cli import run_stage
+from shiftwatch.params import Params
+from shiftwatch.tracking import stage_run
+
+def main():
+    with stage_run("detect", Params()):
+        print("working", flush=True)
+        time.sleep(120)
+
+run_stage("detect", main)
+"""
+
+
+def _start_slow_stage(store: Path, env: dict | None = None) -> subprocess.Popen:
+    script = store / "slow_stage.py"
+    script.write_text(SLOW_STAGE)
+    stage = subprocess.Popen([sys.executable, str(script)], cwd=store, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    assert stage.stdout.readline().strip() == "working"  # the body runs ...
+    uri = (env or {}).get("MLFLOW_TRACKING_URI") or f"sqlite:///{store / 'mlflow.db'}"
+    deadline = time.monotonic() + 30
+    while not _open_runs_of(uri, stage.pid):  # ... and the helper has opened its runs
+        assert time.monotonic() < deadline, "the stage's run did not open"
+        time.sleep(0.2)
+    return stage
+
+
+def _open_runs_of(uri: str, pid: int) -> list:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is None:
+        return []
+    return client.search_runs([experiment.experiment_id], filter_string=(
+        f"attributes.status = 'RUNNING' and tags.`dvc.stage` = 'detect' and "
+        f"tags.`shiftwatch.process` LIKE '%:{pid}:%'"))
+
+
+def _statuses(uri: str) -> list[tuple[str, str]]:
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+    return sorted((r.data.tags.get("dvc.stage", "parent"), r.info.status) for r in runs)
+
+
+def test_sigterm_closes_the_stage_runs_as_failed_with_one_line(store):
+    stage = _start_slow_stage(store)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    stage.send_signal(signal.SIGTERM)
+    _, err = stage.communicate(timeout=30)
+    assert stage.returncode == 143
+    assert time.monotonic() - sent < 10
+    assert err.strip().splitlines() == ["shiftwatch detect: terminated (SIGTERM); no output is half-written, "
+                                        "rerun the stage"]
+    assert _statuses(f"sqlite:///{store / 'mlflow.db'}") == [("detect", "FAILED"), ("parent", "FAILED")]
+
+
+def test_runs_of_a_killed_stage_are_closed_as_killed_by_the_next_start(store):
+    """SIGKILL cannot be handled: the runs stay RUNNING until the next stage start finds their
+    process gone. A live stage's runs are left alone."""
+    killed = _start_slow_stage(store)
+    killed.kill()
+    killed.wait(timeout=10)
+    alive = _start_slow_stage(store)  # its start sweeps: the killed stage's runs only
+    try:
+        uri = f"sqlite:///{store / 'mlflow.db'}"
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
+        by_status = sorted((r.info.status, r.data.tags.get("dvc.stage", "parent")) for r in runs)
+        # one parent (same pipeline key): reopened RUNNING by the live stage after the sweep
+        assert by_status == [("KILLED", "detect"), ("RUNNING", "detect"), ("RUNNING", "parent")]
+        swept = next(r for r in runs if r.info.status == "KILLED")
+        assert "process was gone" in swept.data.tags["shiftwatch.closed_by"]
+    finally:
+        alive.kill()
+        alive.wait(timeout=10)
+    with stage_run("detect", Params()):  # the next start closes the second one too
+        pass
+    assert _statuses(uri) == [("detect", "FINISHED"), ("detect", "KILLED"), ("detect", "KILLED"),
+                              ("parent", "FINISHED")]
+
+
+def test_process_identity_tells_a_reused_pid_from_the_original():
+    me = process_identity(os.getpid())
+    assert process_alive(me)
+    host, pid, started = me.rsplit(":", 2)
+    assert not process_alive(f"{host}:{pid}:{int(started) + 1}")  # same pid, another start time
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    assert not process_alive(f"{host}:{finished.stdout.strip()}:")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    """A real tracking server on a SQLite backend in `folder`, answering /health."""
+    import requests
+
+    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
+                               f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
+                               str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+                               "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return server
+        except requests.RequestException:
+            time.sleep(0.5)
+    _stop(server)
+    raise AssertionError("mlflow server did not start")
+
+
+def _stop(server: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
+
+
+def test_a_server_killed_mid_stage_stops_the_stage_in_seconds_and_no_run_stays_running(store, monkeypatch):
+    port = _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    server = _mlflow_server(store, port)
+    try:
+        stage = _start_slow_stage(store, {"MLFLOW_TRACKING_URI": uri})
+        _stop(server)  # the server goes while the stage computes
+        gone = time.monotonic()
+        _, err = stage.communicate(timeout=60)
+        assert time.monotonic() - gone <= 10
+        assert stage.returncode == 2
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"shiftwatch detect: error: the MLflow tracking store at {uri} stopped answering mid-stage")
+        server = _mlflow_server(store, port)  # back, same database: the runs were left RUNNING
+        assert ("detect", "RUNNING") in _statuses(uri)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        with stage_run("detect", Params()):  # the next stage's start closes them
+            pass
+        assert _statuses(uri) == [("detect", "FINISHED"), ("detect", "KILLED"), ("parent", "FINISHED")]
+    finally:
+        _stop(server)
+
+
+@pytest.mark.parametrize("command", [["timeline", "--png", "{tmp}/t.png"], ["check", "{batch}", "--log"]])
+def test_operator_commands_fail_in_seconds_with_one_line_on_a_dead_server(command, tmp_path, monkeypatch):
+    """No server on the port: one line and exit 2 within 10 s (it was ~250 s of MLflow's
+    retries and, for `timeline`, a 112-line traceback)."""
+    from conftest import REPO
+
+    port = _free_port()
+    batch = REPO / "data" / "b_shift_sample.npy"
+    if "{batch}" in command and not batch.exists():
+        pytest.skip("needs the pipeline's outputs: run `dvc repro` first")
+    argv = [part.format(tmp=tmp_path, batch=batch) for part in command]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "shiftwatch", *argv], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}, timeout=120)
+    assert time.monotonic() - started <= 10 + (5 if command[0] == "check" else 0)  # + the check itself
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1
+    assert f"127.0.0.1:{port} does not answer" in errors[0]

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shiftwatch.tracking import _artifact_location, repo_root  # noqa: E402
+from shiftwatch.tracking import _artifact_location, repo_root, store_client  # noqa: E402
 
 MIGRATED_FROM = "shiftwatch.migrated_from"
 PARENT = "mlflow.parentRunId"
@@ -35,9 +35,7 @@ PARENT = "mlflow.parentRunId"
 def migrate(source_uri: str, target_uri: str, log=print) -> dict[str, int]:
     """Copy every experiment, run and registered model of `source_uri` that `target_uri` does
     not hold yet. Returns counts: runs and versions copied, and those already there."""
-    from mlflow import MlflowClient
-
-    source, target = MlflowClient(source_uri), MlflowClient(target_uri)
+    source, target = store_client(source_uri), store_client(target_uri)
     counts = {"runs": 0, "runs_already_there": 0, "versions": 0, "versions_already_there": 0}
     new_ids: dict[str, str] = {}
     for experiment in source.search_experiments():
