@@ -1,10 +1,15 @@
 """A team's setup, for real: a throw-away PostgreSQL cluster, `mlflow server` on it with proxied
 artifacts, a small `dvc repro`, then four queued experiments run two at a time
 (`dvc queue start -j 2`). Every stage run of every experiment must land, none left RUNNING,
-and artifacts must come back through the server."""
+and artifacts must come back through the server.
+
+Then the wrapper's faults, injected for real into `tools/team_server.py` run as a subprocess:
+SIGKILL (orphans left running), SIGTERM, a stale postmaster.pid, a busy port, a broken cluster."""
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -24,8 +29,8 @@ import team_server  # noqa: E402
 from shiftwatch.io import load_set  # noqa: E402
 from shiftwatch.lineage import file_md5  # noqa: E402
 
-pytestmark = [needs_fashion_mnist, pytest.mark.skipif(
-    not (team_server.PG_BIN / "initdb").exists(), reason="PostgreSQL 15 not installed: apt-get install postgresql")]
+pytestmark = pytest.mark.skipif(
+    not (team_server.PG_BIN / "initdb").exists(), reason="PostgreSQL 15 not installed: apt-get install postgresql")
 BRIGHTNESS = ("0.0", "0.05", "0.15", "0.2")
 
 
@@ -39,12 +44,11 @@ def server():
     try:
         backend = team_server.start_postgres(folder / "pg", team_server.free_port())
         port = team_server.free_port()
-        mlflow = team_server.start_mlflow(backend, folder / "artifacts", port, folder / "mlflow.log")
+        mlflow = team_server.start_mlflow(backend, folder, port)
         yield f"http://127.0.0.1:{port}"
     finally:
         if mlflow is not None:
-            mlflow.terminate()
-            mlflow.wait(timeout=60)
+            team_server.stop_mlflow(mlflow, folder)
         team_server.stop_postgres(folder / "pg")
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -60,6 +64,7 @@ def _dvc(repo: Path, uri: str, *args: str) -> subprocess.CompletedProcess:
     return _run(repo, uri, sys.executable, "-m", "dvc", *args)
 
 
+@needs_fashion_mnist
 def test_four_experiments_two_at_a_time_lose_nothing_on_the_server(server, tmp_path):
     from mlflow import MlflowClient
 
@@ -121,6 +126,7 @@ def test_four_experiments_two_at_a_time_lose_nothing_on_the_server(server, tmp_p
         file_md5(repo / "models" / "resnet18.pt")
 
 
+@needs_fashion_mnist
 def test_a_local_history_moves_to_the_server(server, tmp_path):
     """tools/migrate_store.py from a local SQLite store to the PostgreSQL-backed server."""
     source = f"sqlite:///{tmp_path / 'local.db'}"
@@ -128,3 +134,240 @@ def test_a_local_history_moves_to_the_server(server, tmp_path):
     counts = migrate_store.migrate(source, server, log=lambda _: None)
     assert (counts["runs"], counts["versions"]) == (2, 1)
     check_copy(server, tmp_path, experiment="someone's laptop", model="laptop-model")
+
+
+# ---------------------------------------------------------------- the wrapper's faults, injected for real
+
+SERVER_UP = "MLflow server on PostgreSQL is up."
+STOP_BOUND_S = 30  # the wrapper's own bound (20 s SIGTERM, then SIGKILL) plus slack
+
+
+class Site:
+    """A throw-away server folder and the wrappers started on it."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.wrappers = folder, []
+
+    def start(self, port: int) -> subprocess.Popen:
+        with (self.folder / f"wrapper-{len(self.wrappers)}.out").open("w") as output:
+            wrapper = subprocess.Popen([sys.executable, str(REPO / "tools" / "team_server.py"), "--folder",
+                                        str(self.folder), "--port", str(port)], stdout=output,
+                                       stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+        self.wrappers.append(wrapper)
+        return wrapper
+
+    def output(self, wrapper: subprocess.Popen) -> str:
+        return (self.folder / f"wrapper-{self.wrappers.index(wrapper)}.out").read_text()
+
+    def wait_up(self, wrapper: subprocess.Popen, timeout_s: float = 150) -> float:
+        """Seconds until the wrapper says the server is up; fails the test if it exits first."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            if SERVER_UP in self.output(wrapper):
+                return time.monotonic() - started
+            if wrapper.poll() is not None:
+                pytest.fail(f"the wrapper exited with {wrapper.returncode}: {self.output(wrapper)}")
+            time.sleep(0.2)
+        pytest.fail(f"the wrapper was not up within {timeout_s} s: {self.output(wrapper)}")
+
+
+@pytest.fixture
+def site():
+    """Whatever a test starts in its folder is killed afterwards, whether the test passed or not."""
+    folder = Path(tempfile.mkdtemp(prefix="shiftwatch-wrapper-"))  # not 0700: as root, PostgreSQL runs as `postgres`
+    os.chmod(folder, 0o755)
+    site = Site(folder)
+    try:
+        yield site
+    finally:
+        for wrapper in site.wrappers:
+            wrapper.kill()
+            wrapper.wait(timeout=30)
+        _kill_everything_from(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _kill_everything_from(folder: Path) -> None:
+    pg_ctl = [str(team_server.PG_BIN / "pg_ctl"), "-D", str(folder / "postgres"), "-m", "immediate", "stop"]
+    subprocess.run(team_server._as_postgres(pg_ctl), capture_output=True, timeout=60)
+    for pid in _pids():
+        if str(folder) in _cmdline(pid):  # the postmaster (-D) and `mlflow server` (--artifacts-destination)
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)  # both lead their own group
+            except ProcessLookupError:
+                pass
+
+
+def _pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _parent_and_state(pid: int) -> tuple[int, str] | None:
+    try:
+        state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except (OSError, ValueError):
+        return None
+    return int(ppid), state
+
+
+def _running(pid: int) -> bool:
+    found = _parent_and_state(pid)
+    return found is not None and found[1] not in ("Z", "X")  # a zombie has exited
+
+
+def _descendants(root: int) -> list[int]:
+    parents = {pid: found[0] for pid in _pids() if (found := _parent_and_state(pid))}
+    family, added = {root}, True
+    while added:
+        children = {pid for pid, parent in parents.items() if parent in family} - family
+        family, added = family | children, bool(children)
+    return sorted(family - {root})
+
+
+def _server_processes(site: Site, wrapper: subprocess.Popen) -> list[int]:
+    """PostgreSQL's postmaster (from its own postmaster.pid) and its children, and everything the
+    wrapper started below it (`mlflow server`, uvicorn and its workers, MLflow's job consumers)."""
+    postmaster = int((site.folder / "postgres" / "postmaster.pid").read_text().split()[0])
+    return [postmaster, *_descendants(postmaster), *_descendants(wrapper.pid)]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _assert_sigterm_stops_everything(site: Site, wrapper: subprocess.Popen, port: int) -> float:
+    processes = _server_processes(site, wrapper)
+    assert len(processes) > 5, processes  # a postmaster with children, mlflow with uvicorn: the check can fail
+    sent = time.monotonic()
+    wrapper.send_signal(signal.SIGTERM)
+    assert wrapper.wait(timeout=STOP_BOUND_S) == 0
+    while [pid for pid in processes if _running(pid)] and time.monotonic() - sent < STOP_BOUND_S:
+        time.sleep(0.2)
+    left = [f"{pid}: {_cmdline(pid)[:100]}" for pid in processes if _running(pid)]
+    assert not left, left
+    assert _port_free(port)
+    assert not (site.folder / "postgres" / "postmaster.pid").exists()
+    lines = site.output(wrapper).splitlines()
+    assert lines[0].startswith(SERVER_UP) and lines[-1] == "SIGTERM: MLflow server and PostgreSQL stopped."
+    assert "Traceback" not in site.output(wrapper)
+    return time.monotonic() - sent
+
+
+def test_sigterm_stops_mlflow_and_postgres_and_exits_cleanly(site):
+    port = team_server.free_port()
+    wrapper = site.start(port)
+    site.wait_up(wrapper)
+    print(f"SIGTERM: everything gone after {_assert_sigterm_stops_everything(site, wrapper, port):.1f} s")
+
+
+def test_a_wrapper_killed_by_sigkill_restarts_over_its_orphans_and_loses_nothing(site):
+    from mlflow import MlflowClient
+
+    port = team_server.free_port()
+    uri = f"http://127.0.0.1:{port}"
+    first = site.start(port)
+    site.wait_up(first)
+    before = MlflowClient(uri).create_experiment("before the crash")
+    orphans = _server_processes(site, first)
+    first.kill()
+    first.wait(timeout=30)
+    assert _running(orphans[0])  # the fault is real: PostgreSQL outlived its wrapper ...
+    assert not _port_free(port)  # ... and so did `mlflow server`
+
+    second = site.start(port)
+    seconds = site.wait_up(second)
+    assert not [pid for pid in orphans if _running(pid)]  # stopped, not left beside the new ones
+    client = MlflowClient(uri)
+    assert client.get_experiment(before).name == "before the crash"
+    assert client.get_experiment(client.create_experiment("after the crash")).name == "after the crash"
+    assert site.output(second).startswith(SERVER_UP)
+    print(f"restart after SIGKILL: up in {seconds:.1f} s")
+    _assert_sigterm_stops_everything(site, second, port)
+
+
+@pytest.mark.parametrize("left_by", ["a process now gone", "a program that reused the pid"])
+def test_a_stale_postmaster_pid_does_not_break_the_start(site, left_by):
+    """After a power cut postmaster.pid stays; after the reboot its pid is free, or someone else's."""
+    team_server.start_postgres(site.folder, team_server.free_port())
+    pidfile = site.folder / "postgres" / "postmaster.pid"
+    stale = pidfile.read_text().splitlines()
+    team_server.stop_postgres(site.folder)
+    squatter = None
+    if left_by == "a program that reused the pid":  # same user as the cluster, so postgres itself refuses
+        squatter = subprocess.Popen(["sleep", "60"], user="postgres" if os.geteuid() == 0 else None)
+        stale[0] = str(squatter.pid)
+    pidfile.write_text("\n".join(stale) + "\n")
+    try:
+        backend = team_server.start_postgres(site.folder, team_server.free_port())
+        import psycopg2
+
+        connection = psycopg2.connect(backend.replace("postgresql+psycopg2", "postgresql"))
+        try:
+            cursor = connection.cursor()
+            cursor.execute("select 1")
+            assert cursor.fetchone() == (1,)
+        finally:
+            connection.close()
+    finally:
+        if squatter is not None:
+            squatter.kill()
+            squatter.wait()
+
+
+def test_an_orphaned_cluster_that_will_not_stop_is_one_line_with_the_command_to_run(site, monkeypatch):
+    team_server.start_postgres(site.folder, team_server.free_port())
+    postmaster = int((site.folder / "postgres" / "postmaster.pid").read_text().split()[0])
+    os.kill(postmaster, signal.SIGSTOP)  # hung: pg_ctl stop cannot stop it
+    try:
+        monkeypatch.setattr(team_server, "STOP_TIMEOUT_S", 2)
+        with pytest.raises(SystemExit) as failure:
+            team_server.start_postgres(site.folder, team_server.free_port())
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+    message = str(failure.value)
+    assert "\n" not in message
+    assert f"(pid {postmaster})" in message and f"pg_ctl -D {site.folder / 'postgres'} -m immediate stop" in message
+
+
+def test_a_busy_port_is_one_line_naming_the_port_and_its_holder(site):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        wrapper = site.start(port)
+        assert wrapper.wait(timeout=60) == 1
+    lines = site.output(wrapper).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"port {port} is in use by pid {os.getpid()} ("), lines
+    assert not (site.folder / "postgres").exists()  # refused before anything started
+
+
+@pytest.mark.parametrize(("broken", "first_words"), [
+    ("a file where the cluster goes", "initdb failed"),
+    ("a cluster without its files", "PostgreSQL did not start"),
+])
+def test_a_failing_initdb_or_pg_ctl_is_one_line(site, broken, first_words):
+    data = site.folder / "postgres"
+    if broken == "a file where the cluster goes":
+        data.write_text("not a cluster")
+    else:
+        data.mkdir(mode=0o700)
+        (data / "PG_VERSION").write_text("15\n")
+        if os.geteuid() == 0:
+            shutil.chown(data, "postgres")
+    wrapper = site.start(team_server.free_port())
+    assert wrapper.wait(timeout=60) == 1
+    lines = site.output(wrapper).splitlines()
+    assert len(lines) == 1 and lines[0].startswith(first_words), lines
