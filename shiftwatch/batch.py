@@ -34,7 +34,7 @@ def load_batch(path: Path) -> tuple[np.ndarray, dict]:
     else:
         raise ShiftwatchError(f"{path}: unknown batch type '{path.suffix}'; pass an .npz / .npy "
                               f"array or a folder of PNG/JPEG images")
-    images = _as_gray_28(raw, str(path))
+    images = as_images(raw, str(path))
     if info["source"] != "folder":
         info.update(input_shape=list(raw.shape), input_dtype=str(raw.dtype),
                     input_sizes=[f"{raw.shape[2]}x{raw.shape[1]}"],
@@ -98,8 +98,10 @@ def _pil_gray(image):
     return image.convert("L")
 
 
-def _as_gray_28(raw: np.ndarray, origin: str) -> np.ndarray:
-    """uint8 / float array (N, H, W[, C]) -> float32 (N, 28, 28) in [0, 1]."""
+def as_images(raw: np.ndarray, origin: str) -> np.ndarray:
+    """uint8 / float array (N, H, W[, C]) -> float32 (N, 28, 28) in [0, 1]; every rule on a batch,
+    N >= 2 included, as a ShiftwatchError naming `origin`. The one validation a local check
+    (load_batch) and `shiftwatch serve` (a request body) share, so they refuse alike."""
     shape = raw.shape
     if raw.ndim not in (3, 4):
         hint = "add a batch axis: images[None]" if raw.ndim == 2 else \

@@ -1,12 +1,24 @@
 """`shiftwatch serve` + `shiftwatch check --server`: the same report as a local check, over HTTP."""
+import io
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlparse
 
+import numpy as np
 import pytest
-from test_check import check, project  # noqa: F401 (project is a fixture)
+from test_check import blobs, check, project  # noqa: F401 (project is a fixture)
+
+from shiftwatch import ShiftwatchError
+from shiftwatch.serve import make_server, request_check
+
+READ_TIMEOUT = 1.0  # seconds: short, so the stalled-client tests take seconds
+SINGLE_IMAGE = "a single image; the two-sample tests need at least 2 (and have little power below ~100)"
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +26,8 @@ def server(project):  # noqa: F811
     process = subprocess.Popen(
         [sys.executable, "-m", "shiftwatch", "serve", "--port", "0", "--reference", str(project / "test.npz"),
          "--model", str(project / "resnet18.pt"), "--params", str(project / "params.yaml"),
-         "--estimator", str(project / "estimator.json"), "--finetuned", str(project / "finetuned.pt")],
+         "--estimator", str(project / "estimator.json"), "--finetuned", str(project / "finetuned.pt"),
+         "--read-timeout", str(READ_TIMEOUT)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         banner = process.stdout.readline()  # printed once the model is loaded and the port bound
@@ -23,6 +36,52 @@ def server(project):  # noqa: F811
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def modelless(project):  # noqa: F811
+    """An in-process server with no model: a request that reaches the model gets a 500, so a 400
+    from it proves the request was refused before the model ran."""
+    from shiftwatch.checking import load_inputs
+
+    settings, ref, paths = load_inputs(project / "test.npz", project / "resnet18.pt", project / "params.yaml",
+                                       project / "estimator.json", project / "finetuned.pt")
+    server = make_server(settings, ref, None, paths, read_timeout=READ_TIMEOUT)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def npy(images: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, images)
+    return buffer.getvalue()
+
+
+def post(url: str, body: bytes, header: str | None = "{}", sent: int | None = None) -> socket.socket:
+    """POST /check on a raw socket: the headers, then the first `sent` bytes of the body (all of it
+    by default); the socket stays open, as a stalled client's does."""
+    address = urlparse(url)
+    sock = socket.create_connection((address.hostname, address.port), timeout=READ_TIMEOUT + 10)
+    batch = f"X-Shiftwatch-Batch: {header}\r\n" if header is not None else ""
+    head = f"POST /check HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\n{batch}\r\n"
+    sock.sendall(head.encode() + body[:sent])
+    return sock
+
+
+def answer(sock: socket.socket) -> tuple[int | None, dict | None]:
+    """(status, JSON body) read to the end of the connection; (None, None) if closed unanswered."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    sock.close()
+    if not data:
+        return None, None
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
 
 
 def test_a_check_on_the_server_gives_the_local_report(project, server, tmp_path):  # noqa: F811
@@ -63,3 +122,81 @@ def test_no_server_fails_fast_with_one_line(project, capsys):  # noqa: F811
     error = capsys.readouterr().err
     assert "--server http://127.0.0.1:9: no answer" in error and "shiftwatch serve" in error
     assert error.count("\n") == 1
+
+
+@pytest.mark.parametrize("header, words", [("[1,2]", "a JSON array, not an object"),
+                                           ("5", "a JSON number, not an object"),
+                                           ('"clean.npy"', "a JSON string, not an object"),
+                                           ("{oops", "not JSON"), ("[" * 5000, "not JSON")])
+def test_a_batch_header_not_a_json_object_is_a_400_before_the_model_runs(modelless, header, words):
+    started = time.perf_counter()
+    status, reply = answer(post(modelless, npy(blobs(20, seed=3)), header))
+    assert time.perf_counter() - started < 2
+    assert status == 400, reply  # the model-less server gives 500 had the check started
+    assert reply["error"] == f'the X-Shiftwatch-Batch header is {words}; send a JSON object such as ' \
+                             '{"path": "batch.npy"}'
+
+
+def test_a_bad_batch_header_on_the_real_server_is_a_400_and_it_keeps_serving(project, server):  # noqa: F811
+    for header in ("[1,2]", "5"):
+        status, reply = answer(post(server, npy(blobs(20, seed=3)), header))
+        assert status == 400 and "\n" not in reply["error"] and "not an object" in reply["error"]
+    report, _ = request_check(server, blobs(20, seed=3), {"path": "ok.npy"})
+    assert report["batch"] == {"path": "ok.npy", "images": 20}
+
+
+def test_an_unexpected_failure_is_a_json_500_with_one_line_and_the_server_lives_on(modelless, capsys):
+    status, reply = answer(post(modelless, npy(blobs(20, seed=3))))
+    assert status == 500
+    assert reply["error"].startswith("internal error (") and reply["error"].endswith("see the server's log")
+    assert "\n" not in reply["error"] and "Traceback" not in reply["error"]
+    logged = capsys.readouterr().err.splitlines()
+    assert len(logged) == 1 and logged[0].startswith("shiftwatch serve: error: POST /check: ")
+    with urllib.request.urlopen(f"{modelless}/health", timeout=5) as health:
+        assert json.load(health)["ok"] is True
+
+
+def handler_threads(settle_to: int | None = None) -> int:
+    """The request threads alive in this process (socketserver names them after their target),
+    after waiting up to 2 s for them to come down to `settle_to`."""
+    deadline = time.monotonic() + 2
+    while True:
+        alive = sum("process_request_thread" in thread.name for thread in threading.enumerate())
+        if settle_to is None or alive <= settle_to or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def test_stalled_clients_are_cut_off_after_the_read_timeout_and_free_their_threads(modelless):
+    assert handler_threads(settle_to=0) == 0
+    body = npy(blobs(20, seed=3))
+    started = time.perf_counter()
+    stalled = [post(modelless, body, sent=100) for _ in range(20)]  # headers, then 100 bytes, then silence
+    mid_headers = socket.create_connection(stalled[0].getpeername(), timeout=READ_TIMEOUT + 10)
+    mid_headers.sendall(b"POST /check HTTP/1.1\r\nContent-Le")
+    time.sleep(0.3)
+    assert handler_threads() == 21  # one each, waiting
+    for sock in stalled:
+        assert answer(sock) == (408, {"error": f"the request stalled: nothing received for {READ_TIMEOUT:g} s"})
+    assert answer(mid_headers) == (None, None)  # http.server closes it unanswered
+    assert time.perf_counter() - started < READ_TIMEOUT + 1
+    assert handler_threads(settle_to=0) == 0
+
+
+def test_the_read_timeout_option_cuts_off_a_stalled_upload(server):
+    started = time.perf_counter()
+    status, reply = answer(post(server, npy(blobs(20, seed=3)), sent=100))
+    assert status == 408 and "nothing received for 1 s" in reply["error"]
+    assert READ_TIMEOUT <= time.perf_counter() - started < READ_TIMEOUT + 3
+
+
+def test_a_single_image_gets_the_local_checks_message(project, server, tmp_path, capsys):  # noqa: F811
+    status, reply = answer(post(server, npy(blobs(1, seed=3))))
+    assert (status, reply) == (400, {"error": f"the request body: {SINGLE_IMAGE}"})
+    with pytest.raises(ShiftwatchError) as refused:
+        request_check(server, blobs(1, seed=3), {})
+    assert str(refused.value) == f"--server {server}: the request body: {SINGLE_IMAGE}"
+    one = tmp_path / "one.npy"
+    np.save(one, blobs(1, seed=3))
+    assert check(project, one) == 2
+    assert capsys.readouterr().err == f"shiftwatch check: error: {one}: {SINGLE_IMAGE}\n"
