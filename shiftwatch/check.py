@@ -20,15 +20,19 @@ stage `harm` says the batch loses at least harm.page_points against the referenc
 **changed**, the Holm verdict of the change detectors, kept as information.
 
 Exit status: 0 not harmful, 1 harmful (page), 2 bad input (one line on stderr, nothing
-written); with --fail-on change, 3 when the batch changed but is not harmful. A --json path
-that cannot be written or a --log that cannot reach MLflow also gives 2 (one line on
-stderr), after the report is printed: a gate never passes silently.
+written); with --fail-on change, 3 when the batch changed but is not harmful. A --json or
+--html path that cannot be written is bad input, found before the check runs (its folder is
+probed with a file created and removed there). A write that fails anyway (disk full) or a --log
+that cannot reach MLflow also gives 2 (one line on stderr), after the report is printed: a gate
+never passes silently.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,11 +98,11 @@ def run(args: argparse.Namespace) -> int:
     changed without harm (only with --fail-on change)."""
     to_stdout = args.json is not None and str(args.json) == "-"
     quiet = args.quiet or to_stdout  # standard output carries the JSON alone
+    outputs = {"--json": None if to_stdout else args.json, "--html": args.html}
     try:
-        for option, path in (("--json", None if to_stdout else args.json), ("--html", args.html)):
-            if path is not None and path.is_dir():
-                raise ShiftwatchError(f"{option} {path}: is a folder; give a file name such as "
-                                      f"{path / ('check.' + option[2:])}")
+        for option, path in outputs.items():
+            if path is not None:
+                writable(option, path)
         taken = batch_time(args.batch, args.time)
         if args.server:
             report, views = _check_on_server(args.server, args.batch, want_views=args.html is not None)
@@ -112,22 +116,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not quiet:
         print(format_report(report))
-    pictures = None
     try:
         if to_stdout:
             json.dump(report, sys.stdout, indent=2)
             sys.stdout.write("\n")
-        elif args.json is not None:
-            from shiftwatch.io import write_json
-
-            write_json(args.json, report)
-        if args.html is not None:
-            from shiftwatch import html_report
-
-            pictures = html_report.write(args.html, report, views)
-    except OSError as err:
-        print(f"shiftwatch check: error: {err.filename}: cannot write ({err.strerror}); "
-              f"pick a writable path", file=sys.stderr)
+        pictures = _write_reports(outputs, report, views)
+    except OSError as err:  # standard output closed under --json -
+        print(f"shiftwatch check: error: --json -: cannot write ({err.strerror or err})", file=sys.stderr)
+        return 2
+    except ShiftwatchError as err:
+        print(f"shiftwatch check: error: {err}", file=sys.stderr)
         return 2
     if args.log:
         try:
@@ -142,6 +140,49 @@ def run(args: argparse.Namespace) -> int:
         if not quiet:
             print(f"logged: MLflow run {run_id}")
     return exit_code(report, args.fail_on)
+
+
+def writable(option: str, path: Path) -> None:
+    """Refuse an output path before the check's seconds are spent: not a folder, and its
+    nearest existing folder takes a new file (the atomic write's temporary file goes there)."""
+    try:
+        if path.is_dir():
+            raise ShiftwatchError(f"{option} {path}: is a folder; give a file name such as "
+                                  f"{path / ('check.' + option[2:])}")
+        folder = path.parent
+        while not folder.exists():  # the writer creates missing folders: they must go in here
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ShiftwatchError(f"{option} {path}: cannot write ({folder} is a file, not a folder); "
+                                  "pick a writable path")
+        handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:  # no permission to look or to create, read-only file system, ...
+        raise ShiftwatchError(f"{option} {path}: cannot write ({err.strerror or err}); "
+                              "pick a writable path") from None
+
+
+def _write_reports(outputs: dict, report: dict, views) -> dict | None:
+    """Write the --json and --html files; returns the HTML report's figures (for --log).
+    A failed write raises ShiftwatchError naming the user's path, not the temporary file."""
+    pictures = None
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        try:
+            if option == "--json":
+                from shiftwatch.io import write_json
+
+                write_json(path, report)
+            else:
+                from shiftwatch import html_report
+
+                pictures = html_report.write(path, report, views)
+        except OSError as err:
+            raise ShiftwatchError(f"{option} {path}: cannot write ({err.strerror or err}); "
+                                  "pick a writable path") from None
+    return pictures
 
 
 def _check_on_server(url: str, batch: Path, want_views: bool):

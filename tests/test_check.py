@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -424,6 +425,38 @@ def test_html_report_is_self_contained_and_says_the_verdict_first(project, tmp_p
 def test_html_to_a_folder_is_refused_before_any_work(project, tmp_path, capsys):
     assert check(project, project / "clean.npy", "--html", tmp_path) == 2
     assert "--html" in capsys.readouterr().err and not list(tmp_path.glob("*.html"))
+
+
+def _file_in_the_way(tmp_path: Path) -> tuple[Path, str]:
+    """An output path whose folder cannot be made: a file holds its name."""
+    (tmp_path / "reports").write_text("a file, not a folder\n")
+    return tmp_path / "reports" / "day1" / "check.out", f"{tmp_path / 'reports'} is a file, not a folder"
+
+
+def _read_only_folder(tmp_path: Path) -> tuple[Path, str]:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only folder")
+    (tmp_path / "reports").mkdir(mode=0o555)
+    return tmp_path / "reports" / "check.out", "Permission denied"
+
+
+@pytest.mark.parametrize("fault", [_file_in_the_way, _read_only_folder])
+@pytest.mark.parametrize("option", ["--json", "--html"])
+def test_an_unwritable_output_is_refused_before_the_check_naming_the_users_path(
+        project, tmp_path, capsys, monkeypatch, option, fault):
+    # given an output path that cannot be written, and a check that must not start
+    out, cause = fault(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.setattr("shiftwatch.check.check_batch", lambda *a, **k: pytest.fail("the check ran"))
+    # when
+    started = time.perf_counter()
+    code = check(project, project / "clean.npy", option, out)
+    # then: one line naming the path the user gave, at once, and nothing left behind
+    assert code == 2 and time.perf_counter() - started < 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"shiftwatch check: error: {option} {out}: cannot write ({cause}); pick a writable path\n"
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None,
