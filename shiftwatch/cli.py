@@ -29,6 +29,7 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     processes behind (no joblib/loky pools, whose workers would outlive it).
     """
     signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file-size limit: an error to report, not a kill
     try:
         main()
     except ShiftwatchError as err:

@@ -5,8 +5,10 @@ so a failed stage never leaves a half-written file behind.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,17 +22,78 @@ from shiftwatch import IMAGE_SIZE, NUM_CLASSES, ShiftwatchError
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it to `path` on success."""
+    """Yield a temporary path in the target's folder; rename it to `path` on success.
+
+    The file gets the mode a plain open() gives (0666 less the umask, not the temporary file's
+    0600), so a teammate or a web server can read what the user's umask lets them. A write that
+    fails for want of room or rights (disk full, a file-size limit, a read-only or foreign
+    folder) is one ShiftwatchError naming `path` and the cause, with nothing half-written left.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+        os.close(fd)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        with _naming(path):
+            yield Path(tmp)
+            os.chmod(tmp, 0o666 & ~UMASK)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; on success it replaces `path` whole, so
+    a stage that fails half-way leaves the previous folder as it was, not a mix of both."""
+    path = Path(path)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        os.chmod(staging, 0o777 & ~UMASK)
+    old = staging.with_name(staging.name + ".old")
+    try:
+        try:
+            yield staging
+        except ShiftwatchError as err:  # name the user's folder, not the staging one
+            raise ShiftwatchError(str(err).replace(str(staging), str(path))) from None
+        with _naming(path):
+            if path.exists():
+                os.replace(path, old)
+            os.replace(staging, path)
+    finally:
+        for leftover in (staging, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it; once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+UMASK = _current_umask()
+# Errors of room or rights: the user can fix them, so they get one line, not a traceback.
+_WRITE_ERRORS = {errno.ENOSPC: "no space left on the device; free some and rerun",
+                 errno.EDQUOT: "the disk quota is exceeded; free some and rerun",
+                 errno.EFBIG: "larger than the file-size limit (ulimit -f); raise it and rerun",
+                 errno.EROFS: "the file system is read-only; write somewhere else",
+                 errno.EACCES: "permission denied; check the folder's owner and mode",
+                 errno.EPERM: "operation not permitted; check the folder's owner and mode"}
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Turn a write error of room or rights into one ShiftwatchError naming `path`."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in _WRITE_ERRORS:
+            raise
+        raise ShiftwatchError(f"cannot write {path}: {_WRITE_ERRORS[err.errno]} "
+                              "(nothing half-written is left)") from None
 
 
 def write_json(path: str | Path, payload: object) -> None:

@@ -11,7 +11,7 @@ from shiftwatch import NUM_CLASSES
 from shiftwatch.cli import run_stage
 from shiftwatch.data import DEBIAN_DIR, find_source, load_fashion_mnist, split_domains, subsample
 from shiftwatch.detectors import ks_test, label_proportion_test, mean_pixel
-from shiftwatch.io import save_set, write_json
+from shiftwatch.io import atomic_folder, save_set, write_json
 from shiftwatch.params import load_params
 from shiftwatch.tracking import stage_run
 
@@ -39,8 +39,9 @@ def main() -> None:
         class_counts = {name: np.bincount(s.labels, minlength=NUM_CLASSES).tolist()
                         for name, s in (("domain_a", domain_a), ("domain_b", domain_b), ("test", test))}
 
-        for name, image_set in (("domain_a", domain_a), ("domain_b", domain_b), ("test", test)):
-            save_set(OUT / f"{name}.npz", image_set, as_uint8=True)
+        with atomic_folder(OUT) as folder:  # all the sets, or the previous ones
+            for name, image_set in (("domain_a", domain_a), ("domain_b", domain_b), ("test", test)):
+                save_set(folder / f"{name}.npz", image_set, as_uint8=True)
         write_json("metrics/prepare.json", summary)
         write_json("metrics/class_counts.json", class_counts)
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from shiftwatch import CLASS_NAMES, NUM_CLASSES
 from shiftwatch.cli import run_stage
-from shiftwatch.io import load_set, save_set, write_json
+from shiftwatch.io import atomic_folder, load_set, save_set, write_json
 from shiftwatch.params import load_params
 from shiftwatch.plots import sample_grid
 from shiftwatch.shift import make_deployment_sets
@@ -31,8 +31,9 @@ def main() -> None:
                           f"class_{shift.label_class}_share": float(np.mean(s.labels == shift.label_class)),
                           "mean_pixel": float(s.images.mean())}
                    for name, s in deployment.items()}
-        for name, image_set in deployment.items():
-            save_set(OUT / f"{name}.npz", image_set, as_uint8=(name in ("b_raw", "b_label")))
+        with atomic_folder(OUT) as folder:  # all the sets, or the previous ones
+            for name, image_set in deployment.items():
+                save_set(folder / f"{name}.npz", image_set, as_uint8=(name in ("b_raw", "b_label")))
         write_json("metrics/shift.json", summary)
         _draw_samples(domain_a, deployment, params.seed)
 

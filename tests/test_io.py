@@ -1,3 +1,10 @@
+import json
+import resource
+import signal
+import stat
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -5,6 +12,7 @@ from shiftwatch import ShiftwatchError
 from shiftwatch.io import (
     ImageSet,
     Predictions,
+    atomic_folder,
     atomic_path,
     load_predictions,
     load_set,
@@ -70,3 +78,57 @@ def test_predictions_roundtrip(tmp_path):
     loaded = load_predictions(tmp_path / "p.npz", hint="x")
     np.testing.assert_array_equal(loaded.predicted, [3, 7])
     np.testing.assert_array_equal(loaded.subset(np.array([1])).labels, [1])
+
+
+def test_written_files_keep_the_users_umask(tmp_path):
+    """Not the temporary file's 0600: a teammate or a web server reads what the umask allows."""
+    script = (f"import os; os.umask(0o027)\n"
+              f"from shiftwatch.io import atomic_folder, write_json\n"
+              f"write_json({str(tmp_path / 'a.json')!r}, {{}})\n"
+              f"with atomic_folder({str(tmp_path / 'sets')!r}) as folder:\n"
+              f"    write_json(folder / 'b.json', {{}})\n")
+    subprocess.run([sys.executable, "-c", script], check=True)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "sets").stat().st_mode) == 0o750
+    assert stat.S_IMODE((tmp_path / "sets" / "b.json").stat().st_mode) == 0o640
+
+
+def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
+    sets = tmp_path / "shifted"
+    with atomic_folder(sets) as folder:
+        write_json(folder / "b_raw.json", {"v": 1})
+        write_json(folder / "b_shift.json", {"v": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_folder(sets) as folder:
+            write_json(folder / "b_raw.json", {"v": 2})
+            raise RuntimeError("the second set failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shifted"]  # no staging folder left
+    assert sorted(p.name for p in sets.iterdir()) == ["b_raw.json", "b_shift.json"]
+    assert json.loads((sets / "b_raw.json").read_text()) == {"v": 1}
+    with atomic_folder(sets) as folder:
+        write_json(folder / "b_raw.json", {"v": 3})
+    assert [p.name for p in sets.iterdir()] == ["b_raw.json"]  # the new folder, not a merge
+
+
+def _limit_file_size(limit: int):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill, as a disk-full write
+    return apply
+
+
+def test_a_write_past_the_limit_is_one_line_naming_the_file(tmp_path):
+    target = tmp_path / "big.npz"
+    write_json(target, {"previous": True})
+    script = ("import numpy as np\n"
+              "from shiftwatch.io import ImageSet, save_set\n"
+              f"save_set({str(target)!r}, ImageSet(np.zeros((1000, 28, 28), np.float32), np.zeros(1000, int), "
+              "np.arange(1000)))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          preexec_fn=_limit_file_size(100_000))
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"shiftwatch.ShiftwatchError: cannot write {target}: larger than the file-size limit (ulimit -f); "
+        "raise it and rerun (nothing half-written is left)")
+    assert json.loads(target.read_text()) == {"previous": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["big.npz"]
