@@ -6,7 +6,8 @@ Importing a stage module (tests, tools) starts nothing.
 """
 import sys
 
-if sys.argv[:1] == ["-m"]:  # runpy sets argv[0] to the script path only after this import
+# runpy sets argv[0] to the script path only after this import; `validate` logs nothing
+if sys.argv[:1] == ["-m"] and "stages.validate" not in sys.orig_argv:
     from shiftwatch.tracking import start_helper
 
     start_helper()

@@ -456,3 +456,55 @@ def test_queued_experiment_lands_in_the_main_mlflow_store(repo):
     assert set(parent.data.metrics) == set(headline_metrics(repo))
     assert parent.info.artifact_uri.startswith((repo / "mlartifacts").resolve().as_uri())
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing in a temp clone
+
+
+def test_a_bad_params_yaml_fails_before_dvc_removes_any_output(repo):
+    """DVC removes a stage's outputs before running it; the `validate` gate fails first, so a
+    NaN alpha no longer costs power's uncached outputs (46 files, ~7 minutes at full size)."""
+    good = (repo / "params.yaml").read_text()
+    outputs = sorted(p for folder in ("metrics", "data/shifted") for p in (repo / folder).rglob("*")
+                     if p.is_file() and p.name != "params_checked.json")
+    before = {p: p.read_bytes() for p in outputs}
+    params = yaml.safe_load(good)
+    params["monitor"]["alpha"] = float("nan")
+    del params["detect"]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        result = _dvc(repo, "repro", check=False)
+        assert result.returncode != 0
+        errors = [line for line in result.stderr.splitlines() if line.startswith("shiftwatch")]
+        assert errors == ["shiftwatch validate: error: params.yaml: detect.bins is not set (nor 5 other keys); "
+                          "restore it from git (git checkout params.yaml)"]
+        assert re.findall(r"Running stage '(\w+)'", result.stdout) == ["validate"]
+        assert {p: p.read_bytes() for p in outputs if p.exists()} == before  # nothing removed or changed
+    finally:
+        (repo / "params.yaml").write_text(good)
+        _dvc(repo, "repro", "validate")
+    assert "up to date" in _dvc(repo, "status").stdout
+
+
+def test_a_full_disk_mid_stage_is_one_line_and_keeps_the_previous_outputs(repo):
+    """A write past the file-size limit (as a full disk: EFBIG instead of ENOSPC) half-way
+    through the shift stage: one line naming the file, exit 2, data/shifted as it was."""
+    import resource
+
+    full = _copy_repo(repo.parent / "full_disk")
+    for folder in ("data/prepared", "data/shifted"):
+        shutil.copytree(repo / folder, full / folder)
+    shutil.copy2(repo / "params.yaml", full / "params.yaml")
+    shifted = {p.name: p.read_bytes() for p in (full / "data" / "shifted").iterdir()}
+    limit = len(shifted["b_covariate.npz"]) - 1  # b_raw and b_label fit (uint8), b_covariate does not
+
+    def file_size_limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    result = subprocess.run([sys.executable, "-m", "stages.shift"], cwd=full, env=_env(full), capture_output=True,
+                            text=True, preexec_fn=file_size_limit)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "shiftwatch shift: error: cannot write data/shifted/b_covariate.npz: larger than the file-size limit "
+        "(ulimit -f); raise it and rerun (nothing half-written is left)"]
+    assert {p.name: p.read_bytes() for p in (full / "data" / "shifted").iterdir()} == shifted
+    assert sorted(p.name for p in (full / "data").iterdir()) == ["prepared", "shifted"]  # no staging left
+    _, runs = _runs(full)
+    assert [r.info.status for r in runs if r.data.tags.get("dvc.stage") == "shift"] == ["FAILED"]
