@@ -7,7 +7,8 @@ the working directory to dvc.yaml, and a queued experiment's temporary clone
 (<root>/.dvc/tmp/exps/...) is mapped back to <root>, so queued runs land in the main store.
 
 Grouping: the parent run is keyed by the DVC experiment name (or "workspace"), the git
-commit and a hash of params.yaml, and named after the params that differ from the baseline
+commit, a hash of params.yaml and the execution (the `dvc` process running the stages, so a
+later `dvc repro -s monitor` gets a parent of its own), and named after the params that differ from the baseline
 commit ("shift.brightness=0.2"). A stage's child run opens when the stage starts, so its
 duration is the stage's and a crash leaves a FAILED run. The child holds the stage's own
 params (the keys dvc.yaml declares for it), detailed metrics and artifacts. The parent holds
@@ -133,9 +134,33 @@ def _user() -> str:
         return "unknown"
 
 
-def pipeline_key(params_json: str, tags: dict[str, str]) -> str:
+def pipeline_key(params_json: str, tags: dict[str, str], execution: str = "") -> str:
+    """Which parent run a stage belongs to: the experiment, commit and params, and the
+    execution (one `dvc repro` or `dvc exp run`), so that a later run of a single stage does
+    not rewrite the status and end time of an earlier execution's parent."""
     params_hash = hashlib.sha256(params_json.encode()).hexdigest()[:12]
-    return f"{tags['dvc.exp_name']}@{tags['git.commit'][:12]}#{params_hash}"
+    return f"{tags['dvc.exp_name']}@{tags['git.commit'][:12]}#{params_hash}" + (f"/{execution}" if execution else "")
+
+
+def pipeline_execution(pid: int) -> str:
+    """host:pid:start of the `dvc` process that runs the stage `pid` (repro, exp run, a queue
+    worker), or of the stage itself when it runs outside DVC or where /proc is missing."""
+    return process_identity(_dvc_ancestor(pid) or pid)
+
+
+def _dvc_ancestor(pid: int) -> int | None:
+    for _ in range(32):  # stage <- sh <- dvc, and a few more levels for queue workers
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        if any(Path(arg.decode(errors="replace")).name == "dvc" for arg in args[:2]) or args[1:3] == [b"-m", b"dvc"]:
+            return pid
+        pid = int(stat[stat.rindex(")") + 2:].split()[1])  # the parent process
+        if pid <= 1:
+            return None
+    return None
 
 
 def flatten_numbers(tree: dict, prefix: str) -> dict[str, float]:
@@ -264,7 +289,7 @@ class _Logger:
         self.stage = stage
         experiment_id = store[1]
         self.tags = tags = dvc_tags(stage)
-        key = pipeline_key(params.model_dump_json(), tags)
+        key = pipeline_key(params.model_dump_json(), tags, pipeline_execution(stage_pid))
         process = {PROCESS_TAG: process_identity(stage_pid)}
         close_dead_runs(client, experiment_id)
         self.parent_id = _retry(lambda: _parent_run(client, experiment_id, key, tags, params.flat(),
