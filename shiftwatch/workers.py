@@ -30,7 +30,7 @@ def fork_map(function: Callable[[Item], Result], items: Sequence[Item],
         results = list(pool.map(_run, range(len(items))))
     except BaseException:  # SIGTERM, Ctrl-C, a lost tracking store: stop now, not after the queue
         for worker in list((pool._processes or {}).values()):
-            worker.terminate()
+            worker.kill()  # not SIGTERM: a worker inherits the stage's handler and would go on
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     finally:

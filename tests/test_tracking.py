@@ -285,23 +285,20 @@ def test_a_later_execution_does_not_rewrite_an_earlier_parents_status(store):
 
 def test_stages_of_one_dvc_process_share_a_parent(tmp_path):
     """The execution is the `dvc` ancestor of the stage process, found through /proc."""
-    fake_dvc = tmp_path / "dvc"  # a process named dvc that starts a stage through a shell
-    fake_dvc.write_text(f"#!/bin/sh\nsh -c '{sys.executable} -c \"import os; print(os.getpid())\"'\n")
-    fake_dvc.chmod(0o755)
     if not Path("/proc/self/stat").exists():
         pytest.skip("no /proc: the execution is the stage process itself")
-    script = (f"import os, subprocess\nfrom shiftwatch.tracking import pipeline_execution\n"
-              f"print(pipeline_execution(os.getpid()), os.getppid())\n")
-    runner = tmp_path / "dvc_runs_twice"
+    script = ("import os\nfrom shiftwatch.tracking import pipeline_execution\n"
+              "print(pipeline_execution(os.getpid()))\n")
+    runner = tmp_path / "dvc_runs_twice"  # a process named dvc that runs two stages through sh
     runner.write_text(f"#!/bin/sh\n{sys.executable} -c '{script}'\n{sys.executable} -c '{script}'\n")
     runner.chmod(0o755)
     (tmp_path / "bin").mkdir()
     (tmp_path / "bin" / "dvc").symlink_to(runner)
     out = subprocess.run([str(tmp_path / "bin" / "dvc")], capture_output=True, text=True, check=True)
-    first, second = [line.split()[0] for line in out.stdout.splitlines()]
+    first, second = out.stdout.split()
     assert first == second  # both stages: the same dvc process
     alone = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert alone.stdout.split()[0] != first  # outside DVC: the stage itself
+    assert alone.stdout.strip() != first  # outside DVC: the stage itself
 
 
 def test_process_identity_tells_a_reused_pid_from_the_original():
@@ -392,3 +389,27 @@ def test_operator_commands_fail_in_seconds_with_one_line_on_a_dead_server(comman
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(errors) == 1
     assert f"127.0.0.1:{port} does not answer" in errors[0]
+
+
+def test_sigterm_stops_a_stage_with_busy_workers_at_once_and_leaves_none(tmp_path):
+    """`fork_map` terminates its workers when the stage is stopped, instead of finishing the
+    queue (power's streams ran for minutes after a SIGTERM)."""
+    script = tmp_path / "busy_stage.py"
+    script.write_text("import os, time\n"
+                      "from shiftwatch.cli import run_stage\n"
+                      "from shiftwatch.workers import fork_map\n"
+                      "def work(item):\n"
+                      "    print('worker', os.getpid(), flush=True)\n"
+                      "    time.sleep(120)\n"
+                      "run_stage('power', lambda: fork_map(work, range(6)))\n")
+    stage = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    workers = [int(stage.stdout.readline().split()[1]) for _ in range(2)]
+    sent = time.monotonic()
+    stage.send_signal(signal.SIGTERM)  # to the stage only, as `timeout` does
+    _, err = stage.communicate(timeout=60)
+    assert time.monotonic() - sent < 10
+    assert stage.returncode == 143 and err.strip().splitlines() == [
+        "shiftwatch power: terminated (SIGTERM); no output is half-written, rerun the stage"]
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
