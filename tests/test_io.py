@@ -4,6 +4,7 @@ import signal
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +133,16 @@ def test_a_write_past_the_limit_is_one_line_naming_the_file(tmp_path):
         "raise it and rerun (nothing half-written is left)")
     assert json.loads(target.read_text()) == {"previous": True}
     assert [p.name for p in tmp_path.iterdir()] == ["big.npz"]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (a device that is always full)")
+def test_a_full_disk_is_one_line_naming_the_target(tmp_path):
+    """ENOSPC for real: /dev/full refuses every write with it."""
+    target = tmp_path / "b_covariate.npz"
+    with pytest.raises(ShiftwatchError) as raised:
+        with atomic_path(target), open("/dev/full", "wb") as full:
+            full.write(b"\0" * 4096)
+            full.flush()
+    assert str(raised.value) == (f"cannot write {target}: no space left on the device; free some and rerun "
+                                 "(nothing half-written is left)")
+    assert list(tmp_path.iterdir()) == []
