@@ -8,7 +8,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint ui bench seeds server remote readme check-example
+.PHONY: setup run test lint ui bench seeds server remote readme docs check-example
 
 $(BIN)/activate: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,10 +47,13 @@ remote:  ## make remote REMOTE=<path, s3://bucket/prefix, ...>: set the default 
 	@test -n "$(REMOTE)" || { echo "make remote: set REMOTE, e.g. make remote REMOTE=/shared/shiftwatch-dvc or REMOTE=s3://bucket/shiftwatch" >&2; exit 2; }
 	dvc remote add --default --force storage "$(REMOTE)"
 
-readme: setup  ## refresh the results tables in README.md from metrics/*.json
-	$(BIN)/python tools/readme.py README.md
+readme: setup  ## refresh the generated tables in README.md and docs/*.md from metrics/*.json
+	$(BIN)/python tools/readme.py
 
-check-example: setup  ## a real `shiftwatch check` on 1,000 B_shift images, saved for the README
+docs: setup  ## build the documentation site into site/ (offline; --strict: a broken link or a page outside the nav fails)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+check-example: setup  ## a real `shiftwatch check` on 1,000 B_shift images, saved for docs/operations.md
 	$(BIN)/python -c "import numpy as np; from shiftwatch.io import load_set; \
 	np.save('data/b_shift_sample.npy', load_set('data/shifted/b_shift.npz').images[:1000])"
 	echo '$$ shiftwatch check data/b_shift_sample.npy' > metrics/check_example.txt

@@ -1,8 +1,10 @@
-"""Refresh the generated tables in README.md from metrics/*.json and benchmarks/results.json.
+"""Refresh the generated tables in README.md and docs/*.md from metrics/*.json and benchmarks/.
 
-`python tools/readme.py README.md` (`make readme`) rewrites what lies between each
-`<!-- NAME:begin -->` / `<!-- NAME:end -->` pair, so the numbers in the README are always
-those of the last real run, never typed by hand.
+`python tools/readme.py` (`make readme`) rewrites what lies between each
+`<!-- NAME:begin -->` / `<!-- NAME:end -->` pair in README.md and every docs/*.md page (or in
+the files named on the command line), so the numbers in the README and the docs are always
+those of the last real run, never typed by hand. Each NAME lives in exactly one file
+(tests/test_readme.py checks it).
 """
 from __future__ import annotations
 
@@ -428,6 +430,34 @@ def page_sets_table() -> str:
     return "\n".join(rows)
 
 
+def headline_table() -> str:
+    """README: each deployment set, what changed in it, the accuracy the model keeps, and what
+    `monitor` says without labels (the page's estimate, the page, the change verdict)."""
+    monitor = _load("metrics/monitor_details.json")
+    if "page" not in monitor.get("b_raw", {}):
+        return "_run `dvc repro monitor`_"
+    import yaml
+
+    shift = yaml.safe_load(Path("params.yaml").read_text())["shift"]
+    counts = {**_load("metrics/prepare.json")["n"],
+              **{name: v["n"] for name, v in _load("metrics/shift.json").items()}}
+    thinned = (f"only {100 * shift['label_keep']:.0f} % of class {shift['label_class']} "
+               f"({_class_name(shift['label_class'])}) kept")
+    blurred = f"28→{shift['downsample']}→28 px blur, brightness +{shift['brightness']}"
+    changed = {"b_raw": "nothing", "b_covariate": blurred, "b_label": thinned, "b_shift": "both"}
+    reference = _load("metrics/evaluate_details.json")["test"]["accuracy"]
+    rows = ["| deployment set | images | what changed | accuracy | estimated without labels (90 % interval) | "
+            "page | changed |", "|---|---|---|---|---|---|---|",
+            f"| test (the reference) | {counts['test']:,} | nothing, never trained on | {_num(reference)} | | | |"]
+    for name in SETS:
+        page = monitor[name]["page"]
+        low, high = page["interval"]
+        rows.append(f"| {name} | {counts[name]:,} | {changed[name]} | {_num(monitor[name]['accuracy']['true'])} | "
+                    f"{_num(page['accuracy'])} ({_num(low)}–{_num(high)}) | "
+                    f"{'**PAGE**' if page['harmful'] else 'no'} | {'yes' if monitor[name]['drift'] else 'no'} |")
+    return "\n".join(rows)
+
+
 def _detected(summary: dict) -> int:
     return len(summary["harmful"]) - len(summary["missed"])
 
@@ -595,7 +625,7 @@ TABLES = {"detection": detection_table, "accuracy": accuracy_table, "study": stu
           "power-monitored": monitored_table, "timeline": timeline_table,
           "check-bench": check_bench_table, "detectors": registry_table, "pixel-ks": added_detector_table,
           "page": page_table, "page-sets": page_sets_table, "page-targets": page_targets_table,
-          "estimator-survey": survey_table}
+          "estimator-survey": survey_table, "headline": headline_table}
 
 
 def refresh(text: str) -> str:
@@ -605,10 +635,18 @@ def refresh(text: str) -> str:
     return text
 
 
+def documents() -> list[Path]:
+    """Every file that may hold generated tables: README.md, then the docs pages."""
+    return [Path("README.md"), *sorted(Path("docs").glob("*.md"))]
+
+
 def main() -> None:
-    readme = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
-    readme.write_text(refresh(readme.read_text()))
-    print(f"refreshed the generated tables in {readme}")
+    for path in [Path(arg) for arg in sys.argv[1:]] or documents():
+        text = path.read_text()
+        refreshed = refresh(text)
+        if refreshed != text:
+            path.write_text(refreshed)
+        print(f"{'refreshed' if refreshed != text else 'up to date'}: {path}")
 
 
 if __name__ == "__main__":
