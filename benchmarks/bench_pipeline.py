@@ -11,7 +11,7 @@
    then `dvc exp run -S shift.brightness=0.2` (target <= 10 % of the full run), then a queued
    sweep of four brightness values (`dvc exp run --queue` x4, `dvc queue start`, wait;
    target <= 40 % of the full run), then `dvc exp show` (column count; the --md table is saved
-   to benchmarks/exp_show.md for the README).
+   to benchmarks/exp_show.md for docs/experiments.md).
 
 Usage: python benchmarks/bench_pipeline.py [--skip-pipeline] [--skip-training] [--rounds 5]
 """

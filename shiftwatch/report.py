@@ -54,7 +54,7 @@ def sweep_rows(param: str, deployment_set: str = "b_shift") -> list[dict]:
             rows[value] = {param: value, "run": run.data.tags.get("dvc.exp_name", ""), **metrics}
     if not rows:
         raise ShiftwatchError(f"no pipeline run in MLflow logs param '{param}' with evaluate results; "
-                              f"run a sweep first (see README)")
+                              f"run a sweep first (see docs/extending.md, \"Severity sweeps\")")
     return sorted(rows.values(), key=lambda row: float(row[param]))
 
 

@@ -278,7 +278,7 @@ def s3_endpoint():
 
 
 def test_an_s3_remote_round_trips_data_model_and_reference(repo, tmp_path, s3_endpoint, monkeypatch):
-    """The S3 set-up the README documents, against a local S3 server: remote settings in the
+    """The S3 set-up docs/experiments.md documents, against a local S3 server: remote settings in the
     git-ignored .dvc/config.local, credentials only from the environment."""
     endpoint, credentials = s3_endpoint
     for key, value in credentials.items():

@@ -7,7 +7,7 @@ as a cron job would log it; then `shiftwatch timeline` draws the stream and name
 batch at which each detector and the verdict alerted.
 
 Usage (repository root, after `dvc repro`): python tools/drift_stream.py
-Writes metrics/plots/timeline.png and metrics/timeline.json (the README's "timeline" table).
+Writes metrics/plots/timeline.png and metrics/timeline.json (the "timeline" table of docs/operations.md).
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ Queues one DVC experiment per training seed (`dvc exp run --queue -S train.seed=
 queue (`dvc queue start`), waits, reads the experiments' headline metrics back from
 `dvc exp show --json`, and writes metrics/seed_spread.json: per headline number the value of
 each seed, the mean and the sample standard deviation. `make readme` turns it into the
-README's "seeds" table. The data stages (prepare, shift, detect) do not read train.seed and
+"seeds" table of docs/results.md. The data stages (prepare, shift, detect) do not read train.seed and
 are identical across the runs; everything downstream of `train` varies.
 
 Usage (from the repository root, after `dvc repro`): python tools/seed_spread.py [--seeds 42 1 2]

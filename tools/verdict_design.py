@@ -141,7 +141,7 @@ def _decision(rates: dict) -> dict:
 def _misses(clean, shifted: dict, verdict: dict, monitored: dict, reference_size: int, alpha: float,
             seed: int) -> dict:
     """The verdict's alarm rate at n = 100 on each miss, against an n-image and a
-    `reference_size`-image reference (context for the README, not part of the rule)."""
+    `reference_size`-image reference (context for docs/statistics.md, not part of the rule)."""
     out = {}
     for name, features in shifted.items():
         for protocol, detectors, size in (("n_against_n", verdict, None),
