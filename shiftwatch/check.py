@@ -103,11 +103,11 @@ def run(args: argparse.Namespace) -> int:
         for option, path in outputs.items():
             if path is not None:
                 writable(option, path)
-        if args.log:  # a store that does not answer is found before the check, in seconds
-            from shiftwatch.tracking import store_client
-
-            store_client()
         taken = batch_time(args.batch, args.time)
+        if args.log:  # a server that does not answer is found before the check, in seconds
+            from shiftwatch.tracking import require_store
+
+            require_store()
         if args.server:
             report, views = _check_on_server(args.server, args.batch, want_views=args.html is not None)
         else:

@@ -460,12 +460,19 @@ def store_client(uri: str | None = None):
     from mlflow import MlflowClient
 
     uri = uri or tracking_uri()
+    require_store(uri)
+    return MlflowClient(uri)
+
+
+def require_store(uri: str | None = None) -> None:
+    """Fail fast (StoreUnreachable) if the tracking server at `uri` does not answer; creates
+    nothing (a SQLite store is made only when a client first writes to it)."""
+    uri = uri or tracking_uri()
     for key, value in FAIL_FAST_HTTP.items():
         os.environ.setdefault(key, value)
     problem = server_problem(uri)
     if problem:
         raise StoreUnreachable(uri, problem)
-    return MlflowClient(uri)
 
 
 def server_problem(uri: str, timeout: float = STORE_TIMEOUT_S) -> str | None:
