@@ -377,5 +377,5 @@ def calibration_flags(rates: Mapping[str, list[AlarmRate]], alpha: float = 0.05,
 def corruption_rows(pool_size: int, seed: int, pool_images: int) -> np.ndarray:
     """The pool rows the corruption streams (the harm table) and stage `harm`'s cells draw
     from: a seeded subset of `pool_images` (power.corruption_pool_images), sorted.
-    tools/verdict_design.py designs on the others."""
+    studies/verdict_design.py designs on the others."""
     return np.sort(np.random.default_rng([seed, 1]).choice(pool_size, min(pool_size, pool_images), replace=False))

@@ -15,26 +15,23 @@ tolerance on one family of shifts and reports how the flag does on another it wa
 - The tolerance maximises Youden's J (flag rate on bad estimates minus flag rate on good ones)
   over a grid, on the calibration family only.
 
-Writes metrics/trust_calibration.json. Usage (after `dvc repro`): python tools/trust_calibration.py
+Writes studies/trust_calibration.json. Usage (after `dvc repro`): python studies/trust_calibration.py
 """
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shiftwatch.features import load_features, model_features
+from shiftwatch.io import load_set
+from shiftwatch.labelshift import bbse, em_priors, estimates_disagree
+from shiftwatch.model import load_model, pick_device
+from shiftwatch.params import load_params
+from shiftwatch.shift import degrade_images
 
-from shiftwatch.features import load_features, model_features  # noqa: E402
-from shiftwatch.io import load_set  # noqa: E402
-from shiftwatch.labelshift import bbse, em_priors, estimates_disagree  # noqa: E402
-from shiftwatch.model import load_model, pick_device  # noqa: E402
-from shiftwatch.params import load_params  # noqa: E402
-from shiftwatch.shift import degrade_images  # noqa: E402
-
-OUT = Path("metrics/trust_calibration.json")
+OUT = Path("studies/trust_calibration.json")
 CALIBRATION = {"none": (28, 0.0), "brightness_0.05": (28, 0.05), "brightness_0.2": (28, 0.2),
                "downsample_14": (14, 0.0)}
 HELD_OUT = {"brightness_0.1": (28, 0.1), "downsample_7": (7, 0.0)}

@@ -25,7 +25,7 @@ Pre-registered (committed before the first run of this tool, stop 17):
   1.5 px) and occlusion (one black square per image, side 6, 10, 14 px, at a random place inside
   the frame).
 
-Outcome of the first run (stop 17; `metrics/verdict_design.json`, "decision"): rule (a) failed,
+Outcome of the first run (stop 17; `studies/verdict_design.json`, "decision"): rule (a) failed,
 0.715 on crop_0.2 and 0.605 on shear_0.3 (0.71 and 0.565 without the candidate); (b) and (c)
 held. The verdict stays as it is.
 
@@ -34,35 +34,32 @@ shear_0.3 and occlusion_6, the last from the held-out run) on the design rows, a
 100-image reference and against a 10,000-image one as `check` and `monitor` use.
 
 The candidate is defined here, not registered: registering it would move every verdict. Writes
-metrics/verdict_design.json. Usage (after `dvc repro power`): python tools/verdict_design.py
+studies/verdict_design.json. Usage (after `dvc repro power`): python studies/verdict_design.py
 """
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shiftwatch.corruptions import corrupt  # noqa: E402
-from shiftwatch.detectors import DetectorResult  # noqa: E402
-from shiftwatch.features import model_features  # noqa: E402
-from shiftwatch.model import load_model, pick_device  # noqa: E402
-from shiftwatch.monitor import FEATURE_DETECTORS  # noqa: E402
-from shiftwatch.params import load_params  # noqa: E402
-from shiftwatch.power import (  # noqa: E402
+from shiftwatch.corruptions import corrupt
+from shiftwatch.detectors import DetectorResult
+from shiftwatch.features import model_features
+from shiftwatch.model import load_model, pick_device
+from shiftwatch.monitor import FEATURE_DETECTORS
+from shiftwatch.params import load_params
+from shiftwatch.power import (
     COMBINED,
-    corruption_rows,  # noqa: E402
+    corruption_rows,
     independent_alarm_rates,
     pool_sampler,
 )
-from stages.power import _pool, _seeded  # noqa: E402
+from shiftwatch.power_design import seeded_detector, unseen_pool
 
-OUT = Path("metrics/verdict_design.json")
+OUT = Path("studies/verdict_design.json")
 DESIGN_SHIFTS = {"crop_0.2": ("crop", 0.2), "shear_0.3": ("shear", 0.3)}
 MISSES = {**DESIGN_SHIFTS, "occlusion_6": ("occlusion", 6)}
 REPETITIONS = 200
@@ -80,14 +77,14 @@ def confidence_drop(reference, deployment, seed: int) -> DetectorResult:
 def main() -> None:
     params = load_params()
     power, alpha = params.power, params.monitor.alpha
-    pool, labels, images = _pool()
+    pool, labels, images = unseen_pool()
     design = np.setdiff1d(np.arange(len(pool)),
                           corruption_rows(len(pool), params.seed, params.power.corruption_pool_images))
     clean, design_labels = pool.subset(design), labels[design]
     model, device = load_model("models/resnet18.pt"), pick_device()
 
-    verdict = {name: _seeded(name, power.mmd_permutations) for name in FEATURE_DETECTORS}
-    monitored = {name: _seeded(name, power.mmd_permutations, params.monitor.mmd_max_per_side)
+    verdict = {name: seeded_detector(name, power.mmd_permutations) for name in FEATURE_DETECTORS}
+    monitored = {name: seeded_detector(name, power.mmd_permutations, params.monitor.mmd_max_per_side)
                  for name in FEATURE_DETECTORS}
     candidates = {"verdict (7)": verdict,
                   "verdict + confidence_drop (8)": {**verdict, "confidence_drop": confidence_drop}}

@@ -22,34 +22,31 @@ has run yet before it can be called out of sample.
   label-shift target); n against n at n = 100, no shift and the three misses. Every candidate is
   scored on the very same draws and p-values.
 
-Writes metrics/verdict_weights.json. Usage (after `dvc repro power`): python tools/verdict_weights.py
+Writes studies/verdict_weights.json. Usage (after `dvc repro power`): python studies/verdict_weights.py
 """
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shiftwatch.corruptions import corrupt  # noqa: E402
-from shiftwatch.features import model_features  # noqa: E402
-from shiftwatch.model import load_model, pick_device  # noqa: E402
-from shiftwatch.monitor import FEATURE_DETECTORS  # noqa: E402
-from shiftwatch.params import load_params  # noqa: E402
-from shiftwatch.power import (  # noqa: E402
-    corruption_rows,  # noqa: E402
+from shiftwatch.corruptions import corrupt
+from shiftwatch.features import model_features
+from shiftwatch.model import load_model, pick_device
+from shiftwatch.monitor import FEATURE_DETECTORS
+from shiftwatch.params import load_params
+from shiftwatch.power import (
+    corruption_rows,
     pool_sampler,
     repetition_pvalues,
     wilson_interval,
 )
-from shiftwatch.workers import fork_map  # noqa: E402
-from stages.power import _pool, _seeded  # noqa: E402
+from shiftwatch.power_design import seeded_detector, unseen_pool
+from shiftwatch.workers import fork_map
 
-OUT = Path("metrics/verdict_weights.json")
+OUT = Path("studies/verdict_weights.json")
 REPETITIONS = 200
 MISSES = ("crop_0.2", "shear_0.3", "occlusion_6")
 CANDIDATES = {
@@ -87,7 +84,7 @@ def main() -> None:
     harm = json.loads(Path("metrics/power_details.json").read_text())["harm"]
     corruptions = {f"{family}_{s:g}": (family, s) for family, levels in power.corruptions.items() for s in levels}
     harmful = [name for name in corruptions if name in harm["harmful"]]
-    pool, labels, images = _pool()
+    pool, labels, images = unseen_pool()
     design = np.setdiff1d(np.arange(len(pool)),
                           corruption_rows(len(pool), params.seed, params.power.corruption_pool_images))
     clean, design_labels = pool.subset(design), labels[design]
@@ -96,8 +93,9 @@ def main() -> None:
                                     params.evaluate.batch_size, device, params.evaluate.precision, desc=name)
                for name in harmful}
     reference = power.monitored_reference
-    n_against_n = {d: _seeded(d, power.mmd_permutations) for d in FEATURE_DETECTORS}
-    monitored = {d: _seeded(d, power.mmd_permutations, params.monitor.mmd_max_per_side) for d in FEATURE_DETECTORS}
+    n_against_n = {d: seeded_detector(d, power.mmd_permutations) for d in FEATURE_DETECTORS}
+    monitored = {d: seeded_detector(d, power.mmd_permutations, params.monitor.mmd_max_per_side)
+                 for d in FEATURE_DETECTORS}
     streams = {"as_monitored/no_shift@100": (pool_sampler(clean, clean, reference_size=reference), monitored, 100),
                "as_monitored/no_shift@200": (pool_sampler(clean, clean, reference_size=reference), monitored, 200),
                "as_monitored/label_keep_0.1@200": (pool_sampler(

@@ -24,9 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from shiftwatch.tracking import _artifact_location, repo_root, store_client  # noqa: E402
+from shiftwatch.tracking import _artifact_location, repo_root, store_client
 
 MIGRATED_FROM = "shiftwatch.migrated_from"
 PARENT = "mlflow.parentRunId"

@@ -585,10 +585,10 @@ def mmd_table() -> str:
 
 
 def trust_table() -> str:
-    """tools/trust_calibration.py: the trust flag on a calibration family and on held-out shifts."""
-    t = _generated("metrics/trust_calibration.json")
+    """studies/trust_calibration.py: the trust flag on a calibration family and on held-out shifts."""
+    t = _generated("studies/trust_calibration.json")
     if t is None:
-        return "_run `python tools/trust_calibration.py`_"
+        return "_run `python studies/trust_calibration.py`_"
     rows = [f"| family | tolerance | draws | bad estimates (class-{_focus()} share off > 1 pt) | flagged when bad | "
             "flagged when good |", "|---|---|---|---|---|---|"]
     for family in ("calibration", "held_out"):
