@@ -144,7 +144,10 @@ def pipeline_key(params_json: str, tags: dict[str, str], execution: str = "") ->
 
 def pipeline_execution(pid: int) -> str:
     """host:pid:start of the `dvc` process that runs the stage `pid` (repro, exp run, a queue
-    worker), or of the stage itself when it runs outside DVC or where /proc is missing."""
+    worker), or of the stage itself when it runs outside DVC. Empty where there is no /proc to
+    walk up (macOS): then every execution with the same key shares a parent, as before."""
+    if not Path(f"/proc/{pid}/stat").exists():
+        return ""
     return process_identity(_dvc_ancestor(pid) or pid)
 
 

@@ -21,6 +21,7 @@ from shiftwatch.tracking import (
     git_commit,
     headline_metrics,
     parent_name,
+    pipeline_execution,
     process_alive,
     process_identity,
     repo_root,
@@ -299,6 +300,9 @@ def test_stages_of_one_dvc_process_share_a_parent(tmp_path):
     assert first == second  # both stages: the same dvc process
     alone = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert alone.stdout.strip() != first  # outside DVC: the stage itself
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    assert pipeline_execution(int(gone.stdout)) == ""  # no /proc entry (as on macOS): no execution in the key
 
 
 def test_process_identity_tells_a_reused_pid_from_the_original():
