@@ -26,12 +26,15 @@ def fork_map(function: Callable[[Item], Result], items: Sequence[Item],
         return [_single_threaded(function, item) for item in items]
     _task = (function, items)
     pool = ProcessPoolExecutor(min(workers, len(items)), mp_context=multiprocessing.get_context("fork"))
+    # submit + result, not map: map cancels its futures when interrupted, and the pool's manager
+    # thread then fails on them (InvalidStateError) as it marks the killed workers' work broken
+    futures = [pool.submit(_run, index) for index in range(len(items))]
     try:
-        results = list(pool.map(_run, range(len(items))))
+        results = [future.result() for future in futures]
     except BaseException:  # SIGTERM, Ctrl-C, a lost tracking store: stop now, not after the queue
         for worker in list((pool._processes or {}).values()):
             worker.kill()  # not SIGTERM: a worker inherits the stage's handler and would go on
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True)
         raise
     finally:
         _task = None
