@@ -121,9 +121,11 @@ def _handler(settings, ref: dict, network, paths: dict, read_timeout: float):
             except _Stalled:
                 self._reply(408, {"error": f"the request stalled: nothing received for {read_timeout:g} s"})
             except Exception as err:  # a bug, not the client's: one line each side, no traceback sent
-                print(f"shiftwatch serve: error: POST /check: {_one_line(err)} at {_where(err)}",
+                from shiftwatch.tracking import one_line
+
+                print(f"shiftwatch serve: error: POST /check: {one_line(err)} at {_where(err)}",
                       file=sys.stderr, flush=True)
-                self._reply(500, {"error": f"internal error ({_one_line(err)}); see the server's log"})
+                self._reply(500, {"error": f"internal error ({one_line(err)}); see the server's log"})
 
         def _check(self, want_views: bool) -> dict:
             """The whole request validated (ShiftwatchError) before the model runs, then the check."""
@@ -200,11 +202,6 @@ class _Stalled(Exception):
     """The client sent nothing for the read timeout in the middle of its request."""
 
 
-def _one_line(err: Exception) -> str:
-    first = (str(err).strip().splitlines() or [""])[0]
-    return f"{type(err).__name__}: {first}" if first else type(err).__name__
-
-
 def _where(err: Exception) -> str:
     """file:line of the innermost frame: enough to find the bug without a traceback."""
     frame = traceback.extract_tb(err.__traceback__)[-1]
@@ -221,7 +218,7 @@ def request_check(url: str, images: np.ndarray, batch_info: dict, views: bool = 
     np.save(buffer, np.ascontiguousarray(images, dtype=np.float32))
     request = Request(f"{url.rstrip('/')}/check{'?views=1' if views else ''}", data=buffer.getvalue(),
                       headers={"Content-Type": "application/octet-stream",
-                               "X-Shiftwatch-Batch": json.dumps(batch_info)}, method="POST")
+                               BATCH_HEADER: json.dumps(batch_info)}, method="POST")
     try:
         with urlopen(request, timeout=timeout) as response:
             answer = json.load(response)

@@ -155,15 +155,25 @@ def _dvc_ancestor(pid: int) -> int | None:
     for _ in range(32):  # stage <- sh <- dvc, and a few more levels for queue workers
         try:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             return None
         if any(Path(arg.decode(errors="replace")).name == "dvc" for arg in args[:2]) or args[1:3] == [b"-m", b"dvc"]:
             return pid
-        pid = int(stat[stat.rindex(")") + 2:].split()[1])  # the parent process
+        fields = _proc_stat(pid)
+        pid = int(fields[1]) if fields else 0  # the parent process
         if pid <= 1:
             return None
     return None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...; field 3 on),
+    None where unreadable. The name is cut at the last ")", as it may hold spaces."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()
 
 
 def flatten_numbers(tree: dict, prefix: str) -> dict[str, float]:
@@ -429,8 +439,9 @@ class _Heartbeat:
 
 
 def one_line(err: BaseException, limit: int = 200) -> str:
+    """"Type: first line of the message" (the type alone if there is none), at most `limit` long."""
     text = str(err).strip()
-    line = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+    line = f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
@@ -671,11 +682,8 @@ def process_alive(identity: str) -> bool:
 
 def _started(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), None where unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2:].split()[19]  # field 22; the name before ")" may hold spaces
+    fields = _proc_stat(pid)
+    return None if fields is None else fields[19]  # field 22 of the stat line
 
 
 def close_dead_runs(client, experiment_id: str) -> list[str]:
