@@ -20,7 +20,8 @@ stage `harm` says the batch loses at least harm.page_points against the referenc
 **changed**, the Holm verdict of the change detectors, kept as information.
 
 Exit status: 0 not harmful, 1 harmful (page), 2 bad input (one line on stderr, nothing
-written); with --fail-on change, 3 when the batch changed but is not harmful. A --json or
+written); with --fail-on change, 3 when the batch changed but is not harmful. With
+--confirm-with PREVIOUS.json, 1 only when the previous batch's report was harmful too. A --json or
 --html path that cannot be written is bad input, found before the check runs (its folder is
 probed with a file created and removed there). A write that fails anyway (disk full) or a --log
 that cannot reach MLflow also gives 2 (one line on stderr), after the report is printed: a gate
@@ -49,7 +50,7 @@ from shiftwatch.checking import (
     DEFAULT_REFERENCE,
     check_batch,
 )
-from shiftwatch.page import FAIL_ON, exit_code
+from shiftwatch.page import FAIL_ON, confirm, exit_code, read_previous
 from shiftwatch.text_report import format_report
 
 HELP = "check a batch of images for distribution shift against the saved reference"
@@ -75,6 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fail-on", choices=FAIL_ON, default="harm",
                         help="harm (default): exit 1 only when the batch is harmful; change: also exit 3 "
                              "when it changed without harm (the change verdict's alarm)")
+    parser.add_argument("--confirm-with", type=Path, default=None, metavar="PREVIOUS.json",
+                        help="page (exit 1) only when the previous batch's --json report says it was harmful "
+                             "too: two in a row (a missing file: the stream's first batch, not confirmed). "
+                             "It may be this run's own --json path: it is read before it is overwritten")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
                         help="also write the report as JSON (atomically); `--json -` writes it to "
                              "standard output instead of the human report")
@@ -104,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             if path is not None:
                 writable(option, path)
         taken = batch_time(args.batch, args.time)
+        previous = None if args.confirm_with is None else read_previous(args.confirm_with)
         if args.log:  # a server that does not answer is found before the check, in seconds
             from shiftwatch.tracking import require_store
 
@@ -115,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
                                         params=args.params, estimator=args.estimator,
                                         finetuned=args.finetuned, progress=not quiet)
         report["batch"]["time"] = taken
+        if args.confirm_with is not None:
+            confirm(report, previous, args.confirm_with)
     except ShiftwatchError as err:
         print(f"shiftwatch check: error: {err}", file=sys.stderr)
         return 2

@@ -6,7 +6,10 @@
 
 Exit codes of `shiftwatch check`: 0 not harmful; 1 harmful (page); 2 bad input; with
 `--fail-on change`, 3 when the batch changed but is not harmful (today's alarm, kept for
-those who want it).
+those who want it). With `--confirm-with PREVIOUS.json` (the last batch's --json report) a
+harmful batch pages only when the previous one was harmful too: two in a row, which cuts
+false pages on a healthy stream from p to p² a batch (stage harm measures p; `timeline`
+states both a week).
 """
 from __future__ import annotations
 
@@ -35,14 +38,39 @@ CHANGE_WORDS = {
 
 
 def exit_code(report: dict, fail_on: str = "harm") -> int:
-    """0 ok, 1 harmful, 3 changed but not harmful (only with fail_on="change")."""
+    """0 ok, 1 page (harmful, and confirmed where confirmation was asked for), 3 changed but
+    not paged (only with fail_on="change")."""
     if fail_on not in FAIL_ON:
         raise ShiftwatchError(f"--fail-on {fail_on!r}: use one of {', '.join(FAIL_ON)}")
-    if report["harmful"]:
+    if report["page"] == "PAGE":
         return EXIT_HARMFUL
     if fail_on == "change" and report["drift"]:
         return EXIT_CHANGED
     return EXIT_OK
+
+
+def read_previous(path: Path) -> dict | None:
+    """The previous batch's --json report for --confirm-with; None when there is none yet
+    (the first batch of a stream: nothing can confirm it). Anything else unreadable is bad input."""
+    hint = "pass the --json report of the previous check, or delete the file to start over"
+    if not path.exists():
+        return None
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ShiftwatchError(f"--confirm-with {path}: unreadable or not JSON ({type(err).__name__}); "
+                              f"{hint}") from None
+    if not isinstance(previous, dict) or previous.get("harmful") not in (0, 1, True, False):
+        raise ShiftwatchError(f"--confirm-with {path}: not a shiftwatch check report (no harmful field); {hint}")
+    return previous
+
+
+def confirm(report: dict, previous: dict | None, path: Path) -> None:
+    """Page only when this batch and the previous one are both harmful (--confirm-with)."""
+    before = None if previous is None else bool(previous["harmful"])
+    report["confirmation"] = {"previous": str(path), "previous_harmful": before,
+                              "previous_time": None if previous is None else previous.get("batch", {}).get("time")}
+    report["page"] = "PAGE" if report["harmful"] and before else "ok"
 
 
 def load_estimator(path: Path) -> tuple[EstimatorFit, Reference, dict]:

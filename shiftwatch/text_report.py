@@ -10,8 +10,13 @@ def headline(report: dict) -> str:
     reference's, and the loss with its 90 % interval."""
     est = report["estimate"]
     low, high = est["loss_interval_points"]
-    answer = ("PAGE: the model is hurt" if report["harmful"]
-              else "ok: the model is not hurt")
+    answer = ("PAGE: the model is hurt" if report["page"] == "PAGE"
+              else "HURT, not paged yet" if report["harmful"] else "ok: the model is not hurt")
+    if report["harmful"] and "confirmation" in report:
+        before = report["confirmation"]["previous_harmful"]
+        answer += (" (confirmed: the previous batch was hurt too)" if before
+                   else f" ({'no previous report' if before is None else 'the previous batch was not hurt'}; "
+                        "a second hurt batch in a row pages)")
     return (f"{answer}: estimated accuracy {est['accuracy']:.2f} vs {est['reference_accuracy']:.2f} on the "
             f"reference, {_points(est['loss_points'])} lost (90 % interval {low:.1f} to {high:.1f}; "
             f"pages at {est['page_points']:g} points)")

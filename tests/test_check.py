@@ -185,7 +185,39 @@ def test_a_batch_the_estimate_calls_harmful_pages_with_exit_code_1(project, tmp_
 def test_exit_codes_gate_on_harm_by_default_and_on_change_when_asked(harmful, changed, fail_on, code):
     from shiftwatch.page import exit_code
 
-    assert exit_code({"harmful": harmful, "drift": changed}, fail_on) == code
+    assert exit_code({"harmful": harmful, "page": "PAGE" if harmful else "ok", "drift": changed}, fail_on) == code
+
+
+def test_confirm_with_pages_only_on_the_second_harmful_batch_in_a_row(project, tmp_path, capsys):
+    """The cron pattern: one file is both the previous report and this run's --json."""
+    last, paging = tmp_path / "last.json", ("--estimator", project / "paging_estimator.json")
+    # the stream's first batch: harmful, but nothing can confirm it yet
+    assert check(project, project / "clean.npy", *paging, "--json", last, "--confirm-with", last) == 0
+    first = json.loads(last.read_text())
+    assert (first["harmful"], first["page"]) == (1, "ok")
+    assert first["confirmation"]["previous_harmful"] is None
+    assert capsys.readouterr().out.startswith("HURT, not paged yet (no previous report; a second hurt batch "
+                                              "in a row pages): estimated accuracy ")
+    # the second harmful batch in a row pages, and says it is confirmed
+    assert check(project, project / "clean.npy", *paging, "--json", last, "--confirm-with", last,
+                 "--time", "2026-12-01T01:00") == 1
+    second = json.loads(last.read_text())
+    assert second["page"] == "PAGE" and second["confirmation"]["previous_harmful"] is True
+    assert capsys.readouterr().out.startswith("PAGE: the model is hurt (confirmed: the previous batch was hurt "
+                                              "too): estimated accuracy ")
+    # a healthy batch in between resets it
+    assert check(project, project / "clean.npy", "--json", last, "--confirm-with", last) == 0
+    assert check(project, project / "clean.npy", *paging, "--confirm-with", last, "--quiet") == 0
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"verdict": "ok"}', "[1, 2]"])
+def test_confirm_with_a_file_that_is_no_report_exits_2_before_the_check(project, tmp_path, capsys, content):
+    bad, out = tmp_path / "previous.json", tmp_path / "out.json"
+    bad.write_text(content)
+    assert check(project, project / "clean.npy", "--confirm-with", bad, "--json", out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"shiftwatch check: error: --confirm-with {bad}: ")
+    assert not out.exists() and bad.read_text() == content
 
 
 @pytest.mark.parametrize("content, words", [("{not json", "not JSON"), ('{"signals": []}', "not an accuracy"),
