@@ -59,9 +59,7 @@ def ks_columns(reference: np.ndarray, deployment: np.ndarray) -> tuple[np.ndarra
         gaps = (np.searchsorted(reference[:, k], pooled, side="right") / n1
                 - np.searchsorted(deployment[:, k], pooled, side="right") / n2)
         statistics[k] = max(gaps.max(), np.clip(-gaps.min(), 0, 1))
-    m, n = sorted([float(n1), float(n2)], reverse=True)
-    pvalues = np.clip(stats.kstwo.sf(statistics, np.round(m * n / (m + n))), 0, 1)
-    return statistics, pvalues
+    return statistics, kstwo_sf(statistics, n1, n2)
 
 
 def per_pixel_ks(reference: np.ndarray, deployment: np.ndarray) -> DetectorResult:
@@ -81,11 +79,33 @@ def per_pixel_ks(reference: np.ndarray, deployment: np.ndarray) -> DetectorResul
         raise ShiftwatchError(f"per_pixel_ks takes uint8 arrays (N, P) with the same P; got "
                               f"{reference.dtype} {reference.shape} and {deployment.dtype} {deployment.shape}")
     gaps = np.abs(_pixel_cdfs(reference) - _pixel_cdfs(deployment)).max(axis=1)
-    m, n = sorted([float(len(reference)), float(len(deployment))], reverse=True)
     # The p-value falls as D grows (same n, m), so the smallest is that of the largest D:
     # one kstwo.sf call, not 784 (~0.5 s).
-    smallest = float(np.clip(stats.kstwo.sf(gaps.max(), np.round(m * n / (m + n))), 0, 1))
+    smallest = float(kstwo_sf(np.array([gaps.max()]), len(reference), len(deployment))[0])
     return DetectorResult(float(gaps.max()), min(1.0, len(gaps) * smallest))
+
+
+# kstwo.sf's exact recursion costs ~1 ms a value, and a KS distance between samples of sizes
+# n1 and n2 takes few distinct values (multiples of 1/n1 - 1/n2 steps), which the power and
+# harm stages meet again and again: remembered by (effective n, distance), the same numbers
+# in less time.
+_KSTWO_SF: dict[tuple[float, float], float] = {}
+_KSTWO_SF_LIMIT = 1_000_000  # entries (~100 MB); the table starts over beyond it
+
+
+def kstwo_sf(statistics: np.ndarray, n1: int, n2: int) -> np.ndarray:
+    """Asymptotic two-sample KS p-values, as scipy's `ks_2samp(method="asymp")`:
+    kstwo.sf(d, round(nm / (n + m))) per statistic d, clipped to [0, 1], memoised."""
+    m, n = sorted([float(n1), float(n2)], reverse=True)
+    effective = float(np.round(m * n / (m + n)))
+    keys = [(effective, float(d)) for d in statistics]
+    missing = sorted({key[1] for key in keys if key not in _KSTWO_SF})
+    if missing:
+        if len(_KSTWO_SF) + len(missing) > _KSTWO_SF_LIMIT:
+            _KSTWO_SF.clear()
+        values = np.clip(stats.kstwo.sf(np.array(missing), effective), 0, 1)
+        _KSTWO_SF.update(((effective, d), float(v)) for d, v in zip(missing, values))
+    return np.array([_KSTWO_SF[key] for key in keys])
 
 
 def _pixel_cdfs(pixels: np.ndarray) -> np.ndarray:
