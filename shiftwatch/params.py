@@ -70,6 +70,7 @@ class MonitorParams(_Strict):
 
 class PowerParams(_Strict):
     repetitions: int = Field(200, ge=1, le=100_000)
+    detection_repetitions: int = Field(100, ge=1, le=100_000)
     sizes: list[Annotated[int, Field(ge=2, le=30_000)]] = Field(
         default_factory=lambda: [10, 20, 50, 100, 200, 500, 1000, 2000], min_length=1)
     brightness_levels: list[Annotated[float, Field(ge=-1, le=1)]] = Field(

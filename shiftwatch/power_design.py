@@ -68,7 +68,7 @@ class Stream:
     accuracy_loss: float | None = None
     corruption: bool = False
     monitored: bool = False
-    repetitions: int | None = None  # None: power.repetitions
+    repetitions: int | None = None  # None: power.repetitions (the nulls)
 
 
 def check_sizes(power, pool_size: int) -> None:
@@ -97,14 +97,16 @@ def build_streams(model, device, pool: Features, labels: np.ndarray, images: np.
     clean_accuracy = accuracy(pool.probabilities, labels)
     for name, shifted in _severities(model, device, images, design).items():
         loss = clean_accuracy - accuracy(shifted.probabilities, labels)
-        streams[name] = Stream("detection", pool_sampler(pool, shifted), power.sizes, loss)
+        streams[name] = Stream("detection", pool_sampler(pool, shifted), power.sizes, loss,
+                               repetitions=power.detection_repetitions)
         streams.update(_harm_as_monitored(name, loss, design, lambda size, shifted=shifted: pool_sampler(
             pool, shifted, reference_size=size)))
     for keep in power.label_keep_levels:
         name = f"label_keep_{keep:g}"
         thinned = {"labels": labels, "label_class": design.label_class, "keep": keep}
         loss = clean_accuracy - accuracy(pool.probabilities, labels, _kept(design.label_class, keep))
-        streams[name] = Stream("detection", pool_sampler(pool, pool, **thinned), power.sizes, loss)
+        streams[name] = Stream("detection", pool_sampler(pool, pool, **thinned), power.sizes, loss,
+                               repetitions=power.detection_repetitions)
         streams.update(_harm_as_monitored(name, loss, design, lambda size, thinned=thinned: pool_sampler(
             pool, pool, **thinned, reference_size=size)))  # harmful only for a weak model
     streams.update(_corruption_streams(model, device, pool, labels, images, design))
@@ -171,7 +173,8 @@ def _monitored_streams(pool: Features, labels: np.ndarray, design: Design) -> di
     for keep in power.label_keep_levels:
         streams[f"{MONITORED}label_keep_{keep:g}"] = Stream("detection", pool_sampler(
             pool, pool, labels=labels, label_class=design.label_class, keep=keep,
-            reference_size=reference), power.monitored_sizes, monitored=True)
+            reference_size=reference), power.monitored_sizes, monitored=True,
+            repetitions=power.detection_repetitions)
     return streams
 
 
