@@ -119,7 +119,7 @@ def judge_cell(cell: Cell, pool_probabilities: np.ndarray, pool_aux: np.ndarray 
     reference of `reference_size` pool rows that excludes the drawn images' own rows."""
     truth, results = cell.accuracy(), {}
     for n in sizes:
-        pages, covered, errors = 0, 0, []
+        pages, covered, errors, paged = 0, 0, [], []
         for r in range(repetitions):
             rng = np.random.default_rng([seed, n, r])
             picked = _draw(cell, n, rng)
@@ -133,14 +133,21 @@ def judge_cell(cell: Cell, pool_probabilities: np.ndarray, pool_aux: np.ndarray 
                              reference, fit, page_points)
             drawn = float(np.mean(cell.probabilities[picked].argmax(1) == cell.labels[picked]))
             pages += found.harmful
+            paged.append(found.harmful)
             covered += found.interval[0] <= drawn <= found.interval[1]
             errors.append(100 * (found.accuracy - truth))
         low, high = wilson_interval(pages, repetitions)
         errors = np.abs(errors)
         results[str(n)] = {"page_rate": float(pages) / repetitions, "ci_low": low, "ci_high": high,
                            "coverage": float(covered) / repetitions, "median_error_points": float(np.median(errors)),
-                           "repetitions": repetitions}
+                           "repetitions": repetitions, "confirmed_pages": _confirmed(paged)}
     return results
+
+
+def _confirmed(paged: list[bool]) -> int:
+    """How many draws paged with the draw before them paging too: the page confirmed by the
+    next batch, counted on the draws in order as if they were a stream."""
+    return sum(before and now for before, now in zip(paged, paged[1:]))
 
 
 def _draw(cell: Cell, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -124,6 +124,7 @@ class HarmParams(_Strict):
     sizes: list[Annotated[int, Field(ge=2, le=5_000)]] = Field(
         default_factory=lambda: [100, 200, 500, 1000], min_length=1)
     repetitions: int = Field(100, ge=1, le=100_000)
+    null_repetitions: int = Field(1000, ge=2, le=100_000)
     design: dict[_HarmFamily, _Severities] = Field(default_factory=lambda: {
         "contrast": [0.7, 0.5, 0.3], "gamma": [1.5, 2, 3], "noise": [0.05, 0.1, 0.2], "rotate": [10, 20, 30],
         "translate": [1, 2, 3], "zoom": [0.1, 0.2, 0.3], "crop": [0.1, 0.2, 0.3], "shear": [0.1, 0.2, 0.3],

@@ -201,11 +201,14 @@ def false_pages_per_week(points: list[dict], details_path: Path | None = None,
         return None
     size = statistics.median(p["images"] for p in points)
     n = min(draws, key=lambda k: abs(int(k) - size))
-    per_week = 7 * batches_per_day
-    return {"batch_images": size, "judged_n": int(n), "page_rate": draws[n]["page_rate"],
-            "per_week": per_week * draws[n]["page_rate"], "per_week_upper": per_week * draws[n]["ci_high"],
-            "confirmed_per_week": per_week * draws[n]["page_rate"] ** 2,
-            "confirmed_per_week_upper": per_week * draws[n]["ci_high"] ** 2,
+    per_week, judged = 7 * batches_per_day, draws[n]
+    return {"batch_images": size, "judged_n": int(n), "page_rate": judged["page_rate"],
+            "draws": judged.get("repetitions"),
+            "per_week": per_week * judged["page_rate"], "per_week_upper": per_week * judged["ci_high"],
+            "confirmed_per_week": per_week * judged["page_rate"] ** 2,
+            "confirmed_per_week_upper": per_week * judged["ci_high"] ** 2,
+            # seen, not assumed: draws that paged right after a draw that paged
+            "confirmed_seen": judged.get("confirmed_pages"),
             "batches_per_day": batches_per_day}
 
 
@@ -215,10 +218,13 @@ def format_summary(summary: dict[str, dict | None], batches: int, false_pages: d
         lines.append(f"healthy stream, {false_pages['batches_per_day']} batches a day of "
                      f"~{false_pages['batch_images']:g} images: {false_pages['per_week']:.1f} false pages a week "
                      f"(95 % upper "
-                     f"{false_pages['per_week_upper']:.1f}; no-shift page rate {false_pages['page_rate']:.2f} at "
-                     f"n = {false_pages['judged_n']}, stage harm); a page confirmed by the next batch: "
-                     f"{false_pages['confirmed_per_week']:.2f} a week (95 % upper "
-                     f"{false_pages['confirmed_per_week_upper']:.2f})")
+                     f"{false_pages['per_week_upper']:.1f}; no-shift page rate {false_pages['page_rate']:.3f} in "
+                     f"{false_pages['draws']} draws at n = {false_pages['judged_n']}, stage harm); a page confirmed "
+                     f"by the next batch (check --confirm-with): {false_pages['confirmed_per_week']:.2f} a week "
+                     f"(95 % upper {false_pages['confirmed_per_week_upper']:.2f}"
+                     + ("" if false_pages["confirmed_seen"] is None else
+                        f"; {false_pages['confirmed_seen']} confirmed pages seen in those draws")
+                     + ")")
     lines.append(f"{batches} logged batches; first page and first alerts:")
     for name, first in summary.items():
         where = "never" if first is None else f"batch {first['index']} ({first['time']})"

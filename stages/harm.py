@@ -13,7 +13,8 @@ belongs to a design family, with that family left out).
 Judged as `check` runs it: per cell and n in harm.sizes, harm.repetitions independent draws of
 n shifted images, each against a fresh reference of harm.reference_images pool images outside
 the draw; per draw the estimate, the page (estimated loss >= harm.page_points) and whether the
-interval holds the draw's own accuracy. The null is the clean cell.
+interval holds the draw's own accuracy. The null is the clean cell, with harm.null_repetitions
+draws per n: its false-page rate, times 168 batches a week, is a claim `timeline` states.
 
 Reads params: seed, shift.label_class, evaluate, power.corruption_pool_images, harm.
 Writes models/accuracy_estimator.json (the fit and its summary of the test set, read by
@@ -97,7 +98,8 @@ def main() -> None:
                     "population_error_points": population_error(used, cell, clean) if name != CLEAN else 0.0,
                     "left_out": cell.family if cell.family in fits else None,
                     "draws": judge_cell(cell, pool, pool_aux, labels, used, sizes=harm.sizes,
-                                        repetitions=harm.repetitions, reference_size=harm.reference_images,
+                                        repetitions=harm.null_repetitions if name == CLEAN else harm.repetitions,
+                                        reference_size=harm.reference_images,
                                         page_points=harm.page_points, seed=params.seed)}
 
         details = dict(zip(cells, fork_map(judged, list(cells))))

@@ -76,6 +76,16 @@ def test_judge_cell_pages_on_a_costly_shift_and_stays_quiet_on_no_shift(pool):
     again = judge_cell(clean, probabilities, None, labels, fit, sizes=[100, 300], repetitions=40,
                        reference_size=1500, page_points=3, seed=0)
     assert again == quiet  # seeded per (n, repetition)
+    # every draw of the costly cell pages, so each but the first is confirmed by the one before
+    assert loud["100"]["confirmed_pages"] == round(40 * loud["100"]["page_rate"]) - 1 == 39
+    assert quiet["300"]["confirmed_pages"] <= round(40 * quiet["300"]["page_rate"])
+
+
+def test_confirmed_pages_count_pages_right_after_a_page():
+    from shiftwatch.harm import _confirmed
+
+    assert _confirmed([True, True, False, True, False, True, True, True]) == 3
+    assert _confirmed([True, False] * 5) == 0 and _confirmed([]) == 0
 
 
 def test_a_draw_larger_than_the_thinned_cell_is_refused(pool):

@@ -23,12 +23,13 @@ pytestmark = needs_fashion_mnist
 SMALL = {"data": {"max_train_images": 2000, "max_test_images": 500},
          "train": {"epochs": 1}, "detect": {"classifier_samples": 300},
          "monitor": {"classifier_samples": 200, "mmd_permutations": 150},
-         "power": {"repetitions": 10, "sizes": [10, 100], "mmd_permutations": 150, "mmd_repetitions": {100: 5},
+         "power": {"repetitions": 10, "detection_repetitions": 9, "sizes": [10, 100], "mmd_permutations": 150,
+                   "mmd_repetitions": {100: 5},
                    "diagnostic_repetitions": {100: 7},
                    "corruptions": {"contrast": [0.3], "rotate": [30]}, "corruption_sizes": [10, 100],
                    "corruption_pool_images": 400, "corruption_repetitions": 8,
                    "monitored_reference": 500, "monitored_sizes": [10, 100]},
-         "harm": {"sizes": [100], "repetitions": 10, "reference_images": 300,
+         "harm": {"sizes": [100], "repetitions": 10, "null_repetitions": 12, "reference_images": 300,
                   "design": {"contrast": [0.5, 0.3], "rotate": [30], "label_keep": [0.1]},
                   "held_out": {"pixelate": [7]}, "everyday": {"jpeg": [90]}},
          "mitigate": {"adabn_images": 200}}
@@ -137,6 +138,9 @@ def test_repro_writes_every_output_and_metric(repo):
     assert power["false_alarms"]["no_shift"]["mmd_embedding"]["100"]["repetitions"] == 5
     assert power["false_alarms"]["no_shift"]["combined"]["100"]["repetitions"] == 5
     assert power["false_alarms"]["no_shift"]["bbsd_ks"]["100"]["repetitions"] == 10
+    # shifted streams get power.detection_repetitions, the nulls power.repetitions
+    assert power["detection"]["brightness_0.02"]["bbsd_ks"]["100"]["repetitions"] == 9
+    assert power["as_monitored"]["detection"]["label_keep_0.1"]["bbsd_ks"]["100"]["repetitions"] == 9
     # a diagnostic gets power.diagnostic_repetitions from n = 100 on, capped by the stream's own
     assert power["false_alarms"]["no_shift"]["pixel_ks"]["10"]["repetitions"] == 10
     assert power["false_alarms"]["no_shift"]["pixel_ks"]["100"]["repetitions"] == 7
@@ -203,9 +207,11 @@ def test_repro_fits_the_estimate_and_the_page_fires_on_harm_not_on_change(repo):
     assert {c["group"] for c in harm["cells"].values()} == {"null", "design", "held_out", "everyday"}
     assert harm["cells"]["contrast_0.5"]["left_out"] == "contrast"  # judged by a fit that never saw it
     assert harm["cells"]["pixelate_7"]["left_out"] is None
-    for cell in harm["cells"].values():
+    for name, cell in harm["cells"].items():
         draws = cell["draws"]["100"]
-        assert draws["repetitions"] == 10 and 0 <= draws["page_rate"] <= 1 and 0 <= draws["coverage"] <= 1
+        assert draws["repetitions"] == (12 if name == "no_shift" else 10)  # harm.null_repetitions on no shift
+        assert 0 <= draws["page_rate"] <= 1 and 0 <= draws["coverage"] <= 1
+        assert 0 <= draws["confirmed_pages"] <= round(draws["page_rate"] * draws["repetitions"])
     # Where the estimate (population, the fit that never saw the family) puts the loss at >= 10
     # points, the page fires in most draws. (On a 4-cell design grid a left-out fit can be far off:
     # this weak model's contrast_0.3 loses 22 points and its fit without contrast sees none.)

@@ -24,10 +24,12 @@ def test_timeline_orders_batches_by_time_and_names_the_first_alerts(project, sto
     # a fifth batch that the estimate calls harmful: the first page
     check(project, project / "clean.npy", "--estimator", project / "paging_estimator.json", "--log", "--quiet",
           "--time", "2026-11-01T04:00")
-    # stage harm's no-shift cell, as the pipeline writes it: 3 of 100 draws paged at n = 200
+    # stage harm's no-shift cell, as the pipeline writes it: 30 of 1,000 draws paged at n = 200,
+    # 2 of them right after a draw that paged
     (store / "metrics").mkdir()
     (store / "metrics" / "harm_details.json").write_text(json.dumps({"cells": {"no_shift": {"draws": {
-        "100": {"page_rate": 0.12, "ci_high": 0.2}, "200": {"page_rate": 0.03, "ci_high": 0.085}}}}}))
+        "100": {"page_rate": 0.12, "ci_high": 0.2, "repetitions": 1000, "confirmed_pages": 15},
+        "200": {"page_rate": 0.03, "ci_high": 0.0425, "repetitions": 1000, "confirmed_pages": 2}}}}}))
     out = store / "timeline.json"
     assert main(["timeline", "--png", str(store / "t.png"), "--json", str(out),
                  "--html", str(store / "t.html")]) == 0
@@ -44,8 +46,10 @@ def test_timeline_orders_batches_by_time_and_names_the_first_alerts(project, sto
     # 200-image batches, 24 a day: 168 a week at the no-shift page rate of n = 200
     assert timeline["false_pages"]["judged_n"] == 200
     assert timeline["false_pages"]["per_week"] == pytest.approx(168 * 0.03)
-    assert timeline["false_pages"]["per_week_upper"] == pytest.approx(168 * 0.085)
+    assert timeline["false_pages"]["per_week_upper"] == pytest.approx(168 * 0.0425)
     assert timeline["false_pages"]["confirmed_per_week"] == pytest.approx(168 * 0.03 ** 2)
+    assert timeline["false_pages"]["confirmed_per_week_upper"] == pytest.approx(168 * 0.0425 ** 2)
+    assert (timeline["false_pages"]["draws"], timeline["false_pages"]["confirmed_seen"]) == (1000, 2)
     assert timeline["first_alerts"]["image_stats"]["index"] == 2  # the black background lifts
     assert (store / "t.png").stat().st_size > 10_000
     assert 'id="first-alerts"' in (store / "t.html").read_text()
