@@ -399,11 +399,12 @@ def test_sigterm_stops_a_stage_with_busy_workers_at_once_and_leaves_none(tmp_pat
     """`fork_map` terminates its workers when the stage is stopped, instead of finishing the
     queue (power's streams ran for minutes after a SIGTERM)."""
     script = tmp_path / "busy_stage.py"
+    # one os.write per line: two workers' lines cannot interleave on the pipe (print's could)
     script.write_text("import os, time\n"
                       "from shiftwatch.cli import run_stage\n"
                       "from shiftwatch.workers import fork_map\n"
                       "def work(item):\n"
-                      "    print('worker', os.getpid(), flush=True)\n"
+                      "    os.write(1, f'worker {os.getpid()}\\n'.encode())\n"
                       "    time.sleep(120)\n"
                       "run_stage('power', lambda: fork_map(work, range(6)))\n")
     stage = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
