@@ -19,3 +19,12 @@ needs_fashion_mnist = pytest.mark.skipif(
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory):
+    """A small check project (model, reference, estimator, batches; see test_check.make_project),
+    read-only to the tests, so built once per session (~9 s each) for every module that checks."""
+    from test_check import make_project
+
+    return make_project(tmp_path_factory.mktemp("project"))

@@ -44,10 +44,9 @@ def blobs(n: int, seed: int, size: int = 28) -> np.ndarray:
     return images.astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """Model, reference summary (300 images, every class) and params.yaml in a temp folder."""
-    root = tmp_path_factory.mktemp("project")
+def make_project(root: Path) -> Path:
+    """Model, reference summary (300 images, every class) and params.yaml in `root`: the session
+    fixture `project` (conftest.py), built once for test_check, test_serve and test_timeline."""
     model = build_resnet18(seed=0)
     save_state_dict(model, root / "resnet18.pt")
     images = blobs(300, seed=1)
@@ -69,6 +68,11 @@ def project(tmp_path_factory):
     np.save(root / "clean.npy", blobs(200, seed=3))
     np.save(root / "bright.npy", np.clip(blobs(200, seed=3) + 0.2, 0, 1))
     return root
+
+
+# The `project` fixture is conftest.py's (session-scoped). This name only keeps `from test_check import
+# project` working where a module still has it; it is no fixture, so that module shares the session's.
+project = None
 
 
 def write_estimator(root: Path, model, images, probabilities, labels, page_points: float = 3.0,

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from test_check import blobs, check, project  # noqa: F401 (project is a fixture)
+from test_check import blobs, check
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.serve import make_server, request_check
@@ -22,7 +22,7 @@ SINGLE_IMAGE = "a single image; the two-sample tests need at least 2 (and have l
 
 
 @pytest.fixture(scope="module")
-def server(project):  # noqa: F811
+def server(project):
     process = subprocess.Popen(
         [sys.executable, "-m", "shiftwatch", "serve", "--port", "0", "--reference", str(project / "test.npz"),
          "--model", str(project / "resnet18.pt"), "--params", str(project / "params.yaml"),
@@ -39,7 +39,7 @@ def server(project):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def modelless(project):  # noqa: F811
+def modelless(project):
     """An in-process server with no model: a request that reaches the model gets a 500, so a 400
     from it proves the request was refused before the model ran."""
     from shiftwatch.checking import load_inputs
@@ -84,7 +84,7 @@ def answer(sock: socket.socket) -> tuple[int | None, dict | None]:
     return int(head.split()[1]), json.loads(body)
 
 
-def test_a_check_on_the_server_gives_the_local_report(project, server, tmp_path):  # noqa: F811
+def test_a_check_on_the_server_gives_the_local_report(project, server, tmp_path):
     for batch, expected_exit in (("bright.npy", 0), ("clean.npy", 0)):
         local, remote = tmp_path / f"local_{batch}.json", tmp_path / f"remote_{batch}.json"
         assert check(project, project / batch, "--json", local, "--quiet") == expected_exit
@@ -100,7 +100,7 @@ def test_a_check_on_the_server_gives_the_local_report(project, server, tmp_path)
         assert there["server"] == server and there["batch"]["path"] == str(project / batch)
 
 
-def test_the_html_report_works_through_the_server(project, server, tmp_path):  # noqa: F811
+def test_the_html_report_works_through_the_server(project, server, tmp_path):
     out = tmp_path / "remote.html"
     assert check(project, project / "bright.npy", "--html", out, "--quiet", "--server", server,
                  "--fail-on", "change") == 3
@@ -117,7 +117,7 @@ def test_the_server_refuses_a_bad_body_with_one_line(server):
         assert json.load(health)["ok"] is True
 
 
-def test_no_server_fails_fast_with_one_line(project, capsys):  # noqa: F811
+def test_no_server_fails_fast_with_one_line(project, capsys):
     assert check(project, project / "clean.npy", "--server", "http://127.0.0.1:9") == 2
     error = capsys.readouterr().err
     assert "--server http://127.0.0.1:9: no answer" in error and "shiftwatch serve" in error
@@ -137,7 +137,7 @@ def test_a_batch_header_not_a_json_object_is_a_400_before_the_model_runs(modelle
                              '{"path": "batch.npy"}'
 
 
-def test_a_bad_batch_header_on_the_real_server_is_a_400_and_it_keeps_serving(project, server):  # noqa: F811
+def test_a_bad_batch_header_on_the_real_server_is_a_400_and_it_keeps_serving(project, server):
     for header in ("[1,2]", "5"):
         status, reply = answer(post(server, npy(blobs(20, seed=3)), header))
         assert status == 400 and "\n" not in reply["error"] and "not an object" in reply["error"]
@@ -190,7 +190,7 @@ def test_the_read_timeout_option_cuts_off_a_stalled_upload(server):
     assert READ_TIMEOUT <= time.perf_counter() - started < READ_TIMEOUT + 3
 
 
-def test_a_single_image_gets_the_local_checks_message(project, server, tmp_path, capsys):  # noqa: F811
+def test_a_single_image_gets_the_local_checks_message(project, server, tmp_path, capsys):
     status, reply = answer(post(server, npy(blobs(1, seed=3))))
     assert (status, reply) == (400, {"error": f"the request body: {SINGLE_IMAGE}"})
     with pytest.raises(ShiftwatchError) as refused:
