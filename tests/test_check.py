@@ -70,10 +70,6 @@ def make_project(root: Path) -> Path:
     return root
 
 
-# The `project` fixture is conftest.py's (session-scoped). This name only keeps `from test_check import
-# project` working where a module still has it; it is no fixture, so that module shares the session's.
-project = None
-
 
 def write_estimator(root: Path, model, images, probabilities, labels, page_points: float = 3.0,
                     name: str = "estimator.json") -> None:

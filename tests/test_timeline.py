@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from test_check import blobs, check, project  # noqa: F401 (project is a fixture)
+from test_check import check  # project: conftest.py's fixture
 
 from shiftwatch.__main__ import main
 
@@ -15,7 +15,7 @@ def store(tmp_path, monkeypatch):
     return tmp_path
 
 
-def test_timeline_orders_batches_by_time_and_names_the_first_alerts(project, store):  # noqa: F811
+def test_timeline_orders_batches_by_time_and_names_the_first_alerts(project, store):
     # Logged out of order: the timeline follows --time, not the order of logging.
     batches = {"2026-11-01T03:00": project / "bright.npy", "2026-11-01T00:00": project / "clean.npy",
                "2026-11-01T02:00": project / "bright.npy", "2026-11-01T01:00": project / "clean.npy"}
@@ -67,7 +67,7 @@ def test_timeline_without_logged_checks_says_how_to_make_them(store, capsys):
     assert not (store / "t.png").exists()
 
 
-def test_a_bad_time_is_refused_before_any_work(project, store, capsys):  # noqa: F811
+def test_a_bad_time_is_refused_before_any_work(project, store, capsys):
     assert check(project, project / "clean.npy", "--log", "--time", "yesterday") == 2
     assert "--time 'yesterday': not an ISO 8601 time" in capsys.readouterr().err
     assert not (store / "mlruns").exists() and not (store / "mlflow.db").exists()
