@@ -394,6 +394,23 @@ def page_targets_table() -> str:
     return "\n".join(rows)
 
 
+def false_pages_table() -> str:
+    """False pages a week on a healthy stream of 24 batches a day, per n, from stage harm's
+    no-shift draws: one page per hurt batch, and a page confirmed by the next batch."""
+    details = _generated("metrics/harm_details.json")
+    if details is None:
+        return "_run `dvc repro harm`_"
+    week = 7 * 24
+    rows = ["| n | no-shift draws | paged | false pages a week (95 % upper) | confirmed by the next batch: "
+            "a week, p² (95 % upper) | confirmed pages seen |", "|---|---|---|---|---|---|"]
+    for n, d in details["cells"]["no_shift"]["draws"].items():
+        pages = round(d["page_rate"] * d["repetitions"])
+        rows.append(f"| {n} | {d['repetitions']:,} | {pages} | {week * d['page_rate']:.2f} ({week * d['ci_high']:.2f}) "
+                    f"| {week * d['page_rate'] ** 2:.3f} ({week * d['ci_high'] ** 2:.3f}) "
+                    f"| {d.get('confirmed_pages', '—')} of {d['repetitions'] - 1:,} pairs |")
+    return "\n".join(rows)
+
+
 def survey_table() -> str:
     """Stage harm's survey: each estimator's population error (points) on the design families
     (each left out of its own fit) and on the held-out families."""
@@ -625,6 +642,7 @@ TABLES = {"detection": detection_table, "accuracy": accuracy_table, "study": stu
           "power-monitored": monitored_table, "timeline": timeline_table,
           "check-bench": check_bench_table, "detectors": registry_table, "pixel-ks": added_detector_table,
           "page": page_table, "page-sets": page_sets_table, "page-targets": page_targets_table,
+          "false-pages": false_pages_table,
           "estimator-survey": survey_table, "headline": headline_table}
 
 
