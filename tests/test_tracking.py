@@ -11,8 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.params import Params
-from shiftwatch.tracking import (
+from shiftwatch.core.params import Params
+from shiftwatch.tracking.runs import (
     EXPERIMENT,
     PIPELINE_TAG,
     changed_params,
@@ -183,9 +183,9 @@ def test_a_store_that_does_not_answer_stops_the_stage_before_its_work(store, mon
 # A stage that opens its run, says so, then works (sleeps) until stopped.
 SLOW_STAGE = """
 import sys, time
-from shiftwatch.cli import run_stage
-from shiftwatch.params import Params
-from shiftwatch.tracking import stage_run
+from shiftwatch.core.stage import run_stage
+from shiftwatch.core.params import Params
+from shiftwatch.tracking.runs import stage_run
 
 def main():
     with stage_run("detect", Params()):
@@ -288,7 +288,7 @@ def test_stages_of_one_dvc_process_share_a_parent(tmp_path):
     """The execution is the `dvc` ancestor of the stage process, found through /proc."""
     if not Path("/proc/self/stat").exists():
         pytest.skip("no /proc: the execution is the stage process itself")
-    script = ("import os\nfrom shiftwatch.tracking import pipeline_execution\n"
+    script = ("import os\nfrom shiftwatch.tracking.runs import pipeline_execution\n"
               "print(pipeline_execution(os.getpid()))\n")
     runner = tmp_path / "dvc_runs_twice"  # a process named dvc that runs two stages through sh
     runner.write_text(f"#!/bin/sh\n{sys.executable} -c '{script}'\n{sys.executable} -c '{script}'\n")
@@ -400,8 +400,8 @@ def test_sigterm_stops_a_stage_with_busy_workers_at_once_and_leaves_none(tmp_pat
     queue (power's streams ran for minutes after a SIGTERM)."""
     script = tmp_path / "busy_stage.py"
     script.write_text("import os, time\n"
-                      "from shiftwatch.cli import run_stage\n"
-                      "from shiftwatch.workers import fork_map\n"
+                      "from shiftwatch.core.stage import run_stage\n"
+                      "from shiftwatch.core.workers import fork_map\n"
                       "def work(item):\n"
                       "    print('worker', os.getpid(), flush=True)\n"
                       "    time.sleep(120)\n"

@@ -6,8 +6,8 @@ from conftest import needs_fashion_mnist
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.detectors import label_proportion_test
-from shiftwatch.twosample import (
+from shiftwatch.detection.basic import label_proportion_test
+from shiftwatch.detection.mmd import (
     _fisher_greater,
     _shifted_kernel,
     _split_mmd2,
@@ -440,9 +440,9 @@ def test_frame_span_is_one_sided_and_rejects_empty_batches():
 @needs_fashion_mnist
 def test_frame_span_is_calibrated_on_real_images_and_sees_a_one_pixel_translation():
     # Given 300 independent draws of two disjoint sets of 100 real FashionMNIST test images
-    from shiftwatch.corruptions import corrupt
-    from shiftwatch.data import DEBIAN_DIR, load_fashion_mnist
-    from shiftwatch.features import pixels_8bit
+    from shiftwatch.data.corruptions import corrupt
+    from shiftwatch.data.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
+    from shiftwatch.model.features import pixels_8bit
 
     _, test = load_fashion_mnist(DEBIAN_DIR)
     assert 0.95 < spans_frame(pixels_8bit(test.images)).mean() < 0.99  # the dataset's framing

@@ -10,12 +10,13 @@ BATCH is an .npz (key `images`, or its only array) or .npy array of shape (N, H,
 each into 8-bit gray). Images not 28x28 are resized with antialiased bilinear interpolation.
 
 The reference is the summary the `reference` stage saved for the held-out test set, made by
-the same model (checked by md5); the check itself is shiftwatch/checking.py, reading the batch
-shiftwatch/batch.py, the reports text_report.py and html_report.py, logging tracking.log_check.
+the same model (checked by md5); the check itself is shiftwatch/operations/check.py, reading the batch
+shiftwatch/data/batch.py, the reports operations/text_report.py and operations/html_report.py, logging
+tracking.runs.log_check.
 No labels are needed: class proportions (BBSE, EM) and accuracy (ATC, average confidence) are
 estimates.
 
-Two answers (shiftwatch/page.py): **harmful**, the page (the label-free accuracy estimate of
+Two answers (shiftwatch/operations/page.py): **harmful**, the page (the label-free accuracy estimate of
 stage `harm` says the batch loses at least harm.page_points against the reference), and
 **changed**, the Holm verdict of the change detectors, kept as information.
 
@@ -41,8 +42,8 @@ from pathlib import Path
 import numpy as np
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.batch import load_batch
-from shiftwatch.checking import (
+from shiftwatch.data.batch import load_batch
+from shiftwatch.operations.check import (
     DEFAULT_ESTIMATOR,
     DEFAULT_FINETUNED,
     DEFAULT_MODEL,
@@ -50,8 +51,8 @@ from shiftwatch.checking import (
     DEFAULT_REFERENCE,
     check_batch,
 )
-from shiftwatch.page import FAIL_ON, confirm, exit_code, read_previous
-from shiftwatch.text_report import format_report
+from shiftwatch.operations.page import FAIL_ON, confirm, exit_code, read_previous
+from shiftwatch.operations.text_report import format_report
 
 HELP = "check a batch of images for distribution shift against the saved reference"
 
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         taken = batch_time(args.batch, args.time)
         previous = None if args.confirm_with is None else read_previous(args.confirm_with)
         if args.log:  # a server that does not answer is found before the check, in seconds
-            from shiftwatch.tracking import require_store
+            from shiftwatch.tracking.runs import require_store
 
             require_store()
         if args.server:
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.log:
         try:
-            from shiftwatch.tracking import log_check
+            from shiftwatch.tracking.runs import log_check
 
             run_id = log_check(report, report["params"], html=args.html, pictures=pictures)
         except Exception as err:  # MlflowException, sqlite errors: the check itself is done
@@ -184,11 +185,11 @@ def _write_reports(outputs: dict, report: dict, views) -> dict | None:
             continue
         try:
             if option == "--json":
-                from shiftwatch.io import write_json
+                from shiftwatch.core.io import write_json
 
                 write_json(path, report)
             else:
-                from shiftwatch import html_report
+                from shiftwatch.operations import html_report
 
                 pictures = html_report.write(path, report, views)
         except OSError as err:
@@ -199,7 +200,7 @@ def _write_reports(outputs: dict, report: dict, views) -> dict | None:
 
 def _check_on_server(url: str, batch: Path, want_views: bool):
     """The batch is read here and checked by `shiftwatch serve` at `url` (no torch imported)."""
-    from shiftwatch.serve import request_check
+    from shiftwatch.commands.serve import request_check
 
     started = time.perf_counter()
     images, batch_info = load_batch(batch)
@@ -210,7 +211,7 @@ def _check_on_server(url: str, batch: Path, want_views: bool):
     report["server"] = url
     if views is None:
         return report, None
-    from shiftwatch.html_report import Views
+    from shiftwatch.operations.html_report import Views
 
     return report, Views(**{name: np.asarray(values, dtype=float) for name, values in views.items()})
 

@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shiftwatch.checking import load_inputs, load_network
+    from shiftwatch.operations.check import load_inputs, load_network
 
     try:
         settings, ref, paths = load_inputs(args.reference, args.model, args.params, args.estimator,
@@ -97,7 +97,7 @@ def _seconds(text: str) -> float:
 
 
 def _handler(settings, ref: dict, network, paths: dict, read_timeout: float):
-    from shiftwatch.checking import check_images
+    from shiftwatch.operations.check import check_images
 
     one_at_a_time = threading.Lock()
 
@@ -121,7 +121,7 @@ def _handler(settings, ref: dict, network, paths: dict, read_timeout: float):
             except _Stalled:
                 self._reply(408, {"error": f"the request stalled: nothing received for {read_timeout:g} s"})
             except Exception as err:  # a bug, not the client's: one line each side, no traceback sent
-                from shiftwatch.tracking import one_line
+                from shiftwatch.tracking.runs import one_line
 
                 print(f"shiftwatch serve: error: POST /check: {one_line(err)} at {_where(err)}",
                       file=sys.stderr, flush=True)
@@ -172,7 +172,7 @@ def _handler(settings, ref: dict, network, paths: dict, read_timeout: float):
 
 def _images(body: bytes) -> np.ndarray:
     """The .npy body as the check's images, by the rules and messages of a local check."""
-    from shiftwatch.batch import as_images
+    from shiftwatch.data.batch import as_images
 
     try:
         raw = np.load(io.BytesIO(body), allow_pickle=False)

@@ -1,7 +1,7 @@
 """Severity sweeps: read the MLflow pipeline runs of a sweep and draw scores against accuracy.
 
     dvc exp run --queue -S 'shift.brightness=0,0.02,0.05,0.1,0.2' && dvc queue start
-    python -m shiftwatch.report shift.brightness
+    python -m shiftwatch.commands.sweep shift.brightness
 
 For each value of the swept parameter (latest pipeline run per value), prints and plots the
 detectors' scores on b_shift and the label-free accuracy estimates against the true accuracy,
@@ -34,7 +34,7 @@ ACCURACY = {
 
 def sweep_rows(param: str, deployment_set: str = "b_shift") -> list[dict]:
     """One row per value of `param`: the latest pipeline run's scores and accuracies."""
-    from shiftwatch.tracking import EXPERIMENT, store_client, tracking_uri
+    from shiftwatch.tracking.runs import EXPERIMENT, store_client, tracking_uri
 
     client = store_client()
     experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -79,7 +79,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], param: str, path: Path) -> None:
-    from shiftwatch.plots import _save, plt
+    from shiftwatch.core.plots import _save, plt
 
     values = [float(row[param]) for row in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -100,7 +100,7 @@ def plot(rows: list[dict], param: str, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shiftwatch.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m shiftwatch.commands.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("param", help="the swept parameter, as in params.yaml (e.g. shift.brightness)")
     parser.add_argument("--set", default="b_shift", help="deployment set to report (default b_shift)")
     parser.add_argument("--out", type=Path, help="PNG path (default metrics/plots/sweep_<param>.png)")

@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """0 with a timeline drawn, 2 with nothing to draw or bad input (one line on stderr)."""
-    from shiftwatch.check import parse_time
+    from shiftwatch.commands.check import parse_time
 
     try:
         since = None if args.since is None else parse_time(args.since, "--since")
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         summary = first_alerts(points)
         false_pages = false_pages_per_week(points)
         draw(points, args.png)
-        from shiftwatch.io import write_json
+        from shiftwatch.core.io import write_json
 
         if args.json is not None:
             write_json(args.json, {"points": points, "first_alerts": summary, "false_pages": false_pages})
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 def logged_checks(since: datetime | None = None) -> list[dict]:
     """One point per logged check run, oldest first: time, verdict, Holm-adjusted p-value per
     detector, ATC accuracy, focus-class share (BBSE), alpha, images."""
-    from shiftwatch.tracking import EXPERIMENT, store_client, tracking_uri
+    from shiftwatch.tracking.runs import EXPERIMENT, store_client, tracking_uri
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
@@ -138,7 +138,7 @@ def draw(points: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from shiftwatch.io import atomic_path
+    from shiftwatch.core.io import atomic_path
 
     x = list(range(len(points)))
     fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
@@ -192,7 +192,7 @@ def false_pages_per_week(points: list[dict], details_path: Path | None = None,
     import json
     import statistics
 
-    from shiftwatch.tracking import repo_root
+    from shiftwatch.tracking.runs import repo_root
 
     path = details_path or repo_root(Path.cwd()) / "metrics" / "harm_details.json"
     try:
@@ -235,8 +235,8 @@ def format_summary(summary: dict[str, dict | None], batches: int, false_pages: d
 def write_html(path: Path, png: Path, summary: dict[str, dict | None], batches: int) -> None:
     import html
 
-    from shiftwatch.html_report import img_tag
-    from shiftwatch.io import atomic_path
+    from shiftwatch.core.io import atomic_path
+    from shiftwatch.operations.html_report import img_tag
 
     rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{'never' if f is None else f['index']}</td>"
                    f"<td>{'' if f is None else html.escape(f['time'])}</td></tr>" for name, f in summary.items())

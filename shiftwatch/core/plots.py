@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 
 from shiftwatch import CLASS_NAMES
-from shiftwatch.io import atomic_path
+from shiftwatch.core.io import atomic_path
 
 
 def _save(fig, path: str | Path) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from shiftwatch import IMAGE_SIZE, ShiftwatchError
-from shiftwatch.io import ImageSet
+from shiftwatch.core.io import ImageSet
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from shiftwatch import IMAGE_SIZE, ShiftwatchError
-from shiftwatch.io import ImageSet
+from shiftwatch.core.io import ImageSet
 
 
 def degrade_images(images: np.ndarray, downsample: int, brightness: float) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.detectors import DetectorResult, ks_columns, label_proportion_test
+from shiftwatch.detection.basic import DetectorResult, ks_columns, label_proportion_test
 
 # Row block for kernel sums: each temporary is _BLOCK_ROWS x len(other side) float64, 20 MB at
 # 10,000 rows on the other side, so memory stays linear in the sample size.
@@ -62,7 +62,7 @@ def bbsd_ks_columns(reference_probs: np.ndarray,
 
     Column k compares the k-th softmax output of the reference (N, K) and deployment (M, K)
     arrays (the numbers of scipy's two-sided `ks_2samp`, asymptotic p-value; see
-    `shiftwatch.detectors.ks_columns`); use it to see which classes moved. A column
+    `shiftwatch.detection.basic.ks_columns`); use it to see which classes moved. A column
     that is constant and equal on both sides has statistic 0 and p-value 1.
     """
     reference, deployment = _probabilities(reference_probs, deployment_probs)

@@ -11,12 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from shiftwatch import NUM_CLASSES, ShiftwatchError
-from shiftwatch.corruptions import corrupt
-from shiftwatch.detector_registry import DETECTORS, Settings
-from shiftwatch.features import Features, load_features, model_features
-from shiftwatch.io import load_set
-from shiftwatch.monitor import VERDICT
-from shiftwatch.power import (
+from shiftwatch.core.io import load_set
+from shiftwatch.data.corruptions import corrupt
+from shiftwatch.data.shift import degrade_images
+from shiftwatch.detection.power import (
     COMBINED,
     accuracy,
     corruption_rows,
@@ -25,7 +23,9 @@ from shiftwatch.power import (
     separate_sampler,
     subset_sampler,
 )
-from shiftwatch.shift import degrade_images
+from shiftwatch.detection.registry import DETECTORS, Settings
+from shiftwatch.detection.verdict import VERDICT
+from shiftwatch.model.features import Features, load_features, model_features
 
 TARGET_POWER = 0.9
 NULL_STREAM = "no_shift"

@@ -27,11 +27,18 @@ from typing import Literal
 import numpy as np
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.detectors import DetectorResult, ks_test, per_pixel_ks
-from shiftwatch.twosample import bbsd_chi2, bbsd_class_shares, bbsd_ks, frame_span_test, mmd_test, reference_bandwidth
+from shiftwatch.detection.basic import DetectorResult, ks_test, per_pixel_ks
+from shiftwatch.detection.mmd import (
+    bbsd_chi2,
+    bbsd_class_shares,
+    bbsd_ks,
+    frame_span_test,
+    mmd_test,
+    reference_bandwidth,
+)
 
 View = Literal["pixels", "image_stats", "probabilities", "embeddings"]
-# What each view holds, one row per image (`shiftwatch.features.Features` carries all four).
+# What each view holds, one row per image (`shiftwatch.model.features.Features` carries all four).
 VIEWS: dict[str, str] = {
     "pixels": "the 784 pixels, 8-bit (uint8)",
     "image_stats": "mean pixel, share of zero pixels, 10/50/90 % pixel quantiles",

@@ -1,9 +1,9 @@
 """Model-based monitoring of a deployment set, without its labels.
 
-What the detectors look at is computed once per set (`shiftwatch.features.Features`):
+What the detectors look at is computed once per set (`shiftwatch.model.features.Features`):
 softmax outputs and penultimate-layer embeddings of the model, and cheap per-image statistics
 that catch what the model ignores. `run_detectors` turns a reference and a deployment `Features` into
-p-values of every detector in `shiftwatch.detector_registry` and the one verdict (`VERDICT`,
+p-values of every detector in `shiftwatch.detection.registry` and the one verdict (`VERDICT`,
 the same in `monitor`, `power` and `check`);
 `label_shift_report` estimates the class mix
 (BBSE and EM) and `accuracy_report` the model's accuracy (ATC, average confidence).
@@ -17,10 +17,10 @@ from __future__ import annotations
 import numpy as np
 
 from shiftwatch import NUM_CLASSES
-from shiftwatch.detector_registry import Settings, bound, diagnostic_detectors, verdict_detectors
-from shiftwatch.detectors import DetectorResult
-from shiftwatch.features import Features
-from shiftwatch.labelshift import (
+from shiftwatch.detection.basic import DetectorResult
+from shiftwatch.detection.mmd import holm
+from shiftwatch.detection.registry import Settings, bound, diagnostic_detectors, verdict_detectors
+from shiftwatch.estimation.labelshift import (
     atc_estimate,
     atc_fit,
     average_confidence,
@@ -30,7 +30,7 @@ from shiftwatch.labelshift import (
     estimates_disagree,
     total_variation,
 )
-from shiftwatch.twosample import holm
+from shiftwatch.model.features import Features
 
 # The verdict: Holm–Bonferroni at monitor.alpha over the registry's verdict detectors, every
 # one weighted alike. `monitor`, `power` and `check` all use exactly this set (they need only

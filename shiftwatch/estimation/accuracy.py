@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.labelshift import atc_fit
+from shiftwatch.estimation.labelshift import atc_fit
 
 SIGNALS = ("confidence", "atc", "agreement", "soft_agreement")
 Z_90 = 1.6448536269514722  # two-sided 90 % normal quantile

@@ -18,9 +18,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.estimate import EstimatorFit, estimate, fit_weights, reference_summary, signals
-from shiftwatch.labelshift import atc_fit
-from shiftwatch.power import wilson_interval
+from shiftwatch.detection.power import wilson_interval
+from shiftwatch.estimation.accuracy import EstimatorFit, estimate, fit_weights, reference_summary, signals
+from shiftwatch.estimation.labelshift import atc_fit
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.labelshift import reweight_probs
-from shiftwatch.model import as_batch, inference_dtype
-from shiftwatch.shift import degrade_images
+from shiftwatch.data.shift import degrade_images
+from shiftwatch.estimation.labelshift import reweight_probs
+from shiftwatch.model.network import as_batch, inference_dtype
 
 
 def correct_label_shift(probabilities: np.ndarray, source_priors: np.ndarray,

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.io import atomic_path, rows_matching
-from shiftwatch.twosample import pixel_quantiles, zero_fraction
+from shiftwatch.core.io import atomic_path, rows_matching
+from shiftwatch.detection.mmd import pixel_quantiles, zero_fraction
 
 
 @dataclass(frozen=True)
 class Features:
     """Per-image views of one set (the views detectors consume, see
-    shiftwatch.detector_registry.VIEWS): probabilities (N, 10), embeddings (N, 512), image
+    shiftwatch.detection.registry.VIEWS): probabilities (N, 10), embeddings (N, 512), image
     statistics (N, 5): mean pixel, share of exactly-zero pixels, 10/50/90 % pixel quantiles;
     and the pixels themselves, 8-bit (N, 784) uint8 (None where a set was saved without)."""
     probabilities: np.ndarray
@@ -99,8 +99,8 @@ def finetuned_outputs(sets: dict, batch: int, device, precision: str) -> dict[st
     """The fine-tuned model's softmax outputs per shifted set (`sets`: ImageSets by name): b_label
     from its outputs on domain B (`finetune`), b_covariate through the network, b_shift as rows
     of b_covariate. `monitor` (the page's estimate) and `mitigate` (the remedy) read them."""
-    from shiftwatch.io import load_predictions
-    from shiftwatch.model import load_model, predict_proba
+    from shiftwatch.core.io import load_predictions
+    from shiftwatch.model.network import load_model, predict_proba
 
     on_b = load_predictions("data/finetuned/domain_b.npz", hint="run `dvc repro finetune`")
     covariate = predict_proba(load_model("models/resnet18_augmented.pt"), sets["b_covariate"].images,
@@ -133,7 +133,7 @@ def features(images: np.ndarray, probabilities: np.ndarray, embeddings: np.ndarr
 def model_features(model, images: np.ndarray, batch_size: int, device, precision: str = "auto",
                    desc: str = "embed") -> Features:
     """The model's view of `images` plus their image statistics, in one forward pass."""
-    from shiftwatch.model import predict_with_embeddings  # torch only where the network runs
+    from shiftwatch.model.network import predict_with_embeddings  # torch only where the network runs
 
     probabilities, embeddings = predict_with_embeddings(model, images, batch_size, device,
                                                         desc=desc, precision=precision)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from shiftwatch import NUM_CLASSES, ShiftwatchError
 
 if TYPE_CHECKING:  # for the annotation only: predict_set imports it when called
-    from shiftwatch.io import Predictions
+    from shiftwatch.core.io import Predictions
 
 
 def pick_device() -> torch.device:
@@ -253,7 +253,7 @@ def predict_with_embeddings(model: nn.Module, images: np.ndarray, batch_size: in
 
 def predict_set(model: nn.Module, image_set, batch_size: int, device: torch.device,
                 desc: str, precision: str = "auto") -> Predictions:
-    from shiftwatch.io import Predictions
+    from shiftwatch.core.io import Predictions
 
     probabilities = predict_proba(model, image_set.images, batch_size, device, desc=desc,
                                   precision=precision)
@@ -261,7 +261,7 @@ def predict_set(model: nn.Module, image_set, batch_size: int, device: torch.devi
 
 
 def save_state_dict(model: nn.Module, path: str | Path) -> None:
-    from shiftwatch.io import atomic_path
+    from shiftwatch.core.io import atomic_path
 
     # To a file object: given a path, torch.save names the archive's root folder after the
     # (randomly named) temporary file, and the same weights got a different md5 every time.

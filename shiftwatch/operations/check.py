@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from shiftwatch import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, ShiftwatchError
-from shiftwatch.batch import load_batch
-from shiftwatch.page import change_summary, load_estimator, mean_pixels, remedies
+from shiftwatch.data.batch import load_batch
+from shiftwatch.operations.page import change_summary, load_estimator, mean_pixels, remedies
 
 DEFAULT_REFERENCE = "data/reference/test.npz"
 DEFAULT_MODEL = "models/resnet18.pt"
@@ -62,18 +62,18 @@ def load_inputs(reference: Path | None, model: str | Path | None, params: Path |
              "params": params if params is not None else root / DEFAULT_PARAMS,
              "estimator": estimator if estimator is not None else root / DEFAULT_ESTIMATOR,
              "finetuned": finetuned if finetuned is not None else root / DEFAULT_FINETUNED}
-    from shiftwatch.params import load_params
+    from shiftwatch.core.params import load_params
 
     if not paths["params"].exists():
         raise ShiftwatchError(f"{paths['params']}: not found; run inside the repository (it reads "
                               f"<repo root>/params.yaml) or pass --params")
     settings = load_params(paths["params"])
     ref = load_reference(paths["reference"])
-    from shiftwatch.model_registry import is_model_uri
+    from shiftwatch.tracking.registry import is_model_uri
 
     if model is not None and is_model_uri(str(model)):
-        from shiftwatch.model_registry import fetch_model
-        from shiftwatch.tracking import tracking_uri
+        from shiftwatch.tracking.registry import fetch_model
+        from shiftwatch.tracking.runs import tracking_uri
 
         paths["model_uri"] = str(model)
         paths["model"], _ = fetch_model(str(model), tracking_uri())
@@ -88,7 +88,7 @@ def load_inputs(reference: Path | None, model: str | Path | None, params: Path |
 def _estimator_for(ref: dict, paths: dict):
     """The accuracy estimator, checked to be fitted for this model and the fine-tuned model
     on disk: the page's weights and reference summary are a property of both."""
-    from shiftwatch.lineage import file_md5
+    from shiftwatch.core.lineage import file_md5
 
     fit, summary, payload = load_estimator(paths["estimator"])
     made_for = payload["reference"].get("model_md5")
@@ -107,7 +107,7 @@ def _same_model(ref: dict, paths: dict) -> str:
     """The model's md5, if it is the one that made the reference: another model's outputs
     and embeddings differ from the reference's even on identical images, so every detector
     on them would alarm (a retrained model with a stale reference)."""
-    from shiftwatch.lineage import file_md5
+    from shiftwatch.core.lineage import file_md5
 
     md5, made_by = file_md5(paths["model"]), ref.get("model_md5")
     shown = paths.get("model_uri", paths["model"])
@@ -124,7 +124,7 @@ def _same_model(ref: dict, paths: dict) -> str:
 def load_network(model_path: Path):
     """(the network, seconds spent importing torch and the model code)."""
     import_started = time.perf_counter()
-    from shiftwatch.model import load_model
+    from shiftwatch.model.network import load_model
     imports = time.perf_counter() - import_started
     return load_model(model_path), imports
 
@@ -134,9 +134,9 @@ def check_images(images: np.ndarray, batch_info: dict, settings, ref: dict, netw
     """The check proper on images already loaded (N, 28, 28) in [0, 1]: the model's outputs,
     the verdict, the class mix and accuracy estimates. Returns (report, html_report.Views);
     the report's "seconds" has predict and detectors."""
-    from shiftwatch.features import features
-    from shiftwatch.model import pick_device, predict_with_embeddings
-    from shiftwatch.monitor import accuracy_report, label_shift_report, run_detectors
+    from shiftwatch.detection.verdict import accuracy_report, label_shift_report, run_detectors
+    from shiftwatch.model.features import features
+    from shiftwatch.model.network import pick_device, predict_with_embeddings
 
     started = time.perf_counter()
     probabilities, embeddings = predict_with_embeddings(
@@ -159,7 +159,7 @@ def check_images(images: np.ndarray, batch_info: dict, settings, ref: dict, netw
     found = _estimate(images, probabilities, settings, ref)
     finished = time.perf_counter()
 
-    from shiftwatch.html_report import SAMPLE_GRID, Views
+    from shiftwatch.operations.html_report import SAMPLE_GRID, Views
 
     views = Views(batch_mean_pixel=images.reshape(len(images), -1).mean(axis=1),
                   batch_confidence=probabilities.max(axis=1),
@@ -194,8 +194,8 @@ def check_images(images: np.ndarray, batch_info: dict, settings, ref: dict, netw
 
 def _estimate(images: np.ndarray, probabilities: np.ndarray, settings, ref: dict):
     """The page's estimate: the fine-tuned model's outputs on the batch, then the estimator."""
-    from shiftwatch.estimate import estimate
-    from shiftwatch.model import pick_device, predict_proba
+    from shiftwatch.estimation.accuracy import estimate
+    from shiftwatch.model.network import pick_device, predict_proba
 
     fit, summary, payload = ref["estimator"]
     aux = predict_proba(ref["finetuned_network"], images, settings.evaluate.batch_size, pick_device(),
@@ -246,14 +246,14 @@ def load_reference(path: Path) -> dict[str, np.ndarray]:
 
 
 def _reference_features(ref: dict[str, np.ndarray]):
-    from shiftwatch.features import Features
+    from shiftwatch.model.features import Features
 
     return Features(ref["probabilities"], ref["embeddings"], ref["image_stats"], ref["pixels"])
 
 
 def _project_root() -> Path:
     """The nearest folder at or above the working directory that holds dvc.yaml (else cwd)."""
-    from shiftwatch.tracking import repo_root
+    from shiftwatch.tracking.runs import repo_root
 
     return repo_root(Path.cwd())
 

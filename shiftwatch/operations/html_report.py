@@ -65,8 +65,8 @@ def figures(views: Views) -> dict[str, bytes]:
 
 def render(report: dict, pictures: dict[str, bytes]) -> str:
     """The HTML document for a `check` report and its figures."""
-    from shiftwatch.page import advice
-    from shiftwatch.text_report import change_line, class_mix_trust, headline
+    from shiftwatch.operations.page import advice
+    from shiftwatch.operations.text_report import change_line, class_mix_trust, headline
 
     alert = bool(report["harmful"])  # the banner is the page; the change is the line below it
     shift, accuracy, batch = report["label_shift"], report["accuracy"], report["batch"]
@@ -131,7 +131,7 @@ which over-estimate accuracy under covariate shift.</p>
 
 def write(path: str | Path, report: dict, views: Views) -> dict[str, bytes]:
     """Write the HTML file atomically; returns the figures (for MLflow)."""
-    from shiftwatch.io import atomic_path
+    from shiftwatch.core.io import atomic_path
 
     pictures = figures(views)
     with atomic_path(path) as tmp:

@@ -1,8 +1,8 @@
 """The two answers of a check, from one definition, and the exit code a cron job gates on.
 
 - **harmful** (the page): the label-free estimate says the batch loses at least
-  `page_points` of accuracy against the reference (shiftwatch/estimate.py, fitted by stage `harm`);
-- **changed** (information): the Holm verdict over the change detectors (shiftwatch/monitor.py).
+  `page_points` of accuracy against the reference (shiftwatch/estimation/accuracy.py, fitted by stage `harm`);
+- **changed** (information): the Holm verdict over the change detectors (shiftwatch/detection/verdict.py).
 
 Exit codes of `shiftwatch check`: 0 not harmful; 1 harmful (page); 2 bad input; with
 `--fail-on change`, 3 when the batch changed but is not harmful (today's alarm, kept for
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from shiftwatch import CLASS_NAMES, ShiftwatchError
-from shiftwatch.estimate import EstimatorFit, Reference
+from shiftwatch.estimation.accuracy import EstimatorFit, Reference
 
 EXIT_OK, EXIT_HARMFUL, EXIT_BAD_INPUT, EXIT_CHANGED = 0, 1, 2, 3
 FAIL_ON = ("harm", "change")

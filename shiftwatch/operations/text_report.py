@@ -1,4 +1,4 @@
-"""The human-readable `shiftwatch check` report (the HTML one is html_report.py)."""
+"""The human-readable `shiftwatch check` report (the HTML one is operations/html_report.py)."""
 from __future__ import annotations
 
 import os
@@ -32,7 +32,7 @@ def change_line(report: dict) -> str:
 def format_report(report: dict) -> str:
     """The human report: the page and the estimate first, then what changed and what to do,
     then the detectors, the estimated class mix and the wall time."""
-    from shiftwatch.page import advice
+    from shiftwatch.operations.page import advice
 
     batch, shift, acc = report["batch"], report["label_shift"], report["accuracy"]
     top = [headline(report), change_line(report)] + [f"do: {step}" for step in advice(report)] + [""]
@@ -73,7 +73,7 @@ def format_report(report: dict) -> str:
 def class_mix_trust(report: dict) -> str:
     """Whether to trust the class-mix estimate, in plain words; a batch with no detected
     change is not shown as suspect."""
-    from shiftwatch.page import why_untrustworthy
+    from shiftwatch.operations.page import why_untrustworthy
 
     if not report["label_shift"]["untrustworthy"]:
         return "estimate trustworthy"

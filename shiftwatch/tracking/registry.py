@@ -8,7 +8,7 @@ loads exactly the bytes `train` wrote, and the md5 recorded in a reference summa
 compared with them. Each version carries tags: its md5, the git commit and DVC experiment
 that produced it, and (once `evaluate` has scored it) its held-out test accuracy.
 
-These functions take an MlflowClient; the stages call them through `shiftwatch.tracking`
+These functions take an MlflowClient; the stages call them through `shiftwatch.tracking.runs`
 (in its helper process), `shiftwatch check` directly.
 """
 from __future__ import annotations
@@ -120,7 +120,7 @@ def fetch_model(uri: str, tracking_uri: str, cache: Path | None = None) -> tuple
                               "(e.g. models:/shiftwatch-resnet18@champion) or models:/<name>/<version>")
     from mlflow.exceptions import MlflowException
 
-    from shiftwatch.tracking import store_client
+    from shiftwatch.tracking.runs import store_client
 
     client, name = store_client(tracking_uri), match["name"]
     try:

@@ -224,7 +224,7 @@ def headline_metrics(root: Path = Path(".")) -> dict[str, float]:
 
 def changed_params(current: dict[str, object], baseline_rev: str, root: Path = Path(".")) -> dict:
     """The flat params that differ from params.yaml at `baseline_rev` (empty if unknown)."""
-    from shiftwatch.params import parse_params
+    from shiftwatch.core.params import parse_params
 
     text = _git(root, "show", f"{baseline_rev}:params.yaml")
     try:
@@ -331,15 +331,15 @@ class _Logger:
         _retry(lambda: self.client.set_tag(self.run_id, key, value))
 
     def log_dataset(self, path: str, context: str) -> None:
-        from shiftwatch.lineage import md5_of
-        from shiftwatch.model_registry import dataset_input
+        from shiftwatch.core.lineage import md5_of
+        from shiftwatch.tracking.registry import dataset_input
 
         entry = dataset_input(path, md5_of(path), context)
         _retry(lambda: self.client.log_inputs(self.run_id, [entry]))
 
     def register_model(self, path: str, name: str):
-        from shiftwatch.lineage import file_md5
-        from shiftwatch.model_registry import register
+        from shiftwatch.core.lineage import file_md5
+        from shiftwatch.tracking.registry import register
 
         tags = {k: v for k, v in self.tags.items() if not k.startswith("mlflow.")}
         md5 = file_md5(path)
@@ -351,7 +351,7 @@ class _Logger:
 
     def promote_champion(self, path: str, name: str, test_accuracy: float, tolerance_points: float,
                          promote_from: str) -> None:
-        from shiftwatch.model_registry import CHAMPION, promote
+        from shiftwatch.tracking.registry import CHAMPION, promote
 
         version = self.register_model(path, name)
         experiment = self.tags["dvc.exp_name"]
@@ -751,8 +751,8 @@ def log_check(report: dict, params: dict[str, object], html: Path | None = None,
 
 def _lineage(report: dict) -> list:
     """The batch and the reference as MLflow dataset inputs, with their md5s as digests."""
-    from shiftwatch.lineage import md5_of
-    from shiftwatch.model_registry import dataset_input
+    from shiftwatch.core.lineage import md5_of
+    from shiftwatch.tracking.registry import dataset_input
 
     return [dataset_input(report[key]["path"], md5_of(report[key]["path"]), context)
             for key, context in (("batch", "check"), ("reference", "reference"))
