@@ -23,7 +23,8 @@ from shiftwatch.core.plots import estimates_vs_truth
 from shiftwatch.core.stage import run_stage
 from shiftwatch.core.workers import fork_map
 from shiftwatch.detection.basic import domain_classifier_test
-from shiftwatch.detection.mmd import check_permutations_for_holm, mmd_test
+from shiftwatch.detection.holm import check_permutations_for_holm
+from shiftwatch.detection.mmd import mmd_test
 from shiftwatch.detection.verdict import FEATURE_DETECTORS, accuracy_report, label_shift_report, run_detectors
 from shiftwatch.estimation.accuracy import estimate
 from shiftwatch.model.features import deployment_views, finetuned_outputs, load_features, load_view

@@ -36,7 +36,7 @@ from shiftwatch.core.plots import harm_plot, power_curves
 from shiftwatch.core.stage import run_stage
 from shiftwatch.core.workers import fork_map
 from shiftwatch.data.corruptions import check_severity
-from shiftwatch.detection.mmd import check_permutations_for_holm
+from shiftwatch.detection.holm import check_permutations_for_holm
 from shiftwatch.detection.power import calibration_flags, independent_alarm_rates
 from shiftwatch.detection.power_design import (
     TARGET_POWER,

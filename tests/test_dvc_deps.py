@@ -101,10 +101,11 @@ def test_the_check_follows_lazy_and_transitive_imports(tmp_path):
     script.write_text("def main():\n    from shiftwatch.evaluation_helpers import x\n")
     assert shiftwatch_modules(script) == {"shiftwatch/__init__.py"}  # no such module: only the package
     script.write_text("def main():\n    from shiftwatch.model.features import Features\n")
-    assert shiftwatch_modules(script) == {  # features -> io, mmd -> basic; network lazily
+    assert shiftwatch_modules(script) == {  # features -> io, image_stats -> _arrays -> basic; network lazily
         "shiftwatch/__init__.py", "shiftwatch/model/__init__.py", "shiftwatch/model/features.py",
         "shiftwatch/core/__init__.py", "shiftwatch/core/io.py", "shiftwatch/model/network.py",
-        "shiftwatch/detection/__init__.py", "shiftwatch/detection/mmd.py", "shiftwatch/detection/basic.py"}
+        "shiftwatch/detection/__init__.py", "shiftwatch/detection/image_stats.py",
+        "shiftwatch/detection/_arrays.py", "shiftwatch/detection/basic.py"}
 
 
 def test_train_does_not_depend_on_inference_or_shift_settings():

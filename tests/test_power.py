@@ -3,7 +3,7 @@ import pytest
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.detection.mmd import bbsd_ks
+from shiftwatch.detection.bbsd import bbsd_ks
 from shiftwatch.detection.power import (
     COMBINED,
     AlarmRate,

@@ -7,25 +7,18 @@ from scipy import stats
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.detection.basic import label_proportion_test
+from shiftwatch.detection.bbsd import _fisher_greater, bbsd_chi2, bbsd_class_shares, bbsd_ks, bbsd_ks_columns
+from shiftwatch.detection.framing import frame_span_test, spans_frame
+from shiftwatch.detection.holm import holm
+from shiftwatch.detection.image_stats import image_stats_test, pixel_quantiles, zero_fraction
 from shiftwatch.detection.mmd import (
-    _fisher_greater,
     _shifted_kernel,
     _split_mmd2,
-    bbsd_chi2,
-    bbsd_class_shares,
-    bbsd_ks,
-    bbsd_ks_columns,
-    frame_span_test,
-    holm,
-    image_stats_test,
     median_bandwidth,
     mmd2_unbiased,
     mmd_test,
-    pixel_quantiles,
     rbf_kernel,
     reference_bandwidth,
-    spans_frame,
-    zero_fraction,
 )
 
 ALPHA = 0.05

@@ -1,17 +1,6 @@
-"""Model-based and kernel two-sample tests, cheap image statistics, and a Holm verdict.
-
-Reference (domain A) vs a deployment batch, label-free:
-
-- BBSD (black-box shift detection, Rabanser et al. 2019, "Failing Loudly"): tests on the
-  classifier's softmax outputs, `bbsd_ks` (per-output KS, Bonferroni), `bbsd_chi2`
-  (predicted-label counts, omnibus) and `bbsd_class_shares` (each class's predicted share,
-  Fisher's exact test, Bonferroni: the max-type test for a change in few classes).
-- `mmd_test`: maximum mean discrepancy with a Gaussian RBF kernel, permutation or
-  linear-time p-value (Gretton et al. 2012, JMLR).
-- `image_stats_test`: KS on per-image pixel quantiles, which a classifier tends to ignore,
-  e.g. a brightness shift lifting the black background. (The share of exactly-zero pixels is
-  computed too, but not tested: JPEG, rotation or a resize change it without harm.)
-- `holm`: Holm–Bonferroni over several detectors' p-values into one verdict.
+"""`mmd_test`: maximum mean discrepancy with a Gaussian RBF kernel, permutation or linear-time
+p-value (Gretton et al. 2012, JMLR), reference (domain A) vs a deployment batch, label-free;
+its kernel, bandwidths and the unbiased MMD² estimate.
 
 Pure functions on numpy arrays; randomness only through an explicit `seed`. Bad input
 (empty, mismatched shapes, NaN/inf) raises ShiftwatchError.
@@ -19,15 +8,13 @@ Pure functions on numpy arrays; randomness only through an explicit `seed`. Bad 
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.detection.basic import DetectorResult, ks_columns, label_proportion_test
+from shiftwatch.detection._arrays import _features, _same_width
+from shiftwatch.detection.basic import DetectorResult
 
 # Row block for kernel sums: each temporary is _BLOCK_ROWS x len(other side) float64, 20 MB at
 # 10,000 rows on the other side, so memory stays linear in the sample size.
@@ -53,130 +40,6 @@ _SNAP = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 # float64 is 1 MB, so the several elementwise passes run in cache instead of memory.
 _CACHE_ROWS = 64
 
-
-# ---------------------------------------------------------------- BBSD on softmax outputs
-
-def bbsd_ks_columns(reference_probs: np.ndarray,
-                    deployment_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output KS tests for BBSD: (statistics, p-values), each shape (K,), uncorrected.
-
-    Column k compares the k-th softmax output of the reference (N, K) and deployment (M, K)
-    arrays (the numbers of scipy's two-sided `ks_2samp`, asymptotic p-value; see
-    `shiftwatch.detection.basic.ks_columns`); use it to see which classes moved. A column
-    that is constant and equal on both sides has statistic 0 and p-value 1.
-    """
-    reference, deployment = _probabilities(reference_probs, deployment_probs)
-    return _ks_columns(reference, deployment)
-
-
-def bbsd_ks(reference_probs: np.ndarray, deployment_probs: np.ndarray) -> DetectorResult:
-    """BBSD-KS: KS test on each of the K softmax outputs, combined by Bonferroni.
-
-    Inputs are (N, K) and (M, K) arrays of class probabilities. statistic = the largest KS
-    distance (in [0, 1]); pvalue = min(1, K * smallest per-output p-value), a valid but
-    conservative p-value because the K outputs are dependent (they sum to 1).
-    """
-    return _bonferroni(*bbsd_ks_columns(reference_probs, deployment_probs))
-
-
-def bbsd_chi2(reference_probs: np.ndarray, deployment_probs: np.ndarray) -> DetectorResult:
-    """BBSD-χ²: chi-squared homogeneity test on predicted-label (argmax) counts.
-
-    Inputs are (N, K) and (M, K) class probabilities; K is the number of classes. statistic
-    = χ² (no continuity correction), pvalue from the asymptotic χ² distribution, which is
-    rough when expected counts fall below ~5. Both sides predicting one single class gives
-    (0, 1). See `label_proportion_test`.
-    """
-    reference, deployment = _probabilities(reference_probs, deployment_probs)
-    classes = reference.shape[1]
-    return label_proportion_test(reference.argmax(axis=1), deployment.argmax(axis=1), classes)
-
-
-def bbsd_class_shares(reference_probs: np.ndarray, deployment_probs: np.ndarray) -> DetectorResult:
-    """BBSD per class: has the share of images predicted as any one class changed?
-
-    For each of the K classes, Fisher's exact test (two-sided) on the 2x2 table (predicted
-    as the class or not) x (reference, deployment); pvalue = min(1, K * smallest p-value)
-    (Bonferroni), statistic = the largest absolute difference in predicted share. χ² spreads
-    its power over K - 1 degrees of freedom; when the mix changes in one or two classes (a
-    class thinned out, as the label shift here) this max-type test needs far fewer images,
-    and it is exact at any n. The omnibus `bbsd_chi2` stays for diffuse changes.
-    """
-    reference, deployment = _probabilities(reference_probs, deployment_probs)
-    classes = reference.shape[1]
-    ref_counts = np.bincount(reference.argmax(axis=1), minlength=classes)
-    dep_counts = np.bincount(deployment.argmax(axis=1), minlength=classes)
-    pvalues = np.array([_fisher_two_sided(ref_counts[c], len(reference), dep_counts[c], len(deployment))
-                        for c in range(classes)])
-    gaps = np.abs(ref_counts / len(reference) - dep_counts / len(deployment))
-    return _bonferroni(gaps, pvalues)
-
-
-def _fisher_two_sided(hits_a: int, size_a: int, hits_b: int, size_b: int) -> float:
-    """Fisher's exact test of hits_a/size_a vs hits_b/size_b, two-sided: the probability under
-    the hypergeometric null of every table no more likely than the observed one (relative
-    tolerance 1e-7, as scipy's fisher_exact, whose p-values a test matches to 1e-9). The
-    whole support at once, from the pmf's ratio recurrence in log space: ~0.2 ms where
-    fisher_exact takes ~0.5 ms (ten classes, ~10^5 calls in the power stage)."""
-    low, pmf = _hypergeometric_pmf(hits_a, size_a, hits_b, size_b)
-    observed = pmf[hits_a - low]
-    return float(min(1.0, pmf[pmf <= observed * (1 + 1e-7)].sum()))
-
-
-def _fisher_greater(hits_a: int, size_a: int, hits_b: int, size_b: int) -> float:
-    """Fisher's exact test, one-sided: is the share hits_a/size_a larger than hits_b/size_b?
-    P(at least hits_a of the hits fall in sample a), as scipy's fisher_exact(alternative="greater")."""
-    low, pmf = _hypergeometric_pmf(hits_a, size_a, hits_b, size_b)
-    return float(min(1.0, pmf[hits_a - low:].sum()))
-
-
-def _hypergeometric_pmf(hits_a: int, size_a: int, hits_b: int, size_b: int) -> tuple[int, np.ndarray]:
-    """(lowest possible hits in a, pmf over its support) given the margins of the 2x2 table."""
-    hits = hits_a + hits_b
-    low, high = max(0, hits - size_b), min(hits, size_a)
-    k = np.arange(low, high, dtype=float)
-    # log P(k + 1) - log P(k) for X ~ Hypergeom(size_a + size_b, size_a, hits)
-    steps = np.log((size_a - k) * (hits - k)) - np.log((k + 1) * (size_b - hits + k + 1))
-    log_pmf = np.concatenate([[0.0], np.cumsum(steps)])
-    pmf = np.exp(log_pmf - log_pmf.max())
-    return low, pmf / pmf.sum()
-
-
-# ---------------------------------------------------------------- framing
-
-def spans_frame(pixels: np.ndarray) -> np.ndarray:
-    """Per image: does the object span the frame, i.e. is there ink (any non-zero 8-bit pixel)
-    in both the top and bottom rows, or in both the left and right columns?
-
-    FashionMNIST's conversion resized every product's longest edge to the full 28 pixels
-    (Xiao et al. 2017), so ~97 % of its images span the frame; an image moved, shrunk or
-    padded no longer does. `pixels` is the (N, H*W) uint8 view of square images."""
-    if pixels.ndim != 2 or math.isqrt(pixels.shape[1]) ** 2 != pixels.shape[1]:
-        raise ShiftwatchError(f"frame span: expected (N, H*W) pixels of square images, got shape {pixels.shape}")
-    size = math.isqrt(pixels.shape[1])
-    ink = pixels.reshape(len(pixels), size, size) > 0
-    rows = ink[:, 0].any(axis=1) & ink[:, -1].any(axis=1)
-    columns = ink[:, :, 0].any(axis=1) & ink[:, :, -1].any(axis=1)
-    return rows | columns
-
-
-def frame_span_test(reference_pixels: np.ndarray, deployment_pixels: np.ndarray) -> DetectorResult:
-    """Have fewer deployment images kept the frame-filling framing than reference images?
-
-    One-sided Fisher's exact test on the share of images that span the frame (`spans_frame`);
-    statistic = reference share - deployment share. One-sided because what it guards is the
-    dataset's framing being lost (moved, shrunk, padded or letterboxed objects). More ink at
-    the borders (JPEG ringing, noise) is left to the other detectors."""
-    if len(reference_pixels) == 0 or len(deployment_pixels) == 0:
-        raise ShiftwatchError("frame span: the reference and the deployment batch need at least one image each")
-    in_reference = int(spans_frame(reference_pixels).sum())
-    in_deployment = int(spans_frame(deployment_pixels).sum())
-    drop = in_reference / len(reference_pixels) - in_deployment / len(deployment_pixels)
-    return DetectorResult(float(drop), _fisher_greater(in_reference, len(reference_pixels),
-                                                       in_deployment, len(deployment_pixels)))
-
-
-# ---------------------------------------------------------------- MMD
 
 def rbf_kernel(a: np.ndarray, b: np.ndarray, bandwidth: float) -> np.ndarray:
     """Gaussian RBF kernel matrix exp(-||a_i - b_j||² / (2 bandwidth²)), shape (len(a), len(b)).
@@ -458,136 +321,3 @@ def _check_bandwidth(bandwidth: float) -> float:
         raise ShiftwatchError(f"bandwidth = {bandwidth}; pass a positive distance or None for "
                               "the median heuristic")
     return float(bandwidth)
-
-
-# ---------------------------------------------------------------- image statistics
-
-def zero_fraction(images: np.ndarray) -> np.ndarray:
-    """Share of pixels exactly 0 in each image, shape (N,), in [0, 1].
-
-    FashionMNIST backgrounds are exactly black; a brightness shift (or noise) lifts them, so
-    this drops to ~0 even when a classifier's predictions barely move.
-    """
-    flat = _features(images, "images", as_float=False)
-    return np.count_nonzero(flat == 0, axis=1) / flat.shape[1]
-
-
-def pixel_quantiles(images: np.ndarray, qs: Sequence[float] = (0.1, 0.5, 0.9)) -> np.ndarray:
-    """Per-image pixel quantiles (numpy's default linear interpolation), shape (N, len(qs)),
-    in the images' intensity units. `qs` must lie in [0, 1]."""
-    qs = np.asarray(qs, dtype=float)
-    if qs.ndim != 1 or qs.size == 0 or np.any((qs < 0) | (qs > 1)):
-        raise ShiftwatchError(f"qs = {qs.tolist()}; pass a non-empty list of quantiles in [0, 1]")
-    return np.quantile(_features(images, "images"), qs, axis=1).T
-
-
-def image_stats_test(reference_images: np.ndarray, deployment_images: np.ndarray,
-                     qs: Sequence[float] = (0.1, 0.5, 0.9)) -> DetectorResult:
-    """KS tests on cheap per-image statistics, combined by Bonferroni.
-
-    Statistics: each `pixel_quantiles` column (len(qs) tests).
-    statistic = the largest KS distance; pvalue = min(1, tests * smallest p-value). Many
-    ties (e.g. the 10 % quantile is 0 for every image) only make the KS p-values
-    conservative; a statistic constant and equal on both sides gives p = 1.
-    """
-    reference_shape = np.shape(reference_images)[1:]
-    deployment_shape = np.shape(deployment_images)[1:]
-    if reference_shape != deployment_shape:
-        raise ShiftwatchError(f"reference images have shape {reference_shape} but deployment "
-                              f"images {deployment_shape}; resize one side to match")
-    reference = _image_statistics(reference_images, "reference_images", qs)
-    deployment = _image_statistics(deployment_images, "deployment_images", qs)
-    return _bonferroni(*_ks_columns(reference, deployment))
-
-
-def _image_statistics(images: np.ndarray, name: str, qs: Sequence[float]) -> np.ndarray:
-    _features(images, name)  # validates with the caller's argument name
-    return pixel_quantiles(images, qs)
-
-
-# ---------------------------------------------------------------- Holm–Bonferroni
-
-@dataclass(frozen=True)
-class HolmResult:
-    """Holm–Bonferroni verdict: `reject` (any detector alarms), Holm-adjusted p-values by
-    detector name, and the names rejected at the level used."""
-    reject: bool
-    adjusted: dict[str, float]
-    rejected: tuple[str, ...]
-
-
-def check_permutations_for_holm(permutations: int, detectors: int, alpha: float, setting: str) -> None:
-    """A permutation p-value is at least 1/(B + 1): under Holm over k detectors it can raise an
-    alarm on its own only if 1/(B + 1) < alpha / k. Raise, naming `setting`, if it cannot."""
-    if 1 / (permutations + 1) >= alpha / detectors:
-        raise ShiftwatchError(f"{setting} = {permutations}: the smallest permutation p-value "
-                              f"1/{permutations + 1} cannot fall below alpha/{detectors} = "
-                              f"{alpha / detectors:.4f} (Holm over {detectors} detectors); use at "
-                              f"least {int(np.floor(detectors / alpha))}")
-
-
-def holm(pvalues: Mapping[str, float | None], alpha: float = 0.05) -> HolmResult:
-    """Holm's step-down procedure over several detectors' p-values (family-wise error ≤ alpha).
-
-    Adjusted p-value of the i-th smallest of m: max_{j≤i} min(1, (m - j + 1) p_(j)); a
-    detector is rejected when its adjusted p-value is < alpha (strict, as `detect_drift`
-    compares p-values). Detectors whose p-value is None (e.g. KL, which has none) are skipped
-    and left out of `adjusted`; with none left, nothing is rejected.
-    """
-    if not 0 < alpha < 1:
-        raise ShiftwatchError(f"alpha = {alpha}; pass a significance level in (0, 1)")
-    tested = {name: p for name, p in pvalues.items() if p is not None}
-    for name, p in tested.items():
-        if not 0 <= p <= 1:  # also catches NaN
-            raise ShiftwatchError(f"p-value of {name!r} is {p}; a p-value must lie in [0, 1]")
-    names = sorted(tested, key=tested.get)
-    scaled = [min(1.0, (len(names) - rank) * tested[name]) for rank, name in enumerate(names)]
-    # The running maximum keeps adjusted p-values in the order of the raw ones (step-down).
-    adjusted = dict(zip(names, np.maximum.accumulate(scaled).tolist() if names else []))
-    rejected = tuple(name for name in names if adjusted[name] < alpha)
-    return HolmResult(bool(rejected), {name: adjusted[name] for name in tested}, rejected)
-
-
-# ---------------------------------------------------------------- helpers
-
-def _ks_columns(reference: np.ndarray, deployment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return ks_columns(reference, deployment)
-
-
-def _bonferroni(statistics: np.ndarray, pvalues: np.ndarray) -> DetectorResult:
-    return DetectorResult(float(statistics.max()), float(min(1.0, len(pvalues) * pvalues.min())))
-
-
-def _probabilities(reference: np.ndarray, deployment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    for name, array in (("reference_probs", reference), ("deployment_probs", deployment)):
-        if np.ndim(array) != 2:
-            raise ShiftwatchError(f"{name} has shape {np.shape(array)}; pass softmax outputs "
-                                  "as a 2-D array (samples, classes)")
-    reference = _features(reference, "reference_probs")
-    deployment = _features(deployment, "deployment_probs")
-    _same_width(reference, deployment, "classes")
-    return reference, deployment
-
-
-def _features(array: np.ndarray, name: str, minimum: int = 1, as_float: bool = True) -> np.ndarray:
-    """`array` as a 2-D (samples, features) view; rejects too few rows and NaN/inf."""
-    array = np.asarray(array)
-    if array.ndim == 0 or len(array) < minimum:
-        raise ShiftwatchError(f"{name} has {0 if array.ndim == 0 else len(array)} rows; "
-                              f"pass at least {minimum} sample(s) along the first axis")
-    if array.size == 0:
-        raise ShiftwatchError(f"{name} has shape {array.shape} with no values per sample; "
-                              "pass at least one feature per row")
-    flat = array.reshape(len(array), -1)
-    if as_float:
-        flat = flat.astype(np.float64, copy=False)
-    if not np.isfinite(flat).all():
-        raise ShiftwatchError(f"{name} contains NaN or infinite values; drop or impute those "
-                              "rows before testing")
-    return flat
-
-
-def _same_width(a: np.ndarray, b: np.ndarray, what: str = "features") -> None:
-    if a.shape[1] != b.shape[1]:
-        raise ShiftwatchError(f"the two samples have {a.shape[1]} and {b.shape[1]} {what} per "
-                              "row; pass arrays with the same trailing shape")

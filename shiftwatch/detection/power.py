@@ -17,7 +17,7 @@ import numpy as np
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.detection.mmd import holm
+from shiftwatch.detection.holm import holm
 
 Detector = Callable[[np.ndarray, np.ndarray], object]
 # Key of the Holm–Bonferroni verdict in `detection_rates` / `false_alarm_rates`.
@@ -103,7 +103,7 @@ def detection_rates(reference: np.ndarray, deployment: np.ndarray,
     `detection_rate` gives it with the same seed, and the detectors' differences are not
     sampling noise between separate draws. With combine="holm" (default) the result also has
     an entry "combined": a draw alarms when Holm–Bonferroni over that draw's p-values rejects
-    at alpha (`shiftwatch.detection.mmd.holm`, adjusted p < alpha), the family-wise verdict a
+    at alpha (`shiftwatch.detection.holm.holm`, adjusted p < alpha), the family-wise verdict a
     monitor would raise. combine=None leaves it out.
     """
     names = _names(detectors, combine)

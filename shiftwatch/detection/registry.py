@@ -28,14 +28,9 @@ import numpy as np
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.detection.basic import DetectorResult, ks_test, per_pixel_ks
-from shiftwatch.detection.mmd import (
-    bbsd_chi2,
-    bbsd_class_shares,
-    bbsd_ks,
-    frame_span_test,
-    mmd_test,
-    reference_bandwidth,
-)
+from shiftwatch.detection.bbsd import bbsd_chi2, bbsd_class_shares, bbsd_ks
+from shiftwatch.detection.framing import frame_span_test
+from shiftwatch.detection.mmd import mmd_test, reference_bandwidth
 
 View = Literal["pixels", "image_stats", "probabilities", "embeddings"]
 # What each view holds, one row per image (`shiftwatch.model.features.Features` carries all four).

@@ -18,7 +18,7 @@ import numpy as np
 
 from shiftwatch import NUM_CLASSES
 from shiftwatch.detection.basic import DetectorResult
-from shiftwatch.detection.mmd import holm
+from shiftwatch.detection.holm import holm
 from shiftwatch.detection.registry import Settings, bound, diagnostic_detectors, verdict_detectors
 from shiftwatch.estimation.labelshift import (
     atc_estimate,

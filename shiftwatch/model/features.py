@@ -14,7 +14,7 @@ import numpy as np
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.core.io import atomic_path, rows_matching
-from shiftwatch.detection.mmd import pixel_quantiles, zero_fraction
+from shiftwatch.detection.image_stats import pixel_quantiles, zero_fraction
 
 
 @dataclass(frozen=True)
