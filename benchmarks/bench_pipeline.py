@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from shiftwatch.data.fashion_mnist import find_source, load_fashion_mnist  # noqa: E402
 from shiftwatch.model.network import as_batch, build_resnet18, inference_dtype, train  # noqa: E402
-from shiftwatch.tracking.runs import headline_metrics  # noqa: E402
+from shiftwatch.tracking.dvc import headline_metrics  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tests"))
 from test_pipeline import _copy_repo, _dvc, _run  # noqa: E402  (same temp-repo recipe as the tests)

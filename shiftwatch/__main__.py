@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if not _from_tracking_store(err):
             raise
-        from shiftwatch.tracking.runs import one_line, tracking_uri
+        from shiftwatch.tracking.store import one_line, tracking_uri
 
         print(f"shiftwatch {args.command}: error: the MLflow tracking store at {tracking_uri()} failed "
               f"({one_line(err)}); check that it runs, or unset MLFLOW_TRACKING_URI", file=sys.stderr)

@@ -395,7 +395,7 @@ def test_help_lists_the_commands(capsys):
 def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from shiftwatch.tracking.runs import EXPERIMENT
+    from shiftwatch.tracking.store import EXPERIMENT
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -16,7 +16,7 @@ from conftest import REPO, needs_fashion_mnist
 from mlflow import MlflowClient
 
 from shiftwatch.core.io import load_set
-from shiftwatch.tracking.runs import headline_metrics
+from shiftwatch.tracking.dvc import headline_metrics
 
 pytestmark = needs_fashion_mnist
 

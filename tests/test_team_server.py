@@ -68,7 +68,7 @@ def _dvc(repo: Path, uri: str, *args: str) -> subprocess.CompletedProcess:
 def test_four_experiments_two_at_a_time_lose_nothing_on_the_server(server, tmp_path):
     from mlflow import MlflowClient
 
-    from shiftwatch.tracking.runs import EXPERIMENT
+    from shiftwatch.tracking.store import EXPERIMENT
 
     repo = _copy_repo(tmp_path)
     _small_params(repo)

@@ -12,22 +12,9 @@ from mlflow import MlflowClient
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.core.params import Params
-from shiftwatch.tracking.runs import (
-    EXPERIMENT,
-    PIPELINE_TAG,
-    changed_params,
-    declared_params,
-    flatten_numbers,
-    git_commit,
-    headline_metrics,
-    parent_name,
-    pipeline_execution,
-    process_alive,
-    process_identity,
-    repo_root,
-    stage_run,
-    tracking_uri,
-)
+from shiftwatch.tracking.dvc import changed_params, declared_params, headline_metrics, parent_name
+from shiftwatch.tracking.runs import PIPELINE_TAG, pipeline_execution, process_alive, process_identity, stage_run
+from shiftwatch.tracking.store import EXPERIMENT, flatten_numbers, git_commit, repo_root, tracking_uri
 
 
 def test_repo_root_maps_a_queued_experiment_back_to_the_main_repo(tmp_path, monkeypatch):

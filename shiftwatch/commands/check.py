@@ -12,7 +12,7 @@ each into 8-bit gray). Images not 28x28 are resized with antialiased bilinear in
 The reference is the summary the `reference` stage saved for the held-out test set, made by
 the same model (checked by md5); the check itself is shiftwatch/operations/check.py, reading the batch
 shiftwatch/data/batch.py, the reports operations/text_report.py and operations/html_report.py, logging
-tracking.runs.log_check.
+tracking.checks.log_check.
 No labels are needed: class proportions (BBSE, EM) and accuracy (ATC, average confidence) are
 estimates.
 
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         taken = batch_time(args.batch, args.time)
         previous = None if args.confirm_with is None else read_previous(args.confirm_with)
         if args.log:  # a server that does not answer is found before the check, in seconds
-            from shiftwatch.tracking.runs import require_store
+            from shiftwatch.tracking.store import require_store
 
             require_store()
         if args.server:
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.log:
         try:
-            from shiftwatch.tracking.runs import log_check
+            from shiftwatch.tracking.checks import log_check
 
             run_id = log_check(report, report["params"], html=args.html, pictures=pictures)
         except Exception as err:  # MlflowException, sqlite errors: the check itself is done

@@ -121,7 +121,7 @@ def _handler(settings, ref: dict, network, paths: dict, read_timeout: float):
             except _Stalled:
                 self._reply(408, {"error": f"the request stalled: nothing received for {read_timeout:g} s"})
             except Exception as err:  # a bug, not the client's: one line each side, no traceback sent
-                from shiftwatch.tracking.runs import one_line
+                from shiftwatch.tracking.store import one_line
 
                 print(f"shiftwatch serve: error: POST /check: {one_line(err)} at {_where(err)}",
                       file=sys.stderr, flush=True)

@@ -34,7 +34,7 @@ ACCURACY = {
 
 def sweep_rows(param: str, deployment_set: str = "b_shift") -> list[dict]:
     """One row per value of `param`: the latest pipeline run's scores and accuracies."""
-    from shiftwatch.tracking.runs import EXPERIMENT, store_client, tracking_uri
+    from shiftwatch.tracking.store import EXPERIMENT, store_client, tracking_uri
 
     client = store_client()
     experiment = client.get_experiment_by_name(EXPERIMENT)

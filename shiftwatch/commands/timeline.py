@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 def logged_checks(since: datetime | None = None) -> list[dict]:
     """One point per logged check run, oldest first: time, verdict, Holm-adjusted p-value per
     detector, ATC accuracy, focus-class share (BBSE), alpha, images."""
-    from shiftwatch.tracking.runs import EXPERIMENT, store_client, tracking_uri
+    from shiftwatch.tracking.store import EXPERIMENT, store_client, tracking_uri
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
@@ -192,7 +192,7 @@ def false_pages_per_week(points: list[dict], details_path: Path | None = None,
     import json
     import statistics
 
-    from shiftwatch.tracking.runs import repo_root
+    from shiftwatch.tracking.store import repo_root
 
     path = details_path or repo_root(Path.cwd()) / "metrics" / "harm_details.json"
     try:

@@ -73,7 +73,7 @@ def load_inputs(reference: Path | None, model: str | Path | None, params: Path |
 
     if model is not None and is_model_uri(str(model)):
         from shiftwatch.tracking.registry import fetch_model
-        from shiftwatch.tracking.runs import tracking_uri
+        from shiftwatch.tracking.store import tracking_uri
 
         paths["model_uri"] = str(model)
         paths["model"], _ = fetch_model(str(model), tracking_uri())
@@ -253,7 +253,7 @@ def _reference_features(ref: dict[str, np.ndarray]):
 
 def _project_root() -> Path:
     """The nearest folder at or above the working directory that holds dvc.yaml (else cwd)."""
-    from shiftwatch.tracking.runs import repo_root
+    from shiftwatch.tracking.store import repo_root
 
     return repo_root(Path.cwd())
 

@@ -120,7 +120,7 @@ def fetch_model(uri: str, tracking_uri: str, cache: Path | None = None) -> tuple
                               "(e.g. models:/shiftwatch-resnet18@champion) or models:/<name>/<version>")
     from mlflow.exceptions import MlflowException
 
-    from shiftwatch.tracking.runs import store_client
+    from shiftwatch.tracking.store import store_client
 
     client, name = store_client(tracking_uri), match["name"]
     try:

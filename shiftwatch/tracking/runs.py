@@ -1,11 +1,6 @@
 """MLflow for every stage execution: one store at the repository root, one experiment,
 one parent run per pipeline execution with a child run per stage.
 
-Where the store is: MLFLOW_TRACKING_URI if set, else sqlite:///<repo root>/mlflow.db with
-artifacts in <repo root>/mlartifacts. The repo root comes from DVC_ROOT or by walking up from
-the working directory to dvc.yaml, and a queued experiment's temporary clone
-(<root>/.dvc/tmp/exps/...) is mapped back to <root>, so queued runs land in the main store.
-
 Grouping: the parent run is keyed by the DVC experiment name (or "workspace"), the git
 commit, a hash of params.yaml and the execution (the `dvc` process running the stages, so a
 later `dvc repro -s monitor` gets a parent of its own), and named after the params that differ from the baseline
@@ -15,123 +10,39 @@ params (the keys dvc.yaml declares for it), detailed metrics and artifacts. The 
 all params and the headline metrics only: every number in the DVC metrics files that
 dvc.yaml declares, re-read from disk after each stage. Files of stages that DVC skipped are
 current (DVC checked them), so every parent carries the same metric keys, whichever stages ran.
+
+Runs left RUNNING by a process that is gone (SIGKILL, a crash) are closed as KILLED by the
+next stage start. Where the store is: `shiftwatch.tracking.store`.
 """
 from __future__ import annotations
 
 import atexit
-import getpass
 import hashlib
-import json
-import logging
 import multiprocessing
 import os
 import queue
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
 from shiftwatch import ShiftwatchError
+from shiftwatch.tracking.dvc import changed_params, declared_params, headline_metrics, parent_name
+from shiftwatch.tracking.store import (
+    STORE_TIMEOUT_S,
+    _open_store,
+    _retry,
+    dvc_tags,
+    flatten_numbers,
+    one_line,
+    server_problem,
+    tracking_uri,
+    unreachable,
+)
 
-EXPERIMENT = "shiftwatch"
-# Seconds the first call to the tracking store may take before the stage gives up on it.
-STORE_TIMEOUT_S = 5
 PIPELINE_TAG = "shiftwatch.pipeline"
-# Without this tag MLflow 3's UI opens an experiment on its GenAI traces page.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-
-
-def repo_root(start: Path | None = None) -> Path:
-    """The project root: DVC_ROOT, else the nearest folder above `start` holding dvc.yaml,
-    with a queued experiment's temporary clone mapped back to the repository it came from."""
-    if start is None:
-        start = Path(os.environ.get("DVC_ROOT") or Path.cwd())
-    start = start.resolve()
-    root = next((p for p in (start, *start.parents) if (p / "dvc.yaml").exists()), start)
-    parts = root.parts
-    for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return root
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
-
-
-def _artifact_location(uri: str) -> str | None:
-    """Artifacts beside a SQLite store; a server or other store decides for itself."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
-    return None
-
-
-def _retry(call, attempts: int = 8):
-    """SQLite allows one writer: parallel queue workers can see 'database is locked'."""
-    for attempt in range(attempts):
-        try:
-            return call()
-        except Exception as err:  # MlflowException wraps the OperationalError
-            if "locked" not in str(err) or attempt == attempts - 1:
-                raise
-            time.sleep(0.5 * 2 ** attempt)
-
-
-def _experiment_id(client, uri: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-    found = client.get_experiment_by_name(EXPERIMENT)
-    if found is None:
-        try:
-            return client.create_experiment(EXPERIMENT, artifact_location=_artifact_location(uri),
-                                            tags=EXPERIMENT_KIND)
-        except MlflowException:  # created meanwhile by a concurrent stage
-            found = client.get_experiment_by_name(EXPERIMENT)
-    if found.tags.get("mlflow.experimentKind") is None:  # a store from before the tag
-        for key, value in EXPERIMENT_KIND.items():
-            client.set_experiment_tag(found.experiment_id, key, value)
-    return found.experiment_id
-
-
-def git_commit(root: Path) -> str:
-    return _git(root, "rev-parse", "HEAD") or "unknown"
-
-
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def dvc_tags(stage: str) -> dict[str, str]:
-    """Tags that lead from an MLflow run to its DVC experiment and commit, and back, plus
-    MLflow's own source tags (the UI's Source, Version and User columns)."""
-    here = Path.cwd()
-    commit = git_commit(here)
-    return {
-        "dvc.stage": stage,
-        "dvc.exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
-        "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", commit),
-        "git.commit": commit,
-        "mlflow.source.git.commit": commit,
-        "mlflow.source.name": f"dvc.yaml:{stage}" if stage else "dvc.yaml",
-        "mlflow.source.type": "LOCAL",
-        "mlflow.user": _user(),
-    }
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry (some containers)
-        return "unknown"
 
 
 def pipeline_key(params_json: str, tags: dict[str, str], execution: str = "") -> str:
@@ -175,74 +86,6 @@ def _proc_stat(pid: int) -> list[str] | None:
         return None
     return stat[stat.rindex(")") + 2:].split()
 
-
-def flatten_numbers(tree: dict, prefix: str) -> dict[str, float]:
-    """{'b_shift': {'ks_pvalue': 0.01}} -> {'<prefix>.b_shift.ks_pvalue': 0.01}; non-numbers dropped."""
-    flat: dict[str, float] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten_numbers(value, f"{prefix}.{key}"))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            flat[f"{prefix}.{key}"] = value
-    return flat
-
-
-# ---------------------------------------------------------------- what dvc.yaml declares
-
-def _pipeline(root: Path) -> dict:
-    return (yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages", {})
-
-
-def declared_params(stage: str, root: Path = Path(".")) -> tuple[str, ...]:
-    """The params keys `stage` lists in dvc.yaml: what its MLflow run records."""
-    spec = _pipeline(root).get(stage, {})
-    keys: list[str] = []
-    for entry in spec.get("params", []):  # "key", or {params file: [keys]}
-        keys.extend([entry] if isinstance(entry, str) else [k for listed in entry.values() for k in listed])
-    return tuple(keys)
-
-
-def metrics_files(root: Path = Path(".")) -> list[Path]:
-    """Every DVC metrics file of the pipeline (the headline numbers), in stage order."""
-    files = []
-    for spec in _pipeline(root).values():
-        for entry in spec.get("metrics", []):
-            files.append(root / (entry if isinstance(entry, str) else next(iter(entry))))
-    return files
-
-
-def headline_metrics(root: Path = Path(".")) -> dict[str, float]:
-    """The numbers `dvc exp show` shows, keyed <file stem>.<dotted path> (detect.b_shift.drift)."""
-    metrics: dict[str, float] = {}
-    for path in metrics_files(root):
-        try:
-            metrics.update(flatten_numbers(json.loads(path.read_text()), path.stem))
-        except (OSError, json.JSONDecodeError):
-            continue  # not produced yet (its stage runs later) or unreadable: nothing to show
-    return metrics
-
-
-def changed_params(current: dict[str, object], baseline_rev: str, root: Path = Path(".")) -> dict:
-    """The flat params that differ from params.yaml at `baseline_rev` (empty if unknown)."""
-    from shiftwatch.core.params import parse_params
-
-    text = _git(root, "show", f"{baseline_rev}:params.yaml")
-    try:
-        baseline = parse_params(yaml.safe_load(text or "")).flat()
-    except (yaml.YAMLError, ShiftwatchError):  # none at that commit, or an older schema
-        return {}
-    same = lambda key, value: key in baseline and json.dumps(baseline[key]) == json.dumps(value)  # noqa: E731
-    return {k: v for k, v in current.items() if not same(k, v)}
-
-
-def parent_name(tags: dict[str, str], changed: dict[str, object]) -> str:
-    """'shift.brightness=0.2 (bally-loot)', or 'baseline 5103cd6 (workspace)' without changes."""
-    label = (", ".join(f"{k}={v}" for k, v in changed.items()) if changed
-             else f"baseline {tags['dvc.baseline_rev'][:7]}")
-    return f"{label} ({tags['dvc.exp_name']})"
-
-
-# ---------------------------------------------------------------- runs
 
 class StageRun:
     """What a stage script logs through: its own run's params, metrics, tags and artifacts.
@@ -438,89 +281,6 @@ class _Heartbeat:
             raise ConnectionError(f"no answer to {HEARTBEAT_MISSES} health checks in a row: {problem}")
 
 
-def one_line(err: BaseException, limit: int = 200) -> str:
-    """"Type: first line of the message" (the type alone if there is none), at most `limit` long."""
-    text = str(err).strip()
-    line = f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-    return line if len(line) <= limit else line[:limit - 1] + "…"
-
-
-def _open_store() -> tuple:
-    """(MlflowClient, experiment id) of the tracking store, checked once: a server that does
-    not answer fails here within ~STORE_TIMEOUT_S seconds, not after MLflow's minutes of retries."""
-    import mlflow
-
-    # A new SQLite store announces its schema set-up at INFO on stderr; a stage's stderr is
-    # for its own one-line errors.
-    for name in ("mlflow.store.db.utils", "alembic"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    client = store_client(uri)
-    return client, _retry(lambda: _experiment_id(client, uri))
-
-
-# MLflow retries an HTTP call 7 times with exponential back-off, ~4 minutes before it gives up.
-# An unattended monitor must hear within seconds that its server is gone; a user who wants
-# more patience sets these variables.
-FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": str(STORE_TIMEOUT_S)}
-
-
-def store_client(uri: str | None = None):
-    """An MlflowClient of the tracking store at `uri` (default: tracking_uri()). A server that
-    does not answer is one ShiftwatchError within ~STORE_TIMEOUT_S seconds, here and on every
-    later call (MLflow's HTTP retries cut to FAIL_FAST_HTTP unless set in the environment)."""
-    from mlflow import MlflowClient
-
-    uri = uri or tracking_uri()
-    require_store(uri)
-    return MlflowClient(uri)
-
-
-def require_store(uri: str | None = None) -> None:
-    """Fail fast (StoreUnreachable) if the tracking server at `uri` does not answer; creates
-    nothing (a SQLite store is made only when a client first writes to it)."""
-    uri = uri or tracking_uri()
-    for key, value in FAIL_FAST_HTTP.items():
-        os.environ.setdefault(key, value)
-    problem = server_problem(uri)
-    if problem:
-        raise StoreUnreachable(uri, problem)
-
-
-def server_problem(uri: str, timeout: float = STORE_TIMEOUT_S) -> str | None:
-    """Why the tracking server at `uri` does not answer, or None (any HTTP answer counts;
-    a database URI has no server to ask)."""
-    if not uri.startswith(("http://", "https://")):
-        return None
-    import requests
-
-    try:
-        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
-    except requests.Timeout:
-        return f"no answer within {timeout:g} s"
-    except requests.ConnectionError as err:
-        refused = "refused" in str(err) or "Failed to establish" in str(err)
-        return "connection refused: nothing listens there" if refused else one_line(err)
-    except requests.RequestException as err:
-        return one_line(err)
-    return None
-
-
-def unreachable(uri: str, problem: str) -> str:
-    return (f"the MLflow tracking store at {uri} does not answer ({problem}); "
-            "start it, or unset MLFLOW_TRACKING_URI to log to the local mlflow.db")
-
-
-class StoreUnreachable(ShiftwatchError):
-    """The tracking server did not answer; `problem` says how."""
-
-    def __init__(self, uri: str, problem: str):
-        super().__init__(unreachable(uri, problem))
-        self.problem = problem
-
-
 def _log_params(client, run_id: str, params: dict[str, object]) -> None:
     from mlflow.entities import Param
 
@@ -658,6 +418,7 @@ def _parent_run(client, experiment_id: str, key: str, tags: dict[str, str],
     return run.info.run_id
 
 
+
 # ---------------------------------------------------------------- runs whose process is gone
 
 PROCESS_TAG = "shiftwatch.process"  # host:pid:start time of the process that holds a run open
@@ -698,72 +459,3 @@ def close_dead_runs(client, experiment_id: str) -> list[str]:
         client.set_tag(run_id, "shiftwatch.closed_by", "a later stage: the run's process was gone")
         client.set_terminated(run_id, "KILLED")
     return dead
-
-
-# ---------------------------------------------------------------- shiftwatch check --log
-
-def log_check(report: dict, params: dict[str, object], html: Path | None = None,
-              pictures: dict[str, bytes] | None = None) -> str:
-    """One MLflow run (tags dvc.stage = shiftwatch.role = "check") in the project's store
-    with the params `check` read, every number of the report as a metric (check.<path>, the
-    class mix as check.label_shift.<method>.class_<k>), the report as check.json, and the
-    HTML report (`html`) with its figures (`pictures`, PNG bytes by name) when given."""
-    from datetime import datetime
-
-    from mlflow.entities import Metric, Param
-
-    uri = tracking_uri()
-    client = store_client(uri)
-    experiment_id = _retry(lambda: _experiment_id(client, uri))
-    tags = {**dvc_tags("check"), "shiftwatch.role": "check", "shiftwatch.page": report["page"],
-            "shiftwatch.verdict": report["verdict"],
-            "shiftwatch.batch": report["batch"]["path"], "shiftwatch.reference": report["reference"]["path"],
-            "shiftwatch.model": report["model"], "shiftwatch.model_md5": report.get("model_md5", ""),
-            "shiftwatch.batch_time": report["batch"].get("time", "")}
-    run = _retry(lambda: client.create_run(experiment_id, run_name=f"check {Path(report['batch']['path']).name}",
-                                           tags=tags))
-    run_id = run.info.run_id
-    mixes = {method: {f"class_{k}": share for k, share in enumerate(report["label_shift"][method])}
-             for method in ("bbse", "em", "reference")}
-    numbers = flatten_numbers({key: report[key] for key in ("harmful", "estimate", "drift", "tests", "accuracy",
-                                                            "seconds")}, "check")
-    numbers.update(flatten_numbers({"label_shift": {**report["label_shift"], **mixes}}, "check"))
-    numbers["check.batch.images"] = report["batch"]["images"]
-    numbers["check.estimate.interval_low"], numbers["check.estimate.interval_high"] = report["estimate"]["interval"]
-    if report["batch"].get("time"):
-        numbers["check.batch.time"] = datetime.fromisoformat(report["batch"]["time"]).timestamp()
-    now = int(time.time() * 1000)
-    status = "FAILED"
-    try:
-        _retry(lambda: client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in numbers.items()],
-                                        params=[Param(k, str(v)) for k, v in params.items()]))
-        client.log_dict(run_id, report, "check.json")
-        _retry(lambda: client.log_inputs(run_id, _lineage(report)))
-        if html is not None:
-            client.log_artifact(run_id, str(html))
-        for name, png in (pictures or {}).items():
-            client.log_image(run_id, _decoded(png), f"figures/{name}.png")
-        status = "FINISHED"
-    finally:
-        _retry(lambda: client.set_terminated(run_id, status))
-    return run_id
-
-
-def _lineage(report: dict) -> list:
-    """The batch and the reference as MLflow dataset inputs, with their md5s as digests."""
-    from shiftwatch.core.lineage import md5_of
-    from shiftwatch.tracking.registry import dataset_input
-
-    return [dataset_input(report[key]["path"], md5_of(report[key]["path"]), context)
-            for key, context in (("batch", "check"), ("reference", "reference"))
-            if Path(report[key]["path"]).exists()]
-
-
-def _decoded(png: bytes):
-    """PNG bytes -> an RGB(A) array, what MlflowClient.log_image takes."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    return np.asarray(Image.open(io.BytesIO(png)))
