@@ -54,7 +54,7 @@ docs: setup  ## build the documentation site into site/ (offline; --strict: a br
 	$(BIN)/mkdocs build --strict --site-dir site
 
 check-example: setup  ## a real `shiftwatch check` on 1,000 B_shift images, saved for docs/operations.md
-	$(BIN)/python -c "import numpy as np; from shiftwatch.io import load_set; \
+	$(BIN)/python -c "import numpy as np; from shiftwatch.core.io import load_set; \
 	np.save('data/b_shift_sample.npy', load_set('data/shifted/b_shift.npz').images[:1000])"
 	echo '$$ shiftwatch check data/b_shift_sample.npy' > metrics/check_example.txt
 	-$(BIN)/shiftwatch check data/b_shift_sample.npy >> metrics/check_example.txt; \

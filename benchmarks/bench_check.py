@@ -29,7 +29,7 @@ TARGET_SECONDS = 3.0
 
 
 def main() -> None:
-    from shiftwatch.io import load_set
+    from shiftwatch.core.io import load_set
 
     domain_b = load_set(REPO / "data/prepared/domain_b.npz")
     rng = np.random.default_rng(0)

@@ -21,7 +21,7 @@ _CHILD = """
 import resource, sys, time
 import numpy as np
 sys.path.insert(0, {repo!r})
-from shiftwatch.twosample import mmd_test
+from shiftwatch.detection.mmd import mmd_test
 rng = np.random.default_rng(0)
 x = rng.standard_normal(({n}, 512), dtype=np.float32)
 y = rng.standard_normal(({n}, 512), dtype=np.float32)

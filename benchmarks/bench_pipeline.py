@@ -34,9 +34,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from shiftwatch.data import find_source, load_fashion_mnist  # noqa: E402
-from shiftwatch.model import as_batch, build_resnet18, inference_dtype, train  # noqa: E402
-from shiftwatch.tracking import headline_metrics  # noqa: E402
+from shiftwatch.data.fashion_mnist import find_source, load_fashion_mnist  # noqa: E402
+from shiftwatch.model.network import as_batch, build_resnet18, inference_dtype, train  # noqa: E402
+from shiftwatch.tracking.dvc import headline_metrics  # noqa: E402
 
 sys.path.insert(0, str(REPO / "tests"))
 from test_pipeline import _copy_repo, _dvc, _run  # noqa: E402  (same temp-repo recipe as the tests)
@@ -183,7 +183,7 @@ def _seed_loop(dataset, steps: int, batch_size: int) -> float:
 
 
 def _library(images, labels, batch_size: int, precision: str, lower: bool = True) -> float:
-    """`shiftwatch.model.train` itself, one epoch over the benchmark's images."""
+    """`shiftwatch.model.network.train` itself, one epoch over the benchmark's images."""
     history = train(build_resnet18(seed=0), images, labels, epochs=1, batch_size=batch_size, lr=1e-4,
                     seed=0, device=torch.device("cpu"), progress=False, precision=precision, lower=lower)
     return history[0]["images_per_second"]
@@ -191,7 +191,7 @@ def _library(images, labels, batch_size: int, precision: str, lower: bool = True
 
 def _in_memory_loop(images, labels, batch_size: int, *, fused: bool, channels_last: bool = False,
                     bf16: bool = False) -> float:
-    """Batches sliced from one tensor, with the options `shiftwatch.model.train` may use."""
+    """Batches sliced from one tensor, with the options `shiftwatch.model.network.train` may use."""
     torch.manual_seed(0)
     model = build_resnet18(seed=0).train()
     layout = torch.channels_last if channels_last else torch.contiguous_format

@@ -10,7 +10,7 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from shiftwatch import check, serve, timeline
+from shiftwatch.commands import check, serve, timeline
 
 COMMANDS = {"check": check, "timeline": timeline, "serve": serve}
 
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if not _from_tracking_store(err):
             raise
-        from shiftwatch.tracking import one_line, tracking_uri
+        from shiftwatch.tracking.store import one_line, tracking_uri
 
         print(f"shiftwatch {args.command}: error: the MLflow tracking store at {tracking_uri()} failed "
               f"({one_line(err)}); check that it runs, or unset MLFLOW_TRACKING_URI", file=sys.stderr)

@@ -2,20 +2,20 @@
 
 Reads params: seed, detect. Writes metrics/detect.json (headline: KS, KL, AUC and verdict per shifted set),
 metrics/detect_details.json (everything, b_raw too, and under "registered" every model-free
-detector of shiftwatch.detector_registry with its own uncorrected p-value: they do not enter this
+detector of shiftwatch.detection.registry with its own uncorrected p-value: they do not enter this
 stage's verdict, which is the study's), histograms in metrics/plots/mean_pixel/.
 """
 
 from shiftwatch import DEPLOYMENT_SETS, SHIFTED_SETS
-from shiftwatch.cli import run_stage
-from shiftwatch.detector_registry import DETECTORS, Settings, bound
-from shiftwatch.detectors import detect_drift, mean_pixel
-from shiftwatch.features import image_features
-from shiftwatch.io import load_set, write_json
-from shiftwatch.params import load_params
-from shiftwatch.plots import mean_pixel_histogram
-from shiftwatch.tracking import stage_run
-from shiftwatch.workers import fork_map
+from shiftwatch.core.io import load_set, write_json
+from shiftwatch.core.params import load_params
+from shiftwatch.core.plots import mean_pixel_histogram
+from shiftwatch.core.stage import run_stage
+from shiftwatch.core.workers import fork_map
+from shiftwatch.detection.basic import detect_drift, mean_pixel
+from shiftwatch.detection.registry import DETECTORS, Settings, bound
+from shiftwatch.model.features import image_features
+from shiftwatch.tracking.runs import stage_run
 
 # Headline numbers (DVC metrics, MLflow parent) per shifted set; b_raw, p-values and the
 # per-detector verdicts are in metrics/detect_details.json.

@@ -10,15 +10,15 @@ metrics/evaluate_details.json (every set, every class), confusion matrices (CSV 
 import numpy as np
 
 from shiftwatch import CLASS_NAMES, DEPLOYMENT_SETS
-from shiftwatch.cli import run_stage
-from shiftwatch.features import deployment_views, load_features, load_view, model_features, save_features
-from shiftwatch.io import atomic_path, load_set, write_json
-from shiftwatch.metrics import classification_metrics, confusion
-from shiftwatch.model import load_model, pick_device
-from shiftwatch.params import load_params
-from shiftwatch.plots import confusion_heatmap
-from shiftwatch.tracking import stage_run
-from shiftwatch.workers import fork_map
+from shiftwatch.core.io import atomic_path, load_set, write_json
+from shiftwatch.core.params import load_params
+from shiftwatch.core.plots import confusion_heatmap
+from shiftwatch.core.stage import run_stage
+from shiftwatch.core.workers import fork_map
+from shiftwatch.estimation.metrics import classification_metrics, confusion
+from shiftwatch.model.features import deployment_views, load_features, load_view, model_features, save_features
+from shiftwatch.model.network import load_model, pick_device
+from shiftwatch.tracking.runs import stage_run
 
 COVARIATE_FEATURES = "data/features/b_covariate.npz"
 

@@ -12,12 +12,12 @@ softmax outputs on domain B (b_raw; b_label is a subset) in data/finetuned/domai
 import copy
 import time
 
-from shiftwatch.cli import run_stage
-from shiftwatch.io import load_set, save_predictions
-from shiftwatch.mitigate import augment_images, oversample_rows
-from shiftwatch.model import load_model, pick_device, predict_set, save_state_dict, train
-from shiftwatch.params import load_params
-from shiftwatch.tracking import stage_run
+from shiftwatch.core.io import load_set, save_predictions
+from shiftwatch.core.params import load_params
+from shiftwatch.core.stage import run_stage
+from shiftwatch.estimation.mitigate import augment_images, oversample_rows
+from shiftwatch.model.network import load_model, pick_device, predict_set, save_state_dict, train
+from shiftwatch.tracking.runs import stage_run
 
 
 def main() -> None:

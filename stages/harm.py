@@ -27,11 +27,17 @@ import time
 
 import numpy as np
 
-from shiftwatch.cli import run_stage
-from shiftwatch.corruptions import check_severity, corrupt
-from shiftwatch.estimate import reference_summary
-from shiftwatch.features import load_features
-from shiftwatch.harm import (
+from shiftwatch.core.io import load_set, write_json
+from shiftwatch.core.lineage import file_md5
+from shiftwatch.core.params import load_params
+from shiftwatch.core.plots import page_plot
+from shiftwatch.core.stage import run_stage
+from shiftwatch.core.workers import fork_map
+from shiftwatch.data.corruptions import check_severity, corrupt
+from shiftwatch.data.shift import degrade_images
+from shiftwatch.detection.power import corruption_rows
+from shiftwatch.estimation.accuracy import reference_summary
+from shiftwatch.estimation.harm import (
     NULL_CELL,
     Cell,
     design_fits,
@@ -41,15 +47,9 @@ from shiftwatch.harm import (
     summary,
     survey,
 )
-from shiftwatch.io import load_set, write_json
-from shiftwatch.lineage import file_md5
-from shiftwatch.model import load_model, pick_device, predict_proba
-from shiftwatch.params import load_params
-from shiftwatch.plots import page_plot
-from shiftwatch.power import corruption_rows
-from shiftwatch.shift import degrade_images
-from shiftwatch.tracking import stage_run
-from shiftwatch.workers import fork_map
+from shiftwatch.model.features import load_features
+from shiftwatch.model.network import load_model, pick_device, predict_proba
+from shiftwatch.tracking.runs import stage_run
 
 ESTIMATOR = "models/accuracy_estimator.json"
 FIGURE = "metrics/plots/page.png"

@@ -14,14 +14,14 @@ import time
 import numpy as np
 
 from shiftwatch import SHIFTED_SETS
-from shiftwatch.cli import run_stage
-from shiftwatch.features import deployment_views, finetuned_outputs, load_features, load_view
-from shiftwatch.io import atomic_path, load_set, read_json, write_json
-from shiftwatch.metrics import classification_metrics
-from shiftwatch.mitigate import adapt_batchnorm, correct_label_shift, coverage_curve, selective_prediction
-from shiftwatch.model import load_model, pick_device, predict_proba
-from shiftwatch.params import load_params
-from shiftwatch.tracking import stage_run
+from shiftwatch.core.io import atomic_path, load_set, read_json, write_json
+from shiftwatch.core.params import load_params
+from shiftwatch.core.stage import run_stage
+from shiftwatch.estimation.metrics import classification_metrics
+from shiftwatch.estimation.mitigate import adapt_batchnorm, correct_label_shift, coverage_curve, selective_prediction
+from shiftwatch.model.features import deployment_views, finetuned_outputs, load_features, load_view
+from shiftwatch.model.network import load_model, pick_device, predict_proba
+from shiftwatch.tracking.runs import stage_run
 
 COVERAGE_CSV = "metrics/mitigate_coverage.csv"
 METHODS = ("none", "label_shift_bbse", "label_shift_em", "adabn", "finetune_augmented")

@@ -1,8 +1,8 @@
 """monitor: label-free, model-based monitoring of each deployment set against the held-out test set.
 
-Two answers per set, as `check` gives them (shiftwatch/page.py): harmful (the page: the
+Two answers per set, as `check` gives them (shiftwatch/operations/page.py): harmful (the page: the
 accuracy estimate of stage `harm` says the set loses at least harm.page_points) and changed
-(the Holm verdict of shiftwatch.monitor.VERDICT).
+(the Holm verdict of shiftwatch.detection.verdict.VERDICT).
 Reads params: seed, shift.label_class, evaluate, monitor. The deployed model's outputs come
 from `reference` (test set, domain B) and `evaluate` (b_covariate); the fine-tuned model's
 from `finetune` (domain B) and one pass over b_covariate here.
@@ -17,19 +17,20 @@ from pathlib import Path
 import numpy as np
 
 from shiftwatch import DEPLOYMENT_SETS, SHIFTED_SETS
-from shiftwatch.cli import run_stage
-from shiftwatch.detectors import domain_classifier_test
-from shiftwatch.estimate import estimate
-from shiftwatch.features import deployment_views, finetuned_outputs, load_features, load_view
-from shiftwatch.io import load_predictions, load_set, rows_matching, write_json
-from shiftwatch.model import pick_device
-from shiftwatch.monitor import FEATURE_DETECTORS, accuracy_report, label_shift_report, run_detectors
-from shiftwatch.page import load_estimator
-from shiftwatch.params import load_params
-from shiftwatch.plots import estimates_vs_truth
-from shiftwatch.tracking import stage_run
-from shiftwatch.twosample import check_permutations_for_holm, mmd_test
-from shiftwatch.workers import fork_map
+from shiftwatch.core.io import load_predictions, load_set, rows_matching, write_json
+from shiftwatch.core.params import load_params
+from shiftwatch.core.plots import estimates_vs_truth
+from shiftwatch.core.stage import run_stage
+from shiftwatch.core.workers import fork_map
+from shiftwatch.detection.basic import domain_classifier_test
+from shiftwatch.detection.holm import check_permutations_for_holm
+from shiftwatch.detection.mmd import mmd_test
+from shiftwatch.detection.verdict import FEATURE_DETECTORS, accuracy_report, label_shift_report, run_detectors
+from shiftwatch.estimation.accuracy import estimate
+from shiftwatch.model.features import deployment_views, finetuned_outputs, load_features, load_view
+from shiftwatch.model.network import pick_device
+from shiftwatch.operations.page import load_estimator
+from shiftwatch.tracking.runs import stage_run
 
 FIGURE = "metrics/plots/monitor_estimates.png"
 ESTIMATOR = "models/accuracy_estimator.json"

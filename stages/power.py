@@ -11,10 +11,10 @@ repetition), and a draw looks its rows up. Streams: false alarms on no_shift (th
 domain_a_train (the model's own training images as deployment: not a null, the reason the
 reference must be held out); detection on brightness_<b>, downsample_<d> and label_keep_<k>
 (pool images with only share k of class shift.label_class kept); and detection tied to harm on
-the corruption streams <family>_<severity> (shiftwatch/corruptions.py), drawn from a seeded
+the corruption streams <family>_<severity> (shiftwatch/data/corruptions.py), drawn from a seeded
 subset of power.corruption_pool_images pool images, each with the accuracy the model loses on
 it: every shift costing >= power.harm_points must be detected at n = power.harm_n with power
->= 0.9. The verdict is the one `monitor` and `check` give (shiftwatch.monitor.VERDICT).
+>= 0.9. The verdict is the one `monitor` and `check` give (shiftwatch.detection.verdict.VERDICT).
 As monitored (power.monitored_reference, the test set's size, as `monitor` and `check` run):
 the null and the label shifts at power.monitored_sizes, and every harmful shift at harm_n,
 each draw against a fresh reference of that many pool images.
@@ -30,16 +30,15 @@ interval, repetitions and the multiplicity-corrected miscalibration flag), metri
 import csv
 import time
 
-from shiftwatch.cli import run_stage
-from shiftwatch.corruptions import check_severity
-from shiftwatch.features import load_features
-from shiftwatch.io import atomic_path, write_json
-from shiftwatch.model import load_model, pick_device
-from shiftwatch.monitor import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS
-from shiftwatch.params import load_params
-from shiftwatch.plots import harm_plot, power_curves
-from shiftwatch.power import calibration_flags, independent_alarm_rates
-from shiftwatch.power_design import (
+from shiftwatch.core.io import atomic_path, write_json
+from shiftwatch.core.params import load_params
+from shiftwatch.core.plots import harm_plot, power_curves
+from shiftwatch.core.stage import run_stage
+from shiftwatch.core.workers import fork_map
+from shiftwatch.data.corruptions import check_severity
+from shiftwatch.detection.holm import check_permutations_for_holm
+from shiftwatch.detection.power import calibration_flags, independent_alarm_rates
+from shiftwatch.detection.power_design import (
     TARGET_POWER,
     Design,
     build_streams,
@@ -50,9 +49,10 @@ from shiftwatch.power_design import (
     tabulate,
     unseen_pool,
 )
-from shiftwatch.tracking import stage_run
-from shiftwatch.twosample import check_permutations_for_holm
-from shiftwatch.workers import fork_map
+from shiftwatch.detection.verdict import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS
+from shiftwatch.model.features import load_features
+from shiftwatch.model.network import load_model, pick_device
+from shiftwatch.tracking.runs import stage_run
 
 FIGURE = "metrics/plots/power.png"
 HARM_FIGURE = "metrics/plots/harm.png"

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from shiftwatch import NUM_CLASSES
-from shiftwatch.cli import run_stage
-from shiftwatch.data import DEBIAN_DIR, find_source, load_fashion_mnist, split_domains, subsample
-from shiftwatch.detectors import ks_test, label_proportion_test, mean_pixel
-from shiftwatch.io import atomic_folder, save_set, write_json
-from shiftwatch.params import load_params
-from shiftwatch.tracking import stage_run
+from shiftwatch.core.io import atomic_folder, save_set, write_json
+from shiftwatch.core.params import load_params
+from shiftwatch.core.stage import run_stage
+from shiftwatch.data.fashion_mnist import DEBIAN_DIR, find_source, load_fashion_mnist, split_domains, subsample
+from shiftwatch.detection.basic import ks_test, label_proportion_test, mean_pixel
+from shiftwatch.tracking.runs import stage_run
 
 OUT = Path("data/prepared")
 

@@ -9,13 +9,13 @@ on unshifted images; domain A's own training images give the study's "in-domain"
 """
 import numpy as np
 
-from shiftwatch.cli import run_stage
-from shiftwatch.features import model_features, save_features
-from shiftwatch.io import load_set
-from shiftwatch.lineage import file_md5
-from shiftwatch.model import load_model, pick_device
-from shiftwatch.params import load_params
-from shiftwatch.tracking import stage_run
+from shiftwatch.core.io import load_set
+from shiftwatch.core.lineage import file_md5
+from shiftwatch.core.params import load_params
+from shiftwatch.core.stage import run_stage
+from shiftwatch.model.features import model_features, save_features
+from shiftwatch.model.network import load_model, pick_device
+from shiftwatch.tracking.runs import stage_run
 
 SETS = ("test", "domain_a", "domain_b")
 MODEL = "models/resnet18.pt"

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from shiftwatch import CLASS_NAMES, NUM_CLASSES
-from shiftwatch.cli import run_stage
-from shiftwatch.io import atomic_folder, load_set, save_set, write_json
-from shiftwatch.params import load_params
-from shiftwatch.plots import sample_grid
-from shiftwatch.shift import make_deployment_sets
-from shiftwatch.tracking import stage_run
+from shiftwatch.core.io import atomic_folder, load_set, save_set, write_json
+from shiftwatch.core.params import load_params
+from shiftwatch.core.plots import sample_grid
+from shiftwatch.core.stage import run_stage
+from shiftwatch.data.shift import make_deployment_sets
+from shiftwatch.tracking.runs import stage_run
 
 OUT = Path("data/shifted")
 SAMPLES_PNG = "metrics/plots/samples.png"

@@ -8,11 +8,11 @@ in MLflow's model registry (a new version unless one with the same md5 exists).
 import csv
 import time
 
-from shiftwatch.cli import run_stage
-from shiftwatch.io import atomic_path, load_set, write_json
-from shiftwatch.model import build_resnet18, pick_device, save_state_dict, train
-from shiftwatch.params import load_params
-from shiftwatch.tracking import stage_run
+from shiftwatch.core.io import atomic_path, load_set, write_json
+from shiftwatch.core.params import load_params
+from shiftwatch.core.stage import run_stage
+from shiftwatch.model.network import build_resnet18, pick_device, save_state_dict, train
+from shiftwatch.tracking.runs import stage_run
 
 MODEL = "models/resnet18.pt"
 HISTORY = "metrics/train_history.csv"

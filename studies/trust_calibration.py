@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shiftwatch.features import load_features, model_features
-from shiftwatch.io import load_set
-from shiftwatch.labelshift import bbse, em_priors, estimates_disagree
-from shiftwatch.model import load_model, pick_device
-from shiftwatch.params import load_params
-from shiftwatch.shift import degrade_images
+from shiftwatch.core.io import load_set
+from shiftwatch.core.params import load_params
+from shiftwatch.data.shift import degrade_images
+from shiftwatch.estimation.labelshift import bbse, em_priors, estimates_disagree
+from shiftwatch.model.features import load_features, model_features
+from shiftwatch.model.network import load_model, pick_device
 
 OUT = Path("studies/trust_calibration.json")
 CALIBRATION = {"none": (28, 0.0), "brightness_0.05": (28, 0.05), "brightness_0.2": (28, 0.2),

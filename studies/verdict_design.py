@@ -45,19 +45,19 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from shiftwatch.corruptions import corrupt
-from shiftwatch.detectors import DetectorResult
-from shiftwatch.features import model_features
-from shiftwatch.model import load_model, pick_device
-from shiftwatch.monitor import FEATURE_DETECTORS
-from shiftwatch.params import load_params
-from shiftwatch.power import (
+from shiftwatch.core.params import load_params
+from shiftwatch.data.corruptions import corrupt
+from shiftwatch.detection.basic import DetectorResult
+from shiftwatch.detection.power import (
     COMBINED,
     corruption_rows,
     independent_alarm_rates,
     pool_sampler,
 )
-from shiftwatch.power_design import seeded_detector, unseen_pool
+from shiftwatch.detection.power_design import seeded_detector, unseen_pool
+from shiftwatch.detection.verdict import FEATURE_DETECTORS
+from shiftwatch.model.features import model_features
+from shiftwatch.model.network import load_model, pick_device
 
 OUT = Path("studies/verdict_design.json")
 DESIGN_SHIFTS = {"crop_0.2": ("crop", 0.2), "shear_0.3": ("shear", 0.3)}

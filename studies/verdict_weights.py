@@ -8,7 +8,7 @@ gives BBSD-KS a larger share of alpha (weighted Bonferroni, the first step of we
 alarm when p_i < alpha * w_i for some detector, weights summing to 1, so the family-wise false
 alarm rate stays <= alpha) would catch more of it, and less of what the other detectors alone
 see. This tool measures that trade on the 23,000 pool images the harm table does not use
-(`shiftwatch.power.corruption_rows`), so it touches no reported number.
+(`shiftwatch.detection.power.corruption_rows`), so it touches no reported number.
 
 Fixed before its first run (stop 18), shaped by the harm table's miss, so nothing here can be
 adopted on these numbers alone: a weighting chosen from them needs a corruption family no one
@@ -32,19 +32,19 @@ from pathlib import Path
 
 import numpy as np
 
-from shiftwatch.corruptions import corrupt
-from shiftwatch.features import model_features
-from shiftwatch.model import load_model, pick_device
-from shiftwatch.monitor import FEATURE_DETECTORS
-from shiftwatch.params import load_params
-from shiftwatch.power import (
+from shiftwatch.core.params import load_params
+from shiftwatch.core.workers import fork_map
+from shiftwatch.data.corruptions import corrupt
+from shiftwatch.detection.power import (
     corruption_rows,
     pool_sampler,
     repetition_pvalues,
     wilson_interval,
 )
-from shiftwatch.power_design import seeded_detector, unseen_pool
-from shiftwatch.workers import fork_map
+from shiftwatch.detection.power_design import seeded_detector, unseen_pool
+from shiftwatch.detection.verdict import FEATURE_DETECTORS
+from shiftwatch.model.features import model_features
+from shiftwatch.model.network import load_model, pick_device
 
 OUT = Path("studies/verdict_weights.json")
 REPETITIONS = 200

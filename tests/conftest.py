@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[1]  # shiftwatch itself is installed (ma
 # No network on CI: keep DVC and MLflow from trying to send telemetry.
 os.environ.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
 
-from shiftwatch.data import DEBIAN_DIR, _has_all_files  # noqa: E402 (after the environment is set)
+from shiftwatch.data.fashion_mnist import DEBIAN_DIR, _has_all_files  # noqa: E402 (after the environment is set)
 
 needs_fashion_mnist = pytest.mark.skipif(
     not _has_all_files(DEBIAN_DIR),

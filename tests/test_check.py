@@ -16,13 +16,13 @@ from PIL import Image
 
 from shiftwatch import CLASS_NAMES
 from shiftwatch.__main__ import main
-from shiftwatch.batch import load_batch
-from shiftwatch.estimate import SIGNALS, EstimatorFit, reference_summary
-from shiftwatch.features import features
-from shiftwatch.lineage import file_md5
-from shiftwatch.model import build_resnet18, predict_proba, predict_with_embeddings, save_state_dict
-from shiftwatch.monitor import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS
-from shiftwatch.params import Params
+from shiftwatch.core.lineage import file_md5
+from shiftwatch.core.params import Params
+from shiftwatch.data.batch import load_batch
+from shiftwatch.detection.verdict import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS
+from shiftwatch.estimation.accuracy import SIGNALS, EstimatorFit, reference_summary
+from shiftwatch.model.features import features
+from shiftwatch.model.network import build_resnet18, predict_proba, predict_with_embeddings, save_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -133,8 +133,8 @@ def test_a_healthy_batch_saved_as_resized_rgb_pngs_does_not_alarm(project, tmp_p
     # back. That leaves fewer exactly-black pixels, and the old image_stats test on the zero-pixel
     # share raised an ALERT from that alone. (Larger resized batches do alarm, from the model's
     # outputs too: on FashionMNIST the round trip costs the model 1.4 accuracy points.)
-    from shiftwatch.detectors import ks_test
-    from shiftwatch.features import image_statistics
+    from shiftwatch.detection.basic import ks_test
+    from shiftwatch.model.features import image_statistics
 
     folder = tmp_path / "resized"
     folder.mkdir()
@@ -183,7 +183,7 @@ def test_a_batch_the_estimate_calls_harmful_pages_with_exit_code_1(project, tmp_
     (0, 0, "harm", 0), (0, 1, "harm", 0), (1, 0, "harm", 1), (1, 1, "harm", 1),
     (0, 0, "change", 0), (0, 1, "change", 3), (1, 0, "change", 1), (1, 1, "change", 1)])
 def test_exit_codes_gate_on_harm_by_default_and_on_change_when_asked(harmful, changed, fail_on, code):
-    from shiftwatch.page import exit_code
+    from shiftwatch.operations.page import exit_code
 
     assert exit_code({"harmful": harmful, "page": "PAGE" if harmful else "ok", "drift": changed}, fail_on) == code
 
@@ -395,7 +395,7 @@ def test_help_lists_the_commands(capsys):
 def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from shiftwatch.tracking import EXPERIMENT
+    from shiftwatch.tracking.store import EXPERIMENT
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -479,7 +479,7 @@ def test_an_unwritable_output_is_refused_before_the_check_naming_the_users_path(
     # given an output path that cannot be written, and a check that must not start
     out, cause = fault(tmp_path)
     before = sorted(tmp_path.rglob("*"))
-    monkeypatch.setattr("shiftwatch.check.check_batch", lambda *a, **k: pytest.fail("the check ran"))
+    monkeypatch.setattr("shiftwatch.commands.check.check_batch", lambda *a, **k: pytest.fail("the check ran"))
     # when
     started = time.perf_counter()
     code = check(project, project / "clean.npy", option, out)

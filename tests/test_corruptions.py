@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.corruptions import FAMILIES, check_severity, corrupt
+from shiftwatch.data.corruptions import FAMILIES, check_severity, corrupt
 
 SEVERITY = {"contrast": 0.5, "gamma": 2, "noise": 0.1, "rotate": 20, "translate": 2, "zoom": 0.2,
             "crop": 0.2, "shear": 0.2, "blur": 1, "occlusion": 10,
@@ -121,7 +121,7 @@ def test_a_meaningless_severity_names_the_setting(family, severity):
 
 
 def test_params_schema_knows_every_family_and_defaults_to_the_harm_tables():
-    from shiftwatch.params import PowerParams
+    from shiftwatch.core.params import PowerParams
 
     # The harm table's families come first in FAMILIES; the estimator's held-out and
     # everyday-pipeline families follow and are not power's by default.

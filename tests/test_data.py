@@ -5,8 +5,15 @@ import pytest
 from conftest import needs_fashion_mnist
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.data import DEBIAN_DIR, find_source, load_fashion_mnist, read_idx, split_domains, subsample
-from shiftwatch.io import ImageSet
+from shiftwatch.core.io import ImageSet
+from shiftwatch.data.fashion_mnist import (
+    DEBIAN_DIR,
+    find_source,
+    load_fashion_mnist,
+    read_idx,
+    split_domains,
+    subsample,
+)
 
 
 def _train_like(n):

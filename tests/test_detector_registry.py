@@ -6,11 +6,11 @@ import pytest
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.detector_registry import DETECTORS, VIEWS, Settings, register
-from shiftwatch.detectors import DetectorResult, per_pixel_ks
-from shiftwatch.features import Features, image_statistics, pixels_8bit
-from shiftwatch.monitor import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS, run_detectors
-from shiftwatch.power import COMBINED, independent_alarm_rates
+from shiftwatch.detection.basic import DetectorResult, per_pixel_ks
+from shiftwatch.detection.power import COMBINED, independent_alarm_rates
+from shiftwatch.detection.registry import DETECTORS, VIEWS, Settings, register
+from shiftwatch.detection.verdict import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS, run_detectors
+from shiftwatch.model.features import Features, image_statistics, pixels_8bit
 
 
 def test_per_pixel_ks_is_scipys_ks_on_every_pixel_with_bonferroni(rng):
@@ -69,7 +69,7 @@ def extra_detector():
 
 
 def test_a_registered_detector_reaches_monitor_and_power_without_entering_the_verdict(rng, extra_detector):
-    import shiftwatch.monitor as monitor
+    import shiftwatch.detection.verdict as monitor
 
     reference, same = _views(rng, 400), _views(rng, 200)
     names = monitor.FEATURE_DETECTORS + ("pixel_ks", "max_confidence_ks")

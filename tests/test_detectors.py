@@ -4,7 +4,7 @@ from conftest import needs_fashion_mnist
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.detectors import (
+from shiftwatch.detection.basic import (
     detect_drift,
     domain_classifier_test,
     histogram_probabilities,
@@ -119,7 +119,7 @@ def test_label_proportion_test(rng):
 def test_domain_classifier_p_value_is_calibrated_on_real_images():
     # Given 600 independent null draws: two disjoint random sets of 200 real FashionMNIST test
     # images (one distribution), a fresh split seed each time.
-    from shiftwatch.data import DEBIAN_DIR, load_fashion_mnist
+    from shiftwatch.data.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
 
     _, test = load_fashion_mnist(DEBIAN_DIR)
     rng = np.random.default_rng(2026)
@@ -138,7 +138,7 @@ def test_domain_classifier_p_value_is_calibrated_on_real_images():
 def test_ks_columns_gives_scipys_numbers_exactly_with_and_without_ties(rng):
     from scipy import stats
 
-    from shiftwatch.detectors import ks_columns
+    from shiftwatch.detection.basic import ks_columns
 
     for m, n, decimals in ((50, 30, None), (2000, 200, 1), (7, 3000, 2)):
         a, b = rng.normal(size=(m, 4)), rng.normal(0.1, size=(n, 4))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.estimate import SIGNALS, EstimatorFit, Reference, estimate, fit_weights, reference_summary
+from shiftwatch.estimation.accuracy import SIGNALS, EstimatorFit, Reference, estimate, fit_weights, reference_summary
 
 
 def calibrated(rng, n: int, sharpness: float):

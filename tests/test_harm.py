@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.estimate import EstimatorFit
-from shiftwatch.harm import Cell, fit_estimator, judge_cell, leave_one_family_out, population_error
+from shiftwatch.estimation.accuracy import EstimatorFit
+from shiftwatch.estimation.harm import Cell, fit_estimator, judge_cell, leave_one_family_out, population_error
 
 
 def outputs(rng, n: int, sharpness: float) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +82,7 @@ def test_judge_cell_pages_on_a_costly_shift_and_stays_quiet_on_no_shift(pool):
 
 
 def test_confirmed_pages_count_pages_right_after_a_page():
-    from shiftwatch.harm import _confirmed
+    from shiftwatch.estimation.harm import _confirmed
 
     assert _confirmed([True, True, False, True, False, True, True, True]) == 3
     assert _confirmed([True, False] * 5) == 0 and _confirmed([]) == 0
@@ -97,7 +97,7 @@ def test_a_draw_larger_than_the_thinned_cell_is_refused(pool):
 
 
 def test_the_survey_scores_every_estimator_on_every_cell_out_of_family(pool):
-    from shiftwatch.harm import SURVEY, survey
+    from shiftwatch.estimation.harm import SURVEY, survey
 
     def with_twin(cell: Cell) -> Cell:  # the fine-tuned model's outputs: a softer copy
         twin = np.sqrt(cell.probabilities)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.io import (
+from shiftwatch.core.io import (
     ImageSet,
     Predictions,
     atomic_folder,
@@ -84,7 +84,7 @@ def test_predictions_roundtrip(tmp_path):
 def test_written_files_keep_the_users_umask(tmp_path):
     """Not the temporary file's 0600: a teammate or a web server reads what the umask allows."""
     script = (f"import os; os.umask(0o027)\n"
-              f"from shiftwatch.io import atomic_folder, write_json\n"
+              f"from shiftwatch.core.io import atomic_folder, write_json\n"
               f"write_json({str(tmp_path / 'a.json')!r}, {{}})\n"
               f"with atomic_folder({str(tmp_path / 'sets')!r}) as folder:\n"
               f"    write_json(folder / 'b.json', {{}})\n")
@@ -122,7 +122,7 @@ def test_a_write_past_the_limit_is_one_line_naming_the_file(tmp_path):
     target = tmp_path / "big.npz"
     write_json(target, {"previous": True})
     script = ("import numpy as np\n"
-              "from shiftwatch.io import ImageSet, save_set\n"
+              "from shiftwatch.core.io import ImageSet, save_set\n"
               f"save_set({str(target)!r}, ImageSet(np.zeros((1000, 28, 28), np.float32), np.zeros(1000, int), "
               "np.arange(1000)))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

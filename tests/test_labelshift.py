@@ -3,7 +3,7 @@ import pytest
 from scipy.special import softmax
 
 from shiftwatch import NUM_CLASSES, ShiftwatchError
-from shiftwatch.labelshift import (
+from shiftwatch.estimation.labelshift import (
     ATC_SCORES,
     BBSEEstimate,
     EMEstimate,

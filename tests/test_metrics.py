@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.metrics import classification_metrics, confusion
+from shiftwatch.estimation.metrics import classification_metrics, confusion
 
 
 def test_known_answers_for_the_focus_class():

@@ -9,7 +9,7 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "tools"))
 import migrate_store  # noqa: E402 (a maintainer tool, not part of the package)
 
-from shiftwatch import model_registry as registry  # noqa: E402
+from shiftwatch.tracking import registry  # noqa: E402
 
 
 def make_history(uri: str, folder, experiment: str = "shiftwatch", model: str = "shiftwatch-resnet18") -> dict:

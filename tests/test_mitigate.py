@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.mitigate import (
+from shiftwatch.estimation.mitigate import (
     adapt_batchnorm,
     augment_images,
     correct_label_shift,
@@ -11,7 +11,7 @@ from shiftwatch.mitigate import (
     oversample_rows,
     selective_prediction,
 )
-from shiftwatch.model import build_resnet18, predict_proba
+from shiftwatch.model.network import build_resnet18, predict_proba
 
 CPU = torch.device("cpu")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.model import (
+from shiftwatch.model.network import (
     PointConv,
     build_resnet18,
     load_model,
@@ -119,7 +119,7 @@ def _offline(*args, **kwargs):
 def test_embeddings_feed_the_classifier_head():
     images, _ = _toy(8)
     model = build_resnet18(seed=2)
-    from shiftwatch.model import predict_with_embeddings
+    from shiftwatch.model.network import predict_with_embeddings
 
     probabilities, embeddings = predict_with_embeddings(model, images, 3, CPU, progress=False)
     assert embeddings.shape == (8, 512)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from shiftwatch import ShiftwatchError
-from shiftwatch import model_registry as registry
-from shiftwatch.lineage import file_md5, folder_md5
+from shiftwatch.core.lineage import file_md5, folder_md5
+from shiftwatch.tracking import registry
 
 NAME = "shiftwatch-resnet18"
 

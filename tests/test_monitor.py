@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from shiftwatch.features import Features, image_statistics, pixels_8bit
-from shiftwatch.monitor import FEATURE_DETECTORS, accuracy_report, label_shift_report, run_detectors
+from shiftwatch.detection.verdict import FEATURE_DETECTORS, accuracy_report, label_shift_report, run_detectors
+from shiftwatch.model.features import Features, image_statistics, pixels_8bit
 
 
 def _features(rng, n, brightness=0.0, class_weights=None):
@@ -41,8 +41,8 @@ def test_detectors_quiet_without_shift_and_loud_with_one(rng):
 def test_the_verdict_is_holm_over_the_verdict_detectors_only(rng):
     # Diagnostics (monitor's pixel MMD and domain classifier) are reported, never in the verdict,
     # so monitor, power and check give the same verdict on the same features.
-    from shiftwatch.detectors import DetectorResult
-    from shiftwatch.monitor import VERDICT
+    from shiftwatch.detection.basic import DetectorResult
+    from shiftwatch.detection.verdict import VERDICT
 
     reference, _ = _features(rng, 1000)
     same, _ = _features(rng, 300)

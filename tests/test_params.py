@@ -3,7 +3,7 @@ import yaml
 from conftest import REPO
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.params import Params, load_params, parse_params
+from shiftwatch.core.params import Params, load_params, parse_params
 
 
 def test_repo_params_yaml_is_valid_and_reproduces_the_study():
@@ -143,7 +143,7 @@ def test_a_stage_run_by_hand_refuses_a_key_set_twice_and_writes_nothing(tmp_path
 
 
 def test_ctrl_c_in_a_stage_is_one_line_and_exit_130(capsys):
-    from shiftwatch.cli import run_stage
+    from shiftwatch.core.stage import run_stage
 
     def interrupted():
         raise KeyboardInterrupt

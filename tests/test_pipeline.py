@@ -15,8 +15,8 @@ import yaml
 from conftest import REPO, needs_fashion_mnist
 from mlflow import MlflowClient
 
-from shiftwatch.io import load_set
-from shiftwatch.tracking import headline_metrics
+from shiftwatch.core.io import load_set
+from shiftwatch.tracking.dvc import headline_metrics
 
 pytestmark = needs_fashion_mnist
 
@@ -196,7 +196,7 @@ def _parents(runs) -> list:
 
 def test_repro_fits_the_estimate_and_the_page_fires_on_harm_not_on_change(repo):
     """Stage harm on the 1-epoch model: the estimator, its judged cells, and monitor's two answers."""
-    from shiftwatch.page import load_estimator
+    from shiftwatch.operations.page import load_estimator
 
     fit, summary, payload = load_estimator(repo / "models" / "accuracy_estimator.json")
     assert fit.signals == ("confidence", "atc", "agreement", "soft_agreement") and min(fit.weights) >= 0
@@ -337,7 +337,7 @@ def test_repro_logs_one_run_per_stage_under_one_parent(repo):
 
 
 def test_the_model_is_registered_with_its_lineage_and_checked_from_the_registry(repo, tmp_path):
-    from shiftwatch.lineage import file_md5
+    from shiftwatch.core.lineage import file_md5
 
     client, runs = _runs(repo)
     name = yaml.safe_load((repo / "params.yaml").read_text())["registry"]["model_name"]
@@ -410,11 +410,11 @@ def test_experiment_reruns_only_what_the_shift_touches(repo):
 
 def test_sweep_report_reads_the_runs_back_from_mlflow(repo):
     # Runs after the brightness=0.2 experiment above: two values of shift.brightness in MLflow.
-    result = _run(repo, sys.executable, "-m", "shiftwatch.report", "shift.brightness")
+    result = _run(repo, sys.executable, "-m", "shiftwatch.commands.sweep", "shift.brightness")
     table = [line for line in result.stdout.splitlines() if line.startswith(("0.1 |", "0.2 |"))]
     assert [line.split(" | ")[0] for line in table] == ["0.1", "0.2"]
     assert (repo / "metrics" / "plots" / "sweep_shift.brightness.png").is_file()
-    missing = _run(repo, sys.executable, "-m", "shiftwatch.report", "shift.nothing", check=False)
+    missing = _run(repo, sys.executable, "-m", "shiftwatch.commands.sweep", "shift.nothing", check=False)
     assert missing.returncode == 2 and "no pipeline run" in missing.stderr
 
 

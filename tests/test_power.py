@@ -3,7 +3,8 @@ import pytest
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.power import (
+from shiftwatch.detection.bbsd import bbsd_ks
+from shiftwatch.detection.power import (
     COMBINED,
     AlarmRate,
     FalseAlarmRate,
@@ -15,7 +16,6 @@ from shiftwatch.power import (
     independent_alarm_rates,
     wilson_interval,
 )
-from shiftwatch.twosample import bbsd_ks
 
 ALPHA = 0.05
 
@@ -316,7 +316,7 @@ def test_calibration_flags_are_corrected_for_the_number_of_cells():
 
 
 def test_accuracy_under_a_label_shift_weights_the_per_class_accuracies():
-    from shiftwatch.power import accuracy
+    from shiftwatch.detection.power import accuracy
 
     labels = np.array([0, 0, 1, 1])
     probabilities = np.eye(2)[[0, 1, 1, 1]]  # class 0 half right, class 1 all right
@@ -326,7 +326,7 @@ def test_accuracy_under_a_label_shift_weights_the_per_class_accuracies():
 
 
 def test_harm_summary_names_the_harmful_streams_that_miss_and_the_weakest():
-    from shiftwatch.power import harm_summary
+    from shiftwatch.detection.power import harm_summary
 
     detection = {s: {"combined": {"100": {"rate": r}}} for s, r in (("a", 0.95), ("b", 0.4), ("c", 1.0))}
     summary = harm_summary(detection, {"a": 12.0, "b": 6.0, "c": 1.0}, points=5, n=100, target_power=0.9)
@@ -335,7 +335,7 @@ def test_harm_summary_names_the_harmful_streams_that_miss_and_the_weakest():
 
 
 def test_harm_summary_as_monitored_judges_the_same_harmful_streams():
-    from shiftwatch.power import harm_summary
+    from shiftwatch.detection.power import harm_summary
 
     detection = {s: {"combined": {"100": {"rate": r}}} for s, r in (("a", 0.95), ("b", 0.4), ("c", 1.0))}
     monitored = {s: {"combined": {"100": {"rate": r}}} for s, r in (("a", 1.0), ("b", 0.8), ("c", 0.1))}
@@ -359,7 +359,7 @@ class _Rows:
 
 
 def test_subset_sampler_draws_a_reference_larger_than_the_subset_and_disjoint_from_the_draw():
-    from shiftwatch.power import subset_sampler
+    from shiftwatch.detection.power import subset_sampler
 
     pool = _Rows(np.arange(3000))
     rows = np.sort(np.random.default_rng(0).choice(3000, 500, replace=False))  # the corruption subset

@@ -15,7 +15,7 @@ import pytest
 from test_check import blobs, check
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.serve import make_server, request_check
+from shiftwatch.commands.serve import make_server, request_check
 
 READ_TIMEOUT = 1.0  # seconds: short, so the stalled-client tests take seconds
 SINGLE_IMAGE = "a single image; the two-sample tests need at least 2 (and have little power below ~100)"
@@ -42,7 +42,7 @@ def server(project):
 def modelless(project):
     """An in-process server with no model: a request that reaches the model gets a 500, so a 400
     from it proves the request was refused before the model ran."""
-    from shiftwatch.checking import load_inputs
+    from shiftwatch.operations.check import load_inputs
 
     settings, ref, paths = load_inputs(project / "test.npz", project / "resnet18.pt", project / "params.yaml",
                                        project / "estimator.json", project / "finetuned.pt")

@@ -4,8 +4,8 @@ import torch
 from torchvision.transforms import v2
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.io import ImageSet
-from shiftwatch.shift import degrade_images, label_shift_rows, make_deployment_sets
+from shiftwatch.core.io import ImageSet
+from shiftwatch.data.shift import degrade_images, label_shift_rows, make_deployment_sets
 
 
 def test_brightness_adds_and_clips_without_resize():

@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO / "tools"))
 import migrate_store  # noqa: E402 (maintainer tools, not part of the package)
 import team_server  # noqa: E402
 
-from shiftwatch.io import load_set  # noqa: E402
-from shiftwatch.lineage import file_md5  # noqa: E402
+from shiftwatch.core.io import load_set  # noqa: E402
+from shiftwatch.core.lineage import file_md5  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not (team_server.PG_BIN / "initdb").exists(), reason="PostgreSQL 15 not installed: apt-get install postgresql")
@@ -71,7 +71,7 @@ def _dvc(repo: Path, uri: str, *args: str) -> subprocess.CompletedProcess:
 def test_four_experiments_two_at_a_time_lose_nothing_on_the_server(server, tmp_path):
     from mlflow import MlflowClient
 
-    from shiftwatch.tracking import EXPERIMENT
+    from shiftwatch.tracking.store import EXPERIMENT
 
     repo = _copy_repo(tmp_path)
     _small_params(repo)

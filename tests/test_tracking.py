@@ -11,23 +11,10 @@ import pytest
 from mlflow import MlflowClient
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.params import Params
-from shiftwatch.tracking import (
-    EXPERIMENT,
-    PIPELINE_TAG,
-    changed_params,
-    declared_params,
-    flatten_numbers,
-    git_commit,
-    headline_metrics,
-    parent_name,
-    pipeline_execution,
-    process_alive,
-    process_identity,
-    repo_root,
-    stage_run,
-    tracking_uri,
-)
+from shiftwatch.core.params import Params
+from shiftwatch.tracking.dvc import changed_params, declared_params, headline_metrics, parent_name
+from shiftwatch.tracking.runs import PIPELINE_TAG, pipeline_execution, process_alive, process_identity, stage_run
+from shiftwatch.tracking.store import EXPERIMENT, flatten_numbers, git_commit, repo_root, tracking_uri
 
 
 def test_repo_root_maps_a_queued_experiment_back_to_the_main_repo(tmp_path, monkeypatch):
@@ -183,9 +170,9 @@ def test_a_store_that_does_not_answer_stops_the_stage_before_its_work(store, mon
 # A stage that opens its run, says so, then works (sleeps) until stopped.
 SLOW_STAGE = """
 import sys, time
-from shiftwatch.cli import run_stage
-from shiftwatch.params import Params
-from shiftwatch.tracking import stage_run
+from shiftwatch.core.stage import run_stage
+from shiftwatch.core.params import Params
+from shiftwatch.tracking.runs import stage_run
 
 def main():
     with stage_run("detect", Params()):
@@ -288,7 +275,7 @@ def test_stages_of_one_dvc_process_share_a_parent(tmp_path):
     """The execution is the `dvc` ancestor of the stage process, found through /proc."""
     if not Path("/proc/self/stat").exists():
         pytest.skip("no /proc: the execution is the stage process itself")
-    script = ("import os\nfrom shiftwatch.tracking import pipeline_execution\n"
+    script = ("import os\nfrom shiftwatch.tracking.runs import pipeline_execution\n"
               "print(pipeline_execution(os.getpid()))\n")
     runner = tmp_path / "dvc_runs_twice"  # a process named dvc that runs two stages through sh
     runner.write_text(f"#!/bin/sh\n{sys.executable} -c '{script}'\n{sys.executable} -c '{script}'\n")
@@ -401,8 +388,8 @@ def test_sigterm_stops_a_stage_with_busy_workers_at_once_and_leaves_none(tmp_pat
     script = tmp_path / "busy_stage.py"
     # one os.write per line: two workers' lines cannot interleave on the pipe (print's could)
     script.write_text("import os, time\n"
-                      "from shiftwatch.cli import run_stage\n"
-                      "from shiftwatch.workers import fork_map\n"
+                      "from shiftwatch.core.stage import run_stage\n"
+                      "from shiftwatch.core.workers import fork_map\n"
                       "def work(item):\n"
                       "    os.write(1, f'worker {os.getpid()}\\n'.encode())\n"
                       "    time.sleep(120)\n"

@@ -6,26 +6,19 @@ from conftest import needs_fashion_mnist
 from scipy import stats
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.detectors import label_proportion_test
-from shiftwatch.twosample import (
-    _fisher_greater,
+from shiftwatch.detection.basic import label_proportion_test
+from shiftwatch.detection.bbsd import _fisher_greater, bbsd_chi2, bbsd_class_shares, bbsd_ks, bbsd_ks_columns
+from shiftwatch.detection.framing import frame_span_test, spans_frame
+from shiftwatch.detection.holm import holm
+from shiftwatch.detection.image_stats import image_stats_test, pixel_quantiles, zero_fraction
+from shiftwatch.detection.mmd import (
     _shifted_kernel,
     _split_mmd2,
-    bbsd_chi2,
-    bbsd_class_shares,
-    bbsd_ks,
-    bbsd_ks_columns,
-    frame_span_test,
-    holm,
-    image_stats_test,
     median_bandwidth,
     mmd2_unbiased,
     mmd_test,
-    pixel_quantiles,
     rbf_kernel,
     reference_bandwidth,
-    spans_frame,
-    zero_fraction,
 )
 
 ALPHA = 0.05
@@ -440,9 +433,9 @@ def test_frame_span_is_one_sided_and_rejects_empty_batches():
 @needs_fashion_mnist
 def test_frame_span_is_calibrated_on_real_images_and_sees_a_one_pixel_translation():
     # Given 300 independent draws of two disjoint sets of 100 real FashionMNIST test images
-    from shiftwatch.corruptions import corrupt
-    from shiftwatch.data import DEBIAN_DIR, load_fashion_mnist
-    from shiftwatch.features import pixels_8bit
+    from shiftwatch.data.corruptions import corrupt
+    from shiftwatch.data.fashion_mnist import DEBIAN_DIR, load_fashion_mnist
+    from shiftwatch.model.features import pixels_8bit
 
     _, test = load_fashion_mnist(DEBIAN_DIR)
     assert 0.95 < spans_frame(pixels_8bit(test.images)).mean() < 0.99  # the dataset's framing

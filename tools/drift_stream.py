@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from shiftwatch.__main__ import main as shiftwatch
-from shiftwatch.io import load_set
-from shiftwatch.shift import degrade_images
+from shiftwatch.core.io import load_set
+from shiftwatch.data.shift import degrade_images
 
 BATCHES, IMAGES, MAX_BRIGHTNESS = 20, 500, 0.1
 START = datetime(2026, 11, 1, tzinfo=UTC)

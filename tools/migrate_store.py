@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from shiftwatch.tracking import _artifact_location, repo_root, store_client
+from shiftwatch.tracking.store import _artifact_location, repo_root, store_client
 
 MIGRATED_FROM = "shiftwatch.migrated_from"
 PARENT = "mlflow.parentRunId"

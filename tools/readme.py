@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from shiftwatch import DEPLOYMENT_SETS as SETS
-from shiftwatch.corruptions import FAMILIES
-from shiftwatch.detector_registry import DETECTORS
-from shiftwatch.monitor import FEATURE_DETECTORS
+from shiftwatch.data.corruptions import FAMILIES
+from shiftwatch.detection.registry import DETECTORS
+from shiftwatch.detection.verdict import FEATURE_DETECTORS
 
 # The study's published numbers (from the project brief); None where it gave none.
 STUDY = {"accuracy_train": 0.9075, "kl_identical": 1.46}
@@ -496,7 +496,7 @@ def _monitored_cell(details: dict, stream: str, n: str, harm: dict) -> str:
 
 
 def registry_table() -> str:
-    """The detectors as registered in shiftwatch/detector_registry.py."""
+    """The detectors as registered in shiftwatch/detection/registry.py."""
     rows = ["| detector | consumes | role | what it tests |", "|---|---|---|---|"]
     rows += [f"| `{d.name}` | {d.consumes} | {'verdict' if d.verdict else 'diagnostic'} | "
              f"{d.summary} |" for d in DETECTORS.values()]
