@@ -219,3 +219,18 @@ def test_the_params_check_sees_aliases_and_helpers(tmp_path):
                       "def helper(params):\n"
                       "    return params.evaluate\n")
     assert _params_read(script) == {"power.sizes", "shift.label_class", "seed", "evaluate"}
+
+
+def test_the_power_plots_draw_every_registered_detector_and_the_verdict():
+    """dvc.yaml's power plots name their columns by hand: they must be the columns the power
+    stage writes, every registered detector then the combined verdict, in the registry's order."""
+    from shiftwatch.detection.power import COMBINED
+    from shiftwatch.detection.verdict import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS
+
+    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    drawn = {path: columns for plot in plots if isinstance(plot, dict) for spec in plot.values()
+             if isinstance(spec, dict) and isinstance(spec.get("y"), dict)
+             for path, columns in spec["y"].items() if path.startswith("metrics/power/")}
+    assert set(drawn) == {"metrics/power/label_keep_0.1.csv", "metrics/power/no_shift.csv"}
+    for columns in drawn.values():
+        assert columns == [*FEATURE_DETECTORS, *DIAGNOSTIC_DETECTORS, COMBINED]
