@@ -8,7 +8,11 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint ui bench seeds server remote readme docs check-example
+.PHONY: help setup run test test-fast lint ui bench seeds server remote readme docs check-example
+.DEFAULT_GOAL := help
+
+help:  ## list the targets (this text)
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 22
 
 $(BIN)/activate: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +28,9 @@ run: setup  ## run the whole pipeline (only what changed reruns)
 
 test: setup lint  ## lint, then the test suite (unit tests + a real dvc repro / exp run on a small copy)
 	$(BIN)/python -m pytest -q
+
+test-fast: setup  ## the unit tests only (no server, browser, dvc or training; about a minute): pytest -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup  ## ruff, configured in pyproject.toml
 	$(BIN)/ruff check .

@@ -24,6 +24,8 @@ from shiftwatch.estimation.accuracy import SIGNALS, EstimatorFit, reference_summ
 from shiftwatch.model.features import features
 from shiftwatch.model.network import build_resnet18, predict_proba, predict_with_embeddings, save_state_dict
 
+pytestmark = pytest.mark.slow  # builds a model project, runs Chromium: `make test-fast` leaves it out
+
 REPO = Path(__file__).resolve().parents[1]
 
 

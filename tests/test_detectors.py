@@ -115,6 +115,7 @@ def test_label_proportion_test(rng):
     assert label_proportion_test(balanced, fewer_sneakers, 10).pvalue < 1e-6
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test-fast` leaves it out
 @needs_fashion_mnist
 def test_domain_classifier_p_value_is_calibrated_on_real_images():
     # Given 600 independent null draws: two disjoint random sets of 200 real FashionMNIST test

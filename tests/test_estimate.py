@@ -49,6 +49,7 @@ def test_the_page_fires_exactly_when_the_estimated_loss_reaches_page_points():
     assert estimate(harsher, None, reference, fit, 3).harmful
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test-fast` leaves it out
 def test_the_interval_holds_the_batchs_own_accuracy_in_at_least_90_percent_of_independent_draws():
     # Calibrated model, so DoC is unbiased: fresh reference and batch per draw, under no shift
     # and under a shift that costs ~20 points; the interval must hold the draw's own accuracy.

@@ -11,6 +11,8 @@ import migrate_store  # noqa: E402 (a maintainer tool, not part of the package)
 
 from shiftwatch.tracking import registry  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real MLflow stores and a migration twice: `make test-fast` leaves it out
+
 
 def make_history(uri: str, folder, experiment: str = "shiftwatch", model: str = "shiftwatch-resnet18") -> dict:
     """A small history like the pipeline's; returns what the copy must reproduce."""

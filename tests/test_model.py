@@ -47,6 +47,7 @@ def test_same_seed_same_weights_and_same_training():
     assert not torch.equal(build_resnet18(seed=3).conv1.weight, build_resnet18(seed=4).conv1.weight)
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test-fast` leaves it out
 def test_training_learns_an_easy_problem():
     images, labels = _toy(128)
     model = build_resnet18(seed=0)

@@ -125,6 +125,7 @@ def test_a_key_set_twice_is_refused_naming_it_and_both_lines(tmp_path):
                               f"{first} and {second}; keep one of them (dvc repro refuses the file too)")
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test-fast` leaves it out
 def test_a_stage_run_by_hand_refuses_a_key_set_twice_and_writes_nothing(tmp_path):
     import os
     import subprocess

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from shiftwatch.core.io import load_set
 from shiftwatch.tracking.dvc import headline_metrics
 
-pytestmark = needs_fashion_mnist
+pytestmark = [needs_fashion_mnist, pytest.mark.slow]  # real dvc repro: `make test-fast` leaves it out
 
 SMALL = {"data": {"max_train_images": 2000, "max_test_images": 500},
          "train": {"epochs": 1}, "detect": {"classifier_samples": 300},

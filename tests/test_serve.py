@@ -17,6 +17,8 @@ from test_check import blobs, check
 from shiftwatch import ShiftwatchError
 from shiftwatch.commands.serve import make_server, request_check
 
+pytestmark = pytest.mark.slow  # starts the check server: `make test-fast` leaves it out
+
 READ_TIMEOUT = 1.0  # seconds: short, so the stalled-client tests take seconds
 SINGLE_IMAGE = "a single image; the two-sample tests need at least 2 (and have little power below ~100)"
 

@@ -30,8 +30,8 @@ import team_server  # noqa: E402
 from shiftwatch.core.io import load_set  # noqa: E402
 from shiftwatch.core.lineage import file_md5  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    not (team_server.PG_BIN / "initdb").exists(), reason="PostgreSQL 15 not installed: apt-get install postgresql")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(  # PostgreSQL + mlflow servers: not in `make test-fast`
+    not (team_server.PG_BIN / "initdb").exists(), reason="PostgreSQL 15 not installed: apt-get install postgresql")]
 BRIGHTNESS = ("0.0", "0.05", "0.15", "0.2")
 
 

@@ -6,6 +6,8 @@ from test_check import check  # project: conftest.py's fixture
 
 from shiftwatch.__main__ import main
 
+pytestmark = pytest.mark.slow  # a real MLflow store of logged checks: `make test-fast` leaves it out
+
 
 @pytest.fixture
 def store(tmp_path, monkeypatch):

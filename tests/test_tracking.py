@@ -16,6 +16,8 @@ from shiftwatch.tracking.dvc import changed_params, declared_params, headline_me
 from shiftwatch.tracking.runs import PIPELINE_TAG, pipeline_execution, process_alive, process_identity, stage_run
 from shiftwatch.tracking.store import EXPERIMENT, flatten_numbers, git_commit, repo_root, tracking_uri
 
+pytestmark = pytest.mark.slow  # MLflow runs, a real server, stages killed mid-run: `make test-fast` leaves it out
+
 
 def test_repo_root_maps_a_queued_experiment_back_to_the_main_repo(tmp_path, monkeypatch):
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")

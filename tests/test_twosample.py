@@ -283,6 +283,7 @@ def test_mmd_is_seeded(rng):
     assert mmd_test(x, y, seed=7, method="linear") == mmd_test(x, y, seed=7, method="linear")
 
 
+@pytest.mark.slow  # seconds, not milliseconds: `make test-fast` leaves it out
 def test_mmd_large_inputs_run_in_linear_memory():
     """Memory, not time: speed is for benchmarks (make bench; a timed test failed at 20 s under load)."""
     rng = np.random.default_rng(8)
