@@ -16,6 +16,7 @@ from shiftwatch.core.plots import confusion_heatmap
 from shiftwatch.core.stage import run_stage
 from shiftwatch.core.workers import fork_map
 from shiftwatch.estimation.metrics import classification_metrics, confusion
+from shiftwatch.model import DEPLOYED_MODEL
 from shiftwatch.model.features import deployment_views, load_features, load_view, model_features, save_features
 from shiftwatch.model.network import load_model, pick_device
 from shiftwatch.tracking.runs import stage_run
@@ -29,7 +30,7 @@ def main() -> None:
     with stage_run("evaluate", params) as run:
         sets = {name: load_set(f"data/shifted/{name}.npz", hint="run `dvc repro shift`")
                 for name in DEPLOYMENT_SETS}
-        covariate = model_features(load_model("models/resnet18.pt"), sets["b_covariate"].images,
+        covariate = model_features(load_model(DEPLOYED_MODEL), sets["b_covariate"].images,
                                    params.evaluate.batch_size, pick_device(), params.evaluate.precision,
                                    desc="embed b_covariate")
         save_features(COVARIATE_FEATURES, covariate, sets["b_covariate"].labels,
@@ -58,7 +59,7 @@ def main() -> None:
         run.log_dataset("data/reference/test.npz", "evaluation")
         for name in DEPLOYMENT_SETS:
             run.log_dataset(f"data/shifted/{name}.npz", "evaluation")
-        run.promote_champion("models/resnet18.pt", params.registry.model_name,
+        run.promote_champion(DEPLOYED_MODEL, params.registry.model_name,
                              per_set["test"]["accuracy"], params.registry.champion_tolerance_points,
                              params.registry.promote_from)
         for path in figures:

@@ -16,6 +16,7 @@ from shiftwatch.core.io import load_set, save_predictions
 from shiftwatch.core.params import load_params
 from shiftwatch.core.stage import run_stage
 from shiftwatch.estimation.mitigate import augment_images, oversample_rows
+from shiftwatch.model import DEPLOYED_MODEL, FINETUNED_MODEL
 from shiftwatch.model.network import load_model, pick_device, predict_set, save_state_dict, train
 from shiftwatch.tracking.runs import stage_run
 
@@ -31,13 +32,13 @@ def main() -> None:
         images = augment_images(domain_a.images[rows], mitigate.augment_downsample,
                                 tuple(mitigate.augment_brightness), params.train.seed)
         device = pick_device()
-        tuned = copy.deepcopy(load_model("models/resnet18.pt"))
+        tuned = copy.deepcopy(load_model(DEPLOYED_MODEL))
         started = time.perf_counter()
         history = train(tuned, images, domain_a.labels[rows], epochs=mitigate.finetune_epochs,
                         batch_size=params.train.batch_size, lr=params.train.lr, seed=params.train.seed,
                         device=device, precision=params.train.precision)
         seconds = time.perf_counter() - started
-        save_state_dict(tuned, "models/resnet18_augmented.pt")
+        save_state_dict(tuned, FINETUNED_MODEL)
         save_predictions("data/finetuned/domain_b.npz",
                          predict_set(tuned, domain_b, params.evaluate.batch_size, device,
                                      desc="augmented model on domain B",

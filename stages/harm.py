@@ -47,6 +47,7 @@ from shiftwatch.estimation.harm import (
     summary,
     survey,
 )
+from shiftwatch.model import DEPLOYED_MODEL, FINETUNED_MODEL
 from shiftwatch.model.features import load_features
 from shiftwatch.model.network import load_model, pick_device, predict_proba
 from shiftwatch.tracking.runs import stage_run
@@ -68,7 +69,7 @@ def main() -> None:
         started = time.perf_counter()
         pool, labels, images, test_size = _pool()
         rows = corruption_rows(len(labels), params.seed, params.power.corruption_pool_images)
-        base, aux = load_model("models/resnet18.pt"), load_model("models/resnet18_augmented.pt")
+        base, aux = load_model(DEPLOYED_MODEL), load_model(FINETUNED_MODEL)
         device, evaluate = pick_device(), params.evaluate
 
         def outputs(shifted_images, name):
@@ -106,8 +107,8 @@ def main() -> None:
         reference = reference_summary(pool[:test_size], labels[:test_size], pool_aux[:test_size], fit)
         write_json(ESTIMATOR, {**fit.as_dict(), "page_points": harm.page_points, "harm_points": harm.harm_points,
                                "reference": {**reference.as_dict(), "path": "data/reference/test.npz",
-                                             "model_md5": file_md5("models/resnet18.pt"),
-                                             "finetuned_md5": file_md5("models/resnet18_augmented.pt")}})
+                                             "model_md5": file_md5(DEPLOYED_MODEL),
+                                             "finetuned_md5": file_md5(FINETUNED_MODEL)}})
         surveyed = survey(groups["design"], {**groups["held_out"], **groups["everyday"]}, clean)
         summarised = summary(details, harm.harm_points, harm.sizes, HEADLINE_N)
         results = {"harm_points": harm.harm_points, "page_points": harm.page_points,

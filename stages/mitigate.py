@@ -19,6 +19,7 @@ from shiftwatch.core.params import load_params
 from shiftwatch.core.stage import run_stage
 from shiftwatch.estimation.metrics import classification_metrics
 from shiftwatch.estimation.mitigate import adapt_batchnorm, correct_label_shift, coverage_curve, selective_prediction
+from shiftwatch.model import DEPLOYED_MODEL
 from shiftwatch.model.features import deployment_views, finetuned_outputs, load_features, load_view
 from shiftwatch.model.network import load_model, pick_device, predict_proba
 from shiftwatch.tracking.runs import stage_run
@@ -39,7 +40,7 @@ def main() -> None:
         _, reference_labels = load_features("data/reference/test.npz")
         source_priors = np.bincount(reference_labels, minlength=10) / len(reference_labels)
         monitor = read_json("metrics/monitor_details.json", hint="run `dvc repro monitor`")
-        model = load_model("models/resnet18.pt")
+        model = load_model(DEPLOYED_MODEL)
         augmented = finetuned_outputs(sets, batch, device, precision)
 
         results, costs = {}, {}

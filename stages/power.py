@@ -50,6 +50,7 @@ from shiftwatch.detection.power_design import (
     unseen_pool,
 )
 from shiftwatch.detection.verdict import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS
+from shiftwatch.model import DEPLOYED_MODEL
 from shiftwatch.model.features import load_features
 from shiftwatch.model.network import load_model, pick_device
 from shiftwatch.tracking.runs import stage_run
@@ -71,7 +72,7 @@ def main() -> None:
         pool, labels, images = unseen_pool()
         check_sizes(power, len(pool))
         domain_a, _ = load_features("data/reference/domain_a.npz")
-        model, device = load_model("models/resnet18.pt"), pick_device()
+        model, device = load_model(DEPLOYED_MODEL), pick_device()
         design = Design(power, params.evaluate, params.shift.label_class, params.seed)
         streams = build_streams(model, device, pool, labels, images, domain_a, design)
         print(f"power: the model's features of every shifted pool in {time.perf_counter() - started:.0f} s",

@@ -13,19 +13,19 @@ from shiftwatch.core.io import load_set
 from shiftwatch.core.lineage import file_md5
 from shiftwatch.core.params import load_params
 from shiftwatch.core.stage import run_stage
+from shiftwatch.model import DEPLOYED_MODEL
 from shiftwatch.model.features import model_features, save_features
 from shiftwatch.model.network import load_model, pick_device
 from shiftwatch.tracking.runs import stage_run
 
 SETS = ("test", "domain_a", "domain_b")
-MODEL = "models/resnet18.pt"
 
 
 def main() -> None:
     params = load_params()
     with stage_run("reference", params) as run:
-        model, device = load_model(MODEL), pick_device()
-        model_md5 = file_md5(MODEL)  # `check` refuses this reference with any other model
+        model, device = load_model(DEPLOYED_MODEL), pick_device()
+        model_md5 = file_md5(DEPLOYED_MODEL)  # `check` refuses this reference with any other model
         accuracy = {}
         for name in SETS:
             image_set = load_set(f"data/prepared/{name}.npz", hint="run `dvc repro prepare`")

@@ -11,10 +11,10 @@ import time
 from shiftwatch.core.io import atomic_path, load_set, write_json
 from shiftwatch.core.params import load_params
 from shiftwatch.core.stage import run_stage
+from shiftwatch.model import DEPLOYED_MODEL
 from shiftwatch.model.network import build_resnet18, pick_device, save_state_dict, train
 from shiftwatch.tracking.runs import stage_run
 
-MODEL = "models/resnet18.pt"
 HISTORY = "metrics/train_history.csv"
 
 
@@ -30,7 +30,7 @@ def main() -> None:
                         device=device, precision=params.train.precision)
         train_seconds = time.perf_counter() - started
 
-        save_state_dict(model, MODEL)
+        save_state_dict(model, DEPLOYED_MODEL)
         with atomic_path(HISTORY) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(history[0]))
             writer.writeheader()
@@ -47,7 +47,7 @@ def main() -> None:
         run.log_artifact(HISTORY)
         run.log_model(model.cpu(), input_example=domain_a.images[:2, None])
         run.log_dataset("data/prepared/domain_a.npz", "training")
-        run.register_model(MODEL, params.registry.model_name)
+        run.register_model(DEPLOYED_MODEL, params.registry.model_name)
     print(f"train: {params.train.epochs} epochs in {train_seconds:.0f} s on {device.type} "
           f"({history[-1]['images_per_second']:.0f} images/s), final loss {history[-1]['loss']:.4f}")
 

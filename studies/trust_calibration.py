@@ -28,6 +28,7 @@ from shiftwatch.core.io import load_set
 from shiftwatch.core.params import load_params
 from shiftwatch.data.shift import degrade_images
 from shiftwatch.estimation.labelshift import bbse, em_priors, estimates_disagree
+from shiftwatch.model import DEPLOYED_MODEL
 from shiftwatch.model.features import load_features, model_features
 from shiftwatch.model.network import load_model, pick_device
 
@@ -44,7 +45,7 @@ def main() -> None:
     focus = params.shift.label_class
     reference, reference_labels = load_features("data/reference/test.npz")
     domain_b = load_set("data/prepared/domain_b.npz")
-    model, device = load_model("models/resnet18.pt"), pick_device()
+    model, device = load_model(DEPLOYED_MODEL), pick_device()
     source_priors = np.bincount(reference_labels, minlength=10) / len(reference_labels)
 
     def family(shifts: dict, seed: int) -> list[dict]:

@@ -56,6 +56,7 @@ from shiftwatch.detection.power import (
 )
 from shiftwatch.detection.power_design import seeded_detector, unseen_pool
 from shiftwatch.detection.verdict import FEATURE_DETECTORS
+from shiftwatch.model import DEPLOYED_MODEL
 from shiftwatch.model.features import model_features
 from shiftwatch.model.network import load_model, pick_device
 
@@ -81,7 +82,7 @@ def main() -> None:
     design = np.setdiff1d(np.arange(len(pool)),
                           corruption_rows(len(pool), params.seed, params.power.corruption_pool_images))
     clean, design_labels = pool.subset(design), labels[design]
-    model, device = load_model("models/resnet18.pt"), pick_device()
+    model, device = load_model(DEPLOYED_MODEL), pick_device()
 
     verdict = {name: seeded_detector(name, power.mmd_permutations) for name in FEATURE_DETECTORS}
     monitored = {name: seeded_detector(name, power.mmd_permutations, params.monitor.mmd_max_per_side)

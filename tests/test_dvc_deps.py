@@ -234,3 +234,21 @@ def test_the_power_plots_draw_every_registered_detector_and_the_verdict():
     assert set(drawn) == {"metrics/power/label_keep_0.1.csv", "metrics/power/no_shift.csv"}
     for columns in drawn.values():
         assert columns == [*FEATURE_DETECTORS, *DIAGNOSTIC_DETECTORS, COMBINED]
+
+
+def test_the_model_paths_are_one_constant_that_dvc_yaml_agrees_with():
+    """The two networks' paths live in shiftwatch/model/__init__.py: the stage that writes each
+    declares it as an output, and every stage script that names the constant depends on it."""
+    from shiftwatch.model import DEPLOYED_MODEL, FINETUNED_MODEL
+
+    stages = _stages()
+    outputs = {name: {next(iter(o)) if isinstance(o, dict) else o for o in spec.get("outs", [])}
+               for name, spec in stages.items()}
+    assert DEPLOYED_MODEL in outputs["train"] and FINETUNED_MODEL in outputs["finetune"]
+    for name, spec in stages.items():
+        script = _script(spec).read_text()
+        for constant, path, writer in (("DEPLOYED_MODEL", DEPLOYED_MODEL, "train"),
+                                       ("FINETUNED_MODEL", FINETUNED_MODEL, "finetune")):
+            if constant in script and name != writer:
+                assert path in spec["deps"], f"stage {name} reads {path} but does not list it in dvc.yaml"
+    assert not any('"models/resnet18' in _script(spec).read_text() for spec in stages.values())

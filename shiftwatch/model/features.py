@@ -15,6 +15,7 @@ import numpy as np
 from shiftwatch import ShiftwatchError
 from shiftwatch.core.io import atomic_path, rows_matching
 from shiftwatch.detection.image_stats import pixel_quantiles, zero_fraction
+from shiftwatch.model import FINETUNED_MODEL
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def finetuned_outputs(sets: dict, batch: int, device, precision: str) -> dict[st
     from shiftwatch.model.network import load_model, predict_proba
 
     on_b = load_predictions("data/finetuned/domain_b.npz", hint="run `dvc repro finetune`")
-    covariate = predict_proba(load_model("models/resnet18_augmented.pt"), sets["b_covariate"].images,
+    covariate = predict_proba(load_model(FINETUNED_MODEL), sets["b_covariate"].images,
                               batch, device, desc="fine-tuned model b_covariate", precision=precision)
     cov_index = sets["b_covariate"].source_index
     return {"b_label": on_b.probabilities[rows_matching(sets["b_label"].source_index, on_b.source_index)],

@@ -17,13 +17,14 @@ import numpy as np
 
 from shiftwatch import CLASS_NAMES, IMAGE_SIZE, NUM_CLASSES, ShiftwatchError
 from shiftwatch.data.batch import load_batch
+from shiftwatch.model import DEPLOYED_MODEL, FINETUNED_MODEL
 from shiftwatch.operations.page import change_summary, load_estimator, mean_pixels, remedies
 
 DEFAULT_REFERENCE = "data/reference/test.npz"
-DEFAULT_MODEL = "models/resnet18.pt"
+DEFAULT_MODEL = DEPLOYED_MODEL
 DEFAULT_PARAMS = "params.yaml"
 DEFAULT_ESTIMATOR = "models/accuracy_estimator.json"
-DEFAULT_FINETUNED = "models/resnet18_augmented.pt"
+DEFAULT_FINETUNED = FINETUNED_MODEL
 # The params the check reads, logged with --log (the monitor stage's detector settings).
 PARAMS_READ = ("seed", "shift.label_class", "evaluate.batch_size", "evaluate.precision",
                "monitor.alpha",
