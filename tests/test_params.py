@@ -153,3 +153,19 @@ def test_ctrl_c_in_a_stage_is_one_line_and_exit_130(capsys):
         run_stage("power", interrupted)
     assert exited.value.code == 130
     assert capsys.readouterr().err == "shiftwatch power: interrupted; no output is half-written, rerun the stage\n"
+
+
+def test_the_schema_takes_its_corruption_families_from_the_corruption_table():
+    """One list of family names (data/corruptions.py); the schema refuses any other, naming them."""
+    import typing
+
+    from shiftwatch.core.params import HarmParams, PowerParams
+    from shiftwatch.data.corruptions import FAMILIES
+
+    def keys(model, field):
+        return typing.get_args(typing.get_args(model.model_fields[field].annotation)[0])
+
+    assert keys(PowerParams, "corruptions") == FAMILIES
+    assert keys(HarmParams, "design") == (*FAMILIES, "brightness", "downsample", "label_keep")
+    with pytest.raises(ValueError, match="fog"):
+        PowerParams(corruptions={"fog": [1]})

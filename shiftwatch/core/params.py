@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shiftwatch import ShiftwatchError
+from shiftwatch.data.corruptions import FAMILIES
 
 
 class _Strict(BaseModel):
@@ -68,6 +69,10 @@ class MonitorParams(_Strict):
     trust_tolerance: float = Field(0.1, gt=0, le=1)
 
 
+# The corruption families are the corruption table's (data/corruptions.py), named once there.
+_CorruptionFamily = Literal[FAMILIES]
+
+
 class PowerParams(_Strict):
     repetitions: int = Field(200, ge=1, le=100_000)
     detection_repetitions: int = Field(100, ge=1, le=100_000)
@@ -82,10 +87,7 @@ class PowerParams(_Strict):
         default_factory=lambda: {500: 100, 1000: 50, 2000: 25})
     diagnostic_repetitions: dict[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=1)]] = Field(
         default_factory=lambda: {500: 50})
-    corruptions: dict[Literal["contrast", "gamma", "noise", "rotate", "translate", "zoom", "crop", "shear",
-                              "blur", "occlusion", "jpeg", "pixelate", "motion_blur", "salt_pepper",
-                              "contrast_mean", "png"],
-                      list[Annotated[float, Field(gt=0, le=180)]]] = Field(
+    corruptions: dict[_CorruptionFamily, list[Annotated[float, Field(gt=0, le=180)]]] = Field(
         default_factory=lambda: {"contrast": [0.7, 0.5, 0.3], "gamma": [1.5, 2, 3], "noise": [0.05, 0.1, 0.2],
                                  "rotate": [10, 20, 30], "translate": [1, 2, 3], "zoom": [0.1, 0.2, 0.3],
                                  "crop": [0.1, 0.2, 0.3], "shear": [0.1, 0.2, 0.3],
@@ -110,9 +112,7 @@ class PowerParams(_Strict):
 _Severities = list[Annotated[float, Field(gt=0, le=180)]]
 # Families a harm cell may use: the corruption library's, the study's two covariate shifts and
 # the label shift (severity: the share of shift.label_class kept).
-_HarmFamily = Literal["contrast", "gamma", "noise", "rotate", "translate", "zoom", "crop", "shear", "blur",
-                      "occlusion", "jpeg", "pixelate", "motion_blur", "salt_pepper", "contrast_mean", "png",
-                      "brightness", "downsample", "label_keep"]
+_HarmFamily = Literal[(*FAMILIES, "brightness", "downsample", "label_keep")]
 
 
 class HarmParams(_Strict):
