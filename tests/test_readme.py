@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO
 
@@ -103,3 +104,21 @@ def _mkdocs_build(root, site):
 def _block(text: str, name: str) -> str:
     match = re.search(rf"<!-- {name}:begin -->\n(.*?)<!-- {name}:end -->", text, re.S)
     return match.group(1) if match else ""
+
+
+def test_the_pre_commit_hooks_are_valid_and_run_the_makefiles_tools(tmp_path):
+    """.pre-commit-config.yaml: pre-commit accepts it, its hooks are local (nothing downloaded),
+    and they run the tools `make lint` and `make test-fast` run; a broken copy is refused."""
+    import yaml
+
+    pre_commit = Path(sys.executable).parent / "pre-commit"
+    config = REPO / ".pre-commit-config.yaml"
+    assert subprocess.run([pre_commit, "validate-config", config], capture_output=True).returncode == 0
+    hooks = {hook["id"]: hook for repo in yaml.safe_load(config.read_text())["repos"] for hook in repo["hooks"]}
+    assert {repo["repo"] for repo in yaml.safe_load(config.read_text())["repos"]} == {"local"}
+    makefile = (REPO / "Makefile").read_text()
+    assert hooks["ruff"]["entry"] == ".venv/bin/ruff check" and "$(BIN)/ruff check ." in makefile
+    assert hooks["test-fast"]["entry"] == "make test-fast" and "\ntest-fast:" in makefile
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(config.read_text().replace("entry: make test-fast", "entry: [make, test-fast]"))
+    assert subprocess.run([pre_commit, "validate-config", broken], capture_output=True).returncode != 0
