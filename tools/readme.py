@@ -400,14 +400,17 @@ def false_pages_table() -> str:
     details = _generated("metrics/harm_details.json")
     if details is None:
         return "_run `dvc repro harm`_"
-    week = 7 * 24
+    from shiftwatch.commands.timeline import weekly_false_pages
+
     rows = ["| n | no-shift draws | paged | false pages a week (95 % upper) | confirmed by the next batch: "
             "a week, p² (95 % upper) | confirmed pages seen |", "|---|---|---|---|---|---|"]
-    for n, d in details["cells"]["no_shift"]["draws"].items():
-        pages = round(d["page_rate"] * d["repetitions"])
-        rows.append(f"| {n} | {d['repetitions']:,} | {pages} | {week * d['page_rate']:.2f} ({week * d['ci_high']:.2f}) "
-                    f"| {week * d['page_rate'] ** 2:.3f} ({week * d['ci_high'] ** 2:.3f}) "
-                    f"| {d.get('confirmed_pages', '—')} of {d['repetitions'] - 1:,} pairs |")
+    for n, judged in details["cells"]["no_shift"]["draws"].items():
+        w = weekly_false_pages(judged)
+        seen = "—" if w["confirmed_seen"] is None else w["confirmed_seen"]
+        rows.append(f"| {n} | {w['draws']:,} | {round(w['page_rate'] * w['draws'])} "
+                    f"| {w['per_week']:.2f} ({w['per_week_upper']:.2f}) "
+                    f"| {w['confirmed_per_week']:.3f} ({w['confirmed_per_week_upper']:.3f}) "
+                    f"| {seen} of {w['draws'] - 1:,} pairs |")
     return "\n".join(rows)
 
 

@@ -91,6 +91,8 @@ def logged_checks(since: datetime | None = None) -> list[dict]:
             "batch": tags.get("shiftwatch.batch", ""),
             "verdict": tags.get("shiftwatch.verdict", ""),
             "page": tags.get("shiftwatch.page", ""),
+            # hurt or not before any --confirm-with: the timeline confirms by itself (two in a row)
+            "harmful": bool(metrics.get("check.harmful", tags.get("shiftwatch.page") == "PAGE")),
             "estimated_accuracy": metrics.get("check.estimate.accuracy"),
             "interval": [metrics.get("check.estimate.interval_low"), metrics.get("check.estimate.interval_high")],
             "reference_accuracy": metrics.get("check.estimate.reference_accuracy"),
@@ -116,7 +118,7 @@ def first_alerts(points: list[dict]) -> dict[str, dict | None]:
     "batch"}, or None if it never did."""
     detectors = sorted({d for p in points for d in p["adjusted_pvalues"]})
     summary: dict[str, dict | None] = {}
-    paged = [point.get("page") == "PAGE" for point in points]
+    paged = [point["harmful"] for point in points]
     for name in ["page", "confirmed_page", *detectors, "verdict"]:
         summary[name] = None
         for index, point in enumerate(points):
@@ -167,7 +169,7 @@ def draw(points: list[dict], path: Path) -> None:
     axes[1].set_ylabel("Holm-adjusted p-value (change)")
     axes[1].legend(fontsize=7, ncol=2)
     for i, p in enumerate(points):
-        colour = "crimson" if p.get("page") == "PAGE" else "orange" if p["verdict"] == "ALERT" else None
+        colour = "crimson" if p["harmful"] else "orange" if p["verdict"] == "ALERT" else None
         for ax in axes if colour else ():
             ax.axvspan(i - 0.5, i + 0.5, color=colour, alpha=0.1, linewidth=0)
     focus = points[-1]["focus_class"]
@@ -201,15 +203,21 @@ def false_pages_per_week(points: list[dict], details_path: Path | None = None,
         return None
     size = statistics.median(p["images"] for p in points)
     n = min(draws, key=lambda k: abs(int(k) - size))
-    per_week, judged = 7 * batches_per_day, draws[n]
-    return {"batch_images": size, "judged_n": int(n), "page_rate": judged["page_rate"],
-            "draws": judged.get("repetitions"),
+    return {"batch_images": size, "judged_n": int(n), **weekly_false_pages(draws[n], batches_per_day),
+            "batches_per_day": batches_per_day}
+
+
+def weekly_false_pages(judged: dict, batches_per_day: int = 24) -> dict:
+    """One n of stage harm's no-shift draws as false pages a week: single pages (rate and its 95 %
+    Wilson upper end, times 7 x batches_per_day) and pages confirmed by the next batch (their
+    squares: independent healthy batches), with the confirmed pages seen in the draws."""
+    per_week = 7 * batches_per_day
+    return {"page_rate": judged["page_rate"], "draws": judged.get("repetitions"),
             "per_week": per_week * judged["page_rate"], "per_week_upper": per_week * judged["ci_high"],
             "confirmed_per_week": per_week * judged["page_rate"] ** 2,
             "confirmed_per_week_upper": per_week * judged["ci_high"] ** 2,
             # seen, not assumed: draws that paged right after a draw that paged
-            "confirmed_seen": judged.get("confirmed_pages"),
-            "batches_per_day": batches_per_day}
+            "confirmed_seen": judged.get("confirmed_pages")}
 
 
 def format_summary(summary: dict[str, dict | None], batches: int, false_pages: dict | None = None) -> str:

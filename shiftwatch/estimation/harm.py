@@ -119,7 +119,7 @@ def judge_cell(cell: Cell, pool_probabilities: np.ndarray, pool_aux: np.ndarray 
     reference of `reference_size` pool rows that excludes the drawn images' own rows."""
     truth, results = cell.accuracy(), {}
     for n in sizes:
-        pages, covered, errors, paged = 0, 0, [], []
+        covered, errors, paged = 0, [], []
         for r in range(repetitions):
             rng = np.random.default_rng([seed, n, r])
             picked = _draw(cell, n, rng)
@@ -132,10 +132,10 @@ def judge_cell(cell: Cell, pool_probabilities: np.ndarray, pool_aux: np.ndarray 
                              None if cell.aux_probabilities is None else cell.aux_probabilities[picked],
                              reference, fit, page_points)
             drawn = float(np.mean(cell.probabilities[picked].argmax(1) == cell.labels[picked]))
-            pages += found.harmful
             paged.append(found.harmful)
             covered += found.interval[0] <= drawn <= found.interval[1]
             errors.append(100 * (found.accuracy - truth))
+        pages = sum(paged)
         low, high = wilson_interval(pages, repetitions)
         errors = np.abs(errors)
         results[str(n)] = {"page_rate": float(pages) / repetitions, "ci_low": low, "ci_high": high,
