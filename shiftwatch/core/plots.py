@@ -45,7 +45,7 @@ def mean_pixel_histogram(reference: np.ndarray, deployment: np.ndarray, bins: in
     edges = np.linspace(0, 1, bins + 1)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for values, label in zip((reference, deployment), labels):
-        ax.hist(values, bins=edges, weights=np.full(len(values), 1 / len(values)),
+        ax.hist(values, bins=edges.tolist(), weights=np.full(len(values), 1 / len(values)),
                 alpha=0.55, label=f"{label} (n={len(values):,})")
     ax.set_xlabel("mean pixel intensity per image")
     ax.set_ylabel("share of images")

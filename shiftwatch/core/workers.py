@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import TypeVar
 
-Item, Result = TypeVar("Item"), TypeVar("Result")
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 _task: tuple[Callable, Sequence] | None = None  # what the forked workers run, set before the fork
 
@@ -43,6 +44,7 @@ def fork_map(function: Callable[[Item], Result], items: Sequence[Item],
 
 
 def _run(index: int):
+    assert _task is not None, "fork_map sets the task before it forks"
     function, items = _task
     return _single_threaded(function, items[index])
 

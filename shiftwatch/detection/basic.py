@@ -199,7 +199,7 @@ class DriftReport:
         """Overall verdict: any detector alerts."""
         return self.drift_ks or self.drift_kl or self.drift_domain_classifier
 
-    def as_metrics(self) -> dict[str, float | int]:
+    def as_metrics(self) -> dict[str, float | int | None]:
         return {
             "ks_statistic": self.ks.statistic, "ks_pvalue": self.ks.pvalue,
             "kl_divergence": self.kl.statistic,
@@ -221,9 +221,10 @@ def detect_drift(reference: np.ndarray, deployment: np.ndarray, *, bins: int, sm
     classifier = domain_classifier_test(reference, deployment, classifier_samples, seed)
     return DriftReport(
         ks=ks, kl=kl, domain_classifier=classifier,
-        drift_ks=ks.pvalue < alpha,
+        drift_ks=ks.pvalue is not None and ks.pvalue < alpha,
         drift_kl=kl.statistic > kl_threshold,
-        drift_domain_classifier=classifier.statistic > auc_threshold and classifier.pvalue < alpha,
+        drift_domain_classifier=(classifier.statistic > auc_threshold and classifier.pvalue is not None
+                                 and classifier.pvalue < alpha),
     )
 
 

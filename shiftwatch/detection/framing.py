@@ -27,7 +27,7 @@ def spans_frame(pixels: np.ndarray) -> np.ndarray:
     ink = pixels.reshape(len(pixels), size, size) > 0
     rows = ink[:, 0].any(axis=1) & ink[:, -1].any(axis=1)
     columns = ink[:, :, 0].any(axis=1) & ink[:, :, -1].any(axis=1)
-    return rows | columns
+    return np.asarray(rows | columns)
 
 
 def frame_span_test(reference_pixels: np.ndarray, deployment_pixels: np.ndarray) -> DetectorResult:

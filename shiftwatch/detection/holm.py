@@ -44,7 +44,7 @@ def holm(pvalues: Mapping[str, float | None], alpha: float = 0.05) -> HolmResult
     for name, p in tested.items():
         if not 0 <= p <= 1:  # also catches NaN
             raise ShiftwatchError(f"p-value of {name!r} is {p}; a p-value must lie in [0, 1]")
-    names = sorted(tested, key=tested.get)
+    names = sorted(tested, key=lambda name: tested[name])
     scaled = [min(1.0, (len(names) - rank) * tested[name]) for rank, name in enumerate(names)]
     # The running maximum keeps adjusted p-values in the order of the raw ones (step-down).
     adjusted = dict(zip(names, np.maximum.accumulate(scaled).tolist() if names else []))

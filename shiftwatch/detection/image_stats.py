@@ -31,10 +31,10 @@ def zero_fraction(images: np.ndarray) -> np.ndarray:
 def pixel_quantiles(images: np.ndarray, qs: Sequence[float] = (0.1, 0.5, 0.9)) -> np.ndarray:
     """Per-image pixel quantiles (numpy's default linear interpolation), shape (N, len(qs)),
     in the images' intensity units. `qs` must lie in [0, 1]."""
-    qs = np.asarray(qs, dtype=float)
-    if qs.ndim != 1 or qs.size == 0 or np.any((qs < 0) | (qs > 1)):
-        raise ShiftwatchError(f"qs = {qs.tolist()}; pass a non-empty list of quantiles in [0, 1]")
-    return np.quantile(_features(images, "images"), qs, axis=1).T
+    levels = np.asarray(qs, dtype=float)
+    if levels.ndim != 1 or levels.size == 0 or np.any((levels < 0) | (levels > 1)):
+        raise ShiftwatchError(f"qs = {levels.tolist()}; pass a non-empty list of quantiles in [0, 1]")
+    return np.quantile(_features(images, "images"), levels, axis=1).T
 
 
 def image_stats_test(reference_images: np.ndarray, deployment_images: np.ndarray,

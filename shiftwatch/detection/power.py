@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -165,7 +166,7 @@ def _alarm_counts(reference: np.ndarray, deployment: np.ndarray,
     return {name: int(count) for name, count in alarms.items()}
 
 
-def _names(detectors: Mapping[str, Detector], combine: str | None) -> list[str]:
+def _names(detectors: Mapping[str, Callable[..., object]], combine: str | None) -> list[str]:
     if combine not in (None, "holm"):
         raise ShiftwatchError(f"combine = {combine!r}; use 'holm' or None")
     names = list(detectors)
@@ -186,7 +187,7 @@ def _draw(rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _pvalue(result: object) -> float:
-    pvalue = getattr(result, "pvalue", result)
+    pvalue: Any = getattr(result, "pvalue", result)
     if pvalue is None or not 0 <= float(pvalue) <= 1:  # also catches NaN
         raise ShiftwatchError(f"the detector returned p-value {pvalue}; it must return a number "
                               "in [0, 1] (a detector without a p-value cannot be calibrated)")
@@ -283,6 +284,7 @@ def pool_sampler(pool, deployment, labels: np.ndarray | None = None,
         size = n if reference_size is None else reference_size
         reference_rows, rest = order[:size], order[size:]
         if keep is not None:
+            assert labels is not None, "label shift needs the pool's labels"
             rest = rest[(labels[rest] != label_class) | (rng.random(len(rest)) < keep)]
         return pool.subset(reference_rows), deployment.subset(rest[:n])
     return sample
@@ -353,7 +355,7 @@ def harm_summary(detection: Mapping[str, Mapping[str, Mapping[str, dict]]],
 def _misses(harmful: Mapping[str, float], target_power: float) -> dict:
     return {"harmful": dict(harmful),
             "missed": sorted(s for s, rate in harmful.items() if rate < target_power),
-            "weakest": min(harmful, key=harmful.get, default=None)}
+            "weakest": min(harmful, key=lambda shift: harmful[shift], default=None)}
 
 
 def calibration_flags(rates: Mapping[str, list[AlarmRate]], alpha: float = 0.05,

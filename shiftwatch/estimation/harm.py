@@ -137,9 +137,10 @@ def judge_cell(cell: Cell, pool_probabilities: np.ndarray, pool_aux: np.ndarray 
             errors.append(100 * (found.accuracy - truth))
         pages = sum(paged)
         low, high = wilson_interval(pages, repetitions)
-        errors = np.abs(errors)
+        absolute_errors = np.abs(errors)
         results[str(n)] = {"page_rate": float(pages) / repetitions, "ci_low": low, "ci_high": high,
-                           "coverage": float(covered) / repetitions, "median_error_points": float(np.median(errors)),
+                           "coverage": float(covered) / repetitions,
+                           "median_error_points": float(np.median(absolute_errors)),
                            "repetitions": repetitions, "confirmed_pages": _confirmed(paged)}
     return results
 
@@ -199,13 +200,13 @@ def summary(details: dict, harm_points: float, sizes: Sequence[int], headline_n:
     (< 1 point) and on no shift; the estimate's errors per group; the worst coverage at n = 100
     and 1,000 (where judged)."""
     shifted = {name: cell for name, cell in details.items() if name != NULL_CELL}
-    by_n = {}
+    by_n: dict[str, dict] = {}
     for n in map(str, sizes):
         harmful = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] >= harm_points]
         harmless = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] < 1]
         by_n[n] = {"harmful_min": min(harmful, default=None), "harmless_max": max(harmless, default=None),
                    "no_shift_max": details[NULL_CELL]["draws"][n]["page_rate"]}
-    coverage_sizes = [s for s in ("100", "1000") if s in by_n] or list(by_n)
+    coverage_sizes: list[str] = [s for s in ("100", "1000") if s in by_n] or list(by_n)
     return {"page_n": headline_n if headline_n in sizes else sizes[0], "page_by_n": by_n,
             "held_out": _errors([c["population_error_points"] for c in shifted.values() if c["group"] == "held_out"]),
             "design_left_out": _errors([c["population_error_points"] for c in shifted.values()

@@ -75,7 +75,7 @@ def oversample_rows(labels: np.ndarray, label_class: int, factor: int, seed: int
 
 
 def selective_prediction(probabilities: np.ndarray, labels: np.ndarray,
-                         threshold: float) -> dict[str, float]:
+                         threshold: float) -> dict[str, float | None]:
     """Predictions with max-softmax confidence below `threshold` are flagged for review.
     Returns the share flagged and the accuracy on the rest (None if everything is flagged)."""
     confidence = probabilities.max(axis=1)

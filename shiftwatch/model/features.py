@@ -23,9 +23,10 @@ class Features:
     """Per-image views of one set (the views detectors consume, see
     shiftwatch.detection.registry.VIEWS): probabilities (N, 10), embeddings (N, 512), image
     statistics (N, 5): mean pixel, share of exactly-zero pixels, 10/50/90 % pixel quantiles;
-    and the pixels themselves, 8-bit (N, 784) uint8 (None where a set was saved without)."""
-    probabilities: np.ndarray
-    embeddings: np.ndarray
+    and the pixels themselves, 8-bit (N, 784) uint8 (None where a set was saved without).
+    The model-free views of `detect` have no probabilities or embeddings (None)."""
+    probabilities: np.ndarray | None
+    embeddings: np.ndarray | None
     image_stats: np.ndarray
     pixels: np.ndarray | None = None
 
@@ -33,8 +34,8 @@ class Features:
         return len(self.image_stats)
 
     def subset(self, rows: np.ndarray) -> Features:
-        return Features(self.probabilities[rows], self.embeddings[rows], self.image_stats[rows],
-                        None if self.pixels is None else self.pixels[rows])
+        return Features(_rows(self.probabilities, rows), _rows(self.embeddings, rows), self.image_stats[rows],
+                        _rows(self.pixels, rows))
 
     @staticmethod
     def concatenate(views) -> Features:
@@ -43,7 +44,11 @@ class Features:
         fields = [np.concatenate([getattr(v, field) for v in views])
                   for field in ("probabilities", "embeddings", "image_stats")]
         pixels = None if any(v.pixels is None for v in views) else np.concatenate([v.pixels for v in views])
-        return Features(*fields, pixels)
+        return Features(fields[0], fields[1], fields[2], pixels)
+
+
+def _rows(view: np.ndarray | None, rows: np.ndarray) -> np.ndarray | None:
+    return None if view is None else view[rows]
 
 
 def save_features(path: str | Path, view: Features, labels: np.ndarray,
@@ -52,13 +57,16 @@ def save_features(path: str | Path, view: Features, labels: np.ndarray,
     `power`, `mitigate` and `shiftwatch check`. Labels are stored to build the evaluation
     streams and score remedies, never to detect; source indices to find subsets (b_label);
     the md5 of the model's state_dict so that `check` never pairs it with another model."""
+    if view.probabilities is None or view.embeddings is None:
+        raise ShiftwatchError(f"{path}: features without the model's views; compute them with the model first")
     index = np.arange(len(labels)) if source_index is None else source_index
     optional = {} if model_md5 is None else {"model_md5": np.array(model_md5)}
     if view.pixels is not None:
         optional["pixels"] = view.pixels
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, probabilities=view.probabilities, embeddings=view.embeddings,
-                 image_stats=view.image_stats, labels=labels, source_index=index, **optional)
+                 image_stats=view.image_stats, labels=labels, source_index=index,
+                 **optional)  # type: ignore[arg-type]  # numpy's stub types **kwargs as allow_pickle
 
 
 def load_features(path: str | Path, with_index: bool = False):

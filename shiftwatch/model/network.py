@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import ResNet, ResNet18_Weights, resnet18
 from tqdm.auto import tqdm
 
 from shiftwatch import NUM_CLASSES, ShiftwatchError
@@ -100,6 +100,8 @@ class PointConv(nn.Module):
     def __init__(self, conv: nn.Conv2d, input_size: tuple[int, int]):
         super().__init__()
         self.weight = conv.weight  # shared: the state_dict and the optimizer see the conv's tensor
+        if isinstance(conv.padding, str):
+            raise ShiftwatchError(f"conv padding {conv.padding!r}: the corner conv needs padding in pixels")
         kernel, self.pad = conv.kernel_size[0], conv.padding[0]
         self.rows, self.cols = (min(size, kernel - self.pad) for size in input_size)
 
@@ -167,7 +169,7 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
         raise ShiftwatchError("the training set (domain A) is empty")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model.to(device, memory_format=torch.channels_last).train()
+    model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs split .to's forms.train()
     dtype = inference_dtype(device, precision)
     mixed = dtype != torch.float32
     compute = training_graph(model, dtype, images.shape[1:], lower=lower)
@@ -194,6 +196,7 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
             loss.backward()
             if mixed:
                 for master, low in zip(master_weights, compute_weights):
+                    assert low.grad is not None, "backward() filled every trainable weight's grad"
                     master.grad = low.grad.float()
             optimizer.step()
             total_loss += loss.item() * len(rows)
@@ -203,8 +206,8 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
                         "accuracy": correct / len(order), "images_per_second": len(order) / seconds})
     if mixed:  # BatchNorm running statistics were tracked on the copy
         with torch.no_grad():
-            for master, low in zip(model.buffers(), compute.buffers()):
-                master.copy_(low)
+            for buffer, tracked in zip(model.buffers(), compute.buffers()):
+                buffer.copy_(tracked)
     return history
 
 
@@ -213,7 +216,7 @@ def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device:
                   desc: str = "predict", progress: bool = True,
                   precision: str = "auto") -> np.ndarray:
     """Softmax probabilities, shape (N, 10), in eval mode (BatchNorm running statistics)."""
-    model.to(device, memory_format=torch.channels_last).eval()
+    model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs split .to's forms.eval()
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
                       disable=not progress, mininterval=2.0):
@@ -225,7 +228,7 @@ def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device:
     return torch.cat(chunks).numpy()
 
 
-def embed(model: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def embed(model: ResNet, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(penultimate-layer embedding (N, 512), logits (N, 10)) of torchvision's ResNet in one pass."""
     x = model.maxpool(model.relu(model.bn1(model.conv1(batch))))
     x = model.layer4(model.layer3(model.layer2(model.layer1(x))))
@@ -238,7 +241,7 @@ def predict_with_embeddings(model: nn.Module, images: np.ndarray, batch_size: in
                             device: torch.device, desc: str = "embed", progress: bool = True,
                             precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities (N, 10) and penultimate-layer embeddings (N, 512), eval mode."""
-    model.to(device, memory_format=torch.channels_last).eval()
+    model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs split .to's forms.eval()
     probabilities, embeddings = [], []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
                       disable=not progress, mininterval=2.0):

@@ -41,7 +41,7 @@ def figures(views: Views) -> dict[str, bytes]:
             ("mean_pixel", views.batch_mean_pixel, views.reference_mean_pixel, "mean pixel intensity"),
             ("confidence", views.batch_confidence, views.reference_confidence, "model confidence (max softmax)")):
         fig, ax = plt.subplots(figsize=(5, 3))
-        bins = np.linspace(0, 1, 41)
+        bins = np.linspace(0, 1, 41).tolist()  # a list: matplotlib's type stubs take no arrays
         ax.hist(reference, bins=bins, density=True, alpha=0.5, label=f"reference ({len(reference):,})")
         ax.hist(batch, bins=bins, density=True, alpha=0.5, label=f"batch ({len(batch):,})")
         ax.set_xlabel(label)
