@@ -11,13 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from shiftwatch import CLASS_NAMES
 from shiftwatch.__main__ import main
 from shiftwatch.core.lineage import file_md5
-from shiftwatch.core.params import Params
 from shiftwatch.data.batch import load_batch
 from shiftwatch.detection.verdict import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS
 from shiftwatch.estimation.accuracy import SIGNALS, EstimatorFit, reference_summary
@@ -59,7 +57,7 @@ def make_project(root: Path) -> Path:
     np.savez(root / "test.npz", probabilities=view.probabilities, embeddings=view.embeddings,
              image_stats=view.image_stats, pixels=view.pixels, labels=labels,
              model_md5=np.array(file_md5(root / "resnet18.pt")))
-    (root / "params.yaml").write_text(yaml.safe_dump(Params().model_dump()))
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
     write_estimator(root, model, images, probabilities, labels)
     # An estimator whose reference the model saw as noise images it labelled itself (accuracy 1,
     # its fine-tuned twin agreeing far more than on blobs): on blobs it estimates a large loss.

@@ -120,11 +120,17 @@ def test_a_meaningless_severity_names_the_setting(family, severity):
         check_severity(family, severity)
 
 
-def test_params_schema_knows_every_family_and_defaults_to_the_harm_tables():
-    from shiftwatch.core.params import PowerParams
+def test_params_schema_knows_every_family_and_params_yaml_runs_the_harm_tables():
+    import yaml
+    from conftest import REPO
+
+    from shiftwatch.core.params import parse_params
 
     # The harm table's families come first in FAMILIES; the estimator's held-out and
-    # everyday-pipeline families follow and are not power's by default.
-    assert list(PowerParams().corruptions) == list(FAMILIES[:len(PowerParams().corruptions)])
-    assert {"pixelate", "motion_blur", "salt_pepper", "contrast_mean", "png"} <= set(FAMILIES)
-    assert list(PowerParams(corruptions={family: [0.1] for family in FAMILIES}).corruptions) == list(FAMILIES)
+    # everyday-pipeline families follow and are not power's in params.yaml.
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    power = list(parse_params(raw).power.corruptions)
+    assert power == list(FAMILIES[:len(power)])
+    assert {"pixelate", "motion_blur", "salt_pepper", "contrast_mean", "png"} <= set(FAMILIES) - set(power)
+    raw["power"]["corruptions"] = {family: [0.1] for family in FAMILIES}
+    assert list(parse_params(raw).power.corruptions) == list(FAMILIES)

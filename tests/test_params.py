@@ -1,9 +1,15 @@
 import pytest
 import yaml
 from conftest import REPO
+from pydantic import BaseModel
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.core.params import Params, load_params, parse_params
+from shiftwatch.core.params import Params, _setting_keys, load_params, parse_params
+
+
+def _committed() -> dict:
+    """The repository's params.yaml as a fresh mapping: the only complete set of values."""
+    return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
 def test_repo_params_yaml_is_valid_and_reproduces_the_study():
@@ -15,11 +21,32 @@ def test_repo_params_yaml_is_valid_and_reproduces_the_study():
     assert (params.train.epochs, params.train.lr, params.train.weights) == (3, 1e-4, "none")
 
 
-def test_repo_params_yaml_sets_every_key_the_schema_knows():
-    # A key only in the schema's defaults could not be changed with `dvc exp run -S`.
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert set(parse_params(raw).flat()) == set(Params().flat())
-    assert set(_flat_keys(raw)) == set(Params().flat())
+def test_the_schema_has_no_defaults_so_params_yaml_is_the_one_source():
+    # A default beside params.yaml would be a second value that `dvc exp run -S` cannot reach.
+    def defaults(model, prefix=""):
+        for name, field in model.model_fields.items():
+            if not field.is_required():
+                yield f"{prefix}{name}"
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                yield from defaults(field.annotation, f"{prefix}{name}.")
+
+    assert list(defaults(Params)) == []
+    raw = _committed()
+    assert set(_flat_keys(raw)) == set(parse_params(raw).flat())
+
+
+@pytest.mark.parametrize("key", _setting_keys(Params))
+def test_every_key_left_out_is_named_in_one_line_that_says_to_add_it(key):
+    raw = _committed()
+    *sections, name = key.split(".")
+    section = raw
+    for part in sections:
+        section = section[part]
+    del section[name]
+    with pytest.raises(ShiftwatchError) as err:
+        parse_params(raw)
+    assert str(err.value).startswith(f"params.yaml: {key} is not set; add it to params.yaml")
+    assert "\n" not in str(err.value)
 
 
 def _flat_keys(tree, prefix=""):
@@ -39,7 +66,7 @@ def _flat_keys(tree, prefix=""):
     ("train", "weights", "resnet", "train.weights = 'resnet'"),
 ])
 def test_bad_value_names_key_value_and_allowed_range(section, key, value, expected):
-    raw = Params().model_dump()
+    raw = _committed()
     raw[section][key] = value
     with pytest.raises(ShiftwatchError) as err:
         parse_params(raw)
@@ -49,7 +76,7 @@ def test_bad_value_names_key_value_and_allowed_range(section, key, value, expect
 
 
 def test_unknown_key_is_an_error():
-    raw = Params().model_dump()
+    raw = _committed()
     raw["shift"]["brightnes"] = 0.2
     with pytest.raises(ShiftwatchError, match=r"unknown key 'shift.brightnes'"):
         parse_params(raw)
@@ -64,7 +91,7 @@ def test_missing_and_malformed_files(tmp_path):
 
 
 def test_flat_keys_are_dotted_and_filtered_by_prefix():
-    flat = Params().flat("seed", "shift.label_class", "detect")
+    flat = parse_params(_committed()).flat("seed", "shift.label_class", "detect")
     assert flat["seed"] == 42 and flat["shift.label_class"] == 7
     assert "shift.brightness" not in flat
     assert flat["detect.thresholds.alpha"] == 0.05
@@ -75,7 +102,7 @@ def test_flat_keys_are_dotted_and_filtered_by_prefix():
     ("mitigate", "augment_downsample", [28, True]),
 ])
 def test_a_yaml_boolean_is_never_read_as_a_number(section, key, value):
-    raw = Params().model_dump()
+    raw = _committed()
     raw[section][key] = value
     with pytest.raises(ShiftwatchError, match=f"{section}.{key} = .* is a boolean") as err:
         parse_params(raw)
@@ -84,19 +111,26 @@ def test_a_yaml_boolean_is_never_read_as_a_number(section, key, value):
 
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 def test_float_settings_must_be_finite(value):
-    raw = Params().model_dump()
+    raw = _committed()
     raw["detect"]["smoothing"] = value
     with pytest.raises(ShiftwatchError, match="detect.smoothing"):
         parse_params(raw)
 
 
-def test_a_deleted_section_stops_the_stage_instead_of_running_on_defaults(tmp_path):
-    raw = Params().model_dump()
+def test_a_deleted_section_stops_the_stage_naming_its_first_key(tmp_path):
+    raw = _committed()
     del raw["monitor"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(ShiftwatchError, match=r"monitor\.alpha is not set \(nor 4 other keys\)"):
+    with pytest.raises(ShiftwatchError, match=r"monitor\.alpha is not set \(nor 4 other keys\); add it to "
+                                              r"params\.yaml"):
         load_params(tmp_path / "params.yaml")
-    parse_params(raw)  # the schema itself still has defaults (used by tests that build params)
+
+
+def test_a_misspelt_key_is_named_as_unknown_not_as_missing():
+    raw = _committed()
+    raw["shift"]["brightnes"] = raw["shift"].pop("brightness")
+    with pytest.raises(ShiftwatchError, match=r"unknown key 'shift\.brightnes'"):
+        parse_params(raw)
 
 
 def test_a_yaml_syntax_error_names_the_line(tmp_path):
@@ -167,5 +201,29 @@ def test_the_schema_takes_its_corruption_families_from_the_corruption_table():
 
     assert keys(PowerParams, "corruptions") == FAMILIES
     assert keys(HarmParams, "design") == (*FAMILIES, "brightness", "downsample", "label_keep")
-    with pytest.raises(ValueError, match="fog"):
-        PowerParams(corruptions={"fog": [1]})
+    raw = _committed()
+    raw["power"]["corruptions"] = {"fog": [1]}
+    with pytest.raises(ShiftwatchError, match=r"power\.corruptions\.fog.* 'fog' is not allowed: .*'contrast'"):
+        parse_params(raw)
+
+
+def test_check_outside_the_repository_needs_a_complete_params_file(tmp_path, monkeypatch, capsys):
+    """`shiftwatch check` has no defaults to fall back on either: without a repository it asks
+    for --params, and a file that lacks a key stops it (exit 2) before the model is loaded."""
+    import numpy as np
+
+    from shiftwatch.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    np.save(tmp_path / "batch.npy", np.zeros((5, 28, 28), np.float32))
+    argv = ["check", "batch.npy", "--json", "out.json"]
+    assert main(argv) == 2
+    assert "params.yaml: not found; run inside the repository" in capsys.readouterr().err
+    raw = _committed()
+    del raw["monitor"]["alpha"]
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(raw))
+    assert main([*argv, "--params", "mine.yaml"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "shiftwatch check: error: mine.yaml: monitor.alpha is not set; add it to params.yaml (every key is "
+        "required: `git show HEAD:params.yaml` has them all)"]
+    assert not (tmp_path / "out.json").exists()

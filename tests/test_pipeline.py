@@ -480,7 +480,7 @@ def test_a_bad_params_yaml_fails_before_dvc_removes_any_output(repo):
         assert result.returncode != 0
         errors = [line for line in result.stderr.splitlines() if line.startswith("shiftwatch")]
         assert errors == ["shiftwatch validate: error: params.yaml: detect.bins is not set (nor 5 other keys); "
-                          "restore it from git (git checkout params.yaml)"]
+                          "add it to params.yaml (every key is required: `git show HEAD:params.yaml` has them all)"]
         assert re.findall(r"Running stage '(\w+)'", result.stdout) == ["validate"]
         assert {p: p.read_bytes() for p in outputs if p.exists()} == before  # nothing removed or changed
     finally:

@@ -8,15 +8,19 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import REPO
 from mlflow import MlflowClient
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.core.params import Params
+from shiftwatch.core.params import load_params, parse_params
 from shiftwatch.tracking.dvc import changed_params, declared_params, headline_metrics, parent_name
 from shiftwatch.tracking.runs import PIPELINE_TAG, pipeline_execution, process_alive, process_identity, stage_run
 from shiftwatch.tracking.store import EXPERIMENT, flatten_numbers, git_commit, repo_root, tracking_uri
 
 pytestmark = pytest.mark.slow  # MLflow runs, a real server, stages killed mid-run: `make test-fast` leaves it out
+
+PARAMS = load_params(REPO / "params.yaml")  # the schema has no defaults: params.yaml is the one source
 
 
 def test_repo_root_maps_a_queued_experiment_back_to_the_main_repo(tmp_path, monkeypatch):
@@ -74,7 +78,7 @@ def test_declared_params_and_headline_metrics_come_from_dvc_yaml(store):
 
 
 def test_parents_carry_every_headline_metric_whichever_stages_ran(store, monkeypatch):
-    params = Params()
+    params = PARAMS
     (store / "artifact.json").write_text("{}")
     with stage_run("detect", params) as run:  # the baseline: both stages run
         _write(store / "metrics" / "detect.json", {"b_shift": {"ks_statistic": 0.3}})
@@ -119,7 +123,7 @@ def test_parents_carry_every_headline_metric_whichever_stages_ran(store, monkeyp
 
 def test_a_failing_stage_marks_its_run_and_parent_failed(store):
     with pytest.raises(RuntimeError):
-        with stage_run("detect", Params()):
+        with stage_run("detect", PARAMS):
             time.sleep(0.05)
             raise RuntimeError("boom")
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
@@ -135,16 +139,18 @@ def test_parent_names_say_which_params_differ_from_the_baseline(store, monkeypat
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    (store / "params.yaml").write_text("shift:\n  brightness: 0.1\n")
+    (store / "params.yaml").write_text((REPO / "params.yaml").read_text())
     for command in (["init", "-q"], ["add", "params.yaml"], ["commit", "-qm", "baseline"]):
         subprocess.run(["git", *command], cwd=store, check=True)
     commit = git_commit(store)
-    current = Params.model_validate({"shift": {"brightness": 0.2}, "power": {"sizes": [10, 20]}}).flat()
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["shift"]["brightness"], raw["power"]["sizes"] = 0.2, [10, 20]
+    current = parse_params(raw).flat()
     changed = changed_params(current, commit)
     assert changed == {"shift.brightness": 0.2, "power.sizes": [10, 20]}
     assert parent_name({"dvc.baseline_rev": commit, "dvc.exp_name": "bally-loot"}, changed) == (
         "shift.brightness=0.2, power.sizes=[10, 20] (bally-loot)")
-    assert changed_params(Params().flat(), commit) == {}  # defaults = baseline (tuples vs lists too)
+    assert changed_params(PARAMS.flat(), commit) == {}  # the baseline itself (tuples vs lists too)
     assert parent_name({"dvc.baseline_rev": commit, "dvc.exp_name": "workspace"}, {}) == (
         f"baseline {commit[:7]} (workspace)")
     assert changed_params(current, "no-such-commit") == {}
@@ -161,7 +167,7 @@ def test_a_store_that_does_not_answer_stops_the_stage_before_its_work(store, mon
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     worked = []
     with pytest.raises(ShiftwatchError, match=rf"127\.0\.0\.1:{port} does not answer") as raised:
-        with stage_run("detect", Params()):
+        with stage_run("detect", PARAMS):
             worked.append(True)
     assert not worked
     assert "\n" not in str(raised.value)
@@ -173,16 +179,16 @@ def test_a_store_that_does_not_answer_stops_the_stage_before_its_work(store, mon
 SLOW_STAGE = """
 import sys, time
 from shiftwatch.core.stage import run_stage
-from shiftwatch.core.params import Params
+from shiftwatch.core.params import load_params
 from shiftwatch.tracking.runs import stage_run
 
 def main():
-    with stage_run("detect", Params()):
+    with stage_run("detect", load_params(PARAMS_YAML)):
         print("working", flush=True)
         time.sleep(120)
 
 run_stage("detect", main)
-"""
+""".replace("PARAMS_YAML", repr(str(REPO / "params.yaml")))
 
 
 def _start_slow_stage(store: Path, env: dict | None = None) -> subprocess.Popen:
@@ -248,7 +254,7 @@ def test_runs_of_a_killed_stage_are_closed_as_killed_by_the_next_start(store):
     finally:
         alive.kill()
         alive.wait(timeout=10)
-    with stage_run("detect", Params()):  # the next start closes the second one too
+    with stage_run("detect", PARAMS):  # the next start closes the second one too
         pass
     assert _statuses(uri) == [("detect", "FINISHED"), ("detect", "KILLED"), ("detect", "KILLED"),
                               ("parent", "FINISHED"), ("parent", "KILLED"), ("parent", "KILLED")]
@@ -257,7 +263,7 @@ def test_runs_of_a_killed_stage_are_closed_as_killed_by_the_next_start(store):
 def test_a_later_execution_does_not_rewrite_an_earlier_parents_status(store):
     """A failed single-stage run after a good pipeline run gets a parent of its own: the
     earlier parent stays FINISHED with its end time."""
-    with stage_run("detect", Params()):
+    with stage_run("detect", PARAMS):
         pass
     uri = f"sqlite:///{store / 'mlflow.db'}"
     client = MlflowClient(uri)
@@ -355,7 +361,7 @@ def test_a_server_killed_mid_stage_stops_the_stage_in_seconds_and_no_run_stays_r
         server = _mlflow_server(store, port)  # back, same database: the runs were left RUNNING
         assert ("detect", "RUNNING") in _statuses(uri)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        with stage_run("detect", Params()):  # the next stage's start closes them
+        with stage_run("detect", PARAMS):  # the next stage's start closes them
             pass
         assert _statuses(uri) == [("detect", "FINISHED"), ("detect", "KILLED"), ("parent", "FINISHED"),
                                   ("parent", "KILLED")]

@@ -1,7 +1,9 @@
-"""The schema of params.yaml: unknown keys and out-of-range values are errors.
+"""The schema of params.yaml: unknown keys, missing keys and out-of-range values are errors.
 
-`load_params()` returns a validated `Params`; a bad value raises `ShiftwatchError`
-with one line naming the key, the value and what is allowed.
+Every value lives in params.yaml only: the schema gives each key's type and range, never a
+default, so a key the file does not set cannot run on a second, unseen value. `load_params()`
+returns a validated `Params`; a bad file raises `ShiftwatchError` with one line naming the key
+and what to do.
 """
 from __future__ import annotations
 
@@ -21,86 +23,79 @@ class _Strict(BaseModel):
 
 
 class DataParams(_Strict):
-    source: str | None = None
-    domain_b_fraction: float = Field(0.3, gt=0, lt=1)
-    max_train_images: int | None = Field(None, ge=20, le=60_000)
-    max_test_images: int | None = Field(None, ge=10, le=10_000)
+    source: str | None
+    domain_b_fraction: float = Field(gt=0, lt=1)
+    max_train_images: int | None = Field(ge=20, le=60_000)
+    max_test_images: int | None = Field(ge=10, le=10_000)
 
 
 class ShiftParams(_Strict):
-    downsample: int = Field(7, ge=1, le=28)
-    brightness: float = Field(0.1, ge=-1, le=1)
-    label_class: int = Field(7, ge=0, le=9)
-    label_keep: float = Field(0.1, ge=0, le=1)
+    downsample: int = Field(ge=1, le=28)
+    brightness: float = Field(ge=-1, le=1)
+    label_class: int = Field(ge=0, le=9)
+    label_keep: float = Field(ge=0, le=1)
 
 
 class Thresholds(_Strict):
-    alpha: float = Field(0.05, gt=0, lt=1)
-    kl: float = Field(0.05, ge=0)
-    auc: float = Field(0.6, ge=0.5, le=1)
+    alpha: float = Field(gt=0, lt=1)
+    kl: float = Field(ge=0)
+    auc: float = Field(ge=0.5, le=1)
 
 
 class DetectParams(_Strict):
-    bins: int = Field(50, ge=2, le=10_000)
-    smoothing: float = Field(0.5, gt=0)
-    classifier_samples: int = Field(2000, ge=10)
-    thresholds: Thresholds = Thresholds()
+    bins: int = Field(ge=2, le=10_000)
+    smoothing: float = Field(gt=0)
+    classifier_samples: int = Field(ge=10)
+    thresholds: Thresholds
 
 
 class TrainParams(_Strict):
-    seed: int = Field(42, ge=0, le=2**32 - 1)
-    weights: Literal["none", "imagenet"] = "none"
-    epochs: int = Field(3, ge=1, le=1000)
-    batch_size: int = Field(128, ge=1, le=65_536)
-    lr: float = Field(1e-4, gt=0, le=1)
-    precision: Literal["auto", "fp32"] = "auto"
+    seed: int = Field(ge=0, le=2**32 - 1)
+    weights: Literal["none", "imagenet"]
+    epochs: int = Field(ge=1, le=1000)
+    batch_size: int = Field(ge=1, le=65_536)
+    lr: float = Field(gt=0, le=1)
+    precision: Literal["auto", "fp32"]
 
 
 class EvaluateParams(_Strict):
-    batch_size: int = Field(1000, ge=1, le=65_536)
-    precision: Literal["auto", "fp32"] = "auto"
+    batch_size: int = Field(ge=1, le=65_536)
+    precision: Literal["auto", "fp32"]
 
 
 class MonitorParams(_Strict):
-    alpha: float = Field(0.05, gt=0, lt=1)
-    mmd_permutations: int = Field(200, ge=10, le=10_000)
-    mmd_max_per_side: int | None = Field(1000, ge=10, le=60_000)
-    classifier_samples: int = Field(1000, ge=10)
-    trust_tolerance: float = Field(0.1, gt=0, le=1)
+    alpha: float = Field(gt=0, lt=1)
+    mmd_permutations: int = Field(ge=10, le=10_000)
+    mmd_max_per_side: int | None = Field(ge=10, le=60_000)
+    classifier_samples: int = Field(ge=10)
+    trust_tolerance: float = Field(gt=0, le=1)
 
 
 # The corruption families are the corruption table's (data/corruptions.py), named once there.
 _CorruptionFamily = Literal[FAMILIES]
+_Sizes = Annotated[list[Annotated[int, Field(ge=2, le=30_000)]], Field(min_length=1)]
+_RepetitionsFrom = dict[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=1)]]  # {from n: repetitions}
+_Severities = list[Annotated[float, Field(gt=0, le=180)]]
 
 
 class PowerParams(_Strict):
-    repetitions: int = Field(200, ge=1, le=100_000)
-    detection_repetitions: int = Field(100, ge=1, le=100_000)
-    sizes: list[Annotated[int, Field(ge=2, le=30_000)]] = Field(
-        default_factory=lambda: [10, 20, 50, 100, 200, 500, 1000, 2000], min_length=1)
-    brightness_levels: list[Annotated[float, Field(ge=-1, le=1)]] = Field(
-        default_factory=lambda: [0.02, 0.05, 0.1])
-    downsample_levels: list[Annotated[int, Field(ge=1, le=28)]] = Field(default_factory=lambda: [14, 7])
-    label_keep_levels: list[Annotated[float, Field(ge=0, le=1)]] = Field(default_factory=lambda: [0.1, 0.3])
-    mmd_permutations: int = Field(200, ge=10, le=10_000)
-    mmd_repetitions: dict[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: {500: 100, 1000: 50, 2000: 25})
-    diagnostic_repetitions: dict[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=1)]] = Field(
-        default_factory=lambda: {500: 50})
-    corruptions: dict[_CorruptionFamily, list[Annotated[float, Field(gt=0, le=180)]]] = Field(
-        default_factory=lambda: {"contrast": [0.7, 0.5, 0.3], "gamma": [1.5, 2, 3], "noise": [0.05, 0.1, 0.2],
-                                 "rotate": [10, 20, 30], "translate": [1, 2, 3], "zoom": [0.1, 0.2, 0.3],
-                                 "crop": [0.1, 0.2, 0.3], "shear": [0.1, 0.2, 0.3],
-                                 "blur": [0.5, 1, 1.5], "occlusion": [6, 10, 14], "jpeg": [50, 10, 5]})
-    corruption_sizes: list[Annotated[int, Field(ge=2, le=30_000)]] = Field(
-        default_factory=lambda: [10, 20, 50, 100, 200], min_length=1)
-    corruption_pool_images: int = Field(5000, ge=20, le=28_000)
-    corruption_repetitions: int = Field(100, ge=1, le=100_000)
-    monitored_reference: int | None = Field(10_000, ge=10, le=28_000)
-    monitored_sizes: list[Annotated[int, Field(ge=2, le=30_000)]] = Field(
-        default_factory=lambda: [100, 200], min_length=1)
-    harm_points: float = Field(5.0, gt=0, le=100)
-    harm_n: int = Field(100, ge=2, le=30_000)
+    repetitions: int = Field(ge=1, le=100_000)
+    detection_repetitions: int = Field(ge=1, le=100_000)
+    sizes: _Sizes
+    brightness_levels: list[Annotated[float, Field(ge=-1, le=1)]]
+    downsample_levels: list[Annotated[int, Field(ge=1, le=28)]]
+    label_keep_levels: list[Annotated[float, Field(ge=0, le=1)]]
+    mmd_permutations: int = Field(ge=10, le=10_000)
+    mmd_repetitions: _RepetitionsFrom
+    diagnostic_repetitions: _RepetitionsFrom
+    corruptions: dict[_CorruptionFamily, _Severities]
+    corruption_sizes: _Sizes
+    corruption_pool_images: int = Field(ge=20, le=28_000)
+    corruption_repetitions: int = Field(ge=1, le=100_000)
+    monitored_reference: int | None = Field(ge=10, le=28_000)
+    monitored_sizes: _Sizes
+    harm_points: float = Field(gt=0, le=100)
+    harm_n: int = Field(ge=2, le=30_000)
 
     @model_validator(mode="after")
     def _harm_n_is_measured(self):
@@ -109,31 +104,22 @@ class PowerParams(_Strict):
         return self
 
 
-_Severities = list[Annotated[float, Field(gt=0, le=180)]]
 # Families a harm cell may use: the corruption library's, the study's two covariate shifts and
 # the label shift (severity: the share of shift.label_class kept).
 _HarmFamily = Literal[(*FAMILIES, "brightness", "downsample", "label_keep")]
 
 
 class HarmParams(_Strict):
-    signals: list[Literal["confidence", "atc", "agreement", "soft_agreement"]] = Field(
-        default_factory=lambda: ["confidence", "atc", "agreement", "soft_agreement"], min_length=1)
-    harm_points: float = Field(5.0, gt=0, le=100)
-    page_points: float = Field(3.0, gt=0, le=100)
-    reference_images: int = Field(10_000, ge=10, le=28_000)
-    sizes: list[Annotated[int, Field(ge=2, le=5_000)]] = Field(
-        default_factory=lambda: [100, 200, 500, 1000], min_length=1)
-    repetitions: int = Field(100, ge=1, le=100_000)
-    null_repetitions: int = Field(1000, ge=2, le=100_000)
-    design: dict[_HarmFamily, _Severities] = Field(default_factory=lambda: {
-        "contrast": [0.7, 0.5, 0.3], "gamma": [1.5, 2, 3], "noise": [0.05, 0.1, 0.2], "rotate": [10, 20, 30],
-        "translate": [1, 2, 3], "zoom": [0.1, 0.2, 0.3], "crop": [0.1, 0.2, 0.3], "shear": [0.1, 0.2, 0.3],
-        "blur": [0.5, 1, 1.5], "occlusion": [6, 10, 14], "jpeg": [50, 10, 5], "brightness": [0.05, 0.1, 0.2],
-        "downsample": [14, 7], "label_keep": [0.1, 0.3]}, min_length=1)
-    held_out: dict[_HarmFamily, _Severities] = Field(default_factory=lambda: {
-        "pixelate": [14, 10, 7], "motion_blur": [3, 5, 7], "salt_pepper": [0.02, 0.05, 0.1]})
-    everyday: dict[_HarmFamily, _Severities] = Field(default_factory=lambda: {
-        "jpeg": [90, 75], "contrast_mean": [0.99], "gamma": [1.1], "brightness": [0.02], "png": [6]})
+    signals: list[Literal["confidence", "atc", "agreement", "soft_agreement"]] = Field(min_length=1)
+    harm_points: float = Field(gt=0, le=100)
+    page_points: float = Field(gt=0, le=100)
+    reference_images: int = Field(ge=10, le=28_000)
+    sizes: list[Annotated[int, Field(ge=2, le=5_000)]] = Field(min_length=1)
+    repetitions: int = Field(ge=1, le=100_000)
+    null_repetitions: int = Field(ge=2, le=100_000)
+    design: dict[_HarmFamily, _Severities] = Field(min_length=1)
+    held_out: dict[_HarmFamily, _Severities]
+    everyday: dict[_HarmFamily, _Severities]
 
     @model_validator(mode="after")
     def _page_below_harm(self):
@@ -148,36 +134,35 @@ class HarmParams(_Strict):
 
 
 class MitigateParams(_Strict):
-    finetune_epochs: int = Field(1, ge=1, le=100)
-    augment_downsample: list[Annotated[int, Field(ge=1, le=28)]] = Field(
-        default_factory=lambda: [28, 14, 7], min_length=1)
+    finetune_epochs: int = Field(ge=1, le=100)
+    augment_downsample: list[Annotated[int, Field(ge=1, le=28)]] = Field(min_length=1)
     augment_brightness: tuple[Annotated[float, Field(ge=-1, le=1)],
-                              Annotated[float, Field(ge=-1, le=1)]] = (0.0, 0.2)
-    oversample_factor: int = Field(1, ge=1, le=100)
-    adabn_images: int = Field(3000, ge=10, le=60_000)
-    review_threshold: float = Field(0.8, ge=0, le=1)
+                              Annotated[float, Field(ge=-1, le=1)]]
+    oversample_factor: int = Field(ge=1, le=100)
+    adabn_images: int = Field(ge=10, le=60_000)
+    review_threshold: float = Field(ge=0, le=1)
 
 
 class RegistryParams(_Strict):
     # MLflow's rules for a registered model name, kept simple enough for a models:/ URI.
-    model_name: str = Field("shiftwatch-resnet18", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-    champion_tolerance_points: float = Field(0.5, ge=0, le=100)
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    champion_tolerance_points: float = Field(ge=0, le=100)
     # Who may move @champion: only runs in the workspace (`dvc repro`), or DVC experiments too.
-    promote_from: Literal["workspace", "any"] = "workspace"
+    promote_from: Literal["workspace", "any"]
 
 
 class Params(_Strict):
-    seed: int = Field(42, ge=0, le=2**32 - 1)
-    data: DataParams = DataParams()
-    shift: ShiftParams = ShiftParams()
-    detect: DetectParams = DetectParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    monitor: MonitorParams = MonitorParams()
-    power: PowerParams = PowerParams()
-    harm: HarmParams = HarmParams()
-    mitigate: MitigateParams = MitigateParams()
-    registry: RegistryParams = RegistryParams()
+    seed: int = Field(ge=0, le=2**32 - 1)
+    data: DataParams
+    shift: ShiftParams
+    detect: DetectParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    monitor: MonitorParams
+    power: PowerParams
+    harm: HarmParams
+    mitigate: MitigateParams
+    registry: RegistryParams
 
     def flat(self, *sections: str) -> dict[str, object]:
         """Dotted keys as DVC shows them ({'shift.brightness': 0.1, ...}), for MLflow.
@@ -199,27 +184,28 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def parse_params(raw: object, origin: str = "params.yaml", complete: bool = False) -> Params:
+def parse_params(raw: object, origin: str = "params.yaml") -> Params:
     """Validate a params mapping; raise ShiftwatchError with one line on the first problem.
 
     No setting may be a YAML boolean (pydantic would read `true` as 1 or 1.0; there are no
-    boolean settings). With `complete`, every key of the schema must be set: a file with a
-    section deleted must not run on silent defaults (`dvc repro` refuses it too)."""
+    boolean settings). Every key of the schema must be set: a misspelt key is named as unknown
+    before the key it was meant to be is named as missing, and a missing section by its first key."""
     if not isinstance(raw, dict):
         raise ShiftwatchError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
     for key, value in _flatten(raw).items():
         if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
             raise ShiftwatchError(f"{origin}: {key} = {value!r} is a boolean; give a number or a name "
                                   "(see the comment beside it in params.yaml)")
-    if complete:
-        missing = sorted(key for key in _setting_keys(Params) if not _has(raw, key.split(".")))
-        if missing:
-            raise ShiftwatchError(f"{origin}: {missing[0]} is not set" + (f" (nor {len(missing) - 1} other keys)"
-                                  if len(missing) > 1 else "") + "; restore it from git (git checkout params.yaml)")
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise ShiftwatchError(_one_line(err, origin)) from None
+        raise ShiftwatchError(_one_line(err, origin, raw)) from None
+
+
+def _not_set(origin: str, key: str, others: int = 0) -> str:
+    nor = f" (nor {others} other key{'s' if others > 1 else ''})" if others else ""
+    return (f"{origin}: {key} is not set{nor}; add it to params.yaml (every key is required: "
+            "`git show HEAD:params.yaml` has them all)")
 
 
 def _setting_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -243,12 +229,16 @@ def _has(tree: object, path: list[str]) -> bool:
     return True
 
 
-def _one_line(err: ValidationError, origin: str) -> str:
-    first = err.errors()[0]
+def _one_line(err: ValidationError, origin: str, raw: dict) -> str:
+    problems = err.errors()
+    first = next((p for p in problems if p["type"] == "extra_forbidden"),
+                 next((p for p in problems if p["type"] == "missing"), problems[0]))
     key = ".".join(str(part) for part in first["loc"])
-    kind = first["type"]
-    if kind == "extra_forbidden":
+    if first["type"] == "extra_forbidden":
         return f"{origin}: unknown key '{key}'; remove it or fix its spelling (allowed keys: see params.yaml)"
+    if first["type"] == "missing":  # named by setting, not section: `monitor.alpha`, not `monitor`
+        missing = [name for name in _setting_keys(Params) if not _has(raw, name.split("."))] or [key]
+        return _not_set(origin, missing[0], len(missing) - 1)
     value = first.get("input")
     allowed = first["msg"][0].lower() + first["msg"][1:]
     return f"{origin}: {key} = {value!r} is not allowed: {allowed}"
@@ -270,7 +260,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ShiftwatchError(f"{path}: not valid YAML{where}: {problem}") from None
     if duplicate:
         raise ShiftwatchError(f"{path}: {duplicate}; keep one of them (dvc repro refuses the file too)")
-    return parse_params(raw, str(path), complete=True)
+    return parse_params(raw, str(path))
 
 
 def _duplicate_key(node, path: list[str]) -> str | None:
