@@ -47,6 +47,30 @@ def test_registering_checks_the_name_view_and_settings():
         register("new", consumes="labels", verdict=False, summary="x")
     with pytest.raises(ValueError, match="unknown settings"):
         register("new", consumes="pixels", verdict=False, summary="x", settings=("alpha",))
+    with pytest.raises(ValueError, match=r"cost='cubic'; use one of \['cheap', 'quadratic'\]"):
+        register("new", consumes="pixels", verdict=False, summary="x", cost="cubic")
+    assert "new" not in DETECTORS
+
+
+def test_power_gives_repetitions_by_the_registered_cost_not_by_name():
+    from conftest import REPO
+
+    from shiftwatch.core.params import load_params
+    from shiftwatch.detection.power_design import repetitions_rule
+
+    assert {name: d.cost for name, d in DETECTORS.items() if d.cost != "cheap"} == {"mmd_embedding": "quadratic"}
+    power = load_params(REPO / "params.yaml").power.model_copy(
+        update={"repetitions": 9, "mmd_repetitions": {100: 4}, "diagnostic_repetitions": {50: 6}})
+    kernel = register("kernel_diagnostic", consumes="embeddings", verdict=False, summary="x", cost="quadratic")
+    kernel(lambda reference, deployment, settings: None)
+    try:
+        rule = repetitions_rule(power)
+        # quadratic: power.mmd_repetitions, diagnostic or not; a cheap diagnostic: its own cap
+        assert [rule(name, n) for name in ("kernel_diagnostic", "mmd_embedding") for n in (99, 100)] == [9, 4, 9, 4]
+        assert [rule("pixel_ks", n) for n in (49, 50, 100)] == [9, 6, 6]
+        assert rule("bbsd_ks", 2000) == 9
+    finally:
+        del DETECTORS["kernel_diagnostic"]
 
 
 def _views(rng, n, brightness=0.0):

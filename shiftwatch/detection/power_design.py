@@ -194,17 +194,18 @@ def seeded_detector(name: str, permutations: int, mmd_max_per_side: int | None =
 
 
 def repetitions_rule(power):
-    """Repetitions per (detector, n): mmd_embedding's at n >= each key of power.mmd_repetitions
-    (its cost grows as n²), a diagnostic's at n >= each key of power.diagnostic_repetitions
-    (pixel_ks: ~10-20 ms a call at n >= 500, and not part of the verdict); every other
-    detector gets power.repetitions."""
+    """Repetitions per (detector, n), from the registry: a detector registered with
+    cost="quadratic" (mmd_embedding) gets power.mmd_repetitions at n >= each of its keys, a
+    diagnostic power.diagnostic_repetitions (pixel_ks: ~10-20 ms a call at n >= 500, and not
+    part of the verdict); every other detector gets power.repetitions."""
     def capped(caps: dict[int, int], n: int) -> int:
         return min([power.repetitions] + [r for from_n, r in caps.items() if n >= from_n])
 
     def repetitions(name: str, n: int) -> int:
-        if name == "mmd_embedding":
+        detector = DETECTORS[name]
+        if detector.cost == "quadratic":
             return capped(power.mmd_repetitions, n)
-        if not DETECTORS[name].verdict:
+        if not detector.verdict:
             return capped(power.diagnostic_repetitions, n)
         return power.repetitions
     return repetitions

@@ -1,5 +1,5 @@
 """Every drift detector, registered once: its name, the view of the images it consumes, whether
-it is part of the verdict, the settings it reads, and the function itself.
+it is part of the verdict, the settings it reads, how its cost grows with n, and the function.
 
 `monitor`, `power`, `check` and `detect` (the model-free ones), the README tables and the DVC
 plots take their detectors from `DETECTORS`; nothing else lists them. To add one:
@@ -14,9 +14,11 @@ with one row per image, see `VIEWS`) and the `Settings`, and returns a DetectorR
 p-value in [0, 1]. A verdict detector joins the Holm correction of `monitor`, `power` and
 `check` (so it changes every verdict and every power number: add it as a diagnostic first,
 read its power row, then decide); a diagnostic is reported beside the verdict with its own
-p-value and power row. A small class with `__init__(self, settings)` and
-`__call__(self, reference, deployment)` may be registered instead of a function, for a
-detector that prepares something once per reference (the MMD's bandwidth).
+p-value and power row. `cost="quadratic"` marks a test whose time grows as n² (a kernel test):
+`power` gives it power.mmd_repetitions instead of power.repetitions at large n. A small class
+with `__init__(self, settings)` and `__call__(self, reference, deployment)` may be registered
+instead of a function, for a detector that prepares something once per reference (the MMD's
+bandwidth).
 """
 from __future__ import annotations
 
@@ -41,6 +43,13 @@ VIEWS: dict[str, str] = {
     "embeddings": "the model's penultimate layer (512)",
 }
 
+Cost = Literal["cheap", "quadratic"]
+# How a detector's time grows with n per side; `power` reads it to choose its repetitions.
+COSTS: dict[str, str] = {
+    "cheap": "at most n log n: power.repetitions at every n",
+    "quadratic": "n² (kernel tests): power.mmd_repetitions from each of its sizes on",
+}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -60,6 +69,7 @@ class Detector:
     settings: tuple[str, ...]  # the Settings fields it reads
     summary: str
     implementation: Callable
+    cost: Cost  # see COSTS
 
     def bind(self, settings: Settings) -> Callable[[object, object], DetectorResult]:
         """detector(reference: Features, deployment: Features) -> DetectorResult."""
@@ -81,10 +91,13 @@ class Detector:
 DETECTORS: dict[str, Detector] = {}
 
 
-def register(name: str, *, consumes: View, verdict: bool, summary: str, settings: tuple[str, ...] = ()):
+def register(name: str, *, consumes: View, verdict: bool, summary: str, settings: tuple[str, ...] = (),
+             cost: Cost = "cheap"):
     """Decorator: add a detector (function or class) to DETECTORS under `name`."""
     if consumes not in VIEWS:
         raise ValueError(f"detector {name}: consumes={consumes!r}; use one of {sorted(VIEWS)}")
+    if cost not in COSTS:
+        raise ValueError(f"detector {name}: cost={cost!r}; use one of {sorted(COSTS)}")
     unknown = set(settings) - set(Settings.__dataclass_fields__)
     if unknown:
         raise ValueError(f"detector {name}: unknown settings {sorted(unknown)}; see Settings")
@@ -92,7 +105,7 @@ def register(name: str, *, consumes: View, verdict: bool, summary: str, settings
     def add(implementation):
         if name in DETECTORS or name == "combined":
             raise ValueError(f"detector {name}: the name is taken")
-        DETECTORS[name] = Detector(name, consumes, verdict, tuple(settings), summary, implementation)
+        DETECTORS[name] = Detector(name, consumes, verdict, tuple(settings), summary, implementation, cost)
         return implementation
     return add
 
@@ -161,6 +174,7 @@ def bbsd_class_shares_detector(reference, deployment, settings):
 
 
 @register("mmd_embedding", consumes="embeddings", verdict=True, settings=("seed", "permutations", "max_per_side"),
+          cost="quadratic",
           summary="MMD (Gaussian kernel, permutation p-value) on the penultimate-layer embeddings")
 class MMDEmbedding:
     """The reference is fixed across many deployment batches (monitor's sets): subsample it and
