@@ -20,7 +20,6 @@ TARGET = {"seconds": 30.0, "peak_gb": 2.0}
 _CHILD = """
 import resource, sys, time
 import numpy as np
-sys.path.insert(0, {repo!r})
 from shiftwatch.detection.mmd import mmd_test
 rng = np.random.default_rng(0)
 x = rng.standard_normal(({n}, 512), dtype=np.float32)

@@ -23,23 +23,19 @@ import json
 import platform
 import re
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from test_pipeline import _copy_repo, _dvc, _run  # tests/ on PYTHONPATH (make bench): the tests' temp-repo recipe
+
+from shiftwatch.data.fashion_mnist import find_source, load_fashion_mnist
+from shiftwatch.model.network import as_batch, build_resnet18, inference_dtype, train
+from shiftwatch.tracking.dvc import headline_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from shiftwatch.data.fashion_mnist import find_source, load_fashion_mnist  # noqa: E402
-from shiftwatch.model.network import as_batch, build_resnet18, inference_dtype, train  # noqa: E402
-from shiftwatch.tracking.dvc import headline_metrics  # noqa: E402
-
-sys.path.insert(0, str(REPO / "tests"))
-from test_pipeline import _copy_repo, _dvc, _run  # noqa: E402  (same temp-repo recipe as the tests)
 
 SWEEP = ("0.0", "0.05", "0.15", "0.3")
 SEED = "seed loop: DataLoader(ToTensor()), Adam"

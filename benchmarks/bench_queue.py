@@ -7,20 +7,19 @@ API (each should have its five shift stages and one parent, FINISHED), greps the
 SQLite's "database is locked", and times both queues. tests/test_team_server.py does the -j 2
 case against a PostgreSQL-backed server.
 
-Usage (repository root): python benchmarks/bench_queue.py   -> benchmarks/queue.json
+Usage (repository root): PYTHONPATH=tests python benchmarks/bench_queue.py   -> benchmarks/queue.json
 """
 from __future__ import annotations
 
 import json
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from test_pipeline import SHIFT_STAGES, _copy_repo, _dvc, _run, _small_params  # tests/ on PYTHONPATH (make bench)
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-from test_pipeline import SHIFT_STAGES, _copy_repo, _dvc, _run, _small_params  # noqa: E402
 
 BATCHES = {"parallel": (2, ("0.0", "0.05", "0.15", "0.2")), "serial": (1, ("0.01", "0.06", "0.16", "0.21"))}
 

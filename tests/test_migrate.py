@@ -1,15 +1,10 @@
 """tools/migrate_store.py on real MLflow stores: a local SQLite history (a pipeline parent with
 stage children, a metric history, an artifact, a dataset input, a registered model with a
 @champion alias) copied to another store, twice, and nothing duplicated."""
-import sys
-
+import migrate_store  # tools/, on pytest's path (pytest.ini): a maintainer tool, not part of the package
 import pytest
-from conftest import REPO
 
-sys.path.insert(0, str(REPO / "tools"))
-import migrate_store  # noqa: E402 (a maintainer tool, not part of the package)
-
-from shiftwatch.tracking import registry  # noqa: E402
+from shiftwatch.tracking import registry
 
 pytestmark = pytest.mark.slow  # real MLflow stores and a migration twice: `make test-fast` leaves it out
 

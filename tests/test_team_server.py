@@ -17,18 +17,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import migrate_store  # tools/, on pytest's path (pytest.ini): maintainer tools, not part of the package
 import numpy as np
 import pytest
+import team_server
 from conftest import REPO, needs_fashion_mnist
 from test_migrate import check_copy, make_history
 from test_pipeline import SHIFT_STAGES, STAGES, _copy_repo, _env, _small_params
 
-sys.path.insert(0, str(REPO / "tools"))
-import migrate_store  # noqa: E402 (maintainer tools, not part of the package)
-import team_server  # noqa: E402
-
-from shiftwatch.core.io import load_set  # noqa: E402
-from shiftwatch.core.lineage import file_md5  # noqa: E402
+from shiftwatch.core.io import load_set
+from shiftwatch.core.lineage import file_md5
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(  # PostgreSQL + mlflow servers: not in `make test-fast`
     not (team_server.PG_BIN / "initdb").exists(), reason="PostgreSQL 15 not installed: apt-get install postgresql")]
