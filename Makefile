@@ -8,7 +8,8 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup run test test-fast lint ui bench seeds server remote readme docs check-example
+.PHONY: help setup run test test-fast lint ui bench seeds server remote readme docs check-example \
+        plots plots-template
 .DEFAULT_GOAL := help
 
 help:  ## list the targets (this text)
@@ -56,6 +57,18 @@ remote:  ## make remote REMOTE=<path, s3://bucket/prefix, ...>: set the default 
 
 readme: setup  ## refresh the generated tables in README.md and docs/*.md from metrics/*.json
 	$(BIN)/python tools/readme.py
+
+plots: plots-template  ## dvc plots show into dvc_plots/index.html, Vega inlined: the plots draw without network
+	dvc plots show --out dvc_plots
+	@echo "open dvc_plots/index.html in a browser (no network needed)"
+
+plots-template: node_modules/.package-lock.json | $(BIN)/activate  ## DVC's plots page with the pinned Vega inlined (npm ci once), set in .dvc/config.local
+	$(BIN)/python tools/plots_template.py --out .dvc/plots_page_offline.html
+	dvc config --local plots.html_template plots_page_offline.html
+
+node_modules/.package-lock.json: package.json package-lock.json
+	@command -v npm >/dev/null || { echo "make plots-template: npm not found; install Node.js (Debian: apt-get install nodejs npm)" >&2; exit 2; }
+	npm ci --no-audit --no-fund --ignore-scripts
 
 docs: setup  ## build the documentation site into site/ (offline; --strict: a broken link or a page outside the nav fails)
 	$(BIN)/mkdocs build --strict --site-dir site
