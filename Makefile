@@ -9,7 +9,7 @@ export DO_NOT_TRACK := 1
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: help setup run test test-fast lint ui bench seeds server remote readme docs check-example \
-        plots plots-template
+        plots plots-template exp
 .DEFAULT_GOAL := help
 
 help:  ## list the targets (this text)
@@ -57,6 +57,9 @@ remote:  ## make remote REMOTE=<path, s3://bucket/prefix, ...>: set the default 
 
 readme: setup  ## refresh the generated tables in README.md and docs/*.md from metrics/*.json
 	$(BIN)/python tools/readme.py
+
+exp: setup  ## the params and metrics that differ between HEAD's experiments, one row each, no dep hashes (EXP_ARGS="--rev <commit>")
+	$(BIN)/python tools/exp_table.py $(EXP_ARGS)
 
 plots: plots-template  ## dvc plots show into dvc_plots/index.html, Vega inlined: the plots draw without network
 	dvc plots show --out dvc_plots
