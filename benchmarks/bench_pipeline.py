@@ -13,7 +13,8 @@
    target <= 40 % of the full run), then `dvc exp show` (column count; the --md table is saved
    to benchmarks/exp_show.md for docs/experiments.md).
 
-Usage: python benchmarks/bench_pipeline.py [--skip-pipeline] [--skip-training] [--rounds 5]
+Usage (repository root; `make bench` runs it):
+    PYTHONPATH=tests python benchmarks/bench_pipeline.py [--skip-pipeline] [--skip-training] [--rounds 5]
 """
 from __future__ import annotations
 
