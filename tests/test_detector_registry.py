@@ -84,26 +84,28 @@ def extra_detector():
     """A detector added the documented way, removed again after the test."""
     calls = []
 
-    @register("max_confidence_ks", consumes="probabilities", verdict=False, summary="KS on the top softmax")
-    def max_confidence_ks(reference, deployment, settings):
+    # (not docs/extending.md's example, max_confidence_ks, which tests/test_extending_docs.py adds)
+    @register("margin_ks", consumes="probabilities", verdict=False, summary="KS on the top-two softmax margin")
+    def margin_ks(reference, deployment, settings):
         calls.append(settings.seed)
-        return DetectorResult(*stats.ks_2samp(reference.max(1), deployment.max(1), method="asymp"))
+        margin = [np.diff(np.sort(side, axis=1)[:, -2:], axis=1)[:, 0] for side in (reference, deployment)]
+        return DetectorResult(*stats.ks_2samp(*margin, method="asymp"))
     yield calls
-    del DETECTORS["max_confidence_ks"]
+    del DETECTORS["margin_ks"]
 
 
 def test_a_registered_detector_reaches_monitor_and_power_without_entering_the_verdict(rng, extra_detector):
     import shiftwatch.detection.verdict as monitor
 
     reference, same = _views(rng, 400), _views(rng, 200)
-    names = monitor.FEATURE_DETECTORS + ("pixel_ks", "max_confidence_ks")
+    names = monitor.FEATURE_DETECTORS + ("pixel_ks", "margin_ks")
     kwargs = dict(seed=3, alpha=0.05, mmd_permutations=50, mmd_max_per_side=200)
     # monitor: the new one is a diagnostic (monitor's tuples are built at import: pass it in)
     report = run_detectors(reference, same, **kwargs)
     assert set(report["diagnostics"]) == set(DIAGNOSTIC_DETECTORS)
     bound = {name: DETECTORS[name].bind(Settings(seed=3)) for name in names}
-    assert set(bound) >= {"pixel_ks", "max_confidence_ks"} and extra_detector == []
-    bound["max_confidence_ks"](reference, same)
+    assert set(bound) >= {"pixel_ks", "margin_ks"} and extra_detector == []
+    bound["margin_ks"](reference, same)
     assert extra_detector == [3]  # it got the settings
 
     # power: a row per detector; the combined verdict only over the verdict detectors
