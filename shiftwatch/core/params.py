@@ -72,7 +72,7 @@ class MonitorParams(_Strict):
 
 
 # The corruption families are the corruption table's (data/corruptions.py), named once there.
-_CorruptionFamily = Literal[FAMILIES]
+_CorruptionFamily = Literal[FAMILIES]  # type: ignore[valid-type]  # built at import: mypy sees no literals
 _Sizes = Annotated[list[Annotated[int, Field(ge=2, le=30_000)]], Field(min_length=1)]
 _RepetitionsFrom = dict[Annotated[int, Field(ge=2)], Annotated[int, Field(ge=1)]]  # {from n: repetitions}
 _Severities = list[Annotated[float, Field(gt=0, le=180)]]
@@ -106,7 +106,7 @@ class PowerParams(_Strict):
 
 # Families a harm cell may use: the corruption library's, the study's two covariate shifts and
 # the label shift (severity: the share of shift.label_class kept).
-_HarmFamily = Literal[(*FAMILIES, "brightness", "downsample", "label_keep")]
+_HarmFamily = Literal[(*FAMILIES, "brightness", "downsample", "label_keep")]  # type: ignore[valid-type]
 
 
 class HarmParams(_Strict):

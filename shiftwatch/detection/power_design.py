@@ -7,6 +7,7 @@ seeded detectors. See stages/power.py for the protocol.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from shiftwatch.detection.power import (
 from shiftwatch.detection.registry import DETECTORS, Settings
 from shiftwatch.detection.verdict import VERDICT
 from shiftwatch.model.features import Features, load_features, model_features
+
+if TYPE_CHECKING:  # the schema's types, for the checker only (the stage passes validated params)
+    from shiftwatch.core.params import EvaluateParams, PowerParams
 
 TARGET_POWER = 0.9
 NULL_STREAM = "no_shift"
@@ -52,8 +56,8 @@ def unseen_pool() -> tuple[Features, np.ndarray, np.ndarray]:
 class Design:
     """What the grid is built from: the power.* settings, inference settings (evaluate.*), the
     class a label shift thins out, and the seed of the corruption rows and corruptions."""
-    power: object
-    evaluate: object
+    power: PowerParams
+    evaluate: EvaluateParams
     label_class: int
     seed: int
 
@@ -86,6 +90,12 @@ def check_sizes(power, pool_size: int) -> None:
                                   f"{largest:,} exceeds the pool of {pool_size:,} images; lower one of them")
 
 
+def _accuracy(view: Features, labels: np.ndarray, class_weights: np.ndarray | None = None) -> float:
+    """The model's accuracy on a view it ran on (so the view has probabilities)."""
+    assert view.probabilities is not None, "power's views come from the model"
+    return accuracy(view.probabilities, labels, class_weights)
+
+
 def build_streams(model, device, pool: Features, labels: np.ndarray, images: np.ndarray,
                   domain_a: Features, design: Design) -> dict[str, Stream]:
     """Every stream of the grid, by name: the nulls, the study's covariate and label shifts,
@@ -94,17 +104,17 @@ def build_streams(model, device, pool: Features, labels: np.ndarray, images: np.
     power = design.power
     streams = {NULL_STREAM: Stream("false_alarms", pool_sampler(pool, pool), power.sizes),
                "domain_a_train": Stream("false_alarms", separate_sampler(pool, domain_a), power.sizes)}
-    clean_accuracy = accuracy(pool.probabilities, labels)
+    clean_accuracy = _accuracy(pool, labels)
     for name, shifted in _severities(model, device, images, design).items():
-        loss = clean_accuracy - accuracy(shifted.probabilities, labels)
+        loss = clean_accuracy - _accuracy(shifted, labels)
         streams[name] = Stream("detection", pool_sampler(pool, shifted), power.sizes, loss,
                                repetitions=power.detection_repetitions)
         streams.update(_harm_as_monitored(name, loss, design, lambda size, shifted=shifted: pool_sampler(
             pool, shifted, reference_size=size)))
     for keep in power.label_keep_levels:
         name = f"label_keep_{keep:g}"
-        thinned = {"labels": labels, "label_class": design.label_class, "keep": keep}
-        loss = clean_accuracy - accuracy(pool.probabilities, labels, _kept(design.label_class, keep))
+        thinned: dict[str, Any] = {"labels": labels, "label_class": design.label_class, "keep": keep}
+        loss = clean_accuracy - _accuracy(pool, labels, _kept(design.label_class, keep))
         streams[name] = Stream("detection", pool_sampler(pool, pool, **thinned), power.sizes, loss,
                                repetitions=power.detection_repetitions)
         streams.update(_harm_as_monitored(name, loss, design, lambda size, thinned=thinned: pool_sampler(
@@ -140,7 +150,7 @@ def _corruption_streams(model, device, pool: Features, labels: np.ndarray, image
             name = f"{family}_{severity:g}"
             shifted = model_features(model, corrupt(images[rows], family, severity, seed=design.seed),
                                      evaluate.batch_size, device, evaluate.precision, desc=name)
-            loss = accuracy(clean.probabilities, clean_labels) - accuracy(shifted.probabilities, clean_labels)
+            loss = _accuracy(clean, clean_labels) - _accuracy(shifted, clean_labels)
             streams[name] = Stream("detection", pool_sampler(clean, shifted), power.corruption_sizes,
                                    loss, corruption=True, repetitions=power.corruption_repetitions)
             streams.update(_harm_as_monitored(name, loss, design, lambda size, shifted=shifted: subset_sampler(
@@ -215,7 +225,7 @@ def tabulate(streams: dict[str, Stream], rates: dict[str, dict], pool_size: int,
              mmd_max_per_side: int) -> dict:
     """The power table from each stream's rates (AlarmRate lists by detector): rates by kind and
     stream (as monitored apart), the accuracy each shift costs, and the harm target's summary."""
-    results = {"pool": {"images": pool_size, "largest_n_share": 2 * max(power.sizes) / pool_size,
+    results: dict[str, Any] = {"pool": {"images": pool_size, "largest_n_share": 2 * max(power.sizes) / pool_size,
                         "corruption_pool_images": min(pool_size, power.corruption_pool_images)},
                "verdict": VERDICT, "false_alarms": {}, "detection": {}, "accuracy_loss_points": {}}
     results["as_monitored"] = {"reference_images": power.monitored_reference,

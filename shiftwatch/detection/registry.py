@@ -183,7 +183,7 @@ class MMDEmbedding:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self._for = None  # the reference array prepared for (identity, not id(): no reuse after GC)
+        self._for: np.ndarray | None = None  # the reference array prepared for (identity, not id(): no reuse after GC)
 
     def __call__(self, reference: np.ndarray, deployment: np.ndarray) -> DetectorResult:
         s = self.settings
