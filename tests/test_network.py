@@ -130,6 +130,24 @@ def test_embeddings_feed_the_classifier_head():
         predict_with_embeddings(model, images[:0], 3, CPU, progress=False)
 
 
+@pytest.mark.parametrize("predict", ["predict_proba", "predict_with_embeddings"])
+def test_predictions_do_not_depend_on_the_batch_an_image_comes_in(predict):
+    """Eval mode: BatchNorm uses its running statistics, so an image's prediction is the same
+    alone or among others, even after training left the model in train mode."""
+    from shiftwatch.model import network
+
+    images, labels = _toy(32)
+    model = build_resnet18(seed=3)
+    train(model, images, labels, epochs=1, batch_size=16, lr=1e-3, seed=0, device=CPU, progress=False)
+    model.train()  # what a caller may hand over; predicting must not use batch statistics
+    def probabilities(batch):
+        found = getattr(network, predict)(model, batch, len(batch), CPU, progress=False)
+        return found[0] if isinstance(found, tuple) else found  # (probabilities, embeddings)
+
+    together, alone = probabilities(images), probabilities(images[:4])
+    np.testing.assert_allclose(alone, together[:4], atol=1e-3)
+
+
 def test_mixed_precision_training_keeps_float32_master_weights_and_learns(rng):
     # Given a tiny learnable problem (class = which half of the image is bright)
     images = rng.random((256, 28, 28), dtype=np.float32) * 0.2

@@ -169,7 +169,7 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
         raise ShiftwatchError("the training set (domain A) is empty")
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs split .to's forms.train()
+    model.to(device, memory_format=torch.channels_last).train()  # type: ignore[call-overload]  # stubs split .to's forms
     dtype = inference_dtype(device, precision)
     mixed = dtype != torch.float32
     compute = training_graph(model, dtype, images.shape[1:], lower=lower)
@@ -216,7 +216,7 @@ def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device:
                   desc: str = "predict", progress: bool = True,
                   precision: str = "auto") -> np.ndarray:
     """Softmax probabilities, shape (N, 10), in eval mode (BatchNorm running statistics)."""
-    model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs split .to's forms.eval()
+    model.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # stubs split .to's forms
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
                       disable=not progress, mininterval=2.0):
@@ -241,7 +241,7 @@ def predict_with_embeddings(model: nn.Module, images: np.ndarray, batch_size: in
                             device: torch.device, desc: str = "embed", progress: bool = True,
                             precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities (N, 10) and penultimate-layer embeddings (N, 512), eval mode."""
-    model.to(device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs split .to's forms.eval()
+    model.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # stubs split .to's forms
     probabilities, embeddings = [], []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
                       disable=not progress, mininterval=2.0):
