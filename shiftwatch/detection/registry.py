@@ -70,6 +70,12 @@ class Detector:
     summary: str
     implementation: Callable
     cost: Cost  # see COSTS
+    meaning: str = ""  # what its alarm means to an operator, in words (check's report); "" shows the name
+
+    @property
+    def model_free(self) -> bool:
+        """Consumes only the images (pixels or their statistics), not the model's outputs."""
+        return self.consumes in ("image_stats", "pixels")
 
     def bind(self, settings: Settings) -> Callable[[object, object], DetectorResult]:
         """detector(reference: Features, deployment: Features) -> DetectorResult."""
@@ -92,7 +98,7 @@ DETECTORS: dict[str, Detector] = {}
 
 
 def register(name: str, *, consumes: View, verdict: bool, summary: str, settings: tuple[str, ...] = (),
-             cost: Cost = "cheap"):
+             cost: Cost = "cheap", meaning: str = ""):
     """Decorator: add a detector (function or class) to DETECTORS under `name`."""
     if consumes not in VIEWS:
         raise ValueError(f"detector {name}: consumes={consumes!r}; use one of {sorted(VIEWS)}")
@@ -105,7 +111,8 @@ def register(name: str, *, consumes: View, verdict: bool, summary: str, settings
     def add(implementation):
         if name in DETECTORS or name == "combined":
             raise ValueError(f"detector {name}: the name is taken")
-        DETECTORS[name] = Detector(name, consumes, verdict, tuple(settings), summary, implementation, cost)
+        DETECTORS[name] = Detector(name, consumes, verdict, tuple(settings), summary, implementation, cost,
+                                   meaning)
         return implementation
     return add
 
@@ -129,6 +136,7 @@ def bound(names, settings: Settings) -> dict[str, Callable]:
 # one-pixel translations missed, designed on domain A images (not in the power pool): see README.
 
 @register("ks_mean_pixel", consumes="image_stats", verdict=True,
+          meaning="mean brightness changed",
           summary="KS on the per-image mean pixel (the study's test)")
 def ks_mean_pixel(reference, deployment, settings):
     return ks_test(reference[:, 0], deployment[:, 0])
@@ -141,6 +149,7 @@ _QUANTILE_COLUMNS = (2, 3, 4)
 
 
 @register("image_stats", consumes="image_stats", verdict=True,
+          meaning="pixel values changed (brightness, contrast or encoding)",
           summary="KS on the 10/50/90 % pixel quantiles, Bonferroni over the three")
 def image_stats(reference, deployment, settings):
     results = [ks_test(reference[:, c], deployment[:, c]) for c in _QUANTILE_COLUMNS]
@@ -149,6 +158,7 @@ def image_stats(reference, deployment, settings):
 
 
 @register("frame_span", consumes="pixels", verdict=True,
+          meaning="objects framed differently (share of images that fill the frame)",
           summary="share of images whose object spans the frame (ink on two opposite borders); "
                   "one-sided Fisher: alarms when fewer do than in the reference")
 def frame_span(reference, deployment, settings):
@@ -156,25 +166,28 @@ def frame_span(reference, deployment, settings):
 
 
 @register("bbsd_ks", consumes="probabilities", verdict=True,
+          meaning="the model's confidence changed",
           summary="BBSD: KS on each softmax output, Bonferroni over the 10")
 def bbsd_ks_detector(reference, deployment, settings):
     return bbsd_ks(reference, deployment)
 
 
 @register("bbsd_chi2", consumes="probabilities", verdict=True,
+          meaning="the mix of predicted classes changed",
           summary="BBSD: chi-squared on the predicted-class counts")
 def bbsd_chi2_detector(reference, deployment, settings):
     return bbsd_chi2(reference, deployment)
 
 
 @register("bbsd_class_shares", consumes="probabilities", verdict=True,
+          meaning="the mix of predicted classes changed",
           summary="BBSD: Fisher's exact test per predicted class share, Bonferroni over the 10")
 def bbsd_class_shares_detector(reference, deployment, settings):
     return bbsd_class_shares(reference, deployment)
 
 
 @register("mmd_embedding", consumes="embeddings", verdict=True, settings=("seed", "permutations", "max_per_side"),
-          cost="quadratic",
+          cost="quadratic", meaning="the model sees different features",
           summary="MMD (Gaussian kernel, permutation p-value) on the penultimate-layer embeddings")
 class MMDEmbedding:
     """The reference is fixed across many deployment batches (monitor's sets): subsample it and

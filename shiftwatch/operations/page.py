@@ -19,22 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from shiftwatch import CLASS_NAMES, ShiftwatchError
+from shiftwatch.detection.registry import DETECTORS
 from shiftwatch.estimation.accuracy import EstimatorFit, Reference
 
 EXIT_OK, EXIT_HARMFUL, EXIT_BAD_INPUT, EXIT_CHANGED = 0, 1, 2, 3
 FAIL_ON = ("harm", "change")
 
-# What each change detector's alarm means, in words an operator reads; the pixel-level ones first.
-PIXEL_DETECTORS = ("ks_mean_pixel", "image_stats", "frame_span")
-CHANGE_WORDS = {
-    "ks_mean_pixel": "mean brightness changed",
-    "image_stats": "pixel values changed (brightness, contrast or encoding)",
-    "frame_span": "objects framed differently (share of images that fill the frame)",
-    "bbsd_ks": "the model's confidence changed",
-    "bbsd_chi2": "the mix of predicted classes changed",
-    "bbsd_class_shares": "the mix of predicted classes changed",
-    "mmd_embedding": "the model sees different features",
-}
 
 
 def exit_code(report: dict, fail_on: str = "harm") -> int:
@@ -93,18 +83,21 @@ def change_summary(report: dict) -> list[str]:
     """What changed, in words, pixels first (what an operator can look at), then the class
     mix where the focus class's estimated share moved by half or more, then the model's view."""
     alerting = set(report["alerting"])
-    words = []
-    for name in [*PIXEL_DETECTORS, *(name for name in CHANGE_WORDS if name not in PIXEL_DETECTORS)]:
-        phrase = CHANGE_WORDS.get(name, name)
-        if name == "ks_mean_pixel" and "brightness" in report:
-            seen = report["brightness"]
-            phrase = (f"images {'brighter' if seen['batch'] > seen['reference'] else 'darker'} "
-                      f"(mean pixel {seen['batch']:.3f} vs {seen['reference']:.3f})")
-        if name in alerting and phrase not in words:
-            words.append(phrase)
-        if name == PIXEL_DETECTORS[-1] and alerting:
+    worded = [detector for detector in DETECTORS.values() if detector.meaning]  # each alarm's words: the registry's
+    words: list[str] = []
+    for model_free in (True, False):  # what an operator can look at in the images first
+        for detector in (d for d in worded if d.model_free == model_free):
+            phrase = detector.meaning
+            if detector.name == "ks_mean_pixel" and "brightness" in report:
+                seen = report["brightness"]
+                phrase = (f"images {'brighter' if seen['batch'] > seen['reference'] else 'darker'} "
+                          f"(mean pixel {seen['batch']:.3f} vs {seen['reference']:.3f})")
+            if detector.name in alerting and phrase not in words:
+                words.append(phrase)
+        if model_free and alerting:
             words += _class_mix(report)
-    return words + [name for name in report["alerting"] if name not in CHANGE_WORDS]
+    named = {detector.name for detector in worded}
+    return words + [name for name in report["alerting"] if name not in named]
 
 
 def _class_mix(report: dict) -> list[str]:
