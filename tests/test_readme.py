@@ -58,7 +58,7 @@ def test_the_tables_are_the_committed_metrics(monkeypatch):
 def test_a_table_typed_over_is_caught(monkeypatch):
     monkeypatch.chdir(REPO)
     tool = _readme_tool()
-    text = tool.refresh((REPO / "docs" / "statistics.md").read_text())
+    text = tool.refresh((REPO / "docs" / "power.md").read_text())
     typed = text.replace("<!-- harm:begin -->\n", "<!-- harm:begin -->\n| a number typed by hand |\n", 1)
     assert typed != text
     assert _block(tool.refresh(typed), "harm") != _block(typed, "harm")
@@ -89,7 +89,7 @@ def test_a_broken_link_fails_the_docs_build(tmp_path):
     (tmp_path / "metrics").symlink_to(REPO / "metrics")
     (tmp_path / "docs" / "orphan.md").write_text("# Not in the nav\n")
     with (tmp_path / "docs" / "results.md").open("a") as page:
-        page.write("\n[gone](nowhere.md) and [no such heading](statistics.md#no-such-heading)\n")
+        page.write("\n[gone](nowhere.md) and [no such heading](power.md#no-such-heading)\n")
     result = _mkdocs_build(tmp_path, tmp_path / "site")
     log = result.stdout + result.stderr
     assert result.returncode != 0
