@@ -395,23 +395,30 @@ def test_help_lists_the_commands(capsys):
 def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
-    from shiftwatch.tracking.store import EXPERIMENT
+    from shiftwatch.tracking.store import CHECKS_EXPERIMENT, EXPERIMENT
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "bright.json"
+    called_ms = int(time.time() * 1000)
     assert check(project, project / "bright.npy", "--json", out, "--html", tmp_path / "bright.html",
                  "--log", "--quiet") == 0
+    returned_ms = time.time() * 1000
     report = json.loads(out.read_text())
 
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert client.get_experiment_by_name(EXPERIMENT) is None  # checks stay out of the pipeline's runs
+    experiment = client.get_experiment_by_name(CHECKS_EXPERIMENT)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 1
     run = runs[0]
     assert run.info.status == "FINISHED"
+    # the run lasts as long as the check did (it was the logging's 0.36 s after a 14 s check)
+    assert called_ms <= run.info.start_time <= run.info.end_time <= returned_ms
+    assert run.info.end_time - run.info.start_time >= report["seconds"]["total"] * 1000
     assert run.data.tags["dvc.stage"] == "check" and run.data.tags["shiftwatch.role"] == "check"
     assert run.data.tags["shiftwatch.verdict"] == "ALERT" and run.data.tags["shiftwatch.page"] == "ok"
     metrics = run.data.metrics

@@ -75,3 +75,29 @@ def test_a_bad_time_is_refused_before_any_work(project, store, capsys):
     assert not (store / "mlruns").exists() and not (store / "mlflow.db").exists()
 
 
+
+
+def test_timeline_reads_checks_from_their_experiment_and_older_ones_from_the_pipelines(project, store):
+    """`check --log` runs land in shiftwatch-checks; a store from before that split keeps its
+    checks in the pipeline's experiment, and the timeline still draws them."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    from shiftwatch.tracking.store import CHECKS_EXPERIMENT, EXPERIMENT
+
+    check(project, project / "bright.npy", "--log", "--quiet", "--time", "2026-11-01T02:00")
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    logged, = client.search_runs([client.get_experiment_by_name(CHECKS_EXPERIMENT).experiment_id])
+    older = client.create_run(client.create_experiment(EXPERIMENT), tags={
+        **{k: v for k, v in logged.data.tags.items() if not k.startswith("mlflow.")},
+        "shiftwatch.batch_time": "2026-11-01T01:00:00+00:00", "shiftwatch.verdict": "ok"}).info.run_id
+    metrics = {**logged.data.metrics, "check.batch.time": logged.data.metrics["check.batch.time"] - 3600}
+    client.log_batch(older, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+                     params=[Param(k, v) for k, v in logged.data.params.items()])
+    client.set_terminated(older)
+
+    out = store / "timeline.json"
+    assert main(["timeline", "--png", str(store / "t.png"), "--json", str(out)]) == 0
+    points = json.loads(out.read_text())["points"]
+    assert [(p["time"], p["verdict"]) for p in points] == [("2026-11-01T01:00:00+00:00", "ok"),
+                                                           ("2026-11-01T02:00:00+00:00", "ALERT")]

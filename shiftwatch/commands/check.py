@@ -89,7 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "class mix, accuracy estimate, sample images)")
     parser.add_argument("--log", action="store_true",
                         help="log params, metrics and the JSON report (and the HTML report with its "
-                             "figures) as an MLflow run (MLFLOW_TRACKING_URI, else <repo root>/mlflow.db)")
+                             "figures) as an MLflow run in the experiment shiftwatch-checks "
+                             "(MLFLOW_TRACKING_URI, else <repo root>/mlflow.db)")
     parser.add_argument("--time", default=None, metavar="ISO-8601",
                         help="when the batch was taken, e.g. 2026-11-29T14:00 (default: the batch "
                              "file's or folder's modification time); the x axis of `shiftwatch timeline`")
@@ -102,6 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """The `check` command: 0 not harmful, 1 harmful, 2 bad input (one line on stderr), 3
     changed without harm (only with --fail-on change)."""
+    started_ms = int(time.time() * 1000)  # the --log run's start: its duration is the check's
     to_stdout = args.json is not None and str(args.json) == "-"
     quiet = args.quiet or to_stdout  # standard output carries the JSON alone
     outputs = {"--json": None if to_stdout else args.json, "--html": args.html}
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             from shiftwatch.tracking.checks import log_check
 
-            run_id = log_check(report, report["params"], html=args.html, pictures=pictures)
+            run_id = log_check(report, report["params"], started_ms, html=args.html, pictures=pictures)
         except Exception as err:  # MlflowException, sqlite errors: the check itself is done
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             print(f"shiftwatch check: error: --log: could not log to MLflow ({first}); "

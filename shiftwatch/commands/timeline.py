@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 def logged_checks(since: datetime | None = None) -> list[dict]:
     """One point per logged check run, oldest first: time, verdict, Holm-adjusted p-value per
     detector, ATC accuracy, focus-class share (BBSE), alpha, images."""
-    from shiftwatch.tracking.store import EXPERIMENT, store_client, tracking_uri
+    from shiftwatch.tracking.store import CHECKS_EXPERIMENT, EXPERIMENT, store_client, tracking_uri
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
@@ -70,11 +70,12 @@ def logged_checks(since: datetime | None = None) -> list[dict]:
                               "first (or set MLFLOW_TRACKING_URI to where they were logged)")
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no INFO chatter around the one-line errors
     client = store_client(uri)
-    experiment = client.get_experiment_by_name(EXPERIMENT)
-    if experiment is None:
-        raise ShiftwatchError(f"no MLflow experiment {EXPERIMENT!r} at {uri}; log checks with "
+    # Checks have their own experiment; those logged before it are in the pipeline's.
+    experiments = [found for found in map(client.get_experiment_by_name, (CHECKS_EXPERIMENT, EXPERIMENT)) if found]
+    if not experiments:
+        raise ShiftwatchError(f"no MLflow experiment {CHECKS_EXPERIMENT!r} at {uri}; log checks with "
                               "`shiftwatch check BATCH --log` first")
-    runs = client.search_runs([experiment.experiment_id], "tags.`shiftwatch.role` = 'check'",
+    runs = client.search_runs([e.experiment_id for e in experiments], "tags.`shiftwatch.role` = 'check'",
                               max_results=50_000)
     points = []
     for run in runs:

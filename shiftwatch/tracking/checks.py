@@ -1,17 +1,28 @@
-"""`shiftwatch check --log`: one MLflow run per checked batch in the project's store, with the
-params, every number of the report, the report itself and its lineage.
+"""`shiftwatch check --log`: one MLflow run per checked batch in the project's store, in the
+experiment `shiftwatch-checks` (CHECKS_EXPERIMENT, apart from the pipeline's runs), with the
+params, every number of the report, the report itself and its lineage. The run starts when
+the check started and ends when the check and its logging are done.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from shiftwatch.tracking.store import _experiment_id, _retry, dvc_tags, flatten_numbers, store_client, tracking_uri
+from shiftwatch.tracking.store import (
+    CHECKS_EXPERIMENT,
+    _experiment_id,
+    _retry,
+    dvc_tags,
+    flatten_numbers,
+    store_client,
+    tracking_uri,
+)
 
 
-def log_check(report: dict, params: dict[str, object], html: Path | None = None,
+def log_check(report: dict, params: dict[str, object], started_ms: int, html: Path | None = None,
               pictures: dict[str, bytes] | None = None) -> str:
-    """One MLflow run (tags dvc.stage = shiftwatch.role = "check") in the project's store
+    """One MLflow run (tags dvc.stage = shiftwatch.role = "check") in the experiment
+    CHECKS_EXPERIMENT, from `started_ms` (when the check started, ms since the epoch) to now,
     with the params `check` read, every number of the report as a metric (check.<path>, the
     class mix as check.label_shift.<method>.class_<k>), the report as check.json, and the
     HTML report (`html`) with its figures (`pictures`, PNG bytes by name) when given."""
@@ -21,14 +32,14 @@ def log_check(report: dict, params: dict[str, object], html: Path | None = None,
 
     uri = tracking_uri()
     client = store_client(uri)
-    experiment_id = _retry(lambda: _experiment_id(client, uri))
+    experiment_id = _retry(lambda: _experiment_id(client, uri, CHECKS_EXPERIMENT))
     tags = {**dvc_tags("check"), "shiftwatch.role": "check", "shiftwatch.page": report["page"],
             "shiftwatch.verdict": report["verdict"],
             "shiftwatch.batch": report["batch"]["path"], "shiftwatch.reference": report["reference"]["path"],
             "shiftwatch.model": report["model"], "shiftwatch.model_md5": report.get("model_md5", ""),
             "shiftwatch.batch_time": report["batch"].get("time", "")}
     run = _retry(lambda: client.create_run(experiment_id, run_name=f"check {Path(report['batch']['path']).name}",
-                                           tags=tags))
+                                           start_time=started_ms, tags=tags))
     run_id = run.info.run_id
     mixes = {method: {f"class_{k}": share for k, share in enumerate(report["label_shift"][method])}
              for method in ("bbse", "em", "reference")}

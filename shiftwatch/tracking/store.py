@@ -1,5 +1,9 @@
 """The MLflow tracking store: where it is, one client that fails within seconds when a server
-is gone, the project's experiment, and the tags that lead from a run to its DVC experiment.
+is gone, the project's two experiments, and the tags that lead from a run to its DVC experiment.
+
+Two experiments: EXPERIMENT holds the pipeline's runs (one parent per pipeline execution, a
+child per stage), CHECKS_EXPERIMENT the runs of `shiftwatch check --log`, one per checked
+batch, so neither adds columns to the other's runs table.
 
 Where the store is: MLFLOW_TRACKING_URI if set, else sqlite:///<repo root>/mlflow.db with
 artifacts in <repo root>/mlartifacts. The repo root comes from DVC_ROOT or by walking up from
@@ -18,6 +22,7 @@ from pathlib import Path
 from shiftwatch import ShiftwatchError
 
 EXPERIMENT = "shiftwatch"
+CHECKS_EXPERIMENT = "shiftwatch-checks"
 # Seconds the first call to the tracking store may take before the stage gives up on it.
 STORE_TIMEOUT_S = 5
 # Without this tag MLflow 3's UI opens an experiment on its GenAI traces page.
@@ -60,16 +65,16 @@ def _retry(call, attempts: int = 8):
             time.sleep(0.5 * 2 ** attempt)
 
 
-def _experiment_id(client, uri: str) -> str:
+def _experiment_id(client, uri: str, name: str = EXPERIMENT) -> str:
     from mlflow.exceptions import MlflowException
 
-    found = client.get_experiment_by_name(EXPERIMENT)
+    found = client.get_experiment_by_name(name)
     if found is None:
         try:
-            return client.create_experiment(EXPERIMENT, artifact_location=_artifact_location(uri),
+            return client.create_experiment(name, artifact_location=_artifact_location(uri),
                                             tags=EXPERIMENT_KIND)
         except MlflowException:  # created meanwhile by a concurrent stage
-            found = client.get_experiment_by_name(EXPERIMENT)
+            found = client.get_experiment_by_name(name)
     if found.tags.get("mlflow.experimentKind") is None:  # a store from before the tag
         for key, value in EXPERIMENT_KIND.items():
             client.set_experiment_tag(found.experiment_id, key, value)
