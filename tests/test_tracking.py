@@ -1,5 +1,6 @@
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -14,8 +15,22 @@ from mlflow import MlflowClient
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.core.params import load_params, parse_params
-from shiftwatch.tracking.dvc import changed_params, declared_params, headline_metrics, parent_name
-from shiftwatch.tracking.runs import PIPELINE_TAG, pipeline_execution, process_alive, process_identity, stage_run
+from shiftwatch.tracking.dvc import (
+    COMPARE_FIRST,
+    changed_params,
+    declared_params,
+    headline_metrics,
+    headline_plots,
+    parent_name,
+)
+from shiftwatch.tracking.runs import (
+    PIPELINE_TAG,
+    pipeline_execution,
+    process_alive,
+    process_identity,
+    stage_details,
+    stage_run,
+)
 from shiftwatch.tracking.store import EXPERIMENT, flatten_numbers, git_commit, repo_root, tracking_uri
 
 pytestmark = pytest.mark.slow  # MLflow runs, a real server, stages killed mid-run: `make test-fast` leaves it out
@@ -44,11 +59,16 @@ PIPELINE = """stages:
   detect:
     cmd: python -m stages.detect
     params: [seed, detect]
+    outs:
+      - metrics/detect_details.json: {cache: false}
+      - metrics/plots/detect.png: {cache: false}
     metrics:
       - metrics/detect.json: {cache: false}
   evaluate:
     cmd: python -m stages.evaluate
     params: [shift.label_class, {params.yaml: [evaluate.batch_size]}]
+    outs:
+      - metrics/plots/evaluate.png: {cache: false}
     metrics:
       - metrics/evaluate.json: {cache: false}
 """
@@ -57,7 +77,7 @@ PIPELINE = """stages:
 @pytest.fixture
 def store(tmp_path, monkeypatch):
     (tmp_path / "dvc.yaml").write_text(PIPELINE)
-    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "plots").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
     for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
         monkeypatch.delenv(var, raising=False)
@@ -75,22 +95,37 @@ def test_declared_params_and_headline_metrics_come_from_dvc_yaml(store):
     _write(store / "metrics" / "detect.json", {"b_shift": {"drift": 1, "ks_statistic": 0.3}})
     _write(store / "metrics" / "other.json", {"not": 1})  # not a declared metric: ignored
     assert headline_metrics() == {"detect.b_shift.drift": 1, "detect.b_shift.ks_statistic": 0.3}
+    _write(store / "metrics" / "evaluate.json", {"accuracy": {"test": 0.9, "b_shift": 0.6}})
+    assert list(headline_metrics()) == [COMPARE_FIRST, "detect.b_shift.drift", "detect.b_shift.ks_statistic",
+                                        "evaluate.accuracy.test"]  # what MLflow's compare view plots first
+    assert headline_metrics(stage="evaluate") == {"evaluate.accuracy.b_shift": 0.6, "evaluate.accuracy.test": 0.9}
+    assert headline_plots() == [Path("metrics/plots/detect.png"), Path("metrics/plots/evaluate.png")]
+    assert headline_plots(stage="evaluate") == [Path("metrics/plots/evaluate.png")]
 
 
-def test_parents_carry_every_headline_metric_whichever_stages_ran(store, monkeypatch):
+def test_the_compare_views_first_metric_is_a_headline_number_of_the_pipeline():
+    """COMPARE_FIRST names a number of the committed metrics files: a renamed key fails here,
+    not silently in MLflow's compare view."""
+    assert COMPARE_FIRST in headline_metrics(REPO)
+
+
+def test_parents_carry_every_headline_metric_and_plot_whichever_stages_ran(store, monkeypatch):
     params = PARAMS
     (store / "artifact.json").write_text("{}")
     with stage_run("detect", params) as run:  # the baseline: both stages run
         _write(store / "metrics" / "detect.json", {"b_shift": {"ks_statistic": 0.3}})
+        (store / "metrics" / "plots" / "detect.png").write_bytes(b"detect 0.1")
         run.log_metric_tree("detect", {"b_shift": {"ks_statistic": 0.3, "ks_pvalue": 0.01}})
         run.log_artifact(store / "artifact.json")
     with stage_run("evaluate", params) as run:
         _write(store / "metrics" / "evaluate.json", {"accuracy": {"b_shift": 0.6}})
-        run.log_metrics({"evaluate.accuracy.b_shift": 0.6})
+        (store / "metrics" / "plots" / "evaluate.png").write_bytes(b"evaluate 0.1")
+        run.log_metric_tree("evaluate", {"b_shift": {"accuracy": 0.6, "n": 900}})  # details: another layout
     monkeypatch.setenv("DVC_EXP_NAME", "bright-exp")  # an experiment in which DVC skips evaluate
     with stage_run("detect", params) as run:
         _write(store / "metrics" / "detect.json", {"b_shift": {"ks_statistic": 0.4}})
-        run.log_metrics({"detect.b_shift.ks_pvalue": 0.001})
+        (store / "metrics" / "plots" / "detect.png").write_bytes(b"detect 0.2")
+        run.log_metrics({"detect.seconds": 2.5})  # a number no metrics file holds
 
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -98,30 +133,45 @@ def test_parents_carry_every_headline_metric_whichever_stages_ran(store, monkeyp
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id])
     parents = {r.data.tags["dvc.exp_name"]: r for r in runs if r.data.tags.get("shiftwatch.role") == "pipeline"}
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    children = {(c.data.tags["dvc.exp_name"], c.data.tags["dvc.stage"]): c for c in runs
+                if "mlflow.parentRunId" in c.data.tags}
     assert set(parents) == {"workspace", "bright-exp"} and len(children) == 3
-    # headline only, and the skipped stage's numbers too
+    # headline only, and the skipped stage's numbers too; the compare view's first metric first
     assert parents["workspace"].data.metrics == {"detect.b_shift.ks_statistic": 0.3,
                                                  "evaluate.accuracy.b_shift": 0.6}
     assert parents["bright-exp"].data.metrics == {"detect.b_shift.ks_statistic": 0.4,
                                                   "evaluate.accuracy.b_shift": 0.6}
+    for parent in parents.values():  # the workspace's too, though evaluate.json came after detect's
+        assert next(iter(parent.data.metrics)) == COMPARE_FIRST
+    # One name per number: a stage run carries its headline numbers under the parent's names,
+    # its details as an artifact (not as evaluate.b_shift.accuracy beside evaluate.accuracy.b_shift).
+    evaluate = children["workspace", "evaluate"]
+    assert evaluate.data.metrics == {"evaluate.accuracy.b_shift": 0.6}
+    assert stage_details(client, evaluate.info.run_id) == {"evaluate.b_shift.accuracy": 0.6, "evaluate.b_shift.n": 900}
+    detect = children["workspace", "detect"]
+    assert detect.data.metrics == {"detect.b_shift.ks_statistic": 0.3}
+    assert stage_details(client, detect.info.run_id) == {"detect.b_shift.ks_statistic": 0.3,
+                                                         "detect.b_shift.ks_pvalue": 0.01}
+    assert [a.path for a in client.list_artifacts(detect.info.run_id)] == ["artifact.json", "details"]
+    assert children["bright-exp", "detect"].data.metrics == {"detect.b_shift.ks_statistic": 0.4, "detect.seconds": 2.5}
+    # The headline plots on each parent: the skipped stage's from disk, each stage's own as it wrote it.
+    for name, plots in (("workspace", {"detect.png": b"detect 0.1", "evaluate.png": b"evaluate 0.1"}),
+                        ("bright-exp", {"detect.png": b"detect 0.2", "evaluate.png": b"evaluate 0.1"})):
+        folder = Path(client.download_artifacts(parents[name].info.run_id, "", str(store / name)))
+        assert {path.name: path.read_bytes() for path in folder.iterdir()} == plots, name
     workspace = parents["workspace"]
     assert workspace.data.params["shift.brightness"] == "0.1"  # every param, for side-by-side
     assert len(workspace.data.params) == len(params.flat())
-    evaluate = next(c for c in children if c.data.tags["dvc.stage"] == "evaluate")
     assert evaluate.data.tags["mlflow.parentRunId"] == workspace.info.run_id
     assert set(evaluate.data.params) == {"shift.label_class", "evaluate.batch_size"}
     assert {"dvc.exp_name", "dvc.baseline_rev", "git.commit", PIPELINE_TAG, "mlflow.user",
             "mlflow.source.name", "mlflow.source.git.commit"} <= set(evaluate.data.tags)
     assert evaluate.data.tags["mlflow.source.name"] == "dvc.yaml:evaluate"
-    detect = next(c for c in children if c.data.tags["dvc.stage"] == "detect"
-                  and c.data.tags["dvc.exp_name"] == "workspace")
-    assert detect.data.metrics == {"detect.b_shift.ks_statistic": 0.3, "detect.b_shift.ks_pvalue": 0.01}
-    assert [a.path for a in client.list_artifacts(detect.info.run_id)] == ["artifact.json"]
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
 def test_a_failing_stage_marks_its_run_and_parent_failed(store):
+    _write(store / "metrics" / "detect.json", {"b_shift": {"ks_statistic": 0.3}})  # an earlier run's
     with pytest.raises(RuntimeError):
         with stage_run("detect", PARAMS):
             time.sleep(0.05)
@@ -132,6 +182,10 @@ def test_a_failing_stage_marks_its_run_and_parent_failed(store):
         ("detect", "FAILED"), ("parent", "FAILED")]
     child = next(r for r in runs if r.data.tags.get("dvc.stage") == "detect")
     assert child.info.end_time - child.info.start_time >= 50  # open while the stage worked
+    assert child.data.metrics == {}  # the file on disk is not this failed run's result ...
+    parent = next(r for r in runs if "dvc.stage" not in r.data.tags)
+    assert parent.data.metrics["detect.b_shift.ks_statistic"] == 0.3  # ... but still the current one
+    assert math.isnan(parent.data.metrics[COMPARE_FIRST])  # its place kept, not measured
 
 
 def test_parent_names_say_which_params_differ_from_the_baseline(store, monkeypatch):

@@ -1,5 +1,11 @@
 """What dvc.yaml declares, as the MLflow runs record it: each stage's params keys, the
-headline metrics files, the params that differ from the baseline commit, and the parent run's name.
+headline metrics files and plots, the params that differ from the baseline commit, and the
+parent run's name.
+
+One name per number: a headline number is logged as <file stem>.<path>, the file's stem and
+the dotted path `dvc metrics show` and `dvc exp show` give it (metrics/evaluate.json
+{"accuracy": {"b_shift": ...}} is `evaluate.accuracy.b_shift`), on the parent run and on the
+stage run alike.
 """
 from __future__ import annotations
 
@@ -25,24 +31,45 @@ def declared_params(stage: str, root: Path = Path(".")) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def metrics_files(root: Path = Path(".")) -> list[Path]:
-    """Every DVC metrics file of the pipeline (the headline numbers), in stage order."""
-    files = []
-    for spec in _pipeline(root).values():
-        for entry in spec.get("metrics", []):
-            files.append(root / (entry if isinstance(entry, str) else next(iter(entry))))
+# The metric MLflow's compare view plots first: its parallel-coordinates plot opens on the first
+# metric the compared runs share, in the order the runs logged them. The number a shift
+# experiment moves, not one it leaves constant (train.final_loss was first, by stage order).
+COMPARE_FIRST = "evaluate.accuracy.b_shift"
+
+
+def _outputs(root: Path, kind: str, stage: str | None) -> list[Path]:
+    """The files listed under `kind` (outs, metrics) in dvc.yaml, of `stage` or of every stage."""
+    stages = _pipeline(root)
+    files: list[Path] = []
+    for name, spec in stages.items():
+        if stage is None or name == stage:
+            files.extend(root / (entry if isinstance(entry, str) else next(iter(entry)))
+                         for entry in spec.get(kind, []))
     return files
 
 
-def headline_metrics(root: Path = Path(".")) -> dict[str, float]:
-    """The numbers `dvc exp show` shows, keyed <file stem>.<dotted path> (detect.b_shift.drift)."""
+def metrics_files(root: Path = Path("."), stage: str | None = None) -> list[Path]:
+    """The DVC metrics files (the headline numbers) of `stage`, or of the pipeline in stage order."""
+    return _outputs(root, "metrics", stage)
+
+
+def headline_metrics(root: Path = Path("."), stage: str | None = None) -> dict[str, float]:
+    """The numbers `dvc exp show` shows, keyed <file stem>.<dotted path> (detect.b_shift.drift),
+    COMPARE_FIRST first; of `stage`'s metrics files only, if given."""
     metrics: dict[str, float] = {}
-    for path in metrics_files(root):
+    for path in metrics_files(root, stage):
         try:
             metrics.update(flatten_numbers(json.loads(path.read_text()), path.stem))
         except (OSError, json.JSONDecodeError):
             continue  # not produced yet (its stage runs later) or unreadable: nothing to show
-    return metrics
+    first = {COMPARE_FIRST: metrics.pop(COMPARE_FIRST)} if COMPARE_FIRST in metrics else {}
+    return {**first, **metrics}
+
+
+def headline_plots(root: Path = Path("."), stage: str | None = None) -> list[Path]:
+    """The PNG images dvc.yaml declares as outputs (metrics/plots/power.png, ...), of `stage`
+    or of every stage; folders of images (one per shifted set) are left to the stage runs."""
+    return [path for path in _outputs(root, "outs", stage) if path.suffix == ".png"]
 
 
 def changed_params(current: dict[str, object], baseline_rev: str, root: Path = Path(".")) -> dict:

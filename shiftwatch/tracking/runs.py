@@ -5,11 +5,17 @@ Grouping: the parent run is keyed by the DVC experiment name (or "workspace"), t
 commit, a hash of params.yaml and the execution (the `dvc` process running the stages, so a
 later `dvc repro -s monitor` gets a parent of its own), and named after the params that differ from the baseline
 commit ("shift.brightness=0.2"). A stage's child run opens when the stage starts, so its
-duration is the stage's and a crash leaves a FAILED run. The child holds the stage's own
-params (the keys dvc.yaml declares for it), detailed metrics and artifacts. The parent holds
-all params and the headline metrics only: every number in the DVC metrics files that
-dvc.yaml declares, re-read from disk after each stage. Files of stages that DVC skipped are
-current (DVC checked them), so every parent carries the same metric keys, whichever stages ran.
+duration is the stage's and a crash leaves a FAILED run.
+
+One name per number (see shiftwatch.tracking.dvc): the metrics of both runs are headline
+numbers, named as DVC names them. The parent holds all params, every number of the DVC metrics
+files dvc.yaml declares and every PNG plot it declares as an output, re-read from disk after
+each stage. Files of stages that DVC skipped are current (DVC checked them), so every parent
+carries the same metrics and plots, whichever stages ran. The stage run holds the stage's own
+params (the keys dvc.yaml declares for it), its own headline numbers under the parent's names,
+the numbers it logs one by one (training curves, durations), and its artifacts; its detailed
+numbers are the JSON artifacts details/<prefix>.json (read back with `stage_details`), not
+metric columns: MLflow's runs table shows every metric key of every run as a column.
 
 Runs left RUNNING by a process that is gone (SIGKILL, a crash) are closed as KILLED by the
 next stage start. Where the store is: `shiftwatch.tracking.store`.
@@ -29,13 +35,21 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.tracking.dvc import changed_params, declared_params, headline_metrics, parent_name
+from shiftwatch.tracking.dvc import (
+    COMPARE_FIRST,
+    changed_params,
+    declared_params,
+    headline_metrics,
+    headline_plots,
+    parent_name,
+)
 from shiftwatch.tracking.store import (
     STORE_TIMEOUT_S,
     _open_store,
     _retry,
     dvc_tags,
     flatten_numbers,
+    numbers_only,
     one_line,
     server_problem,
     tracking_uri,
@@ -43,6 +57,7 @@ from shiftwatch.tracking.store import (
 )
 
 PIPELINE_TAG = "shiftwatch.pipeline"
+DETAILS = "details"  # a stage run's artifact folder of detailed numbers (log_metric_tree)
 
 
 def pipeline_key(params_json: str, tags: dict[str, str], execution: str = "") -> str:
@@ -104,8 +119,10 @@ class StageRun:
         self._commands.put(("log_metrics", (dict(metrics), step)))
 
     def log_metric_tree(self, prefix: str, tree: dict) -> None:
-        """Log every number of a nested metrics dict under dotted keys: prefix.a.b.c."""
-        self.log_metrics(flatten_numbers(tree, prefix))
+        """Record the numbers of a nested dict of detailed results as the run's JSON artifact
+        details/<prefix>.json (`stage_details` reads them back as prefix.a.b.c), not as metric
+        columns: the run's metrics are its headline numbers, logged when the stage ends."""
+        self._commands.put(("log_details", (prefix, numbers_only(tree))))
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self._commands.put(("log_artifact", (str(path), folder)))
@@ -164,6 +181,9 @@ class _Logger:
     def log_artifact(self, path: str, folder: str | None) -> None:
         _retry(lambda: self.client.log_artifact(self.run_id, path, folder))
 
+    def log_details(self, prefix: str, tree: dict) -> None:
+        _retry(lambda: self.client.log_dict(self.run_id, tree, f"{DETAILS}/{prefix}.json"))
+
     def log_model(self, model, input_example) -> None:
         import mlflow
 
@@ -209,10 +229,27 @@ class _Logger:
               f"({decision['reason']})", flush=True)
 
     def end(self, status: str, ended_ms: int) -> None:
-        """Close the stage run, then give the parent every headline metric now on disk."""
+        """Close the stage run with its own headline numbers (a failed stage's files are the
+        previous run's: none then), then give the parent every headline metric and plot now
+        on disk."""
+        finished = status == "FINISHED"
+        if finished:
+            _log_metrics(self.client, self.run_id, headline_metrics(stage=self.stage))
         _retry(lambda: self.client.set_terminated(self.run_id, status, end_time=ended_ms))
         _log_metrics(self.client, self.parent_id, headline_metrics())
+        self._log_parent_plots(own=finished)
         _retry(lambda: self.client.set_terminated(self.parent_id, status, end_time=ended_ms))
+
+    def _log_parent_plots(self, own: bool) -> None:
+        """Copy to the parent this stage's headline plots (`own`: it just wrote them) and every
+        other one on disk that the parent lacks (a stage DVC skipped, such as `power` on a
+        fresh clone whose dvc.lock matched). At the artifact root: MLflow's compare view shows
+        the files (not folders) its runs have in common side by side."""
+        logged = {a.path for a in _retry(lambda: self.client.list_artifacts(self.parent_id))}
+        mine = set(headline_plots(stage=self.stage)) if own else set()
+        for path in headline_plots():
+            if path.is_file() and (path in mine or path.name not in logged):
+                _retry(lambda path=path: self.client.log_artifact(self.parent_id, str(path)))
 
 
 def _serve(commands, outcome) -> None:
@@ -415,8 +452,27 @@ def _parent_run(client, experiment_id: str, key: str, tags: dict[str, str],
     run = client.create_run(experiment_id, run_name=name, start_time=started_ms,
                             tags={**run_tags, **process, PIPELINE_TAG: key, "shiftwatch.role": "pipeline"})
     _log_params(client, run.info.run_id, all_params)
+    if COMPARE_FIRST not in headline_metrics():  # a first run, no metrics files yet: keep the
+        # metric's place first (MLflow lists a run's metrics in the order they were first
+        # logged), NaN until `evaluate` writes it, as of the stage's start (older: replaced)
+        from mlflow.entities import Metric
+
+        client.log_batch(run.info.run_id, metrics=[Metric(COMPARE_FIRST, float("nan"), started_ms, 0)])
     return run.info.run_id
 
+
+def stage_details(client, run_id: str) -> dict[str, float]:
+    """A stage run's detailed numbers (its details/<prefix>.json artifacts), flat as
+    prefix.a.b.c: the keys they had when stages logged them as metrics."""
+    import json
+    import tempfile
+
+    numbers: dict[str, float] = {}
+    for artifact in _retry(lambda: client.list_artifacts(run_id, DETAILS)):
+        with tempfile.TemporaryDirectory() as folder:
+            local = _retry(lambda: client.download_artifacts(run_id, artifact.path, folder))
+            numbers.update(flatten_numbers(json.loads(Path(local).read_text()), Path(artifact.path).stem))
+    return numbers
 
 
 # ---------------------------------------------------------------- runs whose process is gone

@@ -128,6 +128,19 @@ def flatten_numbers(tree: dict, prefix: str) -> dict[str, float]:
     return flat
 
 
+def numbers_only(tree: dict) -> dict:
+    """The nested dict with only its numbers (what flatten_numbers keeps), as plain floats and
+    ints, for JSON; branches left empty are dropped."""
+    kept: dict = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            if branch := numbers_only(value):
+                kept[key] = branch
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            kept[key] = float(value) if isinstance(value, float) else int(value)
+    return kept
+
+
 def one_line(err: BaseException, limit: int = 200) -> str:
     """"Type: first line of the message" (the type alone if there is none), at most `limit` long."""
     text = str(err).strip()
