@@ -63,7 +63,7 @@ def promote(client, name: str, version, test_accuracy: float, tolerance_points: 
     moves nothing (an exploratory DVC experiment). Returns what was decided, for the log."""
     client.set_model_version_tag(name, version.version, ACCURACY_TAG, f"{test_accuracy:.6f}")
     champion = _version_by_alias(client, name, CHAMPION)
-    decision = {"version": int(version.version), "test_accuracy": test_accuracy,
+    decision: dict[str, object] = {"version": int(version.version), "test_accuracy": test_accuracy,
                 "champion_before": None if champion is None else int(champion.version)}
     if blocked and (champion is None or champion.version != version.version):
         decision.update(promoted=False, reason=blocked)

@@ -280,7 +280,8 @@ def _serve(commands, outcome) -> None:
                     heartbeat.check()
                 continue
             if name == "open":
-                logger = _Logger(store, *args, stage_pid=parent)
+                stage, params, started_ms = args
+                logger = _Logger(store, stage, params, started_ms, stage_pid=parent)
             elif name == "quit":  # the stage stopped before its run opened
                 return
             else:
@@ -463,15 +464,18 @@ def _parent_run(client, experiment_id: str, key: str, tags: dict[str, str],
 
 def stage_details(client, run_id: str) -> dict[str, float]:
     """A stage run's detailed numbers (its details/<prefix>.json artifacts), flat as
-    prefix.a.b.c: the keys they had when stages logged them as metrics."""
+    prefix.a.b.c: the keys they had when stages logged them as metrics; {} if it has none."""
     import json
     import tempfile
 
+    if not _retry(lambda: client.list_artifacts(run_id, DETAILS)):
+        return {}
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # the caller's output is its own
     numbers: dict[str, float] = {}
-    for artifact in _retry(lambda: client.list_artifacts(run_id, DETAILS)):
-        with tempfile.TemporaryDirectory() as folder:
-            local = _retry(lambda: client.download_artifacts(run_id, artifact.path, folder))
-            numbers.update(flatten_numbers(json.loads(Path(local).read_text()), Path(artifact.path).stem))
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(_retry(lambda: client.download_artifacts(run_id, DETAILS, folder)))
+        for path in sorted(local.glob("*.json")):
+            numbers.update(flatten_numbers(json.loads(path.read_text()), path.stem))
     return numbers
 
 
