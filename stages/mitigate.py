@@ -46,7 +46,7 @@ def main() -> None:
         results, costs = {}, {}
         for name in SHIFTED_SETS:
             labels, probabilities = sets[name].labels, views[name].probabilities
-            score = lambda predicted: _score(labels, predicted, focus)  # noqa: E731
+            score = lambda predicted: _score(labels, predicted, focus)
             results[name] = {"none": score(probabilities.argmax(1))}
             # The prior correction assumes the images of each class did not change; where the
             # monitor flagged its class-mix estimate untrustworthy it is not applied (the

@@ -98,7 +98,7 @@ def test_a_registered_detector_reaches_monitor_and_power_without_entering_the_ve
     import shiftwatch.detection.verdict as monitor
 
     reference, same = _views(rng, 400), _views(rng, 200)
-    names = monitor.FEATURE_DETECTORS + ("pixel_ks", "margin_ks")
+    names = (*monitor.FEATURE_DETECTORS, "pixel_ks", "margin_ks")
     kwargs = dict(seed=3, alpha=0.05, mmd_permutations=50, mmd_max_per_side=200)
     # monitor: the new one is a diagnostic (monitor's tuples are built at import: pass it in)
     report = run_detectors(reference, same, **kwargs)

@@ -199,7 +199,7 @@ def test_every_stage_declares_the_params_it_reads_and_reads_what_it_declares():
             continue  # it reads the whole file: see the test below
         declared = {str(p) for p in spec.get("params", [])}
         read = _params_read(_script(spec))
-        covered = lambda key: any(key == d or key.startswith(f"{d}.") for d in declared)  # noqa: E731
+        covered = lambda key: any(key == d or key.startswith(f"{d}.") for d in declared)
         unused = {d for d in declared if not any(r == d or r.startswith(f"{d}.") or d.startswith(f"{r}.")
                                                   for r in read)}
         if {r for r in read if not covered(r)}:

@@ -25,7 +25,7 @@ SECTIONS = ("Adding a detector", "Adding a corruption family")
 # pages whose tables the tools regenerate, and the metrics those tables are made from.
 COPIED = ("shiftwatch", "stages", "tests", "tools", "docs", "metrics", "benchmarks",
           "dvc.yaml", "params.yaml", "pyproject.toml", "pytest.ini", "README.md")
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
 def _steps(section: str) -> list[tuple[str, str]]:

@@ -59,7 +59,7 @@ def test_real_fashion_mnist_loads_and_verifies():
     train, test = load_fashion_mnist(DEBIAN_DIR)
     assert (len(train), len(test)) == (60_000, 10_000)
     assert np.bincount(train.labels).tolist() == [6000] * 10
-    assert 0 <= train.images.min() and train.images.max() <= 1
+    assert train.images.min() >= 0 and train.images.max() <= 1
 
 
 @needs_fashion_mnist

@@ -50,7 +50,7 @@ def test_leave_one_family_out_judges_each_family_with_a_fit_that_never_saw_it(po
               for seed, (family, s) in enumerate([("a", 3.0), ("a", 2.0), ("b", 3.0), ("b", 1.5)])}
     # A family whose images lose accuracy while confidence does not move: only the fit that saw
     # it could absorb it, and it must not, so its left-out error is large.
-    probabilities, labels = pool
+    _probabilities, _labels = pool
     wrong = clean.labels.copy()
     wrong[:200] = (wrong[:200] + 1) % 10
     design["liar_1"] = Cell("liar", clean.probabilities, None, clean.rows, wrong)

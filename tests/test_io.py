@@ -57,10 +57,9 @@ def test_missing_corrupt_and_wrong_shape_files_are_clear_errors(tmp_path):
 
 def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
     target = tmp_path / "out" / "metrics.json"
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("crash mid-write")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
     assert list((tmp_path / "out").iterdir()) == []
     write_json(target, {"a": 1})
     assert target.read_text().strip().startswith("{")
@@ -99,10 +98,9 @@ def test_a_folder_is_replaced_whole_or_not_at_all(tmp_path):
     with atomic_folder(sets) as folder:
         write_json(folder / "b_raw.json", {"v": 1})
         write_json(folder / "b_shift.json", {"v": 1})
-    with pytest.raises(RuntimeError):
-        with atomic_folder(sets) as folder:
-            write_json(folder / "b_raw.json", {"v": 2})
-            raise RuntimeError("the second set failed")
+    with pytest.raises(RuntimeError), atomic_folder(sets) as folder:
+        write_json(folder / "b_raw.json", {"v": 2})
+        raise RuntimeError("the second set failed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shifted"]  # no staging folder left
     assert sorted(p.name for p in sets.iterdir()) == ["b_raw.json", "b_shift.json"]
     assert json.loads((sets / "b_raw.json").read_text()) == {"v": 1}
@@ -139,10 +137,9 @@ def test_a_write_past_the_limit_is_one_line_naming_the_file(tmp_path):
 def test_a_full_disk_is_one_line_naming_the_target(tmp_path):
     """ENOSPC for real: /dev/full refuses every write with it."""
     target = tmp_path / "b_covariate.npz"
-    with pytest.raises(ShiftwatchError) as raised:
-        with atomic_path(target), open("/dev/full", "wb") as full:
-            full.write(b"\0" * 4096)
-            full.flush()
+    with pytest.raises(ShiftwatchError) as raised, atomic_path(target), open("/dev/full", "wb") as full:
+        full.write(b"\0" * 4096)
+        full.flush()
     assert str(raised.value) == (f"cannot write {target}: no space left on the device; free some and rerun "
                                  "(nothing half-written is left)")
     assert list(tmp_path.iterdir()) == []

@@ -18,7 +18,7 @@ from shiftwatch.detection.mmd import (
 
 
 def _double_loop_mmd2(x, y, bandwidth):
-    k = lambda a, b: np.exp(-np.sum((a - b) ** 2) / (2 * bandwidth ** 2))  # noqa: E731
+    k = lambda a, b: np.exp(-np.sum((a - b) ** 2) / (2 * bandwidth ** 2))
     m, n = len(x), len(y)
     xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
@@ -97,7 +97,7 @@ def test_mmd_permutation_pvalue_equals_the_direct_permutation_test(m, n, shift):
 
 def test_mmd_permutation_null_pvalues_are_uniform():
     rng = np.random.default_rng(4)
-    draw = lambda r: r.normal(size=(30, 5))  # noqa: E731
+    draw = lambda r: r.normal(size=(30, 5))
     pvalues = [mmd_test(draw(rng), draw(rng), n_permutations=99, seed=s).pvalue for s in range(150)]
     assert set(np.round(np.array(pvalues) * 100, 6)) <= set(range(1, 101))  # (1 + k) / (1 + B)
     assert calibration_failures(pvalues, exact=True) == []
@@ -105,7 +105,7 @@ def test_mmd_permutation_null_pvalues_are_uniform():
 
 def test_mmd_linear_null_pvalues_are_uniform():
     rng = np.random.default_rng(5)
-    draw = lambda r: r.normal(size=(300, 5))  # noqa: E731
+    draw = lambda r: r.normal(size=(300, 5))
     # A fixed bandwidth (about the median distance in 5-D) keeps this fast; the median
     # heuristic is exercised under the null by the permutation test above.
     pvalues = [mmd_test(draw(rng), draw(rng), seed=s, method="linear", bandwidth=3.0).pvalue

@@ -249,7 +249,7 @@ def test_a_fresh_clone_pulls_the_model_and_checks_without_retraining(repo, tmp_p
     assert "up to date" in _dvc(clone, "status").stdout  # nothing to retrain or recompute
     np.save(tmp_path / "b_shift.npy", load_set(clone / "data" / "shifted" / "b_shift.npz").images[:300])
     np.save(tmp_path / "test.npy", load_set(clone / "data" / "prepared" / "test.npz").images[:300])
-    check = lambda batch: _run(clone, sys.executable, "-m", "shiftwatch", "check", str(batch),  # noqa: E731
+    check = lambda batch: _run(clone, sys.executable, "-m", "shiftwatch", "check", str(batch),
                                "--quiet", check=False).returncode
     assert check(tmp_path / "b_shift.npy") == 1  # the 1-epoch model loses far more than 5 points: page
     assert check(tmp_path / "test.npy") == 0  # part of the reference itself: no page

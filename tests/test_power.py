@@ -58,7 +58,7 @@ def test_false_alarm_rate_of_a_calibrated_test_is_alpha(rng):
 
 def test_false_alarm_rate_flags_a_miscalibrated_test(rng):
     reference, held_out = _population(rng, 0.0), _population(rng, 0.0)
-    halved = lambda a, b: _z_test(a, b) / 2  # noqa: E731  (alarms at 2 alpha)
+    halved = lambda a, b: _z_test(a, b) / 2
     [point] = false_alarm_rate(reference, held_out, halved, ns=[20], repetitions=1000, seed=2)
     assert point.miscalibrated and point.excess_pvalue < 1e-6
     assert point.ci_low <= 2 * ALPHA <= point.ci_high
@@ -108,7 +108,7 @@ def _z_test_second_half(_reference, deployment):
 
 def test_several_detectors_alarm_exactly_as_each_one_alone(rng):
     reference, shifted = _population(rng, 0.0, 2000), _population(rng, 0.25, 2000)
-    halved = lambda a, b: _z_test(a, b) / 2  # noqa: E731
+    halved = lambda a, b: _z_test(a, b) / 2
     detectors = {"z": _z_test, "first": _z_test_first_half, "halved": halved}
     for reference_size in (None, 30):
         kwargs = dict(ns=(10, 40), repetitions=80, seed=5, reference_size=reference_size)
@@ -167,7 +167,7 @@ def test_combined_false_alarms_of_independent_calibrated_detectors_stay_at_most_
     assert isinstance(combined, FalseAlarmRate)
     assert combined.ci_low <= ALPHA and not combined.miscalibrated  # 1 - (1 - alpha/2)² ≈ 0.049
     # The check has teeth: alarming when either detector does (no correction) is flagged.
-    either = lambda a, b: min(_z_test_first_half(a, b), _z_test_second_half(a, b))  # noqa: E731
+    either = lambda a, b: min(_z_test_first_half(a, b), _z_test_second_half(a, b))
     [uncorrected] = false_alarm_rate(reference, held_out, either, ns=[40], repetitions=1000, seed=6)
     assert uncorrected.miscalibrated and uncorrected.alarms >= combined.alarms
 
@@ -252,7 +252,7 @@ def _ks(reference, deployment, seed):
 def test_every_repetition_draws_a_fresh_disjoint_pair_and_its_own_detector_seed():
     pool = np.arange(1000.0)
     seen, seeds = [], []
-    detector = lambda ref, dep, seed: seeds.append(seed) or 0.5  # noqa: E731
+    detector = lambda ref, dep, seed: seeds.append(seed) or 0.5
     independent_alarm_rates(_pool_sampler(pool, seen), {"d": detector}, [50], repetitions=20, seed=3)
     references = [set(ref) for ref, _ in seen]
     assert all(not set(ref) & set(dep) for ref, dep in seen)  # disjoint within a repetition

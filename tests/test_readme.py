@@ -102,7 +102,7 @@ def _mkdocs_build(root, site):
 
 
 def _block(text: str, name: str) -> str:
-    match = re.search(rf"<!-- {name}:begin -->\n(.*?)<!-- {name}:end -->", text, re.S)
+    match = re.search(rf"<!-- {name}:begin -->\n(.*?)<!-- {name}:end -->", text, re.DOTALL)
     return match.group(1) if match else ""
 
 

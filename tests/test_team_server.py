@@ -193,10 +193,8 @@ def _kill_everything_from(folder: Path) -> None:
     subprocess.run(team_server._as_postgres(pg_ctl), capture_output=True, timeout=60)
     for pid in _pids():
         if str(folder) in _cmdline(pid):  # the postmaster (-D) and `mlflow server` (--artifacts-destination)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)  # both lead their own group
-            except ProcessLookupError:
-                pass
 
 
 def _pids() -> list[int]:

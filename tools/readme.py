@@ -651,7 +651,7 @@ TABLES = {"detection": detection_table, "accuracy": accuracy_table, "study": stu
 
 def refresh(text: str) -> str:
     for name, build in TABLES.items():
-        pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
+        pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.DOTALL)
         text = pattern.sub(lambda m, build=build: f"{m.group(1)}{build()}\n{m.group(2)}", text)
     return text
 

@@ -155,10 +155,10 @@ def clear_earlier_cluster(data: Path) -> None:
     command = cmdline(pid)
     if not alive(pid) or (command and "postgres" not in command):
         (data / "postmaster.pid").unlink(missing_ok=True)
-    elif f"-D {data}" in command:
-        if _pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "-t", str(STOP_TIMEOUT_S), "stop").returncode != 0:
-            raise SystemExit(f"PostgreSQL of an earlier run (pid {pid}) still runs in {data} and did not stop "
-                             f"within {STOP_TIMEOUT_S} s: run `{_stop_command(data)}`, then start again")
+    elif (f"-D {data}" in command
+          and _pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "-t", str(STOP_TIMEOUT_S), "stop").returncode != 0):
+        raise SystemExit(f"PostgreSQL of an earlier run (pid {pid}) still runs in {data} and did not stop "
+                         f"within {STOP_TIMEOUT_S} s: run `{_stop_command(data)}`, then start again")
     # else: another cluster's postgres with this pid; pg_ctl start below says what it makes of it.
 
 

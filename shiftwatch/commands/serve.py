@@ -104,13 +104,13 @@ def _handler(settings, ref: dict, network, paths: dict, read_timeout: float):
     class Handler(BaseHTTPRequestHandler):
         timeout = read_timeout  # socketserver sets it on the socket: every read and write is bounded
 
-        def do_GET(self):  # noqa: N802 (http.server's name)
+        def do_GET(self):
             if urlparse(self.path).path != "/health":
                 return self._reply(404, {"error": "GET /health or POST /check"})
-            self._reply(200, {"ok": True, "model": str(paths["model"]), "reference": str(paths["reference"]),
-                              "images": len(ref["labels"])})
+            return self._reply(200, {"ok": True, "model": str(paths["model"]),
+                                     "reference": str(paths["reference"]), "images": len(ref["labels"])})
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             url = urlparse(self.path)
             if url.path != "/check":
                 return self._reply(404, {"error": "POST /check"})
@@ -164,7 +164,7 @@ def _handler(settings, ref: dict, network, paths: dict, read_timeout: float):
             except OSError:  # the client left or stalled: nobody to tell, and no traceback to log
                 self.close_connection = True
 
-        def log_message(self, format, *args):  # noqa: A002 (http.server's signature)
+        def log_message(self, format, *args):
             pass  # one line per request on stderr would drown the operator's logs
 
     return Handler

@@ -72,9 +72,8 @@ def _stage_metrics(client, parent) -> dict[str, float]:
 def format_table(rows: list[dict]) -> str:
     columns = list(rows[0])
     lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
-    for row in rows:
-        lines.append(" | ".join(f"{v:.3f}" if isinstance(v, float) else str(v if v is not None else "—")
-                                for v in row.values()))
+    lines += [" | ".join(f"{v:.3f}" if isinstance(v, float) else str(v if v is not None else "—")
+                         for v in row.values()) for row in rows]
     return "\n".join(lines)
 
 

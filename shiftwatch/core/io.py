@@ -131,10 +131,9 @@ def save_set(path: str | Path, image_set: ImageSet, as_uint8: bool = False) -> N
     images = image_set.images
     if as_uint8:
         images = np.rint(images * 255).astype(np.uint8)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, images=images, labels=image_set.labels.astype(np.int64),
-                     source_index=image_set.source_index.astype(np.int64))
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, images=images, labels=image_set.labels.astype(np.int64),
+                 source_index=image_set.source_index.astype(np.int64))
 
 
 def load_set(path: str | Path, hint: str = "rerun `dvc repro`") -> ImageSet:
@@ -195,11 +194,10 @@ def load_predictions(path: str | Path, hint: str) -> Predictions:
 
 
 def save_predictions(path: str | Path, predictions: Predictions) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, probabilities=predictions.probabilities.astype(np.float32),
-                     labels=predictions.labels.astype(np.int64),
-                     source_index=predictions.source_index.astype(np.int64))
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, probabilities=predictions.probabilities.astype(np.float32),
+                 labels=predictions.labels.astype(np.int64),
+                 source_index=predictions.source_index.astype(np.int64))
 
 
 def rows_matching(source_index: np.ndarray, parent_index: np.ndarray) -> np.ndarray:

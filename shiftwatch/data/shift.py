@@ -35,7 +35,7 @@ def label_shift_rows(labels: np.ndarray, label_class: int, keep: float, seed: in
     `seed`) and every image of the other classes."""
     rng = np.random.default_rng(seed)
     of_class = np.flatnonzero(labels == label_class)
-    kept = rng.choice(of_class, size=int(round(keep * len(of_class))), replace=False)
+    kept = rng.choice(of_class, size=round(keep * len(of_class)), replace=False)
     return np.sort(np.concatenate([np.flatnonzero(labels != label_class), kept]))
 
 

@@ -84,7 +84,7 @@ def check_sizes(power, pool_size: int) -> None:
             raise ShiftwatchError(f"{setting}: n = {max(sizes)} needs 2n = {2 * max(sizes):,} disjoint "
                                   f"pool images, the pool has {size_of_pool:,}; use smaller sizes")
     if power.monitored_reference is not None:
-        largest = max(power.monitored_sizes + [power.harm_n])
+        largest = max([*power.monitored_sizes, power.harm_n])
         if power.monitored_reference + largest > pool_size:
             raise ShiftwatchError(f"power.monitored_reference = {power.monitored_reference:,} plus n = "
                                   f"{largest:,} exceeds the pool of {pool_size:,} images; lower one of them")

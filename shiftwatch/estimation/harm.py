@@ -12,6 +12,7 @@ a label shift, the share of one class kept. From cells the stage
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -105,7 +106,7 @@ def design_fits(design: dict[str, Cell], clean: Cell, names: Sequence[str], harm
     errors = leave_one_family_out(design, clean, names, fits)
     model_error, relative_error = fit_errors(errors, {name: 100 * (clean.accuracy() - cell.accuracy())
                                                       for name, cell in design.items()}, harm_points)
-    with_errors = lambda fit: replace(fit, model_error=model_error, relative_error=relative_error)  # noqa: E731
+    with_errors = lambda fit: replace(fit, model_error=model_error, relative_error=relative_error)
     return (with_errors(fit_estimator(design, clean, names)),
             {family: with_errors(fit) for family, fit in fits.items()}, errors)
 
@@ -148,7 +149,7 @@ def judge_cell(cell: Cell, pool_probabilities: np.ndarray, pool_aux: np.ndarray 
 def _confirmed(paged: list[bool]) -> int:
     """How many draws paged with the draw before them paging too: the page confirmed by the
     next batch, counted on the draws in order as if they were a stream."""
-    return sum(before and now for before, now in zip(paged, paged[1:]))
+    return sum(before and now for before, now in itertools.pairwise(paged))
 
 
 def _draw(cell: Cell, n: int, rng: np.random.Generator) -> np.ndarray:

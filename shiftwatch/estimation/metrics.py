@@ -32,7 +32,7 @@ def classification_metrics(labels: np.ndarray, predicted: np.ndarray, focus_clas
     }
     return {
         "accuracy": float(np.mean(labels == predicted)),
-        "n": int(len(labels)),
+        "n": len(labels),
         f"class_{focus_class}": {k: float(v) for k, v in
                                  (("precision", precision[focus_class]),
                                   ("recall", recall[focus_class]), ("f1", f1[focus_class]))},

@@ -93,6 +93,6 @@ def coverage_curve(probabilities: np.ndarray, labels: np.ndarray,
     correct = (probabilities.argmax(axis=1) == labels)[order]
     rows = []
     for coverage in np.linspace(1, 0, points)[:-1]:
-        keep = max(1, int(round(coverage * len(order))))
+        keep = max(1, round(coverage * len(order)))
         rows.append({"coverage": float(coverage), "accuracy": float(correct[:keep].mean())})
     return rows

@@ -39,7 +39,7 @@ def format_report(report: dict) -> str:
     focus = shift["focus_class"]
     sizes = batch["input_sizes"]
     origin = ", ".join(sizes[:3]) + (f" and {len(sizes) - 3} more sizes" if len(sizes) > 3 else "")
-    lines = top + [f"batch      {batch['path']}: {batch['images']} images "
+    lines = [*top, f"batch      {batch['path']}: {batch['images']} images "
              f"({origin}{', resized to 28x28' if batch['resized'] else ''}"
              f"{_ignored(batch)}) vs {report['reference']['images']} reference images",
              f"model      {_shown(report['model'])} (md5 {report.get('model_md5', '?')[:12]}, the reference's)",
