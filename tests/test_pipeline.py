@@ -16,7 +16,8 @@ from conftest import REPO, needs_fashion_mnist
 from mlflow import MlflowClient
 
 from shiftwatch.core.io import load_set
-from shiftwatch.tracking.dvc import headline_metrics
+from shiftwatch.tracking.dvc import headline_metrics, headline_plots
+from shiftwatch.tracking.runs import stage_details
 
 pytestmark = [needs_fashion_mnist, pytest.mark.slow]  # real dvc repro: `make test-fast` leaves it out
 
@@ -326,8 +327,12 @@ def test_repro_logs_one_run_per_stage_under_one_parent(repo):
                 "evaluate.accuracy.test", "evaluate.accuracy.b_shift", "evaluate.class_7_b_shift.recall",
                 "train.final_loss", "monitor.b_shift.drift", "power.false_alarm_max.combined"):
         assert key in parent.data.metrics, key
-    assert "detect.b_raw.ks_pvalue" not in parent.data.metrics  # details stay on the stage run
-    assert "detect.b_raw.ks_pvalue" in next(r for r in children if r.data.tags["dvc.stage"] == "detect").data.metrics
+    assert "detect.b_raw.ks_pvalue" not in parent.data.metrics  # details stay on the stage run ...
+    detect = next(r for r in children if r.data.tags["dvc.stage"] == "detect")
+    assert "detect.b_raw.ks_pvalue" in stage_details(client, detect.info.run_id)  # ... as an artifact
+    assert set(detect.data.metrics) == set(headline_metrics(repo, stage="detect"))  # one name per number
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {  # the plots, power's too
+        p.name for p in headline_plots(repo)}
     assert parent.info.run_name.startswith("baseline ")
     assert parent.data.params["shift.brightness"] == "0.1"
     experiment = client.get_experiment(parent.info.experiment_id)

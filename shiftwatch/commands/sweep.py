@@ -59,13 +59,17 @@ def sweep_rows(param: str, deployment_set: str = "b_shift") -> list[dict]:
 
 
 def _stage_metrics(client, parent) -> dict[str, float]:
-    """The detailed metrics of a pipeline run's stage runs (children), merged."""
+    """The detailed numbers of a pipeline run's stage runs (children), merged: their details/*.json,
+    or their metrics where they were logged as metrics (runs from before the artifacts)."""
+    from shiftwatch.tracking.runs import stage_details
+
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
                                   order_by=["attributes.start_time ASC"], max_results=100)
     merged: dict[str, float] = {}
     for child in children:
         merged.update(child.data.metrics)
+        merged.update(stage_details(client, child.info.run_id))
     return merged
 
 
