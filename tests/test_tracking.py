@@ -172,10 +172,9 @@ def test_parents_carry_every_headline_metric_and_plot_whichever_stages_ran(store
 
 def test_a_failing_stage_marks_its_run_and_parent_failed(store):
     _write(store / "metrics" / "detect.json", {"b_shift": {"ks_statistic": 0.3}})  # an earlier run's
-    with pytest.raises(RuntimeError):
-        with stage_run("detect", PARAMS):
-            time.sleep(0.05)
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), stage_run("detect", PARAMS):
+        time.sleep(0.05)
+        raise RuntimeError("boom")
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert sorted((r.data.tags.get("dvc.stage", "parent"), r.info.status) for r in runs) == [
@@ -209,6 +208,17 @@ def test_parent_names_say_which_params_differ_from_the_baseline(store, monkeypat
         f"baseline {commit[:7]} (workspace)")
     assert changed_params(current, "no-such-commit") == {}
 
+    # A baseline from before a key existed (the schema has no defaults to fill it), with a
+    # float spelt as an int: the new key is what changed, and 0 is the same setting as 0.0.
+    older = yaml.safe_load((REPO / "params.yaml").read_text())
+    del older["power"]["detection_repetitions"]
+    older["shift"]["brightness"] = 0
+    (store / "params.yaml").write_text(yaml.safe_dump(older))
+    subprocess.run(["git", "commit", "-qam", "older"], cwd=store, check=True)
+    raw["shift"]["brightness"], raw["power"]["sizes"] = 0.0, PARAMS.power.sizes
+    assert changed_params(parse_params(raw).flat(), git_commit(store)) == {
+        "power.detection_repetitions": PARAMS.power.detection_repetitions}
+
 
 def test_a_store_that_does_not_answer_stops_the_stage_before_its_work(store, monkeypatch):
     """A server that refuses connections fails the stage in one line, before the body runs
@@ -220,9 +230,9 @@ def test_a_store_that_does_not_answer_stops_the_stage_before_its_work(store, mon
         port = probe.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     worked = []
-    with pytest.raises(ShiftwatchError, match=rf"127\.0\.0\.1:{port} does not answer") as raised:
-        with stage_run("detect", PARAMS):
-            worked.append(True)
+    with (pytest.raises(ShiftwatchError, match=rf"127\.0\.0\.1:{port} does not answer") as raised,
+          stage_run("detect", PARAMS)):
+        worked.append(True)
     assert not worked
     assert "\n" not in str(raised.value)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import yaml
 
-from shiftwatch import ShiftwatchError
 from shiftwatch.tracking.store import _git, flatten_numbers
 
 
@@ -73,16 +72,34 @@ def headline_plots(root: Path = Path("."), stage: str | None = None) -> list[Pat
 
 
 def changed_params(current: dict[str, object], baseline_rev: str, root: Path = Path(".")) -> dict:
-    """The flat params that differ from params.yaml at `baseline_rev` (empty if unknown)."""
-    from shiftwatch.core.params import parse_params
+    """The flat params that differ from params.yaml at `baseline_rev` (empty if unknown).
+
+    The baseline is read as YAML, not through today's schema: a key added since (the schema has
+    no defaults) is simply a changed param, not a reason to name nothing. Numbers compare by
+    value (YAML's 0 and the schema's 0.0 are the same setting)."""
+    from shiftwatch.core.params import _flatten
 
     text = _git(root, "show", f"{baseline_rev}:params.yaml")
     try:
-        baseline = parse_params(yaml.safe_load(text or "")).flat()
-    except (yaml.YAMLError, ShiftwatchError):  # none at that commit, or an older schema
+        raw = yaml.safe_load(text or "")
+    except yaml.YAMLError:
         return {}
-    same = lambda key, value: key in baseline and json.dumps(baseline[key]) == json.dumps(value)  # noqa: E731
-    return {k: v for k, v in current.items() if not same(k, v)}
+    if not isinstance(raw, dict):  # no params.yaml at that commit
+        return {}
+    baseline = {key: _comparable(value) for key, value in _flatten(raw).items()}
+    return {k: v for k, v in current.items() if baseline.get(k, _MISSING) != _comparable(v)}
+
+
+_MISSING = object()
+
+
+def _comparable(value: object) -> object:
+    """JSON text with every number as a float, so 1 == 1.0 but True != 1."""
+    def numbers_as_floats(item):
+        if isinstance(item, bool) or not isinstance(item, int | float):
+            return [numbers_as_floats(x) for x in item] if isinstance(item, list | tuple) else item
+        return float(item)
+    return json.dumps(numbers_as_floats(value), sort_keys=True, default=str)
 
 
 def parent_name(tags: dict[str, str], changed: dict[str, object]) -> str:
