@@ -33,15 +33,16 @@ test: setup lint  ## lint, then the test suite (unit tests + a real dvc repro / 
 test-fast: setup  ## the unit tests only (no server, browser, dvc or training; about a minute): pytest -m "not slow"
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: setup  ## ruff, configured in pyproject.toml
+lint: setup  ## ruff (rules) and mypy (types of the package), configured in pyproject.toml
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 against the project's store
 	@echo "open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning (MLflow 3 opens on GenAI pages otherwise)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: setup  ## timings: full dvc repro, dvc exp run, a queued sweep of 4, training/inference speed, MMD at 10,000 per side, check local vs served (~40 min)
-	$(BIN)/python benchmarks/bench_pipeline.py
+	PYTHONPATH=tests $(BIN)/python benchmarks/bench_pipeline.py  # tests/: the temp-repo recipe it shares
 	$(BIN)/python benchmarks/bench_mmd.py
 	$(BIN)/python benchmarks/bench_check.py
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def load_inputs(reference: Path | None, model: str | Path | None, params: Path |
     exist and to be the one the reference was made with, the estimator to be fitted for that
     model and the fine-tuned one (loading them needs torch: `load_network`)."""
     root = _project_root()
-    paths = {"reference": reference if reference is not None else root / DEFAULT_REFERENCE,
+    paths: dict[str, Any] = {"reference": reference if reference is not None else root / DEFAULT_REFERENCE,
              "model": Path(model) if model is not None else root / DEFAULT_MODEL,
              "params": params if params is not None else root / DEFAULT_PARAMS,
              "estimator": estimator if estimator is not None else root / DEFAULT_ESTIMATOR,
@@ -69,7 +70,7 @@ def load_inputs(reference: Path | None, model: str | Path | None, params: Path |
         raise ShiftwatchError(f"{paths['params']}: not found; run inside the repository (it reads "
                               f"<repo root>/params.yaml) or pass --params")
     settings = load_params(paths["params"])
-    ref = load_reference(paths["reference"])
+    ref: dict[str, Any] = load_reference(paths["reference"])
     from shiftwatch.tracking.registry import is_model_uri
 
     if model is not None and is_model_uri(str(model)):

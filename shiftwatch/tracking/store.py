@@ -63,6 +63,7 @@ def _retry(call, attempts: int = 8):
             if "locked" not in str(err) or attempt == attempts - 1:
                 raise
             time.sleep(0.5 * 2 ** attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def _experiment_id(client, uri: str, name: str = EXPERIMENT) -> str:
