@@ -11,6 +11,7 @@ depend on content). Also checks that both give the same verdict and p-values.
 Usage (repository root, after `dvc repro`): python benchmarks/bench_check.py
 Writes benchmarks/check.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,13 @@ def main() -> None:
     shiftwatch = [sys.executable, "-m", "shiftwatch"]
     results = {"target_seconds_1000": TARGET_SECONDS, "cases": []}
     with tempfile.TemporaryDirectory() as folder:
-        server = subprocess.Popen([*shiftwatch, "serve", "--port", "0"], cwd=REPO, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [*shiftwatch, "serve", "--port", "0"],
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             url = server.stdout.readline().split()[2]
             for images, runs in ((1000, 3), (10_000, 1), (100_000, 1)):
@@ -45,15 +51,29 @@ def main() -> None:
                 np.save(batch, domain_b.images[rng.choice(len(domain_b), images, replace=True)])
                 for mode, extra in (("local", []), ("server", ["--server", url])):
                     report = Path(folder) / f"{mode}_{images}.json"
-                    seconds = [_timed([*shiftwatch, "check", str(batch), "--quiet", "--json", str(report), *extra])
-                               for _ in range(runs)]
+                    seconds = [
+                        _timed([*shiftwatch, "check", str(batch), "--quiet", "--json", str(report), *extra])
+                        for _ in range(runs)
+                    ]
                     wall = statistics.median(seconds)
-                    results["cases"].append({"images": images, "mode": mode, "runs": runs, "seconds": wall,
-                                             "ms_per_image": 1000 * wall / images, "all_seconds": seconds})
-                    print(f"{images:>7,} images, {mode:<6}: {wall:6.2f} s ({1000 * wall / images:.3f} ms/image; "
-                          f"runs {', '.join(f'{s:.2f}' for s in seconds)})", flush=True)
-                results["cases"][-1]["same_as_local"] = _same(Path(folder) / f"local_{images}.json",
-                                                              Path(folder) / f"server_{images}.json")
+                    results["cases"].append(
+                        {
+                            "images": images,
+                            "mode": mode,
+                            "runs": runs,
+                            "seconds": wall,
+                            "ms_per_image": 1000 * wall / images,
+                            "all_seconds": seconds,
+                        }
+                    )
+                    print(
+                        f"{images:>7,} images, {mode:<6}: {wall:6.2f} s ({1000 * wall / images:.3f} ms/image; "
+                        f"runs {', '.join(f'{s:.2f}' for s in seconds)})",
+                        flush=True,
+                    )
+                results["cases"][-1]["same_as_local"] = _same(
+                    Path(folder) / f"local_{images}.json", Path(folder) / f"server_{images}.json"
+                )
         finally:
             server.terminate()
             server.wait(timeout=30)

@@ -6,6 +6,7 @@ Prints one line per case and writes benchmarks/mmd.json.
 
 Usage: python benchmarks/bench_mmd.py
 """
+
 from __future__ import annotations
 
 import json
@@ -36,14 +37,26 @@ print(seconds, peak_gb, result.statistic, result.pvalue)
 def main() -> None:
     results = []
     for n, b in CASES:
-        out = subprocess.run([sys.executable, "-c", _CHILD.format(repo=str(REPO), n=n, b=b)],
-                             capture_output=True, text=True, check=True).stdout.split()
+        out = subprocess.run(
+            [sys.executable, "-c", _CHILD.format(repo=str(REPO), n=n, b=b)], capture_output=True, text=True, check=True
+        ).stdout.split()
         seconds, peak_gb, statistic, pvalue = map(float, out)
-        results.append({"per_side": n, "permutations": b, "seconds": seconds, "peak_gb": peak_gb,
-                        "statistic": statistic, "pvalue": pvalue})
-        print(f"MMD permutation test, {n:,} per side x 512 features, {b} permutations: "
-              f"{seconds:.1f} s, peak {peak_gb:.2f} GB (target <= {TARGET['seconds']:.0f} s, "
-              f"<= {TARGET['peak_gb']:.0f} GB); p = {pvalue:.4f}", flush=True)
+        results.append(
+            {
+                "per_side": n,
+                "permutations": b,
+                "seconds": seconds,
+                "peak_gb": peak_gb,
+                "statistic": statistic,
+                "pvalue": pvalue,
+            }
+        )
+        print(
+            f"MMD permutation test, {n:,} per side x 512 features, {b} permutations: "
+            f"{seconds:.1f} s, peak {peak_gb:.2f} GB (target <= {TARGET['seconds']:.0f} s, "
+            f"<= {TARGET['peak_gb']:.0f} GB); p = {pvalue:.4f}",
+            flush=True,
+        )
     (REPO / "benchmarks" / "mmd.json").write_text(json.dumps({"cases": results, "target": TARGET}, indent=2) + "\n")
 
 

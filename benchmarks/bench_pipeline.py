@@ -16,6 +16,7 @@
 Usage (repository root; `make bench` runs it):
     PYTHONPATH=tests python benchmarks/bench_pipeline.py [--skip-pipeline] [--skip-training] [--rounds 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,6 +46,7 @@ TARGETS = {"exp_run_share": 0.10, "sweep_share": 0.40, "training_speedup": 1.7}
 
 # ---------------------------------------------------------------- the experiment loop
 
+
 def time_pipeline() -> dict:
     with tempfile.TemporaryDirectory(prefix="shiftwatch-bench-") as tmp:
         repo = _copy_repo(Path(tmp))
@@ -67,9 +69,13 @@ def time_pipeline() -> dict:
         (REPO / "benchmarks" / "exp_show.md").write_text(table)
         failed = [line for line in _dvc(repo, "queue", "status").stdout.splitlines() if "Failed" in line]
     return {
-        "full_repro_seconds": full, "stage_seconds": stages,
-        "exp_run_seconds": single, "exp_run_share": single / full,
-        "sweep_values": list(SWEEP), "sweep_seconds": sweep, "sweep_share": sweep / full,
+        "full_repro_seconds": full,
+        "stage_seconds": stages,
+        "exp_run_seconds": single,
+        "exp_run_share": single / full,
+        "sweep_values": list(SWEEP),
+        "sweep_seconds": sweep,
+        "sweep_share": sweep / full,
         "sweep_failed": failed,
         "exp_show_columns": len(header),
         "exp_show_metric_columns": metric_columns,
@@ -106,11 +112,14 @@ def _stage_seconds(repo: Path) -> dict[str, float]:
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("shiftwatch")
     runs = client.search_runs([experiment.experiment_id], "tags.`dvc.stage` != ''", max_results=100)
-    return {r.data.tags["dvc.stage"]: (r.info.end_time - r.info.start_time) / 1000
-            for r in sorted(runs, key=lambda r: r.info.start_time)}
+    return {
+        r.data.tags["dvc.stage"]: (r.info.end_time - r.info.start_time) / 1000
+        for r in sorted(runs, key=lambda r: r.info.start_time)
+    }
 
 
 # ---------------------------------------------------------------- training and inference speed
+
 
 def time_training(rounds: int, steps: int = 40, batch_size: int = 128, warmup: int = 8) -> dict:
     """Each variant runs `warmup` batches untimed (oneDNN builds its kernels for new shapes and
@@ -121,30 +130,38 @@ def time_training(rounds: int, steps: int = 40, batch_size: int = 128, warmup: i
 
     source = find_source(None, REPO / "data" / "raw")
     train_set, _ = load_fashion_mnist(source)
-    images, labels = train_set.images[:steps * batch_size], train_set.labels[:steps * batch_size]
+    images, labels = train_set.images[: steps * batch_size], train_set.labels[: steps * batch_size]
     few = slice(0, warmup * batch_size)
     variants = {  # name -> (images, labels) -> images/s
         SEED: lambda x, y: _seed_loop(dataset, len(y) // batch_size, batch_size),
         "in-memory batches, Adam": lambda x, y: _in_memory_loop(x, y, batch_size, fused=False),
         "+ fused Adam": lambda x, y: _in_memory_loop(x, y, batch_size, fused=True),
         "+ channels-last": lambda x, y: _in_memory_loop(x, y, batch_size, fused=True, channels_last=True),
-        "+ layer4's one-pixel convs as matrix products (shiftwatch, train.precision: fp32)":
-            lambda x, y: _library(x, y, batch_size, "fp32"),
-        "+ bf16 forward/backward, fp32 master weights (shiftwatch, train.precision: auto)":
-            lambda x, y: _library(x, y, batch_size, "auto"),
+        "+ layer4's one-pixel convs as matrix products (shiftwatch, train.precision: fp32)": lambda x, y: _library(
+            x, y, batch_size, "fp32"
+        ),
+        "+ bf16 forward/backward, fp32 master weights (shiftwatch, train.precision: auto)": lambda x, y: _library(
+            x, y, batch_size, "auto"
+        ),
         "(tried: bf16 as above, convs left to oneDNN)": lambda x, y: _library(x, y, batch_size, "auto", lower=False),
-        "(tried: bf16 autocast instead)": lambda x, y: _in_memory_loop(x, y, batch_size, fused=True,
-                                                                       channels_last=True, bf16=True),
+        "(tried: bf16 autocast instead)": lambda x, y: _in_memory_loop(
+            x, y, batch_size, fused=True, channels_last=True, bf16=True
+        ),
     }
     measured: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:  # torchvision's own layout: raw, uncompressed IDX files
         raw = Path(tmp) / "FashionMNIST" / "raw"
         raw.mkdir(parents=True)
-        for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        for name in (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ):
             packed = source / f"{name}.gz"
-            (raw / name).write_bytes(gzip.decompress(packed.read_bytes()) if packed.exists()
-                                     else (source / name).read_bytes())
+            (raw / name).write_bytes(
+                gzip.decompress(packed.read_bytes()) if packed.exists() else (source / name).read_bytes()
+            )
         dataset = FashionMNIST(tmp, train=True, transform=ToTensor())
         for round_ in range(rounds):  # interleaved, so drifting machine load hits every variant
             for name, measure in variants.items():
@@ -153,10 +170,15 @@ def time_training(rounds: int, steps: int = 40, batch_size: int = 128, warmup: i
                 print(f"round {round_ + 1}: {name}: {measured[name][-1]:.0f} images/s", flush=True)
     medians = {name: statistics.median(rates) for name, rates in measured.items()}
     shiftwatch = next(name for name in variants if "train.precision: auto" in name)
-    return {"training_images_per_second": medians, "training_speedup": medians[shiftwatch] / medians[SEED],
-            "training_rounds": rounds, "training_steps": steps, "training_warmup_steps": warmup,
-            "training_batch_size": batch_size,
-            **time_inference()}
+    return {
+        "training_images_per_second": medians,
+        "training_speedup": medians[shiftwatch] / medians[SEED],
+        "training_rounds": rounds,
+        "training_steps": steps,
+        "training_warmup_steps": warmup,
+        "training_batch_size": batch_size,
+        **time_inference(),
+    }
 
 
 def _seed_loop(dataset, steps: int, batch_size: int) -> float:
@@ -181,13 +203,25 @@ def _seed_loop(dataset, steps: int, batch_size: int) -> float:
 
 def _library(images, labels, batch_size: int, precision: str, lower: bool = True) -> float:
     """`shiftwatch.model.network.train` itself, one epoch over the benchmark's images."""
-    history = train(build_resnet18(seed=0), images, labels, epochs=1, batch_size=batch_size, lr=1e-4,
-                    seed=0, device=torch.device("cpu"), progress=False, precision=precision, lower=lower)
+    history = train(
+        build_resnet18(seed=0),
+        images,
+        labels,
+        epochs=1,
+        batch_size=batch_size,
+        lr=1e-4,
+        seed=0,
+        device=torch.device("cpu"),
+        progress=False,
+        precision=precision,
+        lower=lower,
+    )
     return history[0]["images_per_second"]
 
 
-def _in_memory_loop(images, labels, batch_size: int, *, fused: bool, channels_last: bool = False,
-                    bf16: bool = False) -> float:
+def _in_memory_loop(
+    images, labels, batch_size: int, *, fused: bool, channels_last: bool = False, bf16: bool = False
+) -> float:
     """Batches sliced from one tensor, with the options `shiftwatch.model.network.train` may use."""
     torch.manual_seed(0)
     model = build_resnet18(seed=0).train()
@@ -218,7 +252,7 @@ def time_inference(n: int = 5000, batch_size: int = 1000) -> dict:
             model(as_batch(images[:batch_size], torch.device("cpu")))  # warm-up
             started = time.perf_counter()
             for start in range(0, n, batch_size):
-                model(as_batch(images[start:start + batch_size], torch.device("cpu")))
+                model(as_batch(images[start : start + batch_size], torch.device("cpu")))
         rates[str(dtype).replace("torch.", "")] = n / (time.perf_counter() - started)
     return {"inference_images_per_second": rates}
 
@@ -229,9 +263,11 @@ def main() -> None:
     parser.add_argument("--skip-training", action="store_true", help="only the experiment loop")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    results = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                          f"torch {torch.__version__}, bf16 kernels: "
-                          f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}"}
+    results = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}, bf16 kernels: "
+        f"{torch.ops.mkldnn._is_mkldnn_bf16_supported()}"
+    }
     if not args.skip_training:
         results.update(time_training(args.rounds))
     if not args.skip_pipeline:
@@ -243,8 +279,10 @@ def main() -> None:
     for key, target in TARGETS.items():
         if key in results:
             ok = results[key] >= target if key == "training_speedup" else results[key] <= target
-            print(f"{key}: {results[key]:.3f} (target {'>=' if key == 'training_speedup' else '<='} "
-                  f"{target}) {'met' if ok else 'NOT met'}")
+            print(
+                f"{key}: {results[key]:.3f} (target {'>=' if key == 'training_speedup' else '<='} "
+                f"{target}) {'met' if ok else 'NOT met'}"
+            )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ case against a PostgreSQL-backed server.
 
 Usage (repository root): PYTHONPATH=tests python benchmarks/bench_queue.py   -> benchmarks/queue.json
 """
+
 from __future__ import annotations
 
 import json
@@ -51,14 +52,22 @@ def main() -> None:
             client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
             experiment = client.get_experiment_by_name("shiftwatch")
             runs = client.search_runs([experiment.experiment_id], max_results=10_000)
-            landed = {name: sorted(r.data.tags.get("dvc.stage", "pipeline") for r in runs
-                                   if r.data.tags.get("dvc.exp_name") == name and r.info.status == "FINISHED")
-                      for name in names}
+            landed = {
+                name: sorted(
+                    r.data.tags.get("dvc.stage", "pipeline")
+                    for r in runs
+                    if r.data.tags.get("dvc.exp_name") == name and r.info.status == "FINISHED"
+                )
+                for name in names
+            }
             expected = sorted(("pipeline", *SHIFT_STAGES))
             results[label] = {
-                "workers": workers, "experiments": len(names), "seconds": seconds,
-                "succeeded": sum(name in line.split() and "Success" in line for name in names
-                                 for line in status.splitlines()),
+                "workers": workers,
+                "experiments": len(names),
+                "seconds": seconds,
+                "succeeded": sum(
+                    name in line.split() and "Success" in line for name in names for line in status.splitlines()
+                ),
                 "runs_expected": len(names) * len(expected),
                 "runs_landed": sum(len(v) for v in landed.values()),
                 "complete_experiments": sum(v == expected for v in landed.values()),

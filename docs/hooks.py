@@ -5,6 +5,7 @@ The pages show the figures the pipeline writes to metrics/plots/ and link them a
 site the figures are copied to `metrics/plots/` and the links point there, so the plots are
 never copied into docs/ by hand (where they would go stale).
 """
+
 from __future__ import annotations
 
 import re
@@ -19,8 +20,14 @@ _LINK = re.compile(r"\]\(\.\./" + re.escape(PLOTS) + "/")
 def on_files(files, config):
     root = Path(config["config_file_path"]).parent
     for path in sorted((root / PLOTS).rglob("*.png")):
-        files.append(File(path.relative_to(root).as_posix(), src_dir=str(root),
-                          dest_dir=config["site_dir"], use_directory_urls=config["use_directory_urls"]))
+        files.append(
+            File(
+                path.relative_to(root).as_posix(),
+                src_dir=str(root),
+                dest_dir=config["site_dir"],
+                use_directory_urls=config["use_directory_urls"],
+            )
+        )
     return files
 
 

@@ -1,8 +1,16 @@
 """shiftwatch: detect distribution shift in image data and measure what it does to a classifier."""
 
 CLASS_NAMES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 NUM_CLASSES = len(CLASS_NAMES)
 IMAGE_SIZE = 28

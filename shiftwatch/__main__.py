@@ -4,6 +4,7 @@ Each command is a module with HELP, add_arguments(parser) and run(args) -> exit 
 add one to COMMANDS. Modules import their heavy dependencies (torch, MLflow) lazily, so
 `--help` answers at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shiftwatch",
         description="shiftwatch: detect distribution shift in image batches "
-                    "(the pipeline itself runs with `dvc repro`).")
+        "(the pipeline itself runs with `dvc repro`).",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module in COMMANDS.items():
-        sub = commands.add_parser(name, help=module.HELP, description=module.__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = commands.add_parser(
+            name, help=module.HELP, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        )
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
     return parser
@@ -40,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from shiftwatch.tracking.store import one_line, tracking_uri
 
-        print(f"shiftwatch {args.command}: error: the MLflow tracking store at {tracking_uri()} failed "
-              f"({one_line(err)}); check that it runs, or unset MLFLOW_TRACKING_URI", file=sys.stderr)
+        print(
+            f"shiftwatch {args.command}: error: the MLflow tracking store at {tracking_uri()} failed "
+            f"({one_line(err)}); check that it runs, or unset MLFLOW_TRACKING_URI",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -4,6 +4,7 @@ Run that way, the MLflow helper process starts here, before the stage imports to
 scikit-learn, so that its own start-up overlaps theirs (see shiftwatch.tracking.runs.start_helper).
 Importing a stage module (tests, tools) starts nothing.
 """
+
 import sys
 
 # runpy sets argv[0] to the script path only after this import; `validate` logs nothing

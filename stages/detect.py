@@ -29,8 +29,9 @@ def main() -> None:
     detect, thresholds = params.detect, params.detect.thresholds
     with stage_run("detect", params) as run:
         domain_a = load_set("data/prepared/domain_a.npz", hint="run `dvc repro prepare`")
-        deployment = {name: load_set(f"data/shifted/{name}.npz", hint="run `dvc repro shift`").images
-                      for name in DEPLOYMENT_SETS}
+        deployment = {
+            name: load_set(f"data/shifted/{name}.npz", hint="run `dvc repro shift`").images for name in DEPLOYMENT_SETS
+        }
         # The four comparisons (with their histograms) are independent: one worker per core.
         # Workers run BLAS single-threaded, which moves AUCs by ~1e-5 against a serial run, reproducibly.
         reference_means = mean_pixel(domain_a.images)
@@ -39,25 +40,37 @@ def main() -> None:
 
         def compare(name: str):
             report = detect_drift(
-                domain_a.images, deployment[name], bins=detect.bins, smoothing=detect.smoothing,
-                classifier_samples=detect.classifier_samples, seed=params.seed, alpha=thresholds.alpha,
-                kl_threshold=thresholds.kl, auc_threshold=thresholds.auc)
+                domain_a.images,
+                deployment[name],
+                bins=detect.bins,
+                smoothing=detect.smoothing,
+                classifier_samples=detect.classifier_samples,
+                seed=params.seed,
+                alpha=thresholds.alpha,
+                kl_threshold=thresholds.kl,
+                auc_threshold=thresholds.auc,
+            )
             _histogram(reference_means, name, deployment[name], report.kl.statistic, detect.bins)
             view = image_features(deployment[name])
             return report, {d: test(reference_view, view).as_dict() for d, test in registered.items()}
 
         compared = fork_map(compare, DEPLOYMENT_SETS)
         reports = [report for report, _ in compared]
-        results = {name: {**report.as_metrics(), "registered": others}
-                   for name, (report, others) in zip(DEPLOYMENT_SETS, compared)}
+        results = {
+            name: {**report.as_metrics(), "registered": others}
+            for name, (report, others) in zip(DEPLOYMENT_SETS, compared)
+        }
         for name, report in zip(DEPLOYMENT_SETS, reports):
-            print(f"detect: A vs {name}: KS={report.ks.statistic:.4f} (p={report.ks.pvalue:.3g}), "
-                  f"KL={report.kl.statistic:.4f}, AUC={report.domain_classifier.statistic:.3f} "
-                  f"(p={report.domain_classifier.pvalue:.3g}) -> {'DRIFT' if report.drift else 'no drift'}")
+            print(
+                f"detect: A vs {name}: KS={report.ks.statistic:.4f} (p={report.ks.pvalue:.3g}), "
+                f"KL={report.kl.statistic:.4f}, AUC={report.domain_classifier.statistic:.3f} "
+                f"(p={report.domain_classifier.pvalue:.3g}) -> {'DRIFT' if report.drift else 'no drift'}"
+            )
 
         write_json("metrics/detect_details.json", results)
-        write_json("metrics/detect.json", {name: {key: results[name][key] for key in HEADLINE}
-                                           for name in SHIFTED_SETS})
+        write_json(
+            "metrics/detect.json", {name: {key: results[name][key] for key in HEADLINE} for name in SHIFTED_SETS}
+        )
         run.log_metric_tree("detect", results)
         run.log_artifact("metrics/detect_details.json")
         for name in DEPLOYMENT_SETS:
@@ -65,8 +78,14 @@ def main() -> None:
 
 
 def _histogram(reference_means, name: str, images, kl: float, bins: int) -> None:
-    mean_pixel_histogram(reference_means, mean_pixel(images), bins, ("domain A", name),
-                         f"Mean pixel intensity: A vs {name} (KL={kl:.3f})", HISTOGRAM.format(name=name))
+    mean_pixel_histogram(
+        reference_means,
+        mean_pixel(images),
+        bins,
+        ("domain A", name),
+        f"Mean pixel intensity: A vs {name} (KL={kl:.3f})",
+        HISTOGRAM.format(name=name),
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ mitigate.finetune_epochs,
 mitigate.augment_*, mitigate.oversample_factor. Writes models/resnet18_augmented.pt and its
 softmax outputs on domain B (b_raw; b_label is a subset) in data/finetuned/domain_b.npz.
 """
+
 import copy
 import time
 
@@ -27,25 +28,42 @@ def main() -> None:
     with stage_run("finetune", params) as run:
         domain_a = load_set("data/prepared/domain_a.npz", hint="run `dvc repro prepare`")
         domain_b = load_set("data/prepared/domain_b.npz", hint="run `dvc repro prepare`")
-        rows = oversample_rows(domain_a.labels, params.shift.label_class, mitigate.oversample_factor,
-                               params.train.seed)
-        images = augment_images(domain_a.images[rows], mitigate.augment_downsample,
-                                tuple(mitigate.augment_brightness), params.train.seed)
+        rows = oversample_rows(domain_a.labels, params.shift.label_class, mitigate.oversample_factor, params.train.seed)
+        images = augment_images(
+            domain_a.images[rows], mitigate.augment_downsample, tuple(mitigate.augment_brightness), params.train.seed
+        )
         device = pick_device()
         tuned = copy.deepcopy(load_model(DEPLOYED_MODEL))
         started = time.perf_counter()
-        history = train(tuned, images, domain_a.labels[rows], epochs=mitigate.finetune_epochs,
-                        batch_size=params.train.batch_size, lr=params.train.lr, seed=params.train.seed,
-                        device=device, precision=params.train.precision)
+        history = train(
+            tuned,
+            images,
+            domain_a.labels[rows],
+            epochs=mitigate.finetune_epochs,
+            batch_size=params.train.batch_size,
+            lr=params.train.lr,
+            seed=params.train.seed,
+            device=device,
+            precision=params.train.precision,
+        )
         seconds = time.perf_counter() - started
         save_state_dict(tuned, FINETUNED_MODEL)
-        save_predictions("data/finetuned/domain_b.npz",
-                         predict_set(tuned, domain_b, params.evaluate.batch_size, device,
-                                     desc="augmented model on domain B",
-                                     precision=params.evaluate.precision))
+        save_predictions(
+            "data/finetuned/domain_b.npz",
+            predict_set(
+                tuned,
+                domain_b,
+                params.evaluate.batch_size,
+                device,
+                desc="augmented model on domain B",
+                precision=params.evaluate.precision,
+            ),
+        )
         run.log_metrics({"finetune.seconds": seconds, "finetune.final_loss": history[-1]["loss"]})
-    print(f"finetune: {mitigate.finetune_epochs} epoch(s) on augmented domain A in {seconds:.0f} s, "
-          f"final loss {history[-1]['loss']:.4f}")
+    print(
+        f"finetune: {mitigate.finetune_epochs} epoch(s) on augmented domain A in {seconds:.0f} s, "
+        f"final loss {history[-1]['loss']:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ page rate on a harmful cell, the highest on a harmless one (< 1 point) and on no
 estimate's worst error on held-out families and its worst coverage at n = 100 and 1,000),
 metrics/harm_details.json (the same at every n, and every cell), metrics/plots/page.png.
 """
+
 import time
 
 import numpy as np
@@ -73,8 +74,18 @@ def main() -> None:
         device, evaluate = pick_device(), params.evaluate
 
         def outputs(shifted_images, name):
-            return tuple(predict_proba(model, shifted_images, evaluate.batch_size, device, desc=name,
-                                       progress=False, precision=evaluate.precision) for model in (base, aux))
+            return tuple(
+                predict_proba(
+                    model,
+                    shifted_images,
+                    evaluate.batch_size,
+                    device,
+                    desc=name,
+                    progress=False,
+                    precision=evaluate.precision,
+                )
+                for model in (base, aux)
+            )
 
         pool_aux = outputs(images, "pool")[1]
         clean = Cell(CLEAN, pool[rows], pool_aux[rows], rows, labels[rows])
@@ -84,38 +95,69 @@ def main() -> None:
                 for severity in severities:
                     name = f"{family}_{severity:g}"
                     groups[group][name] = _cell(family, severity, clean, images[rows], outputs, params)
-        print(f"harm: the models' outputs on {sum(map(len, groups.values()))} cells in "
-              f"{time.perf_counter() - started:.0f} s", flush=True)
+        print(
+            f"harm: the models' outputs on {sum(map(len, groups.values()))} cells in "
+            f"{time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
 
         fit, fits, lofo = design_fits(groups["design"], clean, harm.signals, harm.harm_points)
-        cells = {CLEAN: ("null", clean), **{name: (group, cell) for group, members in groups.items()
-                                            for name, cell in members.items()}}
+        cells = {
+            CLEAN: ("null", clean),
+            **{name: (group, cell) for group, members in groups.items() for name, cell in members.items()},
+        }
 
         def judged(name: str) -> dict:
             group, cell = cells[name]
             used = fits.get(cell.family, fit)  # a design family is judged by the fit without it
-            return {"group": group, "family": cell.family,
-                    "loss_points": 100 * (clean.accuracy() - cell.accuracy()),
-                    "population_error_points": population_error(used, cell, clean) if name != CLEAN else 0.0,
-                    "left_out": cell.family if cell.family in fits else None,
-                    "draws": judge_cell(cell, pool, pool_aux, labels, used, sizes=harm.sizes,
-                                        repetitions=harm.null_repetitions if name == CLEAN else harm.repetitions,
-                                        reference_size=harm.reference_images,
-                                        page_points=harm.page_points, seed=params.seed)}
+            return {
+                "group": group,
+                "family": cell.family,
+                "loss_points": 100 * (clean.accuracy() - cell.accuracy()),
+                "population_error_points": population_error(used, cell, clean) if name != CLEAN else 0.0,
+                "left_out": cell.family if cell.family in fits else None,
+                "draws": judge_cell(
+                    cell,
+                    pool,
+                    pool_aux,
+                    labels,
+                    used,
+                    sizes=harm.sizes,
+                    repetitions=harm.null_repetitions if name == CLEAN else harm.repetitions,
+                    reference_size=harm.reference_images,
+                    page_points=harm.page_points,
+                    seed=params.seed,
+                ),
+            }
 
         details = dict(zip(cells, fork_map(judged, list(cells))))
         reference = reference_summary(pool[:test_size], labels[:test_size], pool_aux[:test_size], fit)
-        write_json(ESTIMATOR, {**fit.as_dict(), "page_points": harm.page_points, "harm_points": harm.harm_points,
-                               "reference": {**reference.as_dict(), "path": "data/reference/test.npz",
-                                             "model_md5": file_md5(DEPLOYED_MODEL),
-                                             "finetuned_md5": file_md5(FINETUNED_MODEL)}})
+        write_json(
+            ESTIMATOR,
+            {
+                **fit.as_dict(),
+                "page_points": harm.page_points,
+                "harm_points": harm.harm_points,
+                "reference": {
+                    **reference.as_dict(),
+                    "path": "data/reference/test.npz",
+                    "model_md5": file_md5(DEPLOYED_MODEL),
+                    "finetuned_md5": file_md5(FINETUNED_MODEL),
+                },
+            },
+        )
         surveyed = survey(groups["design"], {**groups["held_out"], **groups["everyday"]}, clean)
         summarised = summary(details, harm.harm_points, harm.sizes, HEADLINE_N)
-        results = {"harm_points": harm.harm_points, "page_points": harm.page_points,
-                   "summary": summarised,
-                   "estimator": fit.as_dict(), "leave_one_family_out_points": lofo,
-                   "survey_points": surveyed,
-                   "clean_accuracy": clean.accuracy(), "cells": details}
+        results = {
+            "harm_points": harm.harm_points,
+            "page_points": harm.page_points,
+            "summary": summarised,
+            "estimator": fit.as_dict(),
+            "leave_one_family_out_points": lofo,
+            "survey_points": surveyed,
+            "clean_accuracy": clean.accuracy(),
+            "cells": details,
+        }
         write_json("metrics/harm_details.json", results)
         page_plot(details, harm.harm_points, harm.page_points, [str(n) for n in harm.sizes], FIGURE)
         write_json("metrics/harm.json", headline(summarised))
@@ -123,9 +165,11 @@ def main() -> None:
         run.log_artifact("metrics/harm_details.json")
         run.log_artifact(ESTIMATOR)
         run.log_artifact(FIGURE, "plots")
-    print(f"harm: {len(cells)} cells judged in {time.perf_counter() - started:.0f} s; "
-          f"weights {dict(zip(fit.signals, np.round(fit.weights, 3).tolist()))}, fit error "
-          f"{100 * fit.model_error:.2f} points + {fit.relative_error:.2f} x loss")
+    print(
+        f"harm: {len(cells)} cells judged in {time.perf_counter() - started:.0f} s; "
+        f"weights {dict(zip(fit.signals, np.round(fit.weights, 3).tolist()))}, fit error "
+        f"{100 * fit.model_error:.2f} points + {fit.relative_error:.2f} x loss"
+    )
 
 
 def _check(family: str, severity: float) -> None:
@@ -150,8 +194,15 @@ def _cell(family: str, severity: float, clean: Cell, images: np.ndarray, outputs
     """The clean cell's images under one shift, through both models (a label shift reuses the
     clean outputs and thins class shift.label_class out)."""
     if family == "label_keep":
-        return Cell(family, clean.probabilities, clean.aux_probabilities, clean.rows, clean.labels,
-                    keep=severity, label_class=params.shift.label_class)
+        return Cell(
+            family,
+            clean.probabilities,
+            clean.aux_probabilities,
+            clean.rows,
+            clean.labels,
+            keep=severity,
+            label_class=params.shift.label_class,
+        )
     if family == "brightness":
         shifted = degrade_images(images, 28, severity)
     elif family == "downsample":

@@ -27,6 +27,7 @@ metrics/power_details.json (every rate with its Wilson
 interval, repetitions and the multiplicity-corrected miscalibration flag), metrics/power/<stream>.csv
 (DVC plots), metrics/plots/power.png.
 """
+
 import csv
 import time
 
@@ -62,8 +63,9 @@ HARM_FIGURE = "metrics/plots/harm.png"
 def main() -> None:
     params = load_params()
     power = params.power
-    check_permutations_for_holm(power.mmd_permutations, len(FEATURE_DETECTORS), params.monitor.alpha,
-                                "power.mmd_permutations")
+    check_permutations_for_holm(
+        power.mmd_permutations, len(FEATURE_DETECTORS), params.monitor.alpha, "power.mmd_permutations"
+    )
     for family, severities in power.corruptions.items():
         for severity in severities:
             check_severity(family, severity)
@@ -75,25 +77,35 @@ def main() -> None:
         model, device = load_model(DEPLOYED_MODEL), pick_device()
         design = Design(power, params.evaluate, params.shift.label_class, params.seed)
         streams = build_streams(model, device, pool, labels, images, domain_a, design)
-        print(f"power: the model's features of every shifted pool in {time.perf_counter() - started:.0f} s",
-              flush=True)
+        print(f"power: the model's features of every shifted pool in {time.perf_counter() - started:.0f} s", flush=True)
 
         every = FEATURE_DETECTORS + DIAGNOSTIC_DETECTORS  # the registry's: verdict, then diagnostics
         detectors = {name: seeded_detector(name, power.mmd_permutations) for name in every}
-        as_monitored = {name: seeded_detector(name, power.mmd_permutations, params.monitor.mmd_max_per_side)
-                        for name in FEATURE_DETECTORS}
+        as_monitored = {
+            name: seeded_detector(name, power.mmd_permutations, params.monitor.mmd_max_per_side)
+            for name in FEATURE_DETECTORS
+        }
         alpha = params.monitor.alpha
 
         def rates(name: str) -> dict:
             stream = streams[name]
             repetitions = stream.repetitions or power.repetitions
             stream_started = time.perf_counter()
-            found = independent_alarm_rates(stream.sample, as_monitored if stream.monitored else detectors,
-                                            stream.sizes, repetitions, alpha=alpha, seed=params.seed,
-                                            repetitions_for=None if stream.monitored else repetitions_rule(power),
-                                            verdict=FEATURE_DETECTORS)
-            print(f"power: {stream.kind} on {name}, n = {stream.sizes}, R = {repetitions}: "
-                  f"{time.perf_counter() - stream_started:.1f} s", flush=True)
+            found = independent_alarm_rates(
+                stream.sample,
+                as_monitored if stream.monitored else detectors,
+                stream.sizes,
+                repetitions,
+                alpha=alpha,
+                seed=params.seed,
+                repetitions_for=None if stream.monitored else repetitions_rule(power),
+                verdict=FEATURE_DETECTORS,
+            )
+            print(
+                f"power: {stream.kind} on {name}, n = {stream.sizes}, R = {repetitions}: "
+                f"{time.perf_counter() - stream_started:.1f} s",
+                flush=True,
+            )
             return calibration_flags(found, alpha) if stream.kind == "false_alarms" else found
 
         # The short corruption streams go last, so they fill in while the long ones finish
@@ -107,13 +119,25 @@ def main() -> None:
 
         write_json("metrics/power_details.json", results)
         write_json("metrics/power.json", headline(results, power))
-        power_curves({kind: {s: by for s, by in results[kind].items() if not streams[s].corruption}
-                      for kind in ("false_alarms", "detection")}, alpha, FIGURE)
+        power_curves(
+            {
+                kind: {s: by for s, by in results[kind].items() if not streams[s].corruption}
+                for kind in ("false_alarms", "detection")
+            },
+            alpha,
+            FIGURE,
+        )
         harm_plot(results, power.harm_points, power.harm_n, TARGET_POWER, HARM_FIGURE)
-        run.log_metric_tree("power", {kind: {s: {d: {n: p["rate"] for n, p in points.items()}
-                                                 for d, points in by_detector.items()}
-                                             for s, by_detector in results[kind].items()}
-                                      for kind in ("false_alarms", "detection")})
+        run.log_metric_tree(
+            "power",
+            {
+                kind: {
+                    s: {d: {n: p["rate"] for n, p in points.items()} for d, points in by_detector.items()}
+                    for s, by_detector in results[kind].items()
+                }
+                for kind in ("false_alarms", "detection")
+            },
+        )
         run.log_artifact("metrics/power_details.json")
         run.log_artifact(FIGURE, "plots")
         run.log_artifact(HARM_FIGURE, "plots")

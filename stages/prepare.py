@@ -3,6 +3,7 @@
 Reads params: seed, data. Writes data/prepared/{domain_a,domain_b,test}.npz,
 metrics/prepare.json (sizes and A-vs-B similarity checks), metrics/class_counts.json.
 """
+
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,17 @@ def main() -> None:
         summary = {
             "n": {"domain_a": len(domain_a), "domain_b": len(domain_b), "test": len(test)},
             "overlap_a_b": int(np.intersect1d(domain_a.source_index, domain_b.source_index).size),
-            "a_vs_b": {"label_chi2": labels_alike.statistic, "label_chi2_pvalue": labels_alike.pvalue,
-                       "ks_mean_pixel": pixels_alike.statistic,
-                       "ks_mean_pixel_pvalue": pixels_alike.pvalue},
+            "a_vs_b": {
+                "label_chi2": labels_alike.statistic,
+                "label_chi2_pvalue": labels_alike.pvalue,
+                "ks_mean_pixel": pixels_alike.statistic,
+                "ks_mean_pixel_pvalue": pixels_alike.pvalue,
+            },
         }
-        class_counts = {name: np.bincount(s.labels, minlength=NUM_CLASSES).tolist()
-                        for name, s in (("domain_a", domain_a), ("domain_b", domain_b), ("test", test))}
+        class_counts = {
+            name: np.bincount(s.labels, minlength=NUM_CLASSES).tolist()
+            for name, s in (("domain_a", domain_a), ("domain_b", domain_b), ("test", test))
+        }
 
         with atomic_folder(OUT) as folder:  # all the sets, or the previous ones
             for name, image_set in (("domain_a", domain_a), ("domain_b", domain_b), ("test", test)):
@@ -45,13 +51,19 @@ def main() -> None:
         write_json("metrics/prepare.json", summary)
         write_json("metrics/class_counts.json", class_counts)
 
-        run.set_tag("data.source_used", "debian-package" if source == DEBIAN_DIR else
-                    ("data.source" if params.data.source else "torchvision-download"))
+        run.set_tag(
+            "data.source_used",
+            "debian-package"
+            if source == DEBIAN_DIR
+            else ("data.source" if params.data.source else "torchvision-download"),
+        )
         run.log_metric_tree("prepare", summary)
         run.log_artifact("metrics/prepare.json")
         run.log_artifact("metrics/class_counts.json")
-    print(f"prepare: domain A {len(domain_a):,}, domain B {len(domain_b):,}, test {len(test):,} images; "
-          f"A vs B labels chi2 p={labels_alike.pvalue:.3f}, mean-pixel KS p={pixels_alike.pvalue:.3f}")
+    print(
+        f"prepare: domain A {len(domain_a):,}, domain B {len(domain_b):,}, test {len(test):,} images; "
+        f"A vs B labels chi2 p={labels_alike.pvalue:.3f}, mean-pixel KS p={pixels_alike.pvalue:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ made by another model). The test set is the monitoring reference (`monitor`, `ch
 domain B is b_raw, and b_label is a subset of it, so shift experiments never run the network
 on unshifted images; domain A's own training images give the study's "in-domain" accuracy.
 """
+
 import numpy as np
 
 from shiftwatch.core.io import load_set
@@ -29,10 +30,17 @@ def main() -> None:
         accuracy = {}
         for name in SETS:
             image_set = load_set(f"data/prepared/{name}.npz", hint="run `dvc repro prepare`")
-            view = model_features(model, image_set.images, params.evaluate.batch_size, device,
-                                  params.evaluate.precision, desc=f"embed {name}")
-            save_features(f"data/reference/{name}.npz", view, image_set.labels, image_set.source_index,
-                          model_md5=model_md5)
+            view = model_features(
+                model,
+                image_set.images,
+                params.evaluate.batch_size,
+                device,
+                params.evaluate.precision,
+                desc=f"embed {name}",
+            )
+            save_features(
+                f"data/reference/{name}.npz", view, image_set.labels, image_set.source_index, model_md5=model_md5
+            )
             accuracy[name] = float(np.mean(view.probabilities.argmax(1) == image_set.labels))
         run.log_metric_tree("reference.accuracy", accuracy)
     print("reference: accuracy " + ", ".join(f"{name} {a:.4f}" for name, a in accuracy.items()))

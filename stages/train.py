@@ -5,6 +5,7 @@ registry.model_name. Writes models/resnet18.pt (state_dict), metrics/train.json 
 accuracy on the fly), metrics/train_history.csv (per epoch, with images/s). Registers the model
 in MLflow's model registry (a new version unless one with the same md5 exists).
 """
+
 import csv
 import time
 
@@ -25,9 +26,17 @@ def main() -> None:
         device = pick_device()
         model = build_resnet18(params.train.weights, seed=params.train.seed)
         started = time.perf_counter()
-        history = train(model, domain_a.images, domain_a.labels, epochs=params.train.epochs,
-                        batch_size=params.train.batch_size, lr=params.train.lr, seed=params.train.seed,
-                        device=device, precision=params.train.precision)
+        history = train(
+            model,
+            domain_a.images,
+            domain_a.labels,
+            epochs=params.train.epochs,
+            batch_size=params.train.batch_size,
+            lr=params.train.lr,
+            seed=params.train.seed,
+            device=device,
+            precision=params.train.precision,
+        )
         train_seconds = time.perf_counter() - started
 
         save_state_dict(model, DEPLOYED_MODEL)
@@ -36,20 +45,23 @@ def main() -> None:
             writer.writeheader()
             writer.writerows(history)
         # Headline only (a DVC metric): timings vary by machine and stay in MLflow.
-        write_json("metrics/train.json", {"final_loss": history[-1]["loss"],
-                                          "final_accuracy_on_the_fly": history[-1]["accuracy"]})
+        write_json(
+            "metrics/train.json",
+            {"final_loss": history[-1]["loss"], "final_accuracy_on_the_fly": history[-1]["accuracy"]},
+        )
 
         run.set_tag("device", device.type)
         for row in history:
-            run.log_metrics({f"train.epoch_{k}": v for k, v in row.items() if k != "epoch"},
-                            step=row["epoch"])
+            run.log_metrics({f"train.epoch_{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
         run.log_metrics({"train.seconds": train_seconds, "train.final_loss": history[-1]["loss"]})
         run.log_artifact(HISTORY)
         run.log_model(model.cpu(), input_example=domain_a.images[:2, None])
         run.log_dataset("data/prepared/domain_a.npz", "training")
         run.register_model(DEPLOYED_MODEL, params.registry.model_name)
-    print(f"train: {params.train.epochs} epochs in {train_seconds:.0f} s on {device.type} "
-          f"({history[-1]['images_per_second']:.0f} images/s), final loss {history[-1]['loss']:.4f}")
+    print(
+        f"train: {params.train.epochs} epochs in {train_seconds:.0f} s on {device.type} "
+        f"({history[-1]['images_per_second']:.0f} images/s), final loss {history[-1]['loss']:.4f}"
+    )
 
 
 if __name__ == "__main__":

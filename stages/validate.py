@@ -10,6 +10,7 @@ read the keys it changed. No MLflow run: there is nothing to log.
 Reads params: all of params.yaml (the schema is shiftwatch/core/params.py).
 Writes metrics/params_checked.json (constant: what passed, and why the file exists).
 """
+
 from shiftwatch.core.io import write_json
 from shiftwatch.core.params import load_params
 from shiftwatch.core.stage import run_stage
@@ -19,9 +20,14 @@ CHECKED = "metrics/params_checked.json"
 
 def main() -> None:
     load_params()  # one ShiftwatchError naming the key on a bad value, a missing or a doubled key
-    write_json(CHECKED, {"params.yaml": "valid against shiftwatch.core.params.Params",
-                         "why": "every stage depends on this file, so DVC stops at a bad value "
-                                "before it removes any stage's outputs"})
+    write_json(
+        CHECKED,
+        {
+            "params.yaml": "valid against shiftwatch.core.params.Params",
+            "why": "every stage depends on this file, so DVC stops at a bad value "
+            "before it removes any stage's outputs",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ tolerance on one family of shifts and reports how the flag does on another it wa
 
 Writes studies/trust_calibration.json. Usage (after `dvc repro`): python studies/trust_calibration.py
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,12 @@ from shiftwatch.model.features import load_features, model_features
 from shiftwatch.model.network import load_model, pick_device
 
 OUT = Path("studies/trust_calibration.json")
-CALIBRATION = {"none": (28, 0.0), "brightness_0.05": (28, 0.05), "brightness_0.2": (28, 0.2),
-               "downsample_14": (14, 0.0)}
+CALIBRATION = {
+    "none": (28, 0.0),
+    "brightness_0.05": (28, 0.05),
+    "brightness_0.2": (28, 0.2),
+    "downsample_14": (14, 0.0),
+}
 HELD_OUT = {"brightness_0.1": (28, 0.1), "downsample_7": (7, 0.0)}
 DRAWS, SIZE, ERROR = 150, 2000, 0.01
 GRID = np.round(np.arange(0.01, 0.41, 0.01), 2)
@@ -51,17 +56,27 @@ def main() -> None:
     def family(shifts: dict, seed: int) -> list[dict]:
         draws = []
         for k, (name, (downsample, brightness)) in enumerate(shifts.items()):
-            probabilities = model_features(model, degrade_images(domain_b.images, downsample, brightness),
-                                           params.evaluate.batch_size, device, params.evaluate.precision,
-                                           desc=name).probabilities
+            probabilities = model_features(
+                model,
+                degrade_images(domain_b.images, downsample, brightness),
+                params.evaluate.batch_size,
+                device,
+                params.evaluate.precision,
+                desc=name,
+            ).probabilities
             rng = np.random.default_rng([seed, k])
             for _ in range(DRAWS):
                 rows = _draw(domain_b.labels, rng.dirichlet(np.ones(10)), rng)
                 by_bbse = bbse(reference.probabilities, reference_labels, probabilities[rows])
                 by_em = em_priors(probabilities[rows], source_priors)
                 true_share = float(np.mean(domain_b.labels[rows] == focus))
-                draws.append({"shift": name, "estimates": (by_bbse, by_em),
-                              "error": abs(float(by_bbse.proportions_clipped[focus]) - true_share)})
+                draws.append(
+                    {
+                        "shift": name,
+                        "estimates": (by_bbse, by_em),
+                        "error": abs(float(by_bbse.proportions_clipped[focus]) - true_share),
+                    }
+                )
         return draws
 
     calibration = family(CALIBRATION, seed=1)
@@ -69,14 +84,23 @@ def main() -> None:
     youden = {float(t): _rates(calibration, t)["youden_j"] for t in GRID}
     chosen = max(youden, key=youden.get)
     result = {
-        "focus_class": focus, "draws_per_shift": DRAWS, "size": SIZE, "bad_if_error_above": ERROR,
-        "chosen_tolerance": chosen, "current_tolerance": params.monitor.trust_tolerance,
-        "calibration": {"shifts": list(CALIBRATION), "at_chosen": _rates(calibration, chosen),
-                        "at_current": _rates(calibration, params.monitor.trust_tolerance)},
-        "held_out": {"shifts": list(HELD_OUT), "at_chosen": _rates(held_out, chosen),
-                     "at_current": _rates(held_out, params.monitor.trust_tolerance),
-                     "by_shift": {name: _rates([d for d in held_out if d["shift"] == name], chosen)
-                                  for name in HELD_OUT}},
+        "focus_class": focus,
+        "draws_per_shift": DRAWS,
+        "size": SIZE,
+        "bad_if_error_above": ERROR,
+        "chosen_tolerance": chosen,
+        "current_tolerance": params.monitor.trust_tolerance,
+        "calibration": {
+            "shifts": list(CALIBRATION),
+            "at_chosen": _rates(calibration, chosen),
+            "at_current": _rates(calibration, params.monitor.trust_tolerance),
+        },
+        "held_out": {
+            "shifts": list(HELD_OUT),
+            "at_chosen": _rates(held_out, chosen),
+            "at_current": _rates(held_out, params.monitor.trust_tolerance),
+            "by_shift": {name: _rates([d for d in held_out if d["shift"] == name], chosen) for name in HELD_OUT},
+        },
     }
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
@@ -86,8 +110,11 @@ def _draw(labels: np.ndarray, mix: np.ndarray, rng: np.random.Generator) -> np.n
     """SIZE rows of domain B with class counts multinomial(SIZE, mix), each class without
     replacement while it has rows enough."""
     counts = rng.multinomial(SIZE, mix)
-    rows = [rng.choice(np.flatnonzero(labels == c), count, replace=count > np.sum(labels == c))
-            for c, count in enumerate(counts) if count]
+    rows = [
+        rng.choice(np.flatnonzero(labels == c), count, replace=count > np.sum(labels == c))
+        for c, count in enumerate(counts)
+        if count
+    ]
     return np.concatenate(rows)
 
 
@@ -96,9 +123,13 @@ def _rates(draws: list[dict], tolerance: float) -> dict:
     bad = np.array([d["error"] > ERROR for d in draws])
     hit = float(flagged[bad].mean()) if bad.any() else None
     false_flag = float(flagged[~bad].mean()) if (~bad).any() else None
-    return {"draws": len(draws), "bad_estimates": int(bad.sum()),
-            "flag_rate_when_bad": hit, "flag_rate_when_good": false_flag,
-            "youden_j": (hit or 0.0) - (false_flag or 0.0)}
+    return {
+        "draws": len(draws),
+        "bad_estimates": int(bad.sum()),
+        "flag_rate_when_bad": hit,
+        "flag_rate_when_good": false_flag,
+        "youden_j": (hit or 0.0) - (false_flag or 0.0),
+    }
 
 
 if __name__ == "__main__":

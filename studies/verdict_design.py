@@ -36,6 +36,7 @@ shear_0.3 and occlusion_6, the last from the held-out run) on the design rows, a
 The candidate is defined here, not registered: registering it would move every verdict. Writes
 studies/verdict_design.json. Usage (after `dvc repro power`): python studies/verdict_design.py
 """
+
 from __future__ import annotations
 
 import json
@@ -70,8 +71,9 @@ CANDIDATE = "verdict + confidence_drop (8)"
 
 def confidence_drop(reference, deployment, seed: int) -> DetectorResult:
     """One-sided KS: H1 the deployment's top softmax probability is stochastically smaller."""
-    result = stats.ks_2samp(deployment.probabilities.max(axis=1), reference.probabilities.max(axis=1),
-                            alternative="greater", method="asymp")
+    result = stats.ks_2samp(
+        deployment.probabilities.max(axis=1), reference.probabilities.max(axis=1), alternative="greater", method="asymp"
+    )
     return DetectorResult(float(result.statistic), float(result.pvalue))
 
 
@@ -79,48 +81,78 @@ def main() -> None:
     params = load_params()
     power, alpha = params.power, params.monitor.alpha
     pool, labels, images = unseen_pool()
-    design = np.setdiff1d(np.arange(len(pool)),
-                          corruption_rows(len(pool), params.seed, params.power.corruption_pool_images))
+    design = np.setdiff1d(
+        np.arange(len(pool)), corruption_rows(len(pool), params.seed, params.power.corruption_pool_images)
+    )
     clean, design_labels = pool.subset(design), labels[design]
     model, device = load_model(DEPLOYED_MODEL), pick_device()
 
     verdict = {name: seeded_detector(name, power.mmd_permutations) for name in FEATURE_DETECTORS}
-    monitored = {name: seeded_detector(name, power.mmd_permutations, params.monitor.mmd_max_per_side)
-                 for name in FEATURE_DETECTORS}
-    candidates = {"verdict (7)": verdict,
-                  "verdict + confidence_drop (8)": {**verdict, "confidence_drop": confidence_drop}}
-    candidates_monitored = {"verdict (7)": monitored,
-                            "verdict + confidence_drop (8)": {**monitored, "confidence_drop": confidence_drop}}
+    monitored = {
+        name: seeded_detector(name, power.mmd_permutations, params.monitor.mmd_max_per_side)
+        for name in FEATURE_DETECTORS
+    }
+    candidates = {
+        "verdict (7)": verdict,
+        "verdict + confidence_drop (8)": {**verdict, "confidence_drop": confidence_drop},
+    }
+    candidates_monitored = {
+        "verdict (7)": monitored,
+        "verdict + confidence_drop (8)": {**monitored, "confidence_drop": confidence_drop},
+    }
 
-    shifted = {name: model_features(model, corrupt(images[design], family, severity, seed=params.seed + 17),
-                                    params.evaluate.batch_size, device, params.evaluate.precision, desc=name)
-               for name, (family, severity) in MISSES.items()}
+    shifted = {
+        name: model_features(
+            model,
+            corrupt(images[design], family, severity, seed=params.seed + 17),
+            params.evaluate.batch_size,
+            device,
+            params.evaluate.precision,
+            desc=name,
+        )
+        for name, (family, severity) in MISSES.items()
+    }
     streams = {"no_shift": (pool_sampler(clean, clean), [100], candidates)}
     for name in DESIGN_SHIFTS:
         streams[name] = (pool_sampler(clean, shifted[name]), [100], candidates)
     reference = power.monitored_reference
-    streams["as_monitored/no_shift"] = (pool_sampler(clean, clean, reference_size=reference), [200],
-                                        candidates_monitored)
-    streams["as_monitored/label_keep_0.1"] = (pool_sampler(
-        clean, clean, labels=design_labels, label_class=params.shift.label_class, keep=0.1,
-        reference_size=reference), [200], candidates_monitored)
+    streams["as_monitored/no_shift"] = (
+        pool_sampler(clean, clean, reference_size=reference),
+        [200],
+        candidates_monitored,
+    )
+    streams["as_monitored/label_keep_0.1"] = (
+        pool_sampler(
+            clean, clean, labels=design_labels, label_class=params.shift.label_class, keep=0.1, reference_size=reference
+        ),
+        [200],
+        candidates_monitored,
+    )
 
     results = {"design_images": len(design), "repetitions": REPETITIONS, "rates": {}}
     for stream, (sample, sizes, by_candidate) in streams.items():
         started = time.perf_counter()
         for candidate, detectors in by_candidate.items():
-            found = independent_alarm_rates(sample, detectors, sizes, REPETITIONS, alpha=alpha,
-                                            seed=params.seed + 17, verdict=tuple(detectors))
+            found = independent_alarm_rates(
+                sample, detectors, sizes, REPETITIONS, alpha=alpha, seed=params.seed + 17, verdict=tuple(detectors)
+            )
             point = found[COMBINED][0]
             results["rates"].setdefault(stream, {})[candidate] = {
-                "n": point.n, "rate": point.rate, "ci": [round(point.ci_low, 3), round(point.ci_high, 3)],
-                **({"confidence_drop_alone": found["confidence_drop"][0].rate} if "confidence_drop" in found else {})}
-            print(f"{stream:>28} {candidate:>30}: {point.rate:.3f} ({point.ci_low:.2f}-{point.ci_high:.2f})"
-                  f"  [{time.perf_counter() - started:.0f} s]", flush=True)
+                "n": point.n,
+                "rate": point.rate,
+                "ci": [round(point.ci_low, 3), round(point.ci_high, 3)],
+                **({"confidence_drop_alone": found["confidence_drop"][0].rate} if "confidence_drop" in found else {}),
+            }
+            print(
+                f"{stream:>28} {candidate:>30}: {point.rate:.3f} ({point.ci_low:.2f}-{point.ci_high:.2f})"
+                f"  [{time.perf_counter() - started:.0f} s]",
+                flush=True,
+            )
     results["decision"] = _decision(results["rates"])
     print(f"decision: {results['decision']}")
-    results["misses_as_monitored"] = _misses(clean, shifted, verdict, monitored, power.monitored_reference,
-                                             alpha, params.seed + 18)
+    results["misses_as_monitored"] = _misses(
+        clean, shifted, verdict, monitored, power.monitored_reference, alpha, params.seed + 18
+    )
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {OUT}")
 
@@ -129,26 +161,34 @@ def _decision(rates: dict) -> dict:
     """The pre-registered rule, applied to the candidate's rates."""
     rule = {
         "a_detects_design_shifts": all(rates[name][CANDIDATE]["rate"] >= TARGET for name in DESIGN_SHIFTS),
-        "b_false_alarms": all(rates[name][CANDIDATE]["rate"] <= MAX_FALSE_ALARMS
-                              for name in ("no_shift", "as_monitored/no_shift")),
+        "b_false_alarms": all(
+            rates[name][CANDIDATE]["rate"] <= MAX_FALSE_ALARMS for name in ("no_shift", "as_monitored/no_shift")
+        ),
         "c_label_shift_as_monitored": rates["as_monitored/label_keep_0.1"][CANDIDATE]["rate"] >= TARGET,
     }
     return {**rule, "joins_verdict": all(rule.values())}
 
 
-def _misses(clean, shifted: dict, verdict: dict, monitored: dict, reference_size: int, alpha: float,
-            seed: int) -> dict:
+def _misses(clean, shifted: dict, verdict: dict, monitored: dict, reference_size: int, alpha: float, seed: int) -> dict:
     """The verdict's alarm rate at n = 100 on each miss, against an n-image and a
     `reference_size`-image reference (context for docs/statistics.md, not part of the rule)."""
     out = {}
     for name, features in shifted.items():
-        for protocol, detectors, size in (("n_against_n", verdict, None),
-                                          ("as_monitored", monitored, reference_size)):
-            found = independent_alarm_rates(pool_sampler(clean, features, reference_size=size), detectors,
-                                            [100], REPETITIONS, alpha=alpha, seed=seed, verdict=tuple(detectors))
+        for protocol, detectors, size in (("n_against_n", verdict, None), ("as_monitored", monitored, reference_size)):
+            found = independent_alarm_rates(
+                pool_sampler(clean, features, reference_size=size),
+                detectors,
+                [100],
+                REPETITIONS,
+                alpha=alpha,
+                seed=seed,
+                verdict=tuple(detectors),
+            )
             point = found[COMBINED][0]
-            out.setdefault(name, {})[protocol] = {"rate": point.rate,
-                                                  "ci": [round(point.ci_low, 3), round(point.ci_high, 3)]}
+            out.setdefault(name, {})[protocol] = {
+                "rate": point.rate,
+                "ci": [round(point.ci_low, 3), round(point.ci_high, 3)],
+            }
             print(f"{name:>12} {protocol:>13}: {point.rate:.3f}", flush=True)
     return out
 

@@ -24,6 +24,7 @@ has run yet before it can be called out of sample.
 
 Writes studies/verdict_weights.json. Usage (after `dvc repro power`): python studies/verdict_weights.py
 """
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,12 @@ def alarms(pvalues: np.ndarray, candidate: str, alpha: float) -> np.ndarray:
 def draw_pvalues(sample, detectors: dict, n: int, seed: int) -> np.ndarray:
     """The verdict detectors' p-values (columns in FEATURE_DETECTORS order) on the R draws
     independent_alarm_rates would make."""
-    return np.array([[pvalues[d] for d in FEATURE_DETECTORS]
-                     for pvalues in (repetition_pvalues(sample, detectors, n, r, seed) for r in range(REPETITIONS))])
+    return np.array(
+        [
+            [pvalues[d] for d in FEATURE_DETECTORS]
+            for pvalues in (repetition_pvalues(sample, detectors, n, r, seed) for r in range(REPETITIONS))
+        ]
+    )
 
 
 def main() -> None:
@@ -86,26 +91,50 @@ def main() -> None:
     corruptions = {f"{family}_{s:g}": (family, s) for family, levels in power.corruptions.items() for s in levels}
     harmful = [name for name in corruptions if name in harm["harmful"]]
     pool, labels, images = unseen_pool()
-    design = np.setdiff1d(np.arange(len(pool)),
-                          corruption_rows(len(pool), params.seed, params.power.corruption_pool_images))
+    design = np.setdiff1d(
+        np.arange(len(pool)), corruption_rows(len(pool), params.seed, params.power.corruption_pool_images)
+    )
     clean, design_labels = pool.subset(design), labels[design]
     model, device = load_model(DEPLOYED_MODEL), pick_device()
-    shifted = {name: model_features(model, corrupt(images[design], *corruptions[name], seed=seed),
-                                    params.evaluate.batch_size, device, params.evaluate.precision, desc=name)
-               for name in harmful}
+    shifted = {
+        name: model_features(
+            model,
+            corrupt(images[design], *corruptions[name], seed=seed),
+            params.evaluate.batch_size,
+            device,
+            params.evaluate.precision,
+            desc=name,
+        )
+        for name in harmful
+    }
     reference = power.monitored_reference
     n_against_n = {d: seeded_detector(d, power.mmd_permutations) for d in FEATURE_DETECTORS}
-    monitored = {d: seeded_detector(d, power.mmd_permutations, params.monitor.mmd_max_per_side)
-                 for d in FEATURE_DETECTORS}
-    streams = {"as_monitored/no_shift@100": (pool_sampler(clean, clean, reference_size=reference), monitored, 100),
-               "as_monitored/no_shift@200": (pool_sampler(clean, clean, reference_size=reference), monitored, 200),
-               "as_monitored/label_keep_0.1@200": (pool_sampler(
-                   clean, clean, labels=design_labels, label_class=params.shift.label_class, keep=0.1,
-                   reference_size=reference), monitored, 200),
-               "n_against_n/no_shift@100": (pool_sampler(clean, clean), n_against_n, 100)}
+    monitored = {
+        d: seeded_detector(d, power.mmd_permutations, params.monitor.mmd_max_per_side) for d in FEATURE_DETECTORS
+    }
+    streams = {
+        "as_monitored/no_shift@100": (pool_sampler(clean, clean, reference_size=reference), monitored, 100),
+        "as_monitored/no_shift@200": (pool_sampler(clean, clean, reference_size=reference), monitored, 200),
+        "as_monitored/label_keep_0.1@200": (
+            pool_sampler(
+                clean,
+                clean,
+                labels=design_labels,
+                label_class=params.shift.label_class,
+                keep=0.1,
+                reference_size=reference,
+            ),
+            monitored,
+            200,
+        ),
+        "n_against_n/no_shift@100": (pool_sampler(clean, clean), n_against_n, 100),
+    }
     for name in harmful:
-        streams[f"as_monitored/{name}@100"] = (pool_sampler(clean, shifted[name], reference_size=reference),
-                                               monitored, 100)
+        streams[f"as_monitored/{name}@100"] = (
+            pool_sampler(clean, shifted[name], reference_size=reference),
+            monitored,
+            100,
+        )
     for name in MISSES:
         streams[f"n_against_n/{name}@100"] = (pool_sampler(clean, shifted[name]), n_against_n, 100)
 
@@ -119,14 +148,22 @@ def main() -> None:
             low, high = wilson_interval(count, REPETITIONS)
             out[candidate] = {"rate": count / REPETITIONS, "ci": [round(low, 3), round(high, 3)]}
         out["alone"] = {d: float(np.mean(pvalues[:, i] < alpha)) for i, d in enumerate(FEATURE_DETECTORS)}
-        print(f"{stream:>40}: " + "  ".join(f"{c} {out[c]['rate']:.3f}" for c in CANDIDATES)
-              + f"  [{time.perf_counter() - started:.0f} s]", flush=True)
+        print(
+            f"{stream:>40}: "
+            + "  ".join(f"{c} {out[c]['rate']:.3f}" for c in CANDIDATES)
+            + f"  [{time.perf_counter() - started:.0f} s]",
+            flush=True,
+        )
         return out
 
     order = list(streams)
-    results = {"design_images": len(design), "repetitions": REPETITIONS, "alpha": alpha,
-               "weights": {c: weights(c) for c in CANDIDATES},
-               "rates": dict(zip(order, fork_map(measure, order)))}
+    results = {
+        "design_images": len(design),
+        "repetitions": REPETITIONS,
+        "alpha": alpha,
+        "weights": {c: weights(c) for c in CANDIDATES},
+        "rates": dict(zip(order, fork_map(measure, order))),
+    }
     OUT.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {OUT}")
 

@@ -13,7 +13,8 @@ from shiftwatch.data.fashion_mnist import DEBIAN_DIR, _has_all_files  # noqa: E4
 
 needs_fashion_mnist = pytest.mark.skipif(
     not _has_all_files(DEBIAN_DIR),
-    reason="FashionMNIST not installed: apt-get install dataset-fashion-mnist (.ci/run does)")
+    reason="FashionMNIST not installed: apt-get install dataset-fashion-mnist (.ci/run does)",
+)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Shared by the two-sample tests (test_bbsd, test_mmd, test_image_stats, test_framing, test_holm):
 synthetic softmax outputs and images, and the check that null p-values are those of a
 level-alpha test."""
+
 import numpy as np
 from scipy import stats
 

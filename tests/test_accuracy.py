@@ -1,4 +1,5 @@
 """The label-free accuracy estimate: its arithmetic, its fit, its interval on calibrated draws."""
+
 import numpy as np
 import pytest
 
@@ -61,8 +62,9 @@ def test_the_interval_holds_the_batchs_own_accuracy_in_at_least_90_percent_of_in
                 rng = np.random.default_rng([n, r, int(10 * sharpness)])
                 reference_probs, reference_labels = calibrated(rng, 2000, 4.0)
                 batch, labels = calibrated(rng, n, sharpness)
-                found = estimate(batch, None, reference_summary(reference_probs, reference_labels, None, fit),
-                                 fit, page_points=3)
+                found = estimate(
+                    batch, None, reference_summary(reference_probs, reference_labels, None, fit), fit, page_points=3
+                )
                 held += found.interval[0] <= np.mean(batch.argmax(1) == labels) <= found.interval[1]
             assert held / 60 >= 0.85, (sharpness, n, held)
 

@@ -75,8 +75,7 @@ def test_domain_classifier_is_near_chance_without_shift(rng):
 
 
 def test_domain_classifier_sees_a_strong_shift(rng):
-    result = domain_classifier_test(_images(rng, 300), _images(rng, 300, brightness=0.1),
-                                    samples=300, seed=0)
+    result = domain_classifier_test(_images(rng, 300), _images(rng, 300, brightness=0.1), samples=300, seed=0)
     assert result.statistic > 0.95 and result.pvalue < 1e-10
 
 
@@ -89,22 +88,36 @@ def test_domain_classifier_uses_equal_class_sizes_and_needs_enough_images(rng):
 
 def test_detect_drift_verdicts(rng):
     reference = _images(rng, 400)
-    kwargs = dict(bins=50, smoothing=0.5, classifier_samples=200, seed=0,
-                  alpha=0.05, kl_threshold=0.05, auc_threshold=0.6)
+    kwargs = dict(
+        bins=50, smoothing=0.5, classifier_samples=200, seed=0, alpha=0.05, kl_threshold=0.05, auc_threshold=0.6
+    )
     same = detect_drift(reference, _images(rng, 400), **kwargs)
     shifted = detect_drift(reference, _images(rng, 400, brightness=0.1), **kwargs)
     assert not same.drift and shifted.drift
     assert shifted.drift_ks and shifted.drift_kl and shifted.drift_domain_classifier
     metrics = shifted.as_metrics()
-    assert metrics["drift"] == 1 and set(metrics) >= {"ks_statistic", "ks_pvalue", "kl_divergence",
-                                                      "domain_auc", "domain_auc_pvalue"}
+    assert metrics["drift"] == 1 and set(metrics) >= {
+        "ks_statistic",
+        "ks_pvalue",
+        "kl_divergence",
+        "domain_auc",
+        "domain_auc_pvalue",
+    }
 
 
 def test_empty_batch_is_a_clear_error(rng):
     with pytest.raises(ShiftwatchError, match="empty"):
-        detect_drift(_images(rng, 10), np.zeros((0, 28, 28)), bins=50, smoothing=0.5,
-                     classifier_samples=10, seed=0, alpha=0.05,
-                     kl_threshold=0.05, auc_threshold=0.6)
+        detect_drift(
+            _images(rng, 10),
+            np.zeros((0, 28, 28)),
+            bins=50,
+            smoothing=0.5,
+            classifier_samples=10,
+            seed=0,
+            alpha=0.05,
+            kl_threshold=0.05,
+            auc_threshold=0.6,
+        )
 
 
 def test_label_proportion_test(rng):
@@ -127,8 +140,7 @@ def test_domain_classifier_p_value_is_calibrated_on_real_images():
     repetitions, alarms = 600, 0
     for repetition in range(repetitions):
         rows = rng.choice(len(test), 400, replace=False)
-        result = domain_classifier_test(test.images[rows[:200]], test.images[rows[200:]], samples=200,
-                                        seed=repetition)
+        result = domain_classifier_test(test.images[rows[:200]], test.images[rows[200:]], samples=200, seed=repetition)
         alarms += result.pvalue < 0.05
     # Then it alarms at about alpha: 46+ alarms of 600 happen with probability 0.003 under a
     # calibrated test; the former 5-fold pooled test (measured 0.117 at this size) would give

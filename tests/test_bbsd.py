@@ -32,8 +32,7 @@ def test_bbsd_ks_null_pvalues_are_valid_and_the_check_catches_no_bonferroni():
 
 def test_bbsd_chi2_null_pvalues_are_uniform():
     rng = np.random.default_rng(2)
-    pvalues = null_pvalues(lambda a, b: bbsd_chi2(a, b).pvalue, lambda r: softmax_outputs(r, 200),
-                            rng, 200)
+    pvalues = null_pvalues(lambda a, b: bbsd_chi2(a, b).pvalue, lambda r: softmax_outputs(r, 200), rng, 200)
     assert calibration_failures(pvalues, exact=True) == []
 
 
@@ -53,9 +52,12 @@ def _thinned(rng, n, label_class=7, keep=0.1):
 
 def test_bbsd_class_shares_is_bonferroni_over_per_class_fisher_tests(rng):
     a, b = softmax_outputs(rng, 300), _thinned(rng, 200)
-    per_class = [stats.fisher_exact([[np.sum(a.argmax(1) == c), np.sum(a.argmax(1) != c)],
-                                     [np.sum(b.argmax(1) == c), np.sum(b.argmax(1) != c)]]).pvalue
-                 for c in range(10)]
+    per_class = [
+        stats.fisher_exact(
+            [[np.sum(a.argmax(1) == c), np.sum(a.argmax(1) != c)], [np.sum(b.argmax(1) == c), np.sum(b.argmax(1) != c)]]
+        ).pvalue
+        for c in range(10)
+    ]
     result = bbsd_class_shares(a, b)
     assert result.pvalue == pytest.approx(min(1.0, 10 * min(per_class)))
     share_gap = abs(np.mean(a.argmax(1) == 7) - np.mean(b.argmax(1) == 7))
@@ -64,8 +66,7 @@ def test_bbsd_class_shares_is_bonferroni_over_per_class_fisher_tests(rng):
 
 def test_bbsd_class_shares_null_pvalues_are_valid():
     rng = np.random.default_rng(4)
-    pvalues = null_pvalues(lambda a, b: bbsd_class_shares(a, b).pvalue, lambda r: softmax_outputs(r, 100),
-                            rng, 300)
+    pvalues = null_pvalues(lambda a, b: bbsd_class_shares(a, b).pvalue, lambda r: softmax_outputs(r, 100), rng, 300)
     assert calibration_failures(pvalues, exact=False) == []
 
 
@@ -85,16 +86,17 @@ def test_bbsd_detects_label_shift_the_ks_way(rng):
     assert bbsd_ks(softmax_outputs(rng, 500), softmax_outputs(rng, 500, boost=1.0)).pvalue < 1e-4
 
 
-@pytest.mark.parametrize("a, b, message", [
-    (np.ones(5), np.ones((5, 2)), "2-D"),
-    (np.ones((5, 3)), np.ones((5, 2)), "3 and 2 classes"),
-    (np.ones((0, 3)), np.ones((5, 3)), "0 rows"),
-    (np.full((5, 3), np.nan), np.ones((5, 3)), "NaN"),
-])
+@pytest.mark.parametrize(
+    "a, b, message",
+    [
+        (np.ones(5), np.ones((5, 2)), "2-D"),
+        (np.ones((5, 3)), np.ones((5, 2)), "3 and 2 classes"),
+        (np.ones((0, 3)), np.ones((5, 3)), "0 rows"),
+        (np.full((5, 3), np.nan), np.ones((5, 3)), "NaN"),
+    ],
+)
 def test_bbsd_rejects_bad_input_with_one_line(a, b, message):
     for test in (bbsd_ks, bbsd_chi2, bbsd_class_shares):
         with pytest.raises(ShiftwatchError, match=message) as err:
             test(a, b)
         assert "\n" not in str(err.value)
-
-

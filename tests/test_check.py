@@ -1,5 +1,6 @@
 """`python -m shiftwatch check`: a real (untrained) ResNet-18, a reference summary written like
 the reference stage writes it, and batches as arrays and PNG folders; exit codes 0 / 1 / 2."""
+
 import json
 import os
 import shutil
@@ -38,7 +39,7 @@ def blobs(n: int, seed: int, size: int = 28) -> np.ndarray:
     amplitudes[:, 0] = rng.uniform(0.6, 1.0, (n, 1, 1))  # at least one blob
     dy = (grid[None, None, :, None] - centres[..., 0, None, None]) ** 2
     dx = (grid[None, None, None, :] - centres[..., 1, None, None]) ** 2
-    images = (amplitudes * np.exp(-(dy + dx) / (2 * widths ** 2))).sum(axis=1)
+    images = (amplitudes * np.exp(-(dy + dx) / (2 * widths**2))).sum(axis=1)
     images = np.clip(images, 0, 1)
     images[images < 0.05] = 0.0
     return images.astype(np.float32)
@@ -51,28 +52,34 @@ def make_project(root: Path) -> Path:
     save_state_dict(model, root / "resnet18.pt")
     images = blobs(300, seed=1)
     labels = np.random.default_rng(2).permutation(np.arange(300) % 10)
-    probabilities, embeddings = predict_with_embeddings(model, images, 1000, torch.device("cpu"),
-                                                        progress=False)
+    probabilities, embeddings = predict_with_embeddings(model, images, 1000, torch.device("cpu"), progress=False)
     view = features(images, probabilities, embeddings)
-    np.savez(root / "test.npz", probabilities=view.probabilities, embeddings=view.embeddings,
-             image_stats=view.image_stats, pixels=view.pixels, labels=labels,
-             model_md5=np.array(file_md5(root / "resnet18.pt")))
+    np.savez(
+        root / "test.npz",
+        probabilities=view.probabilities,
+        embeddings=view.embeddings,
+        image_stats=view.image_stats,
+        pixels=view.pixels,
+        labels=labels,
+        model_md5=np.array(file_md5(root / "resnet18.pt")),
+    )
     shutil.copy(REPO / "params.yaml", root / "params.yaml")
     write_estimator(root, model, images, probabilities, labels)
     # An estimator whose reference the model saw as noise images it labelled itself (accuracy 1,
     # its fine-tuned twin agreeing far more than on blobs): on blobs it estimates a large loss.
     noise = np.random.default_rng(4).random((300, 28, 28)).astype(np.float32)
     noise_probabilities = predict_proba(model, noise, 1000, torch.device("cpu"), progress=False)
-    write_estimator(root, model, noise, noise_probabilities, noise_probabilities.argmax(1),
-                    name="paging_estimator.json")
+    write_estimator(
+        root, model, noise, noise_probabilities, noise_probabilities.argmax(1), name="paging_estimator.json"
+    )
     np.save(root / "clean.npy", blobs(200, seed=3))
     np.save(root / "bright.npy", np.clip(blobs(200, seed=3) + 0.2, 0, 1))
     return root
 
 
-
-def write_estimator(root: Path, model, images, probabilities, labels, page_points: float = 3.0,
-                    name: str = "estimator.json") -> None:
+def write_estimator(
+    root: Path, model, images, probabilities, labels, page_points: float = 3.0, name: str = "estimator.json"
+) -> None:
     """A fine-tuned model (another seed) and an accuracy estimator for this model, with the
     reference summary the harm stage writes (weights as the real fit's, order of magnitude)."""
     finetuned = build_resnet18(seed=5)
@@ -80,17 +87,37 @@ def write_estimator(root: Path, model, images, probabilities, labels, page_point
     aux = predict_proba(finetuned, images, 1000, torch.device("cpu"), progress=False)
     fit = EstimatorFit(SIGNALS, (0.0, 0.5, 0.2, 0.4), 0.01)
     summary = reference_summary(probabilities, labels, aux, fit)
-    payload = {**fit.as_dict(), "page_points": page_points, "harm_points": 5.0,
-               "reference": {**summary.as_dict(), "model_md5": file_md5(root / "resnet18.pt"),
-                             "finetuned_md5": file_md5(root / "finetuned.pt")}}
+    payload = {
+        **fit.as_dict(),
+        "page_points": page_points,
+        "harm_points": 5.0,
+        "reference": {
+            **summary.as_dict(),
+            "model_md5": file_md5(root / "resnet18.pt"),
+            "finetuned_md5": file_md5(root / "finetuned.pt"),
+        },
+    }
     (root / name).write_text(json.dumps(payload))
 
 
 def check(project, batch, *extra):
-    return main(["check", str(batch), "--reference", str(project / "test.npz"),
-                 "--model", str(project / "resnet18.pt"), "--params", str(project / "params.yaml"),
-                 "--estimator", str(project / "estimator.json"), "--finetuned", str(project / "finetuned.pt"),
-                 *map(str, extra)])
+    return main(
+        [
+            "check",
+            str(batch),
+            "--reference",
+            str(project / "test.npz"),
+            "--model",
+            str(project / "resnet18.pt"),
+            "--params",
+            str(project / "params.yaml"),
+            "--estimator",
+            str(project / "estimator.json"),
+            "--finetuned",
+            str(project / "finetuned.pt"),
+            *map(str, extra),
+        ]
+    )
 
 
 def test_a_batch_like_the_reference_passes_with_every_detector_in_the_json(project, tmp_path, capsys):
@@ -166,8 +193,7 @@ def test_a_brighter_batch_changed_without_harm_exits_0_or_3_with_fail_on_change(
 
 def test_a_batch_the_estimate_calls_harmful_pages_with_exit_code_1(project, tmp_path, capsys):
     out = tmp_path / "clean.json"
-    assert check(project, project / "clean.npy", "--estimator", project / "paging_estimator.json",
-                 "--json", out) == 1
+    assert check(project, project / "clean.npy", "--estimator", project / "paging_estimator.json", "--json", out) == 1
     report = json.loads(out.read_text())
     assert report["page"] == "PAGE" and report["harmful"] == 1
     assert report["estimate"]["loss_points"] >= report["estimate"]["page_points"]
@@ -175,13 +201,33 @@ def test_a_batch_the_estimate_calls_harmful_pages_with_exit_code_1(project, tmp_
     assert printed[0].startswith("PAGE: the model is hurt: estimated accuracy ")
     assert any(line.startswith("do: review the low-confidence predictions") for line in printed[:6])
     # harmful wins over changed: --fail-on change still gives 1
-    assert check(project, project / "clean.npy", "--estimator", project / "paging_estimator.json",
-                 "--fail-on", "change", "--quiet") == 1
+    assert (
+        check(
+            project,
+            project / "clean.npy",
+            "--estimator",
+            project / "paging_estimator.json",
+            "--fail-on",
+            "change",
+            "--quiet",
+        )
+        == 1
+    )
 
 
-@pytest.mark.parametrize("harmful, changed, fail_on, code", [
-    (0, 0, "harm", 0), (0, 1, "harm", 0), (1, 0, "harm", 1), (1, 1, "harm", 1),
-    (0, 0, "change", 0), (0, 1, "change", 3), (1, 0, "change", 1), (1, 1, "change", 1)])
+@pytest.mark.parametrize(
+    "harmful, changed, fail_on, code",
+    [
+        (0, 0, "harm", 0),
+        (0, 1, "harm", 0),
+        (1, 0, "harm", 1),
+        (1, 1, "harm", 1),
+        (0, 0, "change", 0),
+        (0, 1, "change", 3),
+        (1, 0, "change", 1),
+        (1, 1, "change", 1),
+    ],
+)
 def test_exit_codes_gate_on_harm_by_default_and_on_change_when_asked(harmful, changed, fail_on, code):
     from shiftwatch.operations.page import exit_code
 
@@ -196,15 +242,29 @@ def test_confirm_with_pages_only_on_the_second_harmful_batch_in_a_row(project, t
     first = json.loads(last.read_text())
     assert (first["harmful"], first["page"]) == (1, "ok")
     assert first["confirmation"]["previous_harmful"] is None
-    assert capsys.readouterr().out.startswith("HURT, not paged yet (no previous report; a second hurt batch "
-                                              "in a row pages): estimated accuracy ")
+    assert capsys.readouterr().out.startswith(
+        "HURT, not paged yet (no previous report; a second hurt batch in a row pages): estimated accuracy "
+    )
     # the second harmful batch in a row pages, and says it is confirmed
-    assert check(project, project / "clean.npy", *paging, "--json", last, "--confirm-with", last,
-                 "--time", "2026-12-01T01:00") == 1
+    assert (
+        check(
+            project,
+            project / "clean.npy",
+            *paging,
+            "--json",
+            last,
+            "--confirm-with",
+            last,
+            "--time",
+            "2026-12-01T01:00",
+        )
+        == 1
+    )
     second = json.loads(last.read_text())
     assert second["page"] == "PAGE" and second["confirmation"]["previous_harmful"] is True
-    assert capsys.readouterr().out.startswith("PAGE: the model is hurt (confirmed: the previous batch was hurt "
-                                              "too): estimated accuracy ")
+    assert capsys.readouterr().out.startswith(
+        "PAGE: the model is hurt (confirmed: the previous batch was hurt too): estimated accuracy "
+    )
     # a healthy batch in between resets it
     assert check(project, project / "clean.npy", "--json", last, "--confirm-with", last) == 0
     assert check(project, project / "clean.npy", *paging, "--confirm-with", last, "--quiet") == 0
@@ -220,9 +280,14 @@ def test_confirm_with_a_file_that_is_no_report_exits_2_before_the_check(project,
     assert not out.exists() and bad.read_text() == content
 
 
-@pytest.mark.parametrize("content, words", [("{not json", "not JSON"), ('{"signals": []}', "not an accuracy"),
-                                             ('{"signals": ["x"], "weights": [1], "page_points": 3, '
-                                              '"reference": {}}', "known signals")])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("{not json", "not JSON"),
+        ('{"signals": []}', "not an accuracy"),
+        ('{"signals": ["x"], "weights": [1], "page_points": 3, "reference": {}}', "known signals"),
+    ],
+)
 def test_a_corrupt_estimator_exits_2_with_one_line_and_no_report(project, tmp_path, capsys, content, words):
     bad, out = tmp_path / "estimator.json", tmp_path / "out.json"
     bad.write_text(content)
@@ -262,8 +327,9 @@ def test_arrays_of_another_size_are_resized_antialiased(tmp_path):
     resized, info = load_batch(tmp_path / "big.npy")
     assert resized.shape == (5, 28, 28) and resized.dtype == np.float32
     assert info["resized"] and info["input_sizes"] == ["56x56"]
-    expected = torch.nn.functional.interpolate(torch.from_numpy(images)[:, None], size=(28, 28),
-                                               mode="bilinear", antialias=True)[:, 0].numpy()
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(images)[:, None], size=(28, 28), mode="bilinear", antialias=True
+    )[:, 0].numpy()
     np.testing.assert_allclose(resized, np.clip(expected, 0, 1), atol=1e-6)
     # Antialiasing averages: the mean brightness survives the 2x downsampling.
     np.testing.assert_allclose(resized.mean(axis=(1, 2)), images.mean(axis=(1, 2)), rtol=0.02)
@@ -322,15 +388,25 @@ def test_bad_batches_exit_2_with_one_line_and_no_json(project, tmp_path, capsys,
     assert not out.exists() and list(tmp_path.glob(".out.json*")) == []
 
 
-@pytest.mark.parametrize("missing, words", [("--model", "dvc repro train"),
-                                            ("--reference", "dvc repro reference"),
-                                            ("--params", "pass --params"),
-                                            ("--estimator", "dvc repro harm"),
-                                            ("--finetuned", "dvc repro finetune")])
+@pytest.mark.parametrize(
+    "missing, words",
+    [
+        ("--model", "dvc repro train"),
+        ("--reference", "dvc repro reference"),
+        ("--params", "pass --params"),
+        ("--estimator", "dvc repro harm"),
+        ("--finetuned", "dvc repro finetune"),
+    ],
+)
 def test_missing_model_reference_or_params_exit_2(project, tmp_path, capsys, missing, words):
-    paths = {"--reference": project / "test.npz", "--model": project / "resnet18.pt",
-             "--params": project / "params.yaml", "--estimator": project / "estimator.json",
-             "--finetuned": project / "finetuned.pt", missing: tmp_path / "nowhere" / "file"}
+    paths = {
+        "--reference": project / "test.npz",
+        "--model": project / "resnet18.pt",
+        "--params": project / "params.yaml",
+        "--estimator": project / "estimator.json",
+        "--finetuned": project / "finetuned.pt",
+        missing: tmp_path / "nowhere" / "file",
+    }
     out = tmp_path / "out.json"
     argv = ["check", str(project / "clean.npy"), "--json", str(out)]
     assert main(argv + [str(a) for pair in paths.items() for a in pair]) == 2
@@ -345,9 +421,20 @@ def test_a_reference_made_by_another_model_is_refused(project, tmp_path, capsys)
     retrained = tmp_path / "retrained.pt"
     save_state_dict(build_resnet18(seed=1), retrained)
     out = tmp_path / "out.json"
-    argv = ["check", str(project / "clean.npy"), "--reference", str(project / "test.npz"),
-            "--params", str(project / "params.yaml"), "--json", str(out),
-            "--estimator", str(project / "estimator.json"), "--finetuned", str(project / "finetuned.pt")]
+    argv = [
+        "check",
+        str(project / "clean.npy"),
+        "--reference",
+        str(project / "test.npz"),
+        "--params",
+        str(project / "params.yaml"),
+        "--json",
+        str(out),
+        "--estimator",
+        str(project / "estimator.json"),
+        "--finetuned",
+        str(project / "finetuned.pt"),
+    ]
     assert main([*argv, "--model", str(retrained)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and file_md5(retrained)[:12] in err[0] and "dvc repro reference" in err[0]
@@ -366,20 +453,58 @@ def test_a_reference_made_by_another_model_is_refused(project, tmp_path, capsys)
 
 def test_the_entry_point_runs_as_a_module_with_its_exit_codes(project, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    common = ["--reference", str(project / "test.npz"), "--params", str(project / "params.yaml"),
-              "--estimator", str(project / "estimator.json"), "--finetuned", str(project / "finetuned.pt"),
-              "--fail-on", "change"]
-    alert = subprocess.run([sys.executable, "-m", "shiftwatch", "check", str(project / "bright.npy"),
-                            "--model", str(project / "resnet18.pt"), *common],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    common = [
+        "--reference",
+        str(project / "test.npz"),
+        "--params",
+        str(project / "params.yaml"),
+        "--estimator",
+        str(project / "estimator.json"),
+        "--finetuned",
+        str(project / "finetuned.pt"),
+        "--fail-on",
+        "change",
+    ]
+    alert = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shiftwatch",
+            "check",
+            str(project / "bright.npy"),
+            "--model",
+            str(project / "resnet18.pt"),
+            *common,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert alert.returncode == 3, alert.stderr  # changed, not harmful
     assert "change     changed: shift detected by" in alert.stdout and "time " in alert.stdout
-    missing = subprocess.run([sys.executable, "-m", "shiftwatch", "check", str(project / "clean.npy"),
-                              "--model", str(tmp_path / "none.pt"), *common],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shiftwatch",
+            "check",
+            str(project / "clean.npy"),
+            "--model",
+            str(tmp_path / "none.pt"),
+            *common,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert missing.returncode == 2 and missing.stdout == ""
     assert missing.stderr.strip().splitlines() == [
-        f"shiftwatch check: error: {tmp_path / 'none.pt'}: not found; run `dvc repro train` or pass --model"]
+        f"shiftwatch check: error: {tmp_path / 'none.pt'}: not found; run `dvc repro train` or pass --model"
+    ]
 
 
 def test_help_lists_the_commands(capsys):
@@ -403,8 +528,10 @@ def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "bright.json"
     called_ms = int(time.time() * 1000)
-    assert check(project, project / "bright.npy", "--json", out, "--html", tmp_path / "bright.html",
-                 "--log", "--quiet") == 0
+    assert (
+        check(project, project / "bright.npy", "--json", out, "--html", tmp_path / "bright.html", "--log", "--quiet")
+        == 0
+    )
     returned_ms = time.time() * 1000
     report = json.loads(out.read_text())
 
@@ -436,8 +563,10 @@ def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypa
     assert figures == {"mean_pixel.png", "confidence.png", "samples.png"}
     # Lineage: the batch and the reference as dataset inputs, by md5; the model by md5.
     inputs = {d.dataset.name: (d.dataset.digest, d.tags[0].value) for d in run.inputs.dataset_inputs}
-    assert inputs == {str(project / "bright.npy"): (file_md5(project / "bright.npy"), "check"),
-                      str(project / "test.npz"): (file_md5(project / "test.npz"), "reference")}
+    assert inputs == {
+        str(project / "bright.npy"): (file_md5(project / "bright.npy"), "check"),
+        str(project / "test.npz"): (file_md5(project / "test.npz"), "reference"),
+    }
     assert run.data.tags["shiftwatch.model_md5"] == file_md5(project / "resnet18.pt")
 
 
@@ -482,7 +611,8 @@ def _read_only_folder(tmp_path: Path) -> tuple[Path, str]:
 @pytest.mark.parametrize("fault", [_file_in_the_way, _read_only_folder])
 @pytest.mark.parametrize("option", ["--json", "--html"])
 def test_an_unwritable_output_is_refused_before_the_check_naming_the_users_path(
-        project, tmp_path, capsys, monkeypatch, option, fault):
+    project, tmp_path, capsys, monkeypatch, option, fault
+):
     # given an output path that cannot be written, and a check that must not start
     out, cause = fault(tmp_path)
     before = sorted(tmp_path.rglob("*"))
@@ -498,19 +628,26 @@ def test_an_unwritable_output_is_refused_before_the_check_naming_the_users_path(
     assert sorted(tmp_path.rglob("*")) == before
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="headless Chromium not installed: apt-get install chromium (.ci/run does)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="headless Chromium not installed: apt-get install chromium (.ci/run does)"
+)
 def test_html_report_renders_in_headless_chromium(project, tmp_path):
     out = tmp_path / "report.html"
     assert check(project, project / "clean.npy", "--html", out, "--quiet") == 0
-    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-               f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*browser, "--dump-dom", out.as_uri()], capture_output=True, text=True,
-                         timeout=120)
+    browser = [
+        "chromium",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    dom = subprocess.run([*browser, "--dump-dom", out.as_uri()], capture_output=True, text=True, timeout=120)
     assert 'id="verdict"' in dom.stdout and "ok: the model is not hurt" in dom.stdout
     shot = tmp_path / "report.png"
-    subprocess.run([*browser, f"--screenshot={shot}", "--window-size=1200,1600", out.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [*browser, f"--screenshot={shot}", "--window-size=1200,1600", out.as_uri()], capture_output=True, timeout=120
+    )
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (1600, 1200) and pixels.std() > 10  # a page was drawn, not a blank
     # the green verdict banner is at the top: look for it in the first 200 rows
@@ -518,21 +655,45 @@ def test_html_report_renders_in_headless_chromium(project, tmp_path):
     assert np.any((rgb[..., 1] > 100) & (rgb[..., 0] < 60) & (rgb[..., 2] < 80))
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None,
-                    reason="headless Chromium not installed: apt-get install chromium (.ci/run does)")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="headless Chromium not installed: apt-get install chromium (.ci/run does)"
+)
 def test_a_paging_html_report_shows_page_estimate_change_and_advice_above_the_fold(project, tmp_path):
     """At 1280x800, the banner (page and estimate), the change line and the advice all end
     above the fold: measured by the browser's own layout, read back through the DOM."""
     out = tmp_path / "page.html"
-    assert check(project, project / "clean.npy", "--estimator", project / "paging_estimator.json",
-                 "--html", out, "--quiet") == 1
+    assert (
+        check(
+            project, project / "clean.npy", "--estimator", project / "paging_estimator.json", "--html", out, "--quiet"
+        )
+        == 1
+    )
     probe = tmp_path / "probe.html"
-    probe.write_text(out.read_text().replace("</body>", (
-        "<script>document.body.setAttribute('data-bottoms', JSON.stringify(['verdict', 'change', 'advice']"
-        ".map(id => document.getElementById(id).getBoundingClientRect().bottom)));</script></body>")))
-    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                          f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,800", "--dump-dom",
-                          probe.as_uri()], capture_output=True, text=True, timeout=120)
+    probe.write_text(
+        out.read_text().replace(
+            "</body>",
+            (
+                "<script>document.body.setAttribute('data-bottoms', JSON.stringify(['verdict', 'change', 'advice']"
+                ".map(id => document.getElementById(id).getBoundingClientRect().bottom)));</script></body>"
+            ),
+        )
+    )
+    dom = subprocess.run(
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1280,800",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "PAGE: the model is hurt" in dom.stdout and "review the low-confidence predictions" in dom.stdout
-    bottoms = json.loads(dom.stdout.split("data-bottoms=\"", 1)[1].split("\"", 1)[0].replace("&quot;", '"'))
+    bottoms = json.loads(dom.stdout.split('data-bottoms="', 1)[1].split('"', 1)[0].replace("&quot;", '"'))
     assert len(bottoms) == 3 and all(0 < bottom <= 800 for bottom in bottoms), bottoms

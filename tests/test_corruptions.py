@@ -1,14 +1,29 @@
 """The corruption families of the harm table: range, determinism, and the property each claims."""
+
 import numpy as np
 import pytest
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.data.corruptions import FAMILIES, check_severity, corrupt
 
-SEVERITY = {"contrast": 0.5, "gamma": 2, "noise": 0.1, "rotate": 20, "translate": 2, "zoom": 0.2,
-            "crop": 0.2, "shear": 0.2, "blur": 1, "occlusion": 10,
-            "jpeg": 10, "pixelate": 10, "motion_blur": 5, "salt_pepper": 0.05, "contrast_mean": 0.9,
-            "png": 6}
+SEVERITY = {
+    "contrast": 0.5,
+    "gamma": 2,
+    "noise": 0.1,
+    "rotate": 20,
+    "translate": 2,
+    "zoom": 0.2,
+    "crop": 0.2,
+    "shear": 0.2,
+    "blur": 1,
+    "occlusion": 10,
+    "jpeg": 10,
+    "pixelate": 10,
+    "motion_blur": 5,
+    "salt_pepper": 0.05,
+    "contrast_mean": 0.9,
+    "png": 6,
+}
 
 
 @pytest.fixture
@@ -19,7 +34,7 @@ def images():
     for image in out:
         top, left = rng.integers(4, 12, 2)
         size = rng.integers(6, 12)
-        image[top:top + size, left:left + size] = rng.uniform(0.4, 1.0)
+        image[top : top + size, left : left + size] = rng.uniform(0.4, 1.0)
     return out
 
 
@@ -43,8 +58,7 @@ def test_photometric_families_keep_black_pixels_black(images, family):
     assert np.all(shifted[images > 0] < images[images > 0])  # both darken the object here
 
 
-@pytest.mark.parametrize("family", ["noise", "rotate", "translate", "zoom", "crop", "shear",
-                                    "occlusion"])
+@pytest.mark.parametrize("family", ["noise", "rotate", "translate", "zoom", "crop", "shear", "occlusion"])
 def test_random_families_perturb_each_image_differently_and_follow_the_seed(images, family):
     same = np.repeat(images[:1], 10, axis=0)
     shifted = corrupt(same, family, SEVERITY[family], seed=1)
@@ -84,6 +98,7 @@ def test_shear_tilts_a_vertical_bar_about_the_centre_both_ways():
     def centre_column(rows):  # mean column of the ink in these rows, per image
         ink = inked[:, rows].sum(axis=1)
         return (ink * np.arange(28)).sum(axis=1) / np.maximum(ink.sum(axis=1), 1)
+
     tilt = centre_column(slice(4, 8)) - centre_column(slice(20, 24))  # top row's shift minus bottom's
     assert tilt.min() < -3 and tilt.max() > 3  # leaning both ways, by up to 0.3 x 16 px
     assert np.abs(centre_column(slice(13, 15)) - 13.5).max() < 0.5  # the centre rows stay put
@@ -115,10 +130,21 @@ def test_jpeg_at_high_quality_is_close_and_at_low_quality_is_not(images):
     assert mild < 0.01 < harsh
 
 
-@pytest.mark.parametrize("family,severity", [("contrast", 1.5), ("gamma", 0), ("noise", -0.1),
-                                             ("translate", 20), ("zoom", 0.6), ("shear", 1.5), ("blur", 6),
-                                             ("occlusion", 28), ("jpeg", 100),
-                                             ("smear", 1)])
+@pytest.mark.parametrize(
+    "family,severity",
+    [
+        ("contrast", 1.5),
+        ("gamma", 0),
+        ("noise", -0.1),
+        ("translate", 20),
+        ("zoom", 0.6),
+        ("shear", 1.5),
+        ("blur", 6),
+        ("occlusion", 28),
+        ("jpeg", 100),
+        ("smear", 1),
+    ],
+)
 def test_a_meaningless_severity_names_the_setting(family, severity):
     with pytest.raises(ShiftwatchError, match=f"{family}"):
         check_severity(family, severity)

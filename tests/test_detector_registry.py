@@ -1,6 +1,7 @@
 """The detector registry: one entry per detector, picked up by monitor's verdict and
 diagnostics and by power's repetitions; the worked example, a per-pixel KS (alibi-detect's
 KSDrift), checked against scipy."""
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -34,8 +35,15 @@ def test_per_pixel_ks_refuses_floats_and_mismatched_shapes():
 
 
 def test_every_detector_names_a_known_view_and_the_verdict_is_the_seven():
-    assert FEATURE_DETECTORS == ("ks_mean_pixel", "image_stats", "frame_span", "bbsd_ks", "bbsd_chi2",
-                                 "bbsd_class_shares", "mmd_embedding")
+    assert FEATURE_DETECTORS == (
+        "ks_mean_pixel",
+        "image_stats",
+        "frame_span",
+        "bbsd_ks",
+        "bbsd_chi2",
+        "bbsd_class_shares",
+        "mmd_embedding",
+    )
     assert "pixel_ks" in DIAGNOSTIC_DETECTORS and DETECTORS["pixel_ks"].consumes == "pixels"
     assert all(d.consumes in VIEWS and d.summary for d in DETECTORS.values())
 
@@ -60,7 +68,8 @@ def test_power_gives_repetitions_by_the_registered_cost_not_by_name():
 
     assert {name: d.cost for name, d in DETECTORS.items() if d.cost != "cheap"} == {"mmd_embedding": "quadratic"}
     power = load_params(REPO / "params.yaml").power.model_copy(
-        update={"repetitions": 9, "mmd_repetitions": {100: 4}, "diagnostic_repetitions": {50: 6}})
+        update={"repetitions": 9, "mmd_repetitions": {100: 4}, "diagnostic_repetitions": {50: 6}}
+    )
     kernel = register("kernel_diagnostic", consumes="embeddings", verdict=False, summary="x", cost="quadratic")
     kernel(lambda reference, deployment, settings: None)
     try:
@@ -90,6 +99,7 @@ def extra_detector():
         calls.append(settings.seed)
         margin = [np.diff(np.sort(side, axis=1)[:, -2:], axis=1)[:, 0] for side in (reference, deployment)]
         return DetectorResult(*stats.ks_2samp(*margin, method="asymp"))
+
     yield calls
     del DETECTORS["margin_ks"]
 
@@ -113,10 +123,11 @@ def test_a_registered_detector_reaches_monitor_and_power_without_entering_the_ve
 
     def sample(generator, n):
         rows = generator.permutation(len(pool))
-        return pool.subset(rows[:n]), pool.subset(rows[n:2 * n])
+        return pool.subset(rows[:n]), pool.subset(rows[n : 2 * n])
 
     def seeded(name):
         return lambda ref, dep, seed: DETECTORS[name].bind(Settings(seed=seed, permutations=50))(ref, dep)
+
     every = {name: seeded(name) for name in names}
     rates = independent_alarm_rates(sample, every, [50], 20, seed=1, verdict=monitor.FEATURE_DETECTORS)
     alone = independent_alarm_rates(sample, {n: every[n] for n in monitor.FEATURE_DETECTORS}, [50], 20, seed=1)

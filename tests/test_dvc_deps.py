@@ -2,6 +2,7 @@
 script imports, directly or through other modules, and exactly the params keys it reads (a
 module or key missing means stale results after an edit; one listed but unused means needless
 reruns)."""
+
 import ast
 from pathlib import Path
 
@@ -16,9 +17,15 @@ from conftest import REPO
 # below). Listing them would rerun training for an edit to an error message. A stage that imports
 # core/lineage.py itself (reference, which stores a model md5 in its output) must list it.
 CANNOT_CHANGE_RESULTS = {
-    "shiftwatch/tracking/__init__.py", "shiftwatch/tracking/store.py", "shiftwatch/tracking/dvc.py",
-    "shiftwatch/tracking/runs.py", "shiftwatch/tracking/checks.py", "shiftwatch/tracking/registry.py",
-    "shiftwatch/core/stage.py", "shiftwatch/core/params.py"}
+    "shiftwatch/tracking/__init__.py",
+    "shiftwatch/tracking/store.py",
+    "shiftwatch/tracking/dvc.py",
+    "shiftwatch/tracking/runs.py",
+    "shiftwatch/tracking/checks.py",
+    "shiftwatch/tracking/registry.py",
+    "shiftwatch/core/stage.py",
+    "shiftwatch/core/params.py",
+}
 
 
 def _module_file(dotted: str) -> Path | None:
@@ -104,10 +111,17 @@ def test_the_check_follows_lazy_and_transitive_imports(tmp_path):
     assert shiftwatch_modules(script) == {"shiftwatch/__init__.py"}  # no such module: only the package
     script.write_text("def main():\n    from shiftwatch.model.features import Features\n")
     assert shiftwatch_modules(script) == {  # features -> io, image_stats -> _arrays -> basic; network lazily
-        "shiftwatch/__init__.py", "shiftwatch/model/__init__.py", "shiftwatch/model/features.py",
-        "shiftwatch/core/__init__.py", "shiftwatch/core/io.py", "shiftwatch/model/network.py",
-        "shiftwatch/detection/__init__.py", "shiftwatch/detection/image_stats.py",
-        "shiftwatch/detection/_arrays.py", "shiftwatch/detection/basic.py"}
+        "shiftwatch/__init__.py",
+        "shiftwatch/model/__init__.py",
+        "shiftwatch/model/features.py",
+        "shiftwatch/core/__init__.py",
+        "shiftwatch/core/io.py",
+        "shiftwatch/model/network.py",
+        "shiftwatch/detection/__init__.py",
+        "shiftwatch/detection/image_stats.py",
+        "shiftwatch/detection/_arrays.py",
+        "shiftwatch/detection/basic.py",
+    }
 
 
 def test_train_does_not_depend_on_inference_or_shift_settings():
@@ -133,6 +147,7 @@ def test_params_yaml_sets_every_key_so_schema_defaults_cannot_change_results():
 
 
 # ---------------------------------------------------------------- params read vs declared
+
 
 def _params_read(script: Path) -> set[str]:
     """The params.yaml keys `script` reads: attribute chains on the variable `params` (in any
@@ -179,8 +194,11 @@ def _params_read(script: Path) -> set[str]:
             continue  # only the outermost node of each chain
         if node in definitions or isinstance(getattr(node, "ctx", None), ast.Store):
             continue
-        found = chain(node) if isinstance(node, ast.Attribute) else (
-            (node.id, []) if node.id in aliases and node.id != "params" else None)
+        found = (
+            chain(node)
+            if isinstance(node, ast.Attribute)
+            else ((node.id, []) if node.id in aliases and node.id != "params" else None)
+        )
         if found is not None and (found_key := key(*found)) is not None:
             reads.add(found_key)
     return reads
@@ -200,8 +218,9 @@ def test_every_stage_declares_the_params_it_reads_and_reads_what_it_declares():
         declared = {str(p) for p in spec.get("params", [])}
         read = _params_read(_script(spec))
         covered = lambda key: any(key == d or key.startswith(f"{d}.") for d in declared)
-        unused = {d for d in declared if not any(r == d or r.startswith(f"{d}.") or d.startswith(f"{r}.")
-                                                  for r in read)}
+        unused = {
+            d for d in declared if not any(r == d or r.startswith(f"{d}.") or d.startswith(f"{r}.") for r in read)
+        }
         if {r for r in read if not covered(r)}:
             problems.append(f"{stage}: reads but does not declare {sorted(r for r in read if not covered(r))}")
         if unused:
@@ -211,13 +230,15 @@ def test_every_stage_declares_the_params_it_reads_and_reads_what_it_declares():
 
 def test_the_params_check_sees_aliases_and_helpers(tmp_path):
     script = tmp_path / "stage.py"
-    script.write_text("def main():\n"
-                      "    params = load_params()\n"
-                      "    power, focus = params.power, params.shift.label_class\n"
-                      "    use(power.sizes, params.seed)\n"
-                      "    helper(params)\n\n"
-                      "def helper(params):\n"
-                      "    return params.evaluate\n")
+    script.write_text(
+        "def main():\n"
+        "    params = load_params()\n"
+        "    power, focus = params.power, params.shift.label_class\n"
+        "    use(power.sizes, params.seed)\n"
+        "    helper(params)\n\n"
+        "def helper(params):\n"
+        "    return params.evaluate\n"
+    )
     assert _params_read(script) == {"power.sizes", "shift.label_class", "seed", "evaluate"}
 
 
@@ -228,9 +249,15 @@ def test_the_power_plots_draw_every_registered_detector_and_the_verdict():
     from shiftwatch.detection.verdict import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS
 
     plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
-    drawn = {path: columns for plot in plots if isinstance(plot, dict) for spec in plot.values()
-             if isinstance(spec, dict) and isinstance(spec.get("y"), dict)
-             for path, columns in spec["y"].items() if path.startswith("metrics/power/")}
+    drawn = {
+        path: columns
+        for plot in plots
+        if isinstance(plot, dict)
+        for spec in plot.values()
+        if isinstance(spec, dict) and isinstance(spec.get("y"), dict)
+        for path, columns in spec["y"].items()
+        if path.startswith("metrics/power/")
+    }
     assert set(drawn) == {"metrics/power/label_keep_0.1.csv", "metrics/power/no_shift.csv"}
     for columns in drawn.values():
         assert columns == [*FEATURE_DETECTORS, *DIAGNOSTIC_DETECTORS, COMBINED]
@@ -242,13 +269,17 @@ def test_the_model_paths_are_one_constant_that_dvc_yaml_agrees_with():
     from shiftwatch.model import DEPLOYED_MODEL, FINETUNED_MODEL
 
     stages = _stages()
-    outputs = {name: {next(iter(o)) if isinstance(o, dict) else o for o in spec.get("outs", [])}
-               for name, spec in stages.items()}
+    outputs = {
+        name: {next(iter(o)) if isinstance(o, dict) else o for o in spec.get("outs", [])}
+        for name, spec in stages.items()
+    }
     assert DEPLOYED_MODEL in outputs["train"] and FINETUNED_MODEL in outputs["finetune"]
     for name, spec in stages.items():
         script = _script(spec).read_text()
-        for constant, path, writer in (("DEPLOYED_MODEL", DEPLOYED_MODEL, "train"),
-                                       ("FINETUNED_MODEL", FINETUNED_MODEL, "finetune")):
+        for constant, path, writer in (
+            ("DEPLOYED_MODEL", DEPLOYED_MODEL, "train"),
+            ("FINETUNED_MODEL", FINETUNED_MODEL, "finetune"),
+        ):
             if constant in script and name != writer:
                 assert path in spec["deps"], f"stage {name} reads {path} but does not list it in dvc.yaml"
     assert not any('"models/resnet18' in _script(spec).read_text() for spec in stages.values())

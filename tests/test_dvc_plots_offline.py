@@ -3,6 +3,7 @@ so offline its plots are blank; tools/plots_template.py (`make plots-template`) 
 template with the pinned npm packages inlined, and the committed template (.dvc/plots_page.html)
 says what to run when Vega did not load. Rendered by real dvc from a temp copy of the committed
 plot data, opened in headless Chromium with the network shut."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,10 +21,12 @@ from conftest import REPO
 
 TOOL = REPO / "tools" / "plots_template.py"
 NODE_MODULES = REPO / "node_modules"
-needs_chromium = pytest.mark.skipif(shutil.which("chromium") is None,
-                                    reason="headless Chromium not installed: apt-get install chromium (.ci/run does)")
-needs_npm_packages = pytest.mark.skipif(not (NODE_MODULES / "vega-embed").is_dir(),
-                                        reason="pinned Vega packages not installed: npm ci (.ci/run does)")
+needs_chromium = pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="headless Chromium not installed: apt-get install chromium (.ci/run does)"
+)
+needs_npm_packages = pytest.mark.skipif(
+    not (NODE_MODULES / "vega-embed").is_dir(), reason="pinned Vega packages not installed: npm ci (.ci/run does)"
+)
 
 # Waits until every plot has a canvas with something painted on it (or 8 s of page time), then
 # writes each plot's canvas size and painted (not white, not transparent) pixels onto <body>.
@@ -85,14 +88,27 @@ def open_offline(page: str, folder: Path) -> tuple[list[dict], str, str]:
     plot_ids = re.findall(r"vegaEmbed\('#([^']+)'", page)
     head, tail = page.rsplit("</body>", 1)  # the last one: the inlined JS contains "</body>" too
     probe_page = folder / "probe.html"
-    probe_page.write_text(head + PROBE.replace("PLOT_IDS", json.dumps(plot_ids)) + "</body>" + tail,
-                          encoding="utf-8")
+    probe_page.write_text(head + PROBE.replace("PLOT_IDS", json.dumps(plot_ids)) + "</body>" + tail, encoding="utf-8")
     browser = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         f"--user-data-dir={folder / 'profile'}", "--proxy-server=http://127.0.0.1:9",
-         "--host-resolver-rules=MAP * ~NOTFOUND", "--enable-logging=stderr", "--v=0",
-         "--virtual-time-budget=15000", "--dump-dom", probe_page.as_uri()],
-        capture_output=True, text=True, timeout=180)
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={folder / 'profile'}",
+            "--proxy-server=http://127.0.0.1:9",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            probe_page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     found = re.search(r'data-plots="([^"]*)"', browser.stdout)
     assert found, f"the probe never reported; console:\n{browser.stderr[-2000:]}"
     console = "\n".join(line for line in browser.stderr.splitlines() if ":CONSOLE" in line)
@@ -104,8 +120,13 @@ def open_offline(page: str, folder: Path) -> tuple[list[dict], str, str]:
 @needs_npm_packages
 def test_with_the_offline_template_every_vega_plot_draws_without_network(plot_repo, tmp_path):
     # given the template `make plots-template` writes, configured the way it configures it
-    written = subprocess.run([sys.executable, str(TOOL), "--node-modules", str(NODE_MODULES)],
-                             cwd=plot_repo, capture_output=True, text=True, timeout=60)
+    written = subprocess.run(
+        [sys.executable, str(TOOL), "--node-modules", str(NODE_MODULES)],
+        cwd=plot_repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert written.returncode == 0, written.stderr
     assert _dvc(plot_repo, "config", "--local", "plots.html_template", "plots_page_offline.html").returncode == 0
     # when dvc renders the page and a browser with no network opens it

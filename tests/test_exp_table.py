@@ -1,5 +1,6 @@
 """tools/exp_table.py (`make exp`): the params and metrics that differ between experiments, one
 row each, no dependency hashes. Real `dvc exp run` on a two-stage project in a temp folder."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,7 +20,7 @@ TOOL = REPO / "tools" / "exp_table.py"
 SCRIPTS = {
     "make.py": "import yaml\nopen('data.txt', 'w').write(str(yaml.safe_load(open('params.yaml'))['scale']))\n",
     "score.py": "import json\njson.dump({'score': 2 * int(open('data.txt').read()), 'constant': 7},"
-                " open('metrics.json', 'w'))\n",
+    " open('metrics.json', 'w'))\n",
 }
 DVC_YAML = """stages:
   make:
@@ -37,9 +38,15 @@ DVC_YAML = """stages:
 
 def _run(repo: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", DVC_NO_ANALYTICS="1",
-               DO_NOT_TRACK="1", GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-               GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com")
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        DVC_NO_ANALYTICS="1",
+        DO_NOT_TRACK="1",
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.com",
+    )
     result = subprocess.run(args, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{' '.join(args)}: {result.stdout}{result.stderr}"
     return result
@@ -81,8 +88,13 @@ def test_one_row_per_changed_param_and_metric_and_no_dependency_hashes(experimen
 
 @pytest.mark.slow
 def test_an_unknown_baseline_is_one_line_and_exit_2(experiments):
-    result = subprocess.run([sys.executable, str(TOOL), "--rev", "no-such-commit"], cwd=experiments,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(TOOL), "--rev", "no-such-commit"],
+        cwd=experiments,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.strip().count("\n") == 0 and "no-such-commit" in result.stderr
 
@@ -97,5 +109,6 @@ def test_nothing_changed_says_so_instead_of_an_empty_table(monkeypatch, capsys):
     # when
     assert exp_table.main([]) == 0
     # then
-    assert capsys.readouterr().out == ("no param or metric differs between workspace, main "
-                                       "(run `dvc exp run -S key=value` first)\n")
+    assert capsys.readouterr().out == (
+        "no param or metric differs between workspace, main (run `dvc exp run -S key=value` first)\n"
+    )

@@ -7,6 +7,7 @@ The page's convention (its opening comment): in the two "Adding" sections every 
 a step. `python` blocks headed `# append to <file>` go at the end of that file after two blank
 lines, `diff` blocks headed `--- <file>` replace each run of `-` lines (found exactly once) with
 the `+` lines after it, `bash` blocks run in the repository root."""
+
 import json
 import os
 import re
@@ -23,8 +24,20 @@ PAGE = REPO / "docs" / "extending.md"
 SECTIONS = ("Adding a detector", "Adding a corruption family")
 # What the steps and the checks they run need: the package, its stages, tests and tools, the
 # pages whose tables the tools regenerate, and the metrics those tables are made from.
-COPIED = ("shiftwatch", "stages", "tests", "tools", "docs", "metrics", "benchmarks",
-          "dvc.yaml", "params.yaml", "pyproject.toml", "pytest.ini", "README.md")
+COPIED = (
+    "shiftwatch",
+    "stages",
+    "tests",
+    "tools",
+    "docs",
+    "metrics",
+    "benchmarks",
+    "dvc.yaml",
+    "params.yaml",
+    "pyproject.toml",
+    "pytest.ini",
+    "README.md",
+)
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 
 
@@ -154,16 +167,25 @@ def test_following_the_page_adds_a_detector_and_a_corruption_family(tmp_path):
         else:
             copy.mkdir(exist_ok=True)
             shutil.copy2(source, copy / name)
-    env = {**os.environ, "PYTHONPATH": str(copy),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(copy),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
 
     # When every step of the two sections is performed, in order
     edited = set()
     for section in SECTIONS:
         for language, code in _steps(section):
             if language == "bash":
-                done = subprocess.run(["bash", "-euo", "pipefail", "-c", code], cwd=copy, env=env,
-                                      capture_output=True, text=True, timeout=600)
+                done = subprocess.run(
+                    ["bash", "-euo", "pipefail", "-c", code],
+                    cwd=copy,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
                 output = done.stdout[-3000:] + done.stderr[-3000:]
                 assert done.returncode == 0, f"'{section}': {code!r} failed:\n{output}"
             else:
@@ -172,8 +194,9 @@ def test_following_the_page_adds_a_detector_and_a_corruption_family(tmp_path):
                 edited.add(path)
 
     # Then the copy sees both where the page says
-    probe = subprocess.run([sys.executable, "-c", PROBE], cwd=copy, env=env, capture_output=True, text=True,
-                           timeout=300)
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=copy, env=env, capture_output=True, text=True, timeout=300
+    )
     assert probe.returncode == 0, probe.stderr[-3000:]
     facts = json.loads(probe.stdout.splitlines()[-1])
     assert Path(facts["package"]).is_relative_to(copy)
@@ -191,8 +214,10 @@ def test_following_the_page_adds_a_detector_and_a_corruption_family(tmp_path):
     # the power plots and the page's own table
     plots = (copy / "dvc.yaml").read_text()
     assert plots.count("pixel_ks, max_confidence_ks,") == 2
-    assert ("| `max_confidence_ks` | probabilities | diagnostic | KS on the top softmax probability (the "
-            "model's confidence) |") in (copy / "docs" / "extending.md").read_text()
+    assert (
+        "| `max_confidence_ks` | probabilities | diagnostic | KS on the top softmax probability (the "
+        "model's confidence) |"
+    ) in (copy / "docs" / "extending.md").read_text()
 
     # the corruption family: in the table, range-checked, applied as the page says
     assert facts["families"][-1] == "vignette"

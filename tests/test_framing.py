@@ -15,22 +15,23 @@ def test_fisher_greater_matches_scipy(rng):
     for _ in range(200):
         size_a, size_b = rng.integers(1, 150, 2)
         hits_a, hits_b = rng.integers(0, size_a + 1), rng.integers(0, size_b + 1)
-        expected = stats.fisher_exact([[hits_a, size_a - hits_a], [hits_b, size_b - hits_b]],
-                                      alternative="greater").pvalue
+        expected = stats.fisher_exact(
+            [[hits_a, size_a - hits_a], [hits_b, size_b - hits_b]], alternative="greater"
+        ).pvalue
         assert _fisher_greater(hits_a, size_a, hits_b, size_b) == pytest.approx(expected, rel=1e-9, abs=1e-15)
 
 
 def _framed_box(top, left, height, width, value=200):
     image = np.zeros((28, 28), dtype=np.uint8)
-    image[top:top + height, left:left + width] = value
+    image[top : top + height, left : left + width] = value
     return image.reshape(-1)
 
 
 def test_spans_frame_known_answers():
-    tall = _framed_box(0, 10, 28, 8)      # a dress: top to bottom
-    wide = _framed_box(9, 0, 10, 28)      # a bag: left to right
+    tall = _framed_box(0, 10, 28, 8)  # a dress: top to bottom
+    wide = _framed_box(9, 0, 10, 28)  # a bag: left to right
     faint = _framed_box(0, 10, 28, 8, value=1)  # any ink counts
-    moved = _framed_box(1, 10, 27, 8)     # the dress one pixel down: the top row is empty
+    moved = _framed_box(1, 10, 27, 8)  # the dress one pixel down: the top row is empty
     small = _framed_box(4, 4, 20, 20)
     pixels = np.stack([tall, wide, faint, moved, small])
     assert spans_frame(pixels).tolist() == [True, True, True, False, False]

@@ -1,4 +1,5 @@
 """Stage harm's design and judgement: cells, leave-one-family-out, and the page as check runs it."""
+
 import numpy as np
 import pytest
 
@@ -46,8 +47,10 @@ def test_a_label_shift_cell_weighs_its_images_by_the_new_class_mix(pool):
 
 def test_leave_one_family_out_judges_each_family_with_a_fit_that_never_saw_it(pool):
     clean = shifted_cell(pool, "none", None, 0)
-    design = {f"{family}_{s}": shifted_cell(pool, family, s, seed)
-              for seed, (family, s) in enumerate([("a", 3.0), ("a", 2.0), ("b", 3.0), ("b", 1.5)])}
+    design = {
+        f"{family}_{s}": shifted_cell(pool, family, s, seed)
+        for seed, (family, s) in enumerate([("a", 3.0), ("a", 2.0), ("b", 3.0), ("b", 1.5)])
+    }
     # A family whose images lose accuracy while confidence does not move: only the fit that saw
     # it could absorb it, and it must not, so its left-out error is large.
     _probabilities, _labels = pool
@@ -67,14 +70,44 @@ def test_judge_cell_pages_on_a_costly_shift_and_stays_quiet_on_no_shift(pool):
     fit = EstimatorFit(("confidence",), (1.0,), 0.005)
     costly = shifted_cell(pool, "blurry", 1.0, 1)
     assert 100 * (clean.accuracy() - costly.accuracy()) > 5
-    quiet = judge_cell(clean, probabilities, None, labels, fit, sizes=[100, 300], repetitions=40,
-                       reference_size=1500, page_points=3, seed=0)
-    loud = judge_cell(costly, probabilities, None, labels, fit, sizes=[100], repetitions=40,
-                      reference_size=1500, page_points=3, seed=0)
+    quiet = judge_cell(
+        clean,
+        probabilities,
+        None,
+        labels,
+        fit,
+        sizes=[100, 300],
+        repetitions=40,
+        reference_size=1500,
+        page_points=3,
+        seed=0,
+    )
+    loud = judge_cell(
+        costly,
+        probabilities,
+        None,
+        labels,
+        fit,
+        sizes=[100],
+        repetitions=40,
+        reference_size=1500,
+        page_points=3,
+        seed=0,
+    )
     assert quiet["300"]["page_rate"] <= 0.1 and loud["100"]["page_rate"] >= 0.9
     assert quiet["100"]["coverage"] >= 0.8 and set(quiet["100"]) >= {"ci_low", "ci_high", "median_error_points"}
-    again = judge_cell(clean, probabilities, None, labels, fit, sizes=[100, 300], repetitions=40,
-                       reference_size=1500, page_points=3, seed=0)
+    again = judge_cell(
+        clean,
+        probabilities,
+        None,
+        labels,
+        fit,
+        sizes=[100, 300],
+        repetitions=40,
+        reference_size=1500,
+        page_points=3,
+        seed=0,
+    )
     assert again == quiet  # seeded per (n, repetition)
     # every draw of the costly cell pages, so each but the first is confirmed by the one before
     assert loud["100"]["confirmed_pages"] == round(40 * loud["100"]["page_rate"]) - 1 == 39
@@ -92,8 +125,18 @@ def test_a_draw_larger_than_the_thinned_cell_is_refused(pool):
     probabilities, labels = pool
     cell = shifted_cell(pool, "label_keep", None, 0, keep=0.1)
     with pytest.raises(ShiftwatchError, match="harm.sizes"):
-        judge_cell(cell, probabilities, None, labels, EstimatorFit(("confidence",), (1.0,)), sizes=[990],
-                   repetitions=1, reference_size=100, page_points=3, seed=0)
+        judge_cell(
+            cell,
+            probabilities,
+            None,
+            labels,
+            EstimatorFit(("confidence",), (1.0,)),
+            sizes=[990],
+            repetitions=1,
+            reference_size=100,
+            page_points=3,
+            seed=0,
+        )
 
 
 def test_the_survey_scores_every_estimator_on_every_cell_out_of_family(pool):
@@ -104,8 +147,10 @@ def test_the_survey_scores_every_estimator_on_every_cell_out_of_family(pool):
         return Cell(cell.family, cell.probabilities, twin / twin.sum(1, keepdims=True), cell.rows, cell.labels)
 
     clean = with_twin(shifted_cell(pool, "none", None, 0))
-    design = {f"{family}_{s}": with_twin(shifted_cell(pool, family, s, seed))
-              for seed, (family, s) in enumerate([("a", 3.0), ("a", 2.0), ("b", 3.0), ("b", 1.5)])}
+    design = {
+        f"{family}_{s}": with_twin(shifted_cell(pool, family, s, seed))
+        for seed, (family, s) in enumerate([("a", 3.0), ("a", 2.0), ("b", 3.0), ("b", 1.5)])
+    }
     held_out = {"c_1.0": with_twin(shifted_cell(pool, "c", 1.0, 9))}
     found = survey(design, held_out, clean)
     assert set(found) == set(SURVEY)

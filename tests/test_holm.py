@@ -26,5 +26,3 @@ def test_holm_edge_cases():
         holm({"a": float("nan")})
     with pytest.raises(ShiftwatchError, match="alpha"):
         holm({"a": 0.1}, alpha=0)
-
-

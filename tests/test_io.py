@@ -45,12 +45,12 @@ def test_missing_corrupt_and_wrong_shape_files_are_clear_errors(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ShiftwatchError, match="unreadable or corrupt"):
         load_set(tmp_path / "bad.npz")
-    np.savez(tmp_path / "shape.npz", images=np.zeros((2, 32, 32)), labels=np.zeros(2, int),
-             source_index=np.arange(2))
+    np.savez(tmp_path / "shape.npz", images=np.zeros((2, 32, 32)), labels=np.zeros(2, int), source_index=np.arange(2))
     with pytest.raises(ShiftwatchError, match=r"expected \(N, 28, 28\)"):
         load_set(tmp_path / "shape.npz")
-    np.savez(tmp_path / "nan.npz", images=np.full((2, 28, 28), np.nan), labels=np.zeros(2, int),
-             source_index=np.arange(2))
+    np.savez(
+        tmp_path / "nan.npz", images=np.full((2, 28, 28), np.nan), labels=np.zeros(2, int), source_index=np.arange(2)
+    )
     with pytest.raises(ShiftwatchError, match="not finite"):
         load_set(tmp_path / "nan.npz")
 
@@ -82,11 +82,13 @@ def test_predictions_roundtrip(tmp_path):
 
 def test_written_files_keep_the_users_umask(tmp_path):
     """Not the temporary file's 0600: a teammate or a web server reads what the umask allows."""
-    script = (f"import os; os.umask(0o027)\n"
-              f"from shiftwatch.core.io import atomic_folder, write_json\n"
-              f"write_json({str(tmp_path / 'a.json')!r}, {{}})\n"
-              f"with atomic_folder({str(tmp_path / 'sets')!r}) as folder:\n"
-              f"    write_json(folder / 'b.json', {{}})\n")
+    script = (
+        f"import os; os.umask(0o027)\n"
+        f"from shiftwatch.core.io import atomic_folder, write_json\n"
+        f"write_json({str(tmp_path / 'a.json')!r}, {{}})\n"
+        f"with atomic_folder({str(tmp_path / 'sets')!r}) as folder:\n"
+        f"    write_json(folder / 'b.json', {{}})\n"
+    )
     subprocess.run([sys.executable, "-c", script], check=True)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
     assert stat.S_IMODE((tmp_path / "sets").stat().st_mode) == 0o750
@@ -113,22 +115,27 @@ def _limit_file_size(limit: int):
     def apply():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill, as a disk-full write
+
     return apply
 
 
 def test_a_write_past_the_limit_is_one_line_naming_the_file(tmp_path):
     target = tmp_path / "big.npz"
     write_json(target, {"previous": True})
-    script = ("import numpy as np\n"
-              "from shiftwatch.core.io import ImageSet, save_set\n"
-              f"save_set({str(target)!r}, ImageSet(np.zeros((1000, 28, 28), np.float32), np.zeros(1000, int), "
-              "np.arange(1000)))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          preexec_fn=_limit_file_size(100_000))
+    script = (
+        "import numpy as np\n"
+        "from shiftwatch.core.io import ImageSet, save_set\n"
+        f"save_set({str(target)!r}, ImageSet(np.zeros((1000, 28, 28), np.float32), np.zeros(1000, int), "
+        "np.arange(1000)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, preexec_fn=_limit_file_size(100_000)
+    )
     assert done.returncode != 0
     assert done.stderr.strip().splitlines()[-1] == (
         f"shiftwatch.ShiftwatchError: cannot write {target}: larger than the file-size limit (ulimit -f); "
-        "raise it and rerun (nothing half-written is left)")
+        "raise it and rerun (nothing half-written is left)"
+    )
     assert json.loads(target.read_text()) == {"previous": True}
     assert [p.name for p in tmp_path.iterdir()] == ["big.npz"]
 
@@ -140,6 +147,7 @@ def test_a_full_disk_is_one_line_naming_the_target(tmp_path):
     with pytest.raises(ShiftwatchError) as raised, atomic_path(target), open("/dev/full", "wb") as full:
         full.write(b"\0" * 4096)
         full.flush()
-    assert str(raised.value) == (f"cannot write {target}: no space left on the device; free some and rerun "
-                                 "(nothing half-written is left)")
+    assert str(raised.value) == (
+        f"cannot write {target}: no space left on the device; free some and rerun (nothing half-written is left)"
+    )
     assert list(tmp_path.iterdir()) == []

@@ -25,6 +25,7 @@ CLASS_7_RARE = np.where(np.arange(K) == 7, 0.01, 0.1) / 0.91
 
 # --- simulators -------------------------------------------------------------------------
 
+
 def confusion_classifier(rng, priors, n, accuracy=0.9):
     """Labels drawn from `priors`; predictions from a fixed confusion matrix (correct with
     probability `accuracy`, errors spread evenly); probs put 0.6 on the prediction plus noise."""
@@ -36,8 +37,7 @@ def confusion_classifier(rng, priors, n, accuracy=0.9):
 
 
 # Gaussian classes on a circle: the exact posterior is known, so the probs are calibrated.
-MEANS = 4.0 * np.stack([np.cos(2 * np.pi * np.arange(K) / K),
-                        np.sin(2 * np.pi * np.arange(K) / K)], axis=1)
+MEANS = 4.0 * np.stack([np.cos(2 * np.pi * np.arange(K) / K), np.sin(2 * np.pi * np.arange(K) / K)], axis=1)
 
 
 def gaussian_classifier(rng, priors, n, model_priors=UNIFORM, shrink=1.0):
@@ -54,6 +54,7 @@ def accuracy(probs, labels):
 
 
 # --- BBSE -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("hard", [True, False])
 def test_bbse_recovers_a_rare_class_under_label_shift(rng, hard):
@@ -84,8 +85,7 @@ def test_bbse_known_answer_on_two_classes():
     source_labels = np.array([0] * 5 + [1] * 5)
     target_predicted = np.array([0] * 7 + [1] * 3)
     # When BBSE solves C w = μ = (.7, .3)
-    estimate = bbse(np.eye(2)[source_predicted], source_labels, np.eye(2)[target_predicted],
-                    num_classes=2)
+    estimate = bbse(np.eye(2)[source_predicted], source_labels, np.eye(2)[target_predicted], num_classes=2)
     # Then w = (5/3, 1/3) and q = w / 2
     assert estimate.weights == pytest.approx([5 / 3, 1 / 3])
     assert estimate.proportions == pytest.approx([5 / 6, 1 / 6])
@@ -98,8 +98,7 @@ def test_bbse_overshoot_is_flagged_and_clipped():
     # Same C, but every target sample predicted class 0: w = (8/3, -2/3)
     source_predicted = np.array([0] * 4 + [1] * 1 + [0] * 1 + [1] * 4)
     source_labels = np.array([0] * 5 + [1] * 5)
-    estimate = bbse(np.eye(2)[source_predicted], source_labels, np.eye(2)[[0] * 10],
-                    num_classes=2)
+    estimate = bbse(np.eye(2)[source_predicted], source_labels, np.eye(2)[[0] * 10], num_classes=2)
     assert estimate.proportions == pytest.approx([4 / 3, -1 / 3])
     assert estimate.proportions_clipped == pytest.approx([1.0, 0.0])
     assert estimate.negative_weights
@@ -118,12 +117,18 @@ def test_estimates_are_frozen_and_serialisable(rng):
     estimate = bbse(source_probs, source_labels, source_probs)
     with pytest.raises(ValueError):
         estimate.proportions[0] = 1.0
-    assert set(estimate.as_dict()) == {"proportions", "proportions_clipped", "weights",
-                                       "negative_weights", "condition_number"}
+    assert set(estimate.as_dict()) == {
+        "proportions",
+        "proportions_clipped",
+        "weights",
+        "negative_weights",
+        "condition_number",
+    }
     assert isinstance(estimate.as_dict()["proportions"], list)
 
 
 # --- EM ---------------------------------------------------------------------------------
+
 
 def test_em_recovers_the_priors_from_calibrated_posteriors(rng):
     # Given exact posteriors for a balanced source, and a target with proportions 1:2:...:10
@@ -155,11 +160,11 @@ def test_em_stops_at_max_iter_without_converging(rng):
 def test_bbse_and_em_agree_on_calibrated_label_shift(rng):
     source_probs, source_labels = gaussian_classifier(rng, UNIFORM, 20_000)
     target_probs, _ = gaussian_classifier(rng, CLASS_7_RARE, 20_000)
-    assert not estimates_disagree(bbse(source_probs, source_labels, target_probs),
-                                  em_priors(target_probs, UNIFORM))
+    assert not estimates_disagree(bbse(source_probs, source_labels, target_probs), em_priors(target_probs, UNIFORM))
 
 
 # --- trust ------------------------------------------------------------------------------
+
 
 def _bbse_result(proportions, negative_weights=False):
     proportions = np.asarray(proportions, dtype=float)
@@ -179,11 +184,11 @@ def test_disagreement_is_total_variation_beyond_tolerance():
 
 
 def test_negative_bbse_weights_are_never_trusted():
-    assert estimates_disagree(_bbse_result([1.0, 0.0], negative_weights=True),
-                              _em_result([1.0, 0.0]), tolerance=1.0)
+    assert estimates_disagree(_bbse_result([1.0, 0.0], negative_weights=True), _em_result([1.0, 0.0]), tolerance=1.0)
 
 
 # --- reweighting ------------------------------------------------------------------------
+
 
 def test_reweight_with_unchanged_priors_is_the_identity(rng):
     probs = rng.dirichlet(np.ones(K), size=100)
@@ -204,6 +209,7 @@ def test_reweight_leaves_a_row_with_no_mass_on_possible_classes_alone():
 
 # --- accuracy without labels ------------------------------------------------------------
 
+
 def test_average_confidence_known_answers(rng):
     assert average_confidence(np.eye(K)[rng.integers(0, K, 50)]) == 1.0
     assert average_confidence(np.full((5, K), 1 / K)) == pytest.approx(1 / K)
@@ -215,8 +221,7 @@ def test_average_confidence_known_answers(rng):
 def test_atc_on_source_reproduces_source_accuracy(rng, score):
     probs, labels = gaussian_classifier(rng, UNIFORM, 5_000)
     threshold = atc_fit(probs, labels, score)
-    assert atc_estimate(probs, threshold, score) == pytest.approx(accuracy(probs, labels),
-                                                                  abs=1 / 5_000)
+    assert atc_estimate(probs, threshold, score) == pytest.approx(accuracy(probs, labels), abs=1 / 5_000)
 
 
 @pytest.mark.parametrize("score", ATC_SCORES)
@@ -226,8 +231,7 @@ def test_atc_falls_when_the_model_gets_worse(rng, score):
     target_probs, target_labels = gaussian_classifier(rng, UNIFORM, 10_000, shrink=0.6)
     threshold = atc_fit(source_probs, source_labels, score)
     # Then the estimate drops well below source accuracy, as the true accuracy does
-    source_accuracy, target_accuracy = accuracy(source_probs, source_labels), accuracy(
-        target_probs, target_labels)
+    source_accuracy, target_accuracy = accuracy(source_probs, source_labels), accuracy(target_probs, target_labels)
     assert target_accuracy < source_accuracy - 0.15  # the simulation really is worse
     assert atc_estimate(target_probs, threshold, score) < source_accuracy - 0.1
 
@@ -247,28 +251,31 @@ GOOD_PROBS = np.full((4, K), 1 / K)
 GOOD_LABELS = np.array([0, 1, 2, 3])
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: bbse(np.empty((0, K)), np.array([], int), GOOD_PROBS), "empty"),
-    (lambda: bbse(GOOD_PROBS, GOOD_LABELS, np.empty((0, K))), "empty"),
-    (lambda: bbse(np.where(np.eye(4, K) == 1, np.nan, 0.1), GOOD_LABELS, GOOD_PROBS), "NaN"),
-    (lambda: bbse(GOOD_PROBS * 1.5, GOOD_LABELS, GOOD_PROBS), "sum to 1"),
-    (lambda: bbse(GOOD_PROBS, GOOD_LABELS[:3], GOOD_PROBS), "match"),
-    (lambda: bbse(GOOD_PROBS, np.array([0, 1, 2, 10]), GOOD_PROBS), "0..9"),
-    (lambda: bbse(GOOD_PROBS, GOOD_LABELS.astype(float), GOOD_PROBS), "integers"),
-    (lambda: bbse(np.full((4, 5), 0.2), GOOD_LABELS, GOOD_PROBS), "expected 10"),
-    (lambda: bbse(GOOD_PROBS[0], GOOD_LABELS, GOOD_PROBS), "2-D"),
-    (lambda: em_priors(GOOD_PROBS, np.full(5, 0.2)), "expected 5"),
-    (lambda: em_priors(GOOD_PROBS, np.r_[0.0, np.full(9, 1 / 9)]), "positive"),
-    (lambda: em_priors(GOOD_PROBS, np.full(K, 0.2)), "sum to 1"),
-    (lambda: em_priors(GOOD_PROBS, UNIFORM, max_iter=0), "max_iter"),
-    (lambda: reweight_probs(GOOD_PROBS, UNIFORM, np.full(5, 0.2)), "target_priors has 5"),
-    (lambda: reweight_probs(GOOD_PROBS, UNIFORM, np.r_[-0.1, 1.1, np.zeros(8)]), "non-negative"),
-    (lambda: average_confidence(np.empty((0, K))), "empty"),
-    (lambda: average_confidence(np.c_[np.full(4, -0.1), np.full((4, 9), 1.1 / 9)]), "[0, 1]"),
-    (lambda: atc_fit(GOOD_PROBS, GOOD_LABELS, score="entropy"), "unknown ATC score"),
-    (lambda: atc_estimate(GOOD_PROBS, float("nan")), "NaN"),
-    (lambda: total_variation([0.5, 0.5], [1.0, 0.0, 0.0]), "classes"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: bbse(np.empty((0, K)), np.array([], int), GOOD_PROBS), "empty"),
+        (lambda: bbse(GOOD_PROBS, GOOD_LABELS, np.empty((0, K))), "empty"),
+        (lambda: bbse(np.where(np.eye(4, K) == 1, np.nan, 0.1), GOOD_LABELS, GOOD_PROBS), "NaN"),
+        (lambda: bbse(GOOD_PROBS * 1.5, GOOD_LABELS, GOOD_PROBS), "sum to 1"),
+        (lambda: bbse(GOOD_PROBS, GOOD_LABELS[:3], GOOD_PROBS), "match"),
+        (lambda: bbse(GOOD_PROBS, np.array([0, 1, 2, 10]), GOOD_PROBS), "0..9"),
+        (lambda: bbse(GOOD_PROBS, GOOD_LABELS.astype(float), GOOD_PROBS), "integers"),
+        (lambda: bbse(np.full((4, 5), 0.2), GOOD_LABELS, GOOD_PROBS), "expected 10"),
+        (lambda: bbse(GOOD_PROBS[0], GOOD_LABELS, GOOD_PROBS), "2-D"),
+        (lambda: em_priors(GOOD_PROBS, np.full(5, 0.2)), "expected 5"),
+        (lambda: em_priors(GOOD_PROBS, np.r_[0.0, np.full(9, 1 / 9)]), "positive"),
+        (lambda: em_priors(GOOD_PROBS, np.full(K, 0.2)), "sum to 1"),
+        (lambda: em_priors(GOOD_PROBS, UNIFORM, max_iter=0), "max_iter"),
+        (lambda: reweight_probs(GOOD_PROBS, UNIFORM, np.full(5, 0.2)), "target_priors has 5"),
+        (lambda: reweight_probs(GOOD_PROBS, UNIFORM, np.r_[-0.1, 1.1, np.zeros(8)]), "non-negative"),
+        (lambda: average_confidence(np.empty((0, K))), "empty"),
+        (lambda: average_confidence(np.c_[np.full(4, -0.1), np.full((4, 9), 1.1 / 9)]), "[0, 1]"),
+        (lambda: atc_fit(GOOD_PROBS, GOOD_LABELS, score="entropy"), "unknown ATC score"),
+        (lambda: atc_estimate(GOOD_PROBS, float("nan")), "NaN"),
+        (lambda: total_variation([0.5, 0.5], [1.0, 0.0, 0.0]), "classes"),
+    ],
+)
 def test_bad_input_is_a_one_line_shiftwatch_error(call, message):
     with pytest.raises(ShiftwatchError) as caught:
         call()

@@ -11,8 +11,7 @@ def test_known_answers_for_the_focus_class():
     m = classification_metrics(labels, predicted, focus_class=7)
     assert m["accuracy"] == pytest.approx(6 / 8)
     assert m["class_7"] == pytest.approx({"precision": 3 / 4, "recall": 3 / 4, "f1": 3 / 4})
-    assert m["per_class"]["Trouser"] == pytest.approx(
-        {"precision": 1 / 2, "recall": 1 / 2, "f1": 1 / 2, "support": 2})
+    assert m["per_class"]["Trouser"] == pytest.approx({"precision": 1 / 2, "recall": 1 / 2, "f1": 1 / 2, "support": 2})
     assert m["per_class"]["Bag"]["support"] == 0
 
 
@@ -37,9 +36,12 @@ def test_matches_scikit_learn_on_random_predictions(seed):
     predicted = np.where(rng.random(300) < 0.6, labels, rng.choice([0, 1, 5, 7], size=300))
     m = classification_metrics(labels, predicted, focus_class=7)
     precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=np.arange(10), zero_division=0)
+        labels, predicted, labels=np.arange(10), zero_division=0
+    )
     for c, name in enumerate(m["per_class"]):
         assert m["per_class"][name] == (
-            {"precision": precision[c], "recall": recall[c], "f1": f1[c], "support": support[c]})
-    np.testing.assert_array_equal(confusion(labels, predicted),
-                                  confusion_matrix(labels, predicted, labels=np.arange(10)))
+            {"precision": precision[c], "recall": recall[c], "f1": f1[c], "support": support[c]}
+        )
+    np.testing.assert_array_equal(
+        confusion(labels, predicted), confusion_matrix(labels, predicted, labels=np.arange(10))
+    )

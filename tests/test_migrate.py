@@ -1,6 +1,7 @@
 """tools/migrate_store.py on real MLflow stores: a local SQLite history (a pipeline parent with
 stage children, a metric history, an artifact, a dataset input, a registered model with a
 @champion alias) copied to another store, twice, and nothing duplicated."""
+
 import migrate_store  # tools/, on pytest's path (pytest.ini): a maintainer tool, not part of the package
 import pytest
 
@@ -15,12 +16,17 @@ def make_history(uri: str, folder, experiment: str = "shiftwatch", model: str = 
     from mlflow.entities import Metric
 
     client = MlflowClient(uri)
-    experiment = client.create_experiment(experiment, artifact_location=(folder / "art").as_uri(),
-                                          tags={"mlflow.experimentKind": "custom_model_development"})
-    parent = client.create_run(experiment, run_name="baseline abc (workspace)", start_time=1_000,
-                               tags={"shiftwatch.role": "pipeline"}).info.run_id
-    child = client.create_run(experiment, run_name="train", start_time=2_000,
-                              tags={"mlflow.parentRunId": parent, "dvc.stage": "train"}).info.run_id
+    experiment = client.create_experiment(
+        experiment,
+        artifact_location=(folder / "art").as_uri(),
+        tags={"mlflow.experimentKind": "custom_model_development"},
+    )
+    parent = client.create_run(
+        experiment, run_name="baseline abc (workspace)", start_time=1_000, tags={"shiftwatch.role": "pipeline"}
+    ).info.run_id
+    child = client.create_run(
+        experiment, run_name="train", start_time=2_000, tags={"mlflow.parentRunId": parent, "dvc.stage": "train"}
+    ).info.run_id
     client.log_param(child, "train.lr", "0.0001")
     losses = (0.9, 0.5, 0.4)
     client.log_batch(child, metrics=[Metric("train.epoch_loss", v, 3_000 + s, s) for s, v in enumerate(losses)])

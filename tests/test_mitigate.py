@@ -22,8 +22,7 @@ def test_label_shift_correction_moves_borderline_predictions_away_from_a_rare_cl
     np.testing.assert_array_equal(correct_label_shift(probabilities, source, source), [1, 0, 1])
     # Class 1 became rare (10 %): only very confident class-1 predictions survive
     # (0.95 * 0.1 > 0.05 * 0.9, but 0.55 * 0.1 < 0.45 * 0.9).
-    np.testing.assert_array_equal(correct_label_shift(probabilities, source, np.array([0.9, 0.1])),
-                                  [0, 0, 1])
+    np.testing.assert_array_equal(correct_label_shift(probabilities, source, np.array([0.9, 0.1])), [0, 0, 1])
 
 
 def test_adabn_uses_deployment_statistics_and_leaves_the_model_alone():
@@ -37,8 +36,7 @@ def test_adabn_uses_deployment_statistics_and_leaves_the_model_alone():
     with torch.no_grad():
         first_conv = adapted.conv1(torch.from_numpy(bright).unsqueeze(1))
     # The new running mean is the average of the conv outputs over the deployment images.
-    torch.testing.assert_close(adapted.bn1.running_mean, first_conv.mean(dim=(0, 2, 3)),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(adapted.bn1.running_mean, first_conv.mean(dim=(0, 2, 3)), atol=1e-4, rtol=1e-4)
     assert torch.equal(adapted.conv1.weight, model.conv1.weight)
     assert predict_proba(adapted, bright, 32, CPU, progress=False).shape == (64, 10)
     # At the inference precision (bf16 where native) the statistics agree to bf16's ~3 digits.

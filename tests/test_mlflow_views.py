@@ -4,6 +4,7 @@ temporary store and headless Chromium, driven through chromedriver's WebDriver H
 The store holds two parent runs logged by the real tracking code from the repository's
 dvc.yaml and committed metrics files: the baseline, and a brightness experiment whose
 shift-dependent numbers moved (scaled here: this checks the view, not the pipeline)."""
+
 import json
 import os
 import shutil
@@ -24,9 +25,13 @@ from shiftwatch.tracking.dvc import COMPARE_FIRST, headline_plots, metrics_files
 from shiftwatch.tracking.runs import stage_run
 from shiftwatch.tracking.store import EXPERIMENT
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(  # a server and a browser: not in `make test-fast`
-    not (shutil.which("chromium") and shutil.which("chromedriver")),
-    reason="headless Chromium not installed: apt-get install chromium chromium-driver (.ci/run does)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(  # a server and a browser: not in `make test-fast`
+        not (shutil.which("chromium") and shutil.which("chromedriver")),
+        reason="headless Chromium not installed: apt-get install chromium chromium-driver (.ci/run does)",
+    ),
+]
 
 SHIFTED = ("detect", "evaluate", "monitor", "mitigate")  # the stages a shift experiment reruns
 BRIGHTER = 0.1  # the experiment's shift.brightness, above the baseline's
@@ -76,9 +81,21 @@ def store(tmp_path_factory) -> Path:
 def ui(store):
     """`mlflow ui` (as `make ui` starts it) on the store, on a free port."""
     port = _free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "ui", "--backend-store-uri",
-                               f"sqlite:///{store / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            f"sqlite:///{store / 'mlflow.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(lambda: requests.get(f"{url}/health", timeout=2).ok, "mlflow ui did not start", 90)
@@ -105,19 +122,31 @@ class Browser:
     """Headless Chromium through chromedriver's W3C WebDriver endpoints (what Selenium sends)."""
 
     def __init__(self, driver_url: str, profile: Path):
-        options = {"binary": shutil.which("chromium"), "args": [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-            "--window-size=1400,1000", f"--user-data-dir={profile}"]}
-        answer = requests.post(f"{driver_url}/session", timeout=120, json={"capabilities": {"alwaysMatch": {
-            "browserName": "chrome", "goog:chromeOptions": options}}}).json()
+        options = {
+            "binary": shutil.which("chromium"),
+            "args": [
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--window-size=1400,1000",
+                f"--user-data-dir={profile}",
+            ],
+        }
+        answer = requests.post(
+            f"{driver_url}/session",
+            timeout=120,
+            json={"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}},
+        ).json()
         self.session = f"{driver_url}/session/{answer['value']['sessionId']}"
 
     def open(self, url: str) -> None:
         requests.post(f"{self.session}/url", json={"url": url}, timeout=120).raise_for_status()
 
     def run(self, script: str, *args):
-        answer = requests.post(f"{self.session}/execute/sync", json={"script": script, "args": list(args)},
-                               timeout=60).json()
+        answer = requests.post(
+            f"{self.session}/execute/sync", json={"script": script, "args": list(args)}, timeout=60
+        ).json()
         if isinstance(answer["value"], dict) and "error" in answer["value"]:
             raise AssertionError(f"script failed: {answer['value']['message']}")
         return answer["value"]
@@ -129,8 +158,9 @@ class Browser:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     port = _free_port()
-    driver = subprocess.Popen([shutil.which("chromedriver"), f"--port={port}"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [shutil.which("chromedriver"), f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_for(lambda: requests.get(f"{url}/status", timeout=2).ok, "chromedriver did not start", 30)
@@ -175,7 +205,9 @@ const section = title => Array.from(document.querySelectorAll('.du-bois-light-co
 """
 # The rows of a compare table with "Show diff only" on. Parameters is a plain table; Metrics a
 # virtualized grid (names in one, values in the next) whose row `wanted` is scrolled into view.
-DIFF_ROWS = SECTION + """
+DIFF_ROWS = (
+    SECTION
+    + """
 const [title, wanted] = arguments;
 const box = section(title);
 const toggle = box.querySelector('button[role="switch"]');
@@ -191,6 +223,7 @@ const cells = Array.from(grids[1].querySelectorAll('[style*="top"]')).filter(e =
 return {visible: at.top >= view.top && at.bottom <= view.bottom, values: cells.map(e => e.textContent),
         rows: names.map(e => e.textContent)};
 """
+)
 
 
 def test_the_headline_rows_show_both_runs_values(compare_page):

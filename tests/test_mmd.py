@@ -1,4 +1,5 @@
 """MMD with a Gaussian kernel and its permutation test (shiftwatch/detection/mmd.py)."""
+
 import tracemalloc
 
 import numpy as np
@@ -18,7 +19,7 @@ from shiftwatch.detection.mmd import (
 
 
 def _double_loop_mmd2(x, y, bandwidth):
-    k = lambda a, b: np.exp(-np.sum((a - b) ** 2) / (2 * bandwidth ** 2))
+    k = lambda a, b: np.exp(-np.sum((a - b) ** 2) / (2 * bandwidth**2))
     m, n = len(x), len(y)
     xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
@@ -38,7 +39,7 @@ def test_mmd2_unbiased_matches_double_loop(rng):
 def test_mmd2_unbiased_blockwise_equals_dense_and_flattens_images(rng):
     x, y = rng.random((600, 3, 3)), rng.random((300, 3, 3))  # 600 rows: several 256-row blocks
     kxx, kyy, kxy = (rbf_kernel(a, b, 0.7) for a, b in ((x, x), (y, y), (x, y)))
-    dense = ((kxx.sum() - 600) / (600 * 599) + (kyy.sum() - 300) / (300 * 299) - 2 * kxy.mean())
+    dense = (kxx.sum() - 600) / (600 * 599) + (kyy.sum() - 300) / (300 * 299) - 2 * kxy.mean()
     assert mmd2_unbiased(x, y, 0.7) == pytest.approx(dense, rel=1e-9, abs=1e-12)
 
 
@@ -48,8 +49,9 @@ def test_mmd2_is_unbiased_under_the_null_and_the_check_catches_the_biased_estima
     for _ in range(200):
         x, y = rng.normal(size=(20, 3)), rng.normal(size=(20, 3))
         unbiased.append(mmd2_unbiased(x, y, 1.5))
-        biased.append(rbf_kernel(x, x, 1.5).mean() + rbf_kernel(y, y, 1.5).mean()
-                      - 2 * rbf_kernel(x, y, 1.5).mean())  # the V-statistic
+        biased.append(
+            rbf_kernel(x, x, 1.5).mean() + rbf_kernel(y, y, 1.5).mean() - 2 * rbf_kernel(x, y, 1.5).mean()
+        )  # the V-statistic
     for values, centred in ((unbiased, True), (biased, False)):
         t = np.mean(values) / (np.std(values, ddof=1) / np.sqrt(len(values)))
         assert (abs(t) < 3) == centred
@@ -61,8 +63,7 @@ def test_split_quadratic_form_is_exactly_the_unbiased_mmd2(rng, m):
     pooled[:, 0] += np.arange(17) / 17  # not exchangeable: splits differ
     x_rows = np.array([rng.permutation(17)[:m] for _ in range(6)])
     fast = _split_mmd2(_shifted_kernel(pooled, bandwidth), x_rows, m)
-    direct = [mmd2_unbiased(pooled[rows], np.delete(pooled, rows, axis=0), bandwidth)
-              for rows in x_rows]
+    direct = [mmd2_unbiased(pooled[rows], np.delete(pooled, rows, axis=0), bandwidth) for rows in x_rows]
     np.testing.assert_allclose(fast, direct, rtol=1e-10, atol=1e-14)
 
 
@@ -83,11 +84,9 @@ def test_mmd_permutation_pvalue_equals_the_direct_permutation_test(m, n, shift):
     x, y = rng.normal(size=(m, 3)), rng.normal(shift, 1.0, size=(n, 3))
     bandwidth, permutations, seed = 1.5, 60, 3
     pooled = np.concatenate([x, y])
-    draws = np.random.default_rng(seed).permuted(np.tile(np.arange(m + n), (permutations, 1)),
-                                                 axis=1)[:, :m]
+    draws = np.random.default_rng(seed).permuted(np.tile(np.arange(m + n), (permutations, 1)), axis=1)[:, :m]
     observed = mmd2_unbiased(x, y, bandwidth)
-    permuted = np.array([mmd2_unbiased(pooled[r], np.delete(pooled, r, axis=0), bandwidth)
-                         for r in draws])
+    permuted = np.array([mmd2_unbiased(pooled[r], np.delete(pooled, r, axis=0), bandwidth) for r in draws])
     expected = (1 + np.count_nonzero(permuted >= observed - 1e-12)) / (1 + permutations)
     result = mmd_test(x, y, n_permutations=permutations, seed=seed, bandwidth=bandwidth)
     assert 0.05 < expected < 0.95  # a p-value that the ranking decides, not a floor or 1
@@ -108,8 +107,7 @@ def test_mmd_linear_null_pvalues_are_uniform():
     draw = lambda r: r.normal(size=(300, 5))
     # A fixed bandwidth (about the median distance in 5-D) keeps this fast; the median
     # heuristic is exercised under the null by the permutation test above.
-    pvalues = [mmd_test(draw(rng), draw(rng), seed=s, method="linear", bandwidth=3.0).pvalue
-               for s in range(200)]
+    pvalues = [mmd_test(draw(rng), draw(rng), seed=s, method="linear", bandwidth=3.0).pvalue for s in range(200)]
     assert calibration_failures(pvalues, exact=True) == []
 
 
@@ -179,11 +177,14 @@ def test_mmd_large_path_still_detects_a_shift():
     assert mmd_test(x, y, seed=0, method="linear").pvalue < 0.01
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"method": "quadratic"}, "method"),
-    ({"bandwidth": 0.0}, "bandwidth"),
-    ({"n_permutations": 0}, "n_permutations"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"method": "quadratic"}, "method"),
+        ({"bandwidth": 0.0}, "bandwidth"),
+        ({"n_permutations": 0}, "n_permutations"),
+    ],
+)
 def test_mmd_rejects_bad_parameters(rng, kwargs, message):
     with pytest.raises(ShiftwatchError, match=message):
         mmd_test(rng.normal(size=(10, 2)), rng.normal(size=(10, 2)), **kwargs)
@@ -198,5 +199,3 @@ def test_mmd_rejects_bad_input(rng):
         mmd2_unbiased(np.array([[np.nan], [1.0]]), np.ones((5, 1)), 1.0)
     with pytest.raises(ShiftwatchError, match="at least 4 rows"):
         mmd_test(np.ones((3, 2)), np.ones((5, 2)), method="linear")
-
-

@@ -1,5 +1,6 @@
 """The model registry and lineage on a real MLflow SQLite store in a temp folder: versions
 found by md5, the @champion gate, downloading a models:/ URI, datasets with md5 digests."""
+
 import numpy as np
 import pytest
 
@@ -87,9 +88,14 @@ def test_a_models_uri_downloads_the_champion_once(store, tmp_path, monkeypatch):
     assert not list(cache.rglob("*.partial-*"))
 
 
-@pytest.mark.parametrize("uri, words", [("models:/shiftwatch-resnet18", "not a model URI"),
-                                        ("models:/shiftwatch-resnet18@nobody", "not found"),
-                                        ("models:/no-such-model/3", "not found")])
+@pytest.mark.parametrize(
+    "uri, words",
+    [
+        ("models:/shiftwatch-resnet18", "not a model URI"),
+        ("models:/shiftwatch-resnet18@nobody", "not found"),
+        ("models:/no-such-model/3", "not found"),
+    ],
+)
 def test_bad_model_uris_give_one_line(store, tmp_path, uri, words):
     tracking, client, experiment = store
     _register(client, experiment, _model(tmp_path, 1))

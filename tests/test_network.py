@@ -40,8 +40,7 @@ def test_same_seed_same_weights_and_same_training():
     runs = []
     for _ in range(2):
         model = build_resnet18(seed=3)
-        history = train(model, images, labels, epochs=1, batch_size=16, lr=1e-3, seed=3,
-                        device=CPU, progress=False)
+        history = train(model, images, labels, epochs=1, batch_size=16, lr=1e-3, seed=3, device=CPU, progress=False)
         runs.append((history[0]["loss"], model.fc.weight.detach().clone()))
     assert runs[0][0] == runs[1][0] and torch.equal(runs[0][1], runs[1][1])
     assert not torch.equal(build_resnet18(seed=3).conv1.weight, build_resnet18(seed=4).conv1.weight)
@@ -52,8 +51,7 @@ def test_training_learns_an_easy_problem():
     images, labels = _toy(128)
     model = build_resnet18(seed=0)
     # 40 steps: enough for BatchNorm's running statistics (used in eval mode) to settle.
-    history = train(model, images, labels, epochs=10, batch_size=32, lr=1e-3, seed=0,
-                    device=CPU, progress=False)
+    history = train(model, images, labels, epochs=10, batch_size=32, lr=1e-3, seed=0, device=CPU, progress=False)
     assert history[-1]["loss"] < history[0]["loss"]
     probabilities = predict_proba(model, images, 50, CPU, progress=False)
     np.testing.assert_allclose(probabilities.sum(1), 1, atol=1e-5)
@@ -86,8 +84,17 @@ def test_the_same_weights_give_the_same_file(tmp_path):
 
 def test_empty_training_set_is_an_error():
     with pytest.raises(ShiftwatchError, match="empty"):
-        train(build_resnet18(), np.zeros((0, 28, 28), np.float32), np.zeros(0, np.int64),
-              epochs=1, batch_size=8, lr=1e-3, seed=0, device=CPU, progress=False)
+        train(
+            build_resnet18(),
+            np.zeros((0, 28, 28), np.float32),
+            np.zeros(0, np.int64),
+            epochs=1,
+            batch_size=8,
+            lr=1e-3,
+            seed=0,
+            device=CPU,
+            progress=False,
+        )
 
 
 def test_imagenet_weights_offline_fail_clearly(monkeypatch, tmp_path):
@@ -124,8 +131,7 @@ def test_embeddings_feed_the_classifier_head():
 
     probabilities, embeddings = predict_with_embeddings(model, images, 3, CPU, progress=False)
     assert embeddings.shape == (8, 512)
-    np.testing.assert_allclose(probabilities, predict_proba(model, images, 3, CPU, progress=False),
-                               atol=1e-6)
+    np.testing.assert_allclose(probabilities, predict_proba(model, images, 3, CPU, progress=False), atol=1e-6)
     with pytest.raises(ShiftwatchError, match="empty"):
         predict_with_embeddings(model, images[:0], 3, CPU, progress=False)
 
@@ -140,6 +146,7 @@ def test_predictions_do_not_depend_on_the_batch_an_image_comes_in(predict):
     model = build_resnet18(seed=3)
     train(model, images, labels, epochs=1, batch_size=16, lr=1e-3, seed=0, device=CPU, progress=False)
     model.train()  # what a caller may hand over; predicting must not use batch statistics
+
     def probabilities(batch):
         found = getattr(network, predict)(model, batch, len(batch), CPU, progress=False)
         return found[0] if isinstance(found, tuple) else found  # (probabilities, embeddings)
@@ -156,8 +163,9 @@ def test_mixed_precision_training_keeps_float32_master_weights_and_learns(rng):
     model = build_resnet18(seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     # When it trains with precision="auto" (bf16 compute where native, else float32)
-    history = train(model, images, labels, epochs=3, batch_size=64, lr=1e-3, seed=0, device=CPU,
-                    progress=False, precision="auto")
+    history = train(
+        model, images, labels, epochs=3, batch_size=64, lr=1e-3, seed=0, device=CPU, progress=False, precision="auto"
+    )
     # Then the weights stay float32, move, and BatchNorm statistics come back from the bf16 copy
     state = model.state_dict()
     assert all(v.dtype in (torch.float32, torch.int64) for v in state.values())
@@ -166,8 +174,18 @@ def test_mixed_precision_training_keeps_float32_master_weights_and_learns(rng):
     assert history[-1]["loss"] < history[0]["loss"] and history[-1]["accuracy"] > 0.9
     # and it learns what float32 training learns (same seed, same batches)
     reference = build_resnet18(seed=0)
-    fp32 = train(reference, images, labels, epochs=3, batch_size=64, lr=1e-3, seed=0, device=CPU,
-                 progress=False, precision="fp32")
+    fp32 = train(
+        reference,
+        images,
+        labels,
+        epochs=3,
+        batch_size=64,
+        lr=1e-3,
+        seed=0,
+        device=CPU,
+        progress=False,
+        precision="fp32",
+    )
     assert [row["accuracy"] for row in history] == pytest.approx([row["accuracy"] for row in fp32], abs=0.05)
 
 
@@ -177,8 +195,7 @@ def test_one_pixel_convs_lowered_give_the_same_outputs_and_gradients(rng):
     lowered = training_graph(model, torch.float32, (28, 28))
     names = [name for name, module in lowered.named_modules() if isinstance(module, PointConv)]
     # Then exactly layer4's five convolutions (2x2 and 1x1 inputs, 1x1 outputs) are lowered,
-    assert names == ["layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample.0",
-                     "layer4.1.conv1", "layer4.1.conv2"]
+    assert names == ["layer4.0.conv1", "layer4.0.conv2", "layer4.0.downsample.0", "layer4.1.conv1", "layer4.1.conv2"]
     # on the model's own tensors, under the same names (the state_dict does not change)
     assert [n for n, _ in lowered.named_parameters()] == [n for n, _ in model.named_parameters()]
     assert all(a is b for a, b in zip(lowered.parameters(), model.parameters()))
@@ -213,8 +230,19 @@ def test_training_with_and_without_the_lowering_follows_the_same_path():
     losses = {}
     for lower in (False, True):
         model = build_resnet18(seed=5)
-        history = train(model, images, labels, epochs=2, batch_size=16, lr=1e-3, seed=5, device=CPU,
-                        progress=False, precision="fp32", lower=lower)
+        history = train(
+            model,
+            images,
+            labels,
+            epochs=2,
+            batch_size=16,
+            lr=1e-3,
+            seed=5,
+            device=CPU,
+            progress=False,
+            precision="fp32",
+            lower=lower,
+        )
         losses[lower] = ([row["loss"] for row in history], model.fc.weight.detach().clone())
     assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-3, abs=1e-5)
     torch.testing.assert_close(losses[True][1], losses[False][1], rtol=1e-3, atol=1e-4)

@@ -57,14 +57,17 @@ def _flat_keys(tree, prefix=""):
             yield f"{prefix}{key}"
 
 
-@pytest.mark.parametrize("section, key, value, expected", [
-    ("shift", "brightness", 1.5, "shift.brightness = 1.5 is not allowed: input should be less than or equal to 1"),
-    ("shift", "downsample", 0, "shift.downsample = 0 is not allowed: input should be greater than or equal to 1"),
-    ("shift", "label_keep", -0.1, "shift.label_keep = -0.1"),
-    ("shift", "label_class", 10, "shift.label_class = 10"),
-    ("train", "epochs", 0, "train.epochs = 0"),
-    ("train", "weights", "resnet", "train.weights = 'resnet'"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, expected",
+    [
+        ("shift", "brightness", 1.5, "shift.brightness = 1.5 is not allowed: input should be less than or equal to 1"),
+        ("shift", "downsample", 0, "shift.downsample = 0 is not allowed: input should be greater than or equal to 1"),
+        ("shift", "label_keep", -0.1, "shift.label_keep = -0.1"),
+        ("shift", "label_class", 10, "shift.label_class = 10"),
+        ("train", "epochs", 0, "train.epochs = 0"),
+        ("train", "weights", "resnet", "train.weights = 'resnet'"),
+    ],
+)
 def test_bad_value_names_key_value_and_allowed_range(section, key, value, expected):
     raw = _committed()
     raw[section][key] = value
@@ -97,10 +100,15 @@ def test_flat_keys_are_dotted_and_filtered_by_prefix():
     assert flat["detect.thresholds.alpha"] == 0.05
 
 
-@pytest.mark.parametrize("section, key, value", [
-    ("shift", "downsample", True), ("shift", "label_keep", True), ("shift", "brightness", False),
-    ("mitigate", "augment_downsample", [28, True]),
-])
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("shift", "downsample", True),
+        ("shift", "label_keep", True),
+        ("shift", "brightness", False),
+        ("mitigate", "augment_downsample", [28, True]),
+    ],
+)
 def test_a_yaml_boolean_is_never_read_as_a_number(section, key, value):
     raw = _committed()
     raw[section][key] = value
@@ -121,8 +129,11 @@ def test_a_deleted_section_stops_the_stage_naming_its_first_key(tmp_path):
     raw = _committed()
     del raw["monitor"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.raises(ShiftwatchError, match=r"monitor\.alpha is not set \(nor 4 other keys\); add it to "
-                                              r"params\.yaml"):
+    with pytest.raises(
+        ShiftwatchError,
+        match=r"monitor\.alpha is not set \(nor 4 other keys\); add it to "
+        r"params\.yaml",
+    ):
         load_params(tmp_path / "params.yaml")
 
 
@@ -155,8 +166,10 @@ def test_a_key_set_twice_is_refused_naming_it_and_both_lines(tmp_path):
     first, second = _with_a_second_brightness(tmp_path)
     with pytest.raises(ShiftwatchError) as err:
         load_params(tmp_path / "params.yaml")
-    assert str(err.value) == (f"{tmp_path / 'params.yaml'}: key 'shift.brightness' is set twice, at lines "
-                              f"{first} and {second}; keep one of them (dvc repro refuses the file too)")
+    assert str(err.value) == (
+        f"{tmp_path / 'params.yaml'}: key 'shift.brightness' is set twice, at lines "
+        f"{first} and {second}; keep one of them (dvc repro refuses the file too)"
+    )
 
 
 @pytest.mark.slow  # seconds, not milliseconds: `make test-fast` leaves it out
@@ -167,12 +180,14 @@ def test_a_stage_run_by_hand_refuses_a_key_set_twice_and_writes_nothing(tmp_path
 
     first, second = _with_a_second_brightness(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
-    done = subprocess.run([sys.executable, "-m", "stages.shift"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.shift"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
         f"shiftwatch shift: error: params.yaml: key 'shift.brightness' is set twice, at lines {first} and "
-        f"{second}; keep one of them (dvc repro refuses the file too)"]
+        f"{second}; keep one of them (dvc repro refuses the file too)"
+    ]
     # no pipeline output (the MLflow helper, forked at start-up to overlap imports, may open mlflow.db)
     assert not (tmp_path / "data").exists() and not (tmp_path / "metrics").exists()
 
@@ -225,5 +240,6 @@ def test_check_outside_the_repository_needs_a_complete_params_file(tmp_path, mon
     assert main([*argv, "--params", "mine.yaml"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         "shiftwatch check: error: mine.yaml: monitor.alpha is not set; add it to params.yaml (every key is "
-        "required: `git show HEAD:params.yaml` has them all)"]
+        "required: `git show HEAD:params.yaml` has them all)"
+    ]
     assert not (tmp_path / "out.json").exists()

@@ -1,5 +1,6 @@
 """The pipeline for real: `dvc repro` and `dvc exp run` in a temp copy of the repo, on a small
 configuration (2,000 training images, 500 test images, one epoch), read back through MLflow."""
+
 import json
 import os
 import re
@@ -21,19 +22,36 @@ from shiftwatch.tracking.runs import stage_details
 
 pytestmark = [needs_fashion_mnist, pytest.mark.slow]  # real dvc repro: `make test-fast` leaves it out
 
-SMALL = {"data": {"max_train_images": 2000, "max_test_images": 500},
-         "train": {"epochs": 1}, "detect": {"classifier_samples": 300},
-         "monitor": {"classifier_samples": 200, "mmd_permutations": 150},
-         "power": {"repetitions": 10, "detection_repetitions": 9, "sizes": [10, 100], "mmd_permutations": 150,
-                   "mmd_repetitions": {100: 5},
-                   "diagnostic_repetitions": {100: 7},
-                   "corruptions": {"contrast": [0.3], "rotate": [30]}, "corruption_sizes": [10, 100],
-                   "corruption_pool_images": 400, "corruption_repetitions": 8,
-                   "monitored_reference": 500, "monitored_sizes": [10, 100]},
-         "harm": {"sizes": [100], "repetitions": 10, "null_repetitions": 12, "reference_images": 300,
-                  "design": {"contrast": [0.5, 0.3], "rotate": [30], "label_keep": [0.1]},
-                  "held_out": {"pixelate": [7]}, "everyday": {"jpeg": [90]}},
-         "mitigate": {"adabn_images": 200}}
+SMALL = {
+    "data": {"max_train_images": 2000, "max_test_images": 500},
+    "train": {"epochs": 1},
+    "detect": {"classifier_samples": 300},
+    "monitor": {"classifier_samples": 200, "mmd_permutations": 150},
+    "power": {
+        "repetitions": 10,
+        "detection_repetitions": 9,
+        "sizes": [10, 100],
+        "mmd_permutations": 150,
+        "mmd_repetitions": {100: 5},
+        "diagnostic_repetitions": {100: 7},
+        "corruptions": {"contrast": [0.3], "rotate": [30]},
+        "corruption_sizes": [10, 100],
+        "corruption_pool_images": 400,
+        "corruption_repetitions": 8,
+        "monitored_reference": 500,
+        "monitored_sizes": [10, 100],
+    },
+    "harm": {
+        "sizes": [100],
+        "repetitions": 10,
+        "null_repetitions": 12,
+        "reference_images": 300,
+        "design": {"contrast": [0.5, 0.3], "rotate": [30], "label_keep": [0.1]},
+        "held_out": {"pixelate": [7]},
+        "everyday": {"jpeg": [90]},
+    },
+    "mitigate": {"adabn_images": 200},
+}
 MODEL_STAGES = ("prepare", "train", "reference", "finetune", "power", "harm")  # once per model
 SHIFT_STAGES = ("shift", "detect", "evaluate", "monitor", "mitigate")  # once per shift experiment
 STAGES = MODEL_STAGES + SHIFT_STAGES
@@ -43,9 +61,13 @@ def _env(repo: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",  # `python` = this venv
-        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
-        DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1",
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.com",
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        DO_NOT_TRACK="1",
     )
     return env
 
@@ -53,8 +75,9 @@ def _env(repo: Path) -> dict[str, str]:
 def _run(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n"
-                             f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 
@@ -64,8 +87,9 @@ def _dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProc
 
 def _copy_repo(destination: Path) -> Path:
     """The working tree as git sees it (tracked and untracked-but-not-ignored files)."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\n")
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
     for name in filter(None, listed):
         source = REPO / name
         if source.is_file() and not name.startswith(("data/", "models/", "metrics/")):
@@ -106,14 +130,28 @@ def repo(tmp_path_factory):
 
 
 def test_repro_writes_every_output_and_metric(repo):
-    for path in ("data/prepared/domain_a.npz", "data/shifted/b_shift.npz", "models/resnet18.pt",
-                 "data/reference/test.npz", "data/reference/domain_b.npz", "data/features/b_covariate.npz",
-                 "models/resnet18_augmented.pt", "data/finetuned/domain_b.npz", "metrics/plots/samples.png",
-                 "metrics/plots/mean_pixel/b_shift.png", "metrics/plots/confusion/b_shift.png",
-                 "metrics/confusion/b_shift.csv", "metrics/train_history.csv",
-                 "metrics/plots/monitor_estimates.png", "metrics/power/label_keep_0.1.csv",
-                 "metrics/plots/power.png", "metrics/plots/harm.png", "metrics/plots/page.png",
-                 "models/accuracy_estimator.json", "metrics/harm_details.json"):
+    for path in (
+        "data/prepared/domain_a.npz",
+        "data/shifted/b_shift.npz",
+        "models/resnet18.pt",
+        "data/reference/test.npz",
+        "data/reference/domain_b.npz",
+        "data/features/b_covariate.npz",
+        "models/resnet18_augmented.pt",
+        "data/finetuned/domain_b.npz",
+        "metrics/plots/samples.png",
+        "metrics/plots/mean_pixel/b_shift.png",
+        "metrics/plots/confusion/b_shift.png",
+        "metrics/confusion/b_shift.csv",
+        "metrics/train_history.csv",
+        "metrics/plots/monitor_estimates.png",
+        "metrics/power/label_keep_0.1.csv",
+        "metrics/plots/power.png",
+        "metrics/plots/harm.png",
+        "metrics/plots/page.png",
+        "models/accuracy_estimator.json",
+        "metrics/harm_details.json",
+    ):
         assert (repo / path).is_file(), path
     prepare = _metrics(repo, "prepare")
     assert prepare["n"] == {"domain_a": 1400, "domain_b": 600, "test": 500}
@@ -149,7 +187,9 @@ def test_repro_writes_every_output_and_metric(repo):
     assert power["detection"]["rotate_30"]["pixel_ks"]["100"]["repetitions"] == 7
     assert "miscalibrated" in power["false_alarms"]["no_shift"]["bbsd_ks"]["10"]
     assert monitor["b_shift"]["mmd_images_tested"] == {  # all of them: below monitor.mmd_max_per_side
-        "reference": 500, "deployment": _metrics(repo, "shift")["b_shift"]["n"]}
+        "reference": 500,
+        "deployment": _metrics(repo, "shift")["b_shift"]["n"],
+    }
     assert power["detection"]["brightness_0.02"]["image_stats"]["100"]["rate"] == 1.0
     assert _metrics(repo, "power")["min_n_power_90"]["brightness_0.02"] in (10, 100)
     # Detection tied to harm: every shifted stream has the accuracy it costs; the corruption
@@ -177,8 +217,15 @@ def test_repro_writes_every_output_and_metric(repo):
     assert "downsample_7" in power["harm"]["harmful"]
     assert harm["as_monitored"]["harmful_shifts"] == harm["harmful_shifts"]
     mitigate = _metrics(repo, "mitigate_details")
-    assert set(mitigate["b_shift"]) == {"none", "label_shift_bbse", "label_shift_em", "adabn",
-                                        "finetune_augmented", "selective", "selective_augmented"}
+    assert set(mitigate["b_shift"]) == {
+        "none",
+        "label_shift_bbse",
+        "label_shift_em",
+        "adabn",
+        "finetune_augmented",
+        "selective",
+        "selective_augmented",
+    }
     assert mitigate["b_label"]["none"]["accuracy"] == pytest.approx(evaluate["b_label"]["accuracy"])
     for name in ("b_label", "b_covariate", "b_shift"):  # the prior correction obeys the trust flag
         corrected = mitigate[name]["label_shift_bbse"]
@@ -203,8 +250,15 @@ def test_repro_fits_the_estimate_and_the_page_fires_on_harm_not_on_change(repo):
     assert fit.signals == ("confidence", "atc", "agreement", "soft_agreement") and min(fit.weights) >= 0
     assert summary.size == 500 and payload["page_points"] == 3  # the test set's 500 images
     harm = _metrics(repo, "harm_details")
-    assert set(harm["cells"]) == {"no_shift", "contrast_0.5", "contrast_0.3", "rotate_30", "label_keep_0.1",
-                                  "pixelate_7", "jpeg_90"}
+    assert set(harm["cells"]) == {
+        "no_shift",
+        "contrast_0.5",
+        "contrast_0.3",
+        "rotate_30",
+        "label_keep_0.1",
+        "pixelate_7",
+        "jpeg_90",
+    }
     assert {c["group"] for c in harm["cells"].values()} == {"null", "design", "held_out", "everyday"}
     assert harm["cells"]["contrast_0.5"]["left_out"] == "contrast"  # judged by a fit that never saw it
     assert harm["cells"]["pixelate_7"]["left_out"] is None
@@ -225,7 +279,8 @@ def test_repro_fits_the_estimate_and_the_page_fires_on_harm_not_on_change(repo):
     headline = _metrics(repo, "harm")
     assert set(headline["page"]) == {"harmful_min", "harmless_max", "no_shift_max"}
     assert harm["summary"]["page_n"] == 100 and headline["page"] == {  # harm.sizes has no 200 here
-        key: harm["summary"]["page_by_n"]["100"][key] for key in headline["page"]}
+        key: harm["summary"]["page_by_n"]["100"][key] for key in headline["page"]
+    }
     assert 0 <= headline["estimate"]["coverage_min"] <= 1
     # monitor gives both answers per set: b_shift costs this model far more than 5 points
     monitor = _metrics(repo, "monitor")
@@ -250,8 +305,9 @@ def test_a_fresh_clone_pulls_the_model_and_checks_without_retraining(repo, tmp_p
     assert "up to date" in _dvc(clone, "status").stdout  # nothing to retrain or recompute
     np.save(tmp_path / "b_shift.npy", load_set(clone / "data" / "shifted" / "b_shift.npz").images[:300])
     np.save(tmp_path / "test.npy", load_set(clone / "data" / "prepared" / "test.npz").images[:300])
-    check = lambda batch: _run(clone, sys.executable, "-m", "shiftwatch", "check", str(batch),
-                               "--quiet", check=False).returncode
+    check = lambda batch: (
+        _run(clone, sys.executable, "-m", "shiftwatch", "check", str(batch), "--quiet", check=False).returncode
+    )
     assert check(tmp_path / "b_shift.npy") == 1  # the 1-epoch model loses far more than 5 points: page
     assert check(tmp_path / "test.npy") == 0  # part of the reference itself: no page
 
@@ -262,19 +318,31 @@ def s3_endpoint():
     import socket
 
     import boto3
+
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
-    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                   "AWS_DEFAULT_REGION": "us-east-1"}
+    credentials = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     try:
         for _ in range(100):
             try:
-                boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
-                             aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="team")
+                boto3.client(
+                    "s3",
+                    endpoint_url=endpoint,
+                    aws_access_key_id="testing",
+                    aws_secret_access_key="testing",
+                    region_name="us-east-1",
+                ).create_bucket(Bucket="team")
                 break
             except Exception:  # not listening yet
                 time.sleep(0.2)
@@ -323,22 +391,32 @@ def test_repro_logs_one_run_per_stage_under_one_parent(repo):
     # The parent holds the headline numbers (what `dvc exp show` shows) and nothing else.
     parent = parents[0]
     assert set(parent.data.metrics) == set(headline_metrics(repo))
-    for key in ("detect.b_shift.ks_statistic", "detect.b_shift.kl_divergence", "detect.b_shift.domain_auc",
-                "evaluate.accuracy.test", "evaluate.accuracy.b_shift", "evaluate.class_7_b_shift.recall",
-                "train.final_loss", "monitor.b_shift.drift", "power.false_alarm_max.combined"):
+    for key in (
+        "detect.b_shift.ks_statistic",
+        "detect.b_shift.kl_divergence",
+        "detect.b_shift.domain_auc",
+        "evaluate.accuracy.test",
+        "evaluate.accuracy.b_shift",
+        "evaluate.class_7_b_shift.recall",
+        "train.final_loss",
+        "monitor.b_shift.drift",
+        "power.false_alarm_max.combined",
+    ):
         assert key in parent.data.metrics, key
     assert "detect.b_raw.ks_pvalue" not in parent.data.metrics  # details stay on the stage run ...
     detect = next(r for r in children if r.data.tags["dvc.stage"] == "detect")
     assert "detect.b_raw.ks_pvalue" in stage_details(client, detect.info.run_id)  # ... as an artifact
     assert set(detect.data.metrics) == set(headline_metrics(repo, stage="detect"))  # one name per number
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} == {  # the plots, power's too
-        p.name for p in headline_plots(repo)}
+        p.name for p in headline_plots(repo)
+    }
     assert parent.info.run_name.startswith("baseline ")
     assert parent.data.params["shift.brightness"] == "0.1"
     experiment = client.get_experiment(parent.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on its runs
     assert "model" in {a.path for a in client.list_artifacts(train_run.info.run_id)} | {
-        m.name for m in client.search_logged_models([train_run.info.experiment_id])}
+        m.name for m in client.search_logged_models([train_run.info.experiment_id])
+    }
 
 
 def test_the_model_is_registered_with_its_lineage_and_checked_from_the_registry(repo, tmp_path):
@@ -346,7 +424,7 @@ def test_the_model_is_registered_with_its_lineage_and_checked_from_the_registry(
 
     client, runs = _runs(repo)
     name = yaml.safe_load((repo / "params.yaml").read_text())["registry"]["model_name"]
-    version, = client.search_model_versions(f"name = '{name}'")
+    (version,) = client.search_model_versions(f"name = '{name}'")
     train_run = next(r for r in runs if r.data.tags.get("dvc.stage") == "train")
     assert version.run_id == train_run.info.run_id
     assert version.tags["model_md5"] == file_md5(repo / "models" / "resnet18.pt")
@@ -356,7 +434,7 @@ def test_the_model_is_registered_with_its_lineage_and_checked_from_the_registry(
     assert client.get_model_version_by_alias(name, "champion").version == version.version
     assert float(version.tags["test_accuracy"]) == pytest.approx(_metrics(repo, "evaluate")["accuracy"]["test"])
     # the runs link back to the exact data: DVC's md5 of each file they read
-    trained_on, = train_run.inputs.dataset_inputs
+    (trained_on,) = train_run.inputs.dataset_inputs
     assert trained_on.dataset.digest == file_md5(repo / "data" / "prepared" / "domain_a.npz")
     evaluate_run = next(r for r in runs if r.data.tags.get("dvc.stage") == "evaluate")
     evaluated = {d.dataset.name: d.dataset.digest for d in evaluate_run.inputs.dataset_inputs}
@@ -364,10 +442,24 @@ def test_the_model_is_registered_with_its_lineage_and_checked_from_the_registry(
 
     # `check --model models:/<name>@champion` downloads the champion and uses it
     np.save(tmp_path / "b_shift.npy", load_set(repo / "data" / "shifted" / "b_shift.npz").images[:300])
-    result = subprocess.run([sys.executable, "-m", "shiftwatch", "check", str(tmp_path / "b_shift.npy"),
-                             "--model", f"models:/{name}@champion", "--json", "-"], cwd=repo,
-                            env={**_env(repo), "XDG_CACHE_HOME": str(tmp_path / "cache")},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shiftwatch",
+            "check",
+            str(tmp_path / "b_shift.npy"),
+            "--model",
+            f"models:/{name}@champion",
+            "--json",
+            "-",
+        ],
+        cwd=repo,
+        env={**_env(repo), "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert report["model"] == f"models:/{name}@champion"
@@ -401,16 +493,15 @@ def test_experiment_reruns_only_what_the_shift_touches(repo):
 
     _, runs = _runs(repo)
     assert sum(r.data.tags.get("dvc.stage") == "train" for r in runs) == 1
-    baseline, = [r for r in _parents(runs) if r.data.tags["dvc.exp_name"] == "workspace"]
-    experiment, = [r for r in _parents(runs) if r.data.tags["dvc.exp_name"] != "workspace"]
+    (baseline,) = [r for r in _parents(runs) if r.data.tags["dvc.exp_name"] == "workspace"]
+    (experiment,) = [r for r in _parents(runs) if r.data.tags["dvc.exp_name"] != "workspace"]
     assert experiment.data.params["shift.brightness"] == "0.2"
     assert experiment.info.run_name.startswith("shift.brightness=0.2 (")
     # No holes: the experiment's parent carries the numbers of the stages DVC skipped (train,
     # power, ...), the same keys as the baseline's; the shift-dependent ones moved.
     assert set(experiment.data.metrics) == set(baseline.data.metrics)
     assert experiment.data.metrics["train.final_loss"] == baseline.data.metrics["train.final_loss"]
-    assert (experiment.data.metrics["detect.b_shift.ks_statistic"]
-            > baseline.data.metrics["detect.b_shift.ks_statistic"])
+    assert experiment.data.metrics["detect.b_shift.ks_statistic"] > baseline.data.metrics["detect.b_shift.ks_statistic"]
 
 
 def test_sweep_report_reads_the_runs_back_from_mlflow(repo):
@@ -433,16 +524,21 @@ def test_bad_parameter_stops_the_stage_with_one_line_and_no_outputs(repo):
     (broken / "params.yaml").write_text(yaml.safe_dump(params))
     result = _run(broken, sys.executable, "-m", "stages.shift", check=False)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("shiftwatch shift: error: params.yaml: shift.brightness = 5 is not "
-                                     "allowed: input should be less than or equal to 1")
+    assert result.stderr.strip() == (
+        "shiftwatch shift: error: params.yaml: shift.brightness = 5 is not "
+        "allowed: input should be less than or equal to 1"
+    )
     assert not (broken / "data" / "shifted").exists() and not (broken / "metrics").exists()
 
     shutil.copy2(repo / "params.yaml", broken / "params.yaml")  # valid params, but no model
     result = _run(broken, sys.executable, "-m", "stages.evaluate", check=False)
     assert result.returncode == 2 and "not found" in result.stderr and len(result.stderr.splitlines()) == 1
     _, runs = _runs(broken)  # the crash is on record: a FAILED stage run and parent
-    assert [(r.data.tags.get("dvc.stage", "pipeline"), r.info.status) for r in runs
-            if r.data.tags.get("dvc.stage") == "evaluate"] == [("evaluate", "FAILED")]
+    assert [
+        (r.data.tags.get("dvc.stage", "pipeline"), r.info.status)
+        for r in runs
+        if r.data.tags.get("dvc.stage") == "evaluate"
+    ] == [("evaluate", "FAILED")]
     assert _parents(runs)[0].info.status == "FAILED"
 
 
@@ -459,8 +555,7 @@ def test_queued_experiment_lands_in_the_main_mlflow_store(repo):
 
     _, runs = _runs(repo)
     queued = [r for r in runs if r.data.tags.get("dvc.exp_name") == "queued-dark"]
-    assert sorted(r.data.tags.get("dvc.stage", "pipeline") for r in queued) == sorted(
-        ("pipeline", *SHIFT_STAGES))
+    assert sorted(r.data.tags.get("dvc.stage", "pipeline") for r in queued) == sorted(("pipeline", *SHIFT_STAGES))
     parent = next(r for r in queued if r.data.tags.get("shiftwatch.role") == "pipeline")
     assert parent.data.params["shift.brightness"] == "0.0"
     assert parent.info.run_name == "shift.brightness=0.0 (queued-dark)"
@@ -473,8 +568,12 @@ def test_a_bad_params_yaml_fails_before_dvc_removes_any_output(repo):
     """DVC removes a stage's outputs before running it; the `validate` gate fails first, so a
     NaN alpha no longer costs power's uncached outputs (46 files, ~7 minutes at full size)."""
     good = (repo / "params.yaml").read_text()
-    outputs = sorted(p for folder in ("metrics", "data/shifted") for p in (repo / folder).rglob("*")
-                     if p.is_file() and p.name != "params_checked.json")
+    outputs = sorted(
+        p
+        for folder in ("metrics", "data/shifted")
+        for p in (repo / folder).rglob("*")
+        if p.is_file() and p.name != "params_checked.json"
+    )
     before = {p: p.read_bytes() for p in outputs}
     params = yaml.safe_load(good)
     params["monitor"]["alpha"] = float("nan")
@@ -484,8 +583,10 @@ def test_a_bad_params_yaml_fails_before_dvc_removes_any_output(repo):
         result = _dvc(repo, "repro", check=False)
         assert result.returncode != 0
         errors = [line for line in result.stderr.splitlines() if line.startswith("shiftwatch")]
-        assert errors == ["shiftwatch validate: error: params.yaml: detect.bins is not set (nor 5 other keys); "
-                          "add it to params.yaml (every key is required: `git show HEAD:params.yaml` has them all)"]
+        assert errors == [
+            "shiftwatch validate: error: params.yaml: detect.bins is not set (nor 5 other keys); "
+            "add it to params.yaml (every key is required: `git show HEAD:params.yaml` has them all)"
+        ]
         assert re.findall(r"Running stage '(\w+)'", result.stdout) == ["validate"]
         assert {p: p.read_bytes() for p in outputs if p.exists()} == before  # nothing removed or changed
     finally:
@@ -509,12 +610,19 @@ def test_a_full_disk_mid_stage_is_one_line_and_keeps_the_previous_outputs(repo):
     def file_size_limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    result = subprocess.run([sys.executable, "-m", "stages.shift"], cwd=full, env=_env(full), capture_output=True,
-                            text=True, preexec_fn=file_size_limit)
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.shift"],
+        cwd=full,
+        env=_env(full),
+        capture_output=True,
+        text=True,
+        preexec_fn=file_size_limit,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "shiftwatch shift: error: cannot write data/shifted/b_covariate.npz: larger than the file-size limit "
-        "(ulimit -f); raise it and rerun (nothing half-written is left)"]
+        "(ulimit -f); raise it and rerun (nothing half-written is left)"
+    ]
     assert {p.name: p.read_bytes() for p in (full / "data" / "shifted").iterdir()} == shifted
     assert sorted(p.name for p in (full / "data").iterdir()) == ["prepared", "shifted"]  # no staging left
     _, runs = _runs(full)

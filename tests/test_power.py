@@ -99,11 +99,11 @@ def test_results_are_seeded_and_independent_of_the_other_sizes(rng):
 
 
 def _z_test_first_half(_reference, deployment):
-    return _z_test(None, deployment[:len(deployment) // 2])
+    return _z_test(None, deployment[: len(deployment) // 2])
 
 
 def _z_test_second_half(_reference, deployment):
-    return _z_test(None, deployment[len(deployment) // 2:])
+    return _z_test(None, deployment[len(deployment) // 2 :])
 
 
 def test_several_detectors_alarm_exactly_as_each_one_alone(rng):
@@ -130,10 +130,10 @@ def test_every_detector_sees_the_same_draws():
         def detector(ref, dep):
             seen[name].append((ref.tobytes(), dep.tobytes()))
             return 0.5
+
         return detector
 
-    detection_rates(reference, deployment, {"a": spy("a"), "b": spy("b")}, ns=[7, 12],
-                    repetitions=4, reference_size=5)
+    detection_rates(reference, deployment, {"a": spy("a"), "b": spy("b")}, ns=[7, 12], repetitions=4, reference_size=5)
     assert len(seen["a"]) == 8 and seen["a"] == seen["b"]
     assert len(set(seen["a"])) == 8  # fresh draws
 
@@ -146,14 +146,13 @@ def test_combined_holm_alarms_when_one_detector_is_certain():
     assert [p.alarms for p in rates["unsure"]] == [0, 0]
     assert [(p.n, p.alarms, p.rate) for p in rates["combined"]] == [(5, 30, 1.0), (10, 30, 1.0)]
     # Holm, not "any detector": two p-values of 0.03 each are adjusted to 0.06, no alarm
-    both = detection_rates(rows, rows, {"a": lambda a, b: 0.03, "b": lambda a, b: 0.03},
-                           ns=[5], repetitions=10)
+    both = detection_rates(rows, rows, {"a": lambda a, b: 0.03, "b": lambda a, b: 0.03}, ns=[5], repetitions=10)
     assert both["a"][0].alarms == 10 and both["combined"][0].alarms == 0
-    assert "combined" not in detection_rates(rows, rows, detectors, ns=[5], repetitions=3,
-                                             combine=None)
+    assert "combined" not in detection_rates(rows, rows, detectors, ns=[5], repetitions=3, combine=None)
     # without combining, "combined" is an ordinary detector name
-    own = detection_rates(rows, rows, {"combined": lambda a, b: 0.9, "x": lambda a, b: 0.001},
-                          ns=[5], repetitions=3, combine=None)
+    own = detection_rates(
+        rows, rows, {"combined": lambda a, b: 0.9, "x": lambda a, b: 0.001}, ns=[5], repetitions=3, combine=None
+    )
     assert list(own) == ["combined", "x"] and own["combined"][0].alarms == 0
 
 
@@ -172,12 +171,15 @@ def test_combined_false_alarms_of_independent_calibrated_detectors_stay_at_most_
     assert uncorrected.miscalibrated and uncorrected.alarms >= combined.alarms
 
 
-@pytest.mark.parametrize("detectors, kwargs, message", [
-    ({}, {}, "detectors is empty"),
-    ({"combined": lambda a, b: 0.5}, {}, "named 'combined'"),
-    ({"a": lambda a, b: 0.5}, {"combine": "fisher"}, "combine"),
-    ({"a": lambda a, b: 0.5, "b": lambda a, b: None}, {}, "p-value"),
-])
+@pytest.mark.parametrize(
+    "detectors, kwargs, message",
+    [
+        ({}, {}, "detectors is empty"),
+        ({"combined": lambda a, b: 0.5}, {}, "named 'combined'"),
+        ({"a": lambda a, b: 0.5}, {"combine": "fisher"}, "combine"),
+        ({"a": lambda a, b: 0.5, "b": lambda a, b: None}, {}, "p-value"),
+    ],
+)
 def test_several_detectors_bad_input_raises_one_line(detectors, kwargs, message):
     for estimate in (detection_rates, false_alarm_rates):
         with pytest.raises(ShiftwatchError, match=message) as err:
@@ -205,16 +207,20 @@ def test_works_with_a_real_detector_returning_detector_results():
     assert isinstance(point, AlarmRate) and not point.miscalibrated
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"ns": []}, "ns"),
-    ({"ns": [0]}, "ns"),
-    ({"repetitions": 0}, "repetitions"),
-    ({"alpha": 1.5}, "alpha"),
-    ({"reference_size": 0}, "sample size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"ns": []}, "ns"),
+        ({"ns": [0]}, "ns"),
+        ({"repetitions": 0}, "repetitions"),
+        ({"alpha": 1.5}, "alpha"),
+        ({"reference_size": 0}, "sample size"),
+    ],
+)
 def test_bad_parameters_raise_one_line(kwargs, message):
-    arguments = dict(reference=np.zeros(5), deployment=np.zeros(5), detector=lambda a, b: 0.5,
-                     ns=[3], repetitions=2) | kwargs
+    arguments = (
+        dict(reference=np.zeros(5), deployment=np.zeros(5), detector=lambda a, b: 0.5, ns=[3], repetitions=2) | kwargs
+    )
     with pytest.raises(ShiftwatchError, match=message) as err:
         detection_rate(**arguments)
     assert "\n" not in str(err.value)
@@ -235,13 +241,16 @@ def test_empty_inputs_raise():
 
 # ---------------------------------------------------------------- independent repetitions
 
+
 def _pool_sampler(pool, seen=None):
     """Fresh disjoint reference and deployment rows of `pool` per repetition (records them)."""
+
     def sample(rng, n):
         order = rng.permutation(len(pool))
         if seen is not None:
-            seen.append((order[:n].copy(), order[n:2 * n].copy()))
-        return pool[order[:n]], pool[order[n:2 * n]]
+            seen.append((order[:n].copy(), order[n : 2 * n].copy()))
+        return pool[order[:n]], pool[order[n : 2 * n]]
+
     return sample
 
 
@@ -278,6 +287,7 @@ def test_a_shifted_deployment_is_detected():
     def shifted(rng, n):
         reference, deployment = _pool_sampler(pool)(rng, n)
         return reference, deployment + 0.5
+
     rates = independent_alarm_rates(shifted, {"ks": _ks}, [20, 200], repetitions=100, seed=2)
     assert rates["ks"][0].rate < 0.6 < 0.95 < rates["ks"][1].rate
 
@@ -290,10 +300,17 @@ def test_a_costly_detector_can_get_fewer_repetitions_and_combined_uses_the_commo
         def detector(ref, dep, seed):
             calls[name] += 1
             return 0.5
+
         return detector
-    rates = independent_alarm_rates(_pool_sampler(pool), {"cheap": counting("cheap"), "costly": counting("costly")},
-                                    [10, 100], repetitions=40, seed=0,
-                                    repetitions_for=lambda name, n: 10 if name == "costly" and n >= 100 else 40)
+
+    rates = independent_alarm_rates(
+        _pool_sampler(pool),
+        {"cheap": counting("cheap"), "costly": counting("costly")},
+        [10, 100],
+        repetitions=40,
+        seed=0,
+        repetitions_for=lambda name, n: 10 if name == "costly" and n >= 100 else 40,
+    )
     assert calls == {"cheap": 80, "costly": 50}
     assert [p.repetitions for p in rates["costly"]] == [40, 10]
     assert [p.repetitions for p in rates[COMBINED]] == [40, 10]
@@ -304,6 +321,7 @@ def test_calibration_flags_are_corrected_for_the_number_of_cells():
     def cell(alarms, n=10):
         low, high = wilson_interval(alarms, 200)
         return AlarmRate(n, alarms, 200, alarms / 200, low, high)
+
     # 17 alarms in 200 at alpha 0.05: one-sided binomial p ~ 0.03, a flag on its own ...
     assert calibration_flags({"d": [cell(17)]})["d"][0].miscalibrated
     # ... but one such cell among 48 calibrated ones is what chance gives: no flag after Holm.
@@ -339,8 +357,9 @@ def test_harm_summary_as_monitored_judges_the_same_harmful_streams():
 
     detection = {s: {"combined": {"100": {"rate": r}}} for s, r in (("a", 0.95), ("b", 0.4), ("c", 1.0))}
     monitored = {s: {"combined": {"100": {"rate": r}}} for s, r in (("a", 1.0), ("b", 0.8), ("c", 0.1))}
-    summary = harm_summary(detection, {"a": 12.0, "b": 6.0, "c": 1.0}, points=5, n=100, target_power=0.9,
-                           monitored_detection=monitored)
+    summary = harm_summary(
+        detection, {"a": 12.0, "b": 6.0, "c": 1.0}, points=5, n=100, target_power=0.9, monitored_detection=monitored
+    )
     assert summary["as_monitored"] == {"harmful": {"a": 1.0, "b": 0.8}, "missed": ["b"], "weakest": "b"}
     assert "as_monitored" not in harm_summary(detection, {"a": 12.0}, points=5, n=100, target_power=0.9)
 

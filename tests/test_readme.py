@@ -2,6 +2,7 @@
 every committed table must be exactly what the committed metrics and benchmark files give, and
 each table lives in one place. The docs site builds with `mkdocs build --strict` (offline), which
 fails on a broken link or anchor between pages and on a page missing from the nav."""
+
 import importlib.util
 import re
 import shutil
@@ -39,8 +40,11 @@ def test_every_table_lives_in_exactly_one_document(monkeypatch):
     assert not missing, f"no document holds the markers of the tables {missing}"
     unknown = sorted(names - set(tool.TABLES))
     assert not unknown, f"markers that tools/readme.py does not generate: {unknown}"
-    misplaced = {name: (found.get((name, "begin")), found.get((name, "end"))) for name in names
-                 if found.get((name, "begin")) != found.get((name, "end")) or len(found[(name, "begin")]) != 1}
+    misplaced = {
+        name: (found.get((name, "begin")), found.get((name, "end")))
+        for name in names
+        if found.get((name, "begin")) != found.get((name, "end")) or len(found[(name, "begin")]) != 1
+    }
     assert not misplaced, f"each table needs one begin and one end marker, in one file: {misplaced}"
 
 
@@ -97,8 +101,13 @@ def test_a_broken_link_fails_the_docs_build(tmp_path):
 
 
 def _mkdocs_build(root, site):
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
-                          cwd=root, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _block(text: str, name: str) -> str:

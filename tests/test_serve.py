@@ -1,4 +1,5 @@
 """`shiftwatch serve` + `shiftwatch check --server`: the same report as a local check, over HTTP."""
+
 import io
 import json
 import socket
@@ -26,11 +27,30 @@ SINGLE_IMAGE = "a single image; the two-sample tests need at least 2 (and have l
 @pytest.fixture(scope="module")
 def server(project):
     process = subprocess.Popen(
-        [sys.executable, "-m", "shiftwatch", "serve", "--port", "0", "--reference", str(project / "test.npz"),
-         "--model", str(project / "resnet18.pt"), "--params", str(project / "params.yaml"),
-         "--estimator", str(project / "estimator.json"), "--finetuned", str(project / "finetuned.pt"),
-         "--read-timeout", str(READ_TIMEOUT)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "shiftwatch",
+            "serve",
+            "--port",
+            "0",
+            "--reference",
+            str(project / "test.npz"),
+            "--model",
+            str(project / "resnet18.pt"),
+            "--params",
+            str(project / "params.yaml"),
+            "--estimator",
+            str(project / "estimator.json"),
+            "--finetuned",
+            str(project / "finetuned.pt"),
+            "--read-timeout",
+            str(READ_TIMEOUT),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         banner = process.stdout.readline()  # printed once the model is loaded and the port bound
         assert banner.startswith("shiftwatch serve: http://127.0.0.1:"), process.stderr.read()
@@ -46,8 +66,13 @@ def modelless(project):
     from it proves the request was refused before the model ran."""
     from shiftwatch.operations.check import load_inputs
 
-    settings, ref, paths = load_inputs(project / "test.npz", project / "resnet18.pt", project / "params.yaml",
-                                       project / "estimator.json", project / "finetuned.pt")
+    settings, ref, paths = load_inputs(
+        project / "test.npz",
+        project / "resnet18.pt",
+        project / "params.yaml",
+        project / "estimator.json",
+        project / "finetuned.pt",
+    )
     server = make_server(settings, ref, None, paths, read_timeout=READ_TIMEOUT)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -104,8 +129,9 @@ def test_a_check_on_the_server_gives_the_local_report(project, server, tmp_path)
 
 def test_the_html_report_works_through_the_server(project, server, tmp_path):
     out = tmp_path / "remote.html"
-    assert check(project, project / "bright.npy", "--html", out, "--quiet", "--server", server,
-                 "--fail-on", "change") == 3
+    assert (
+        check(project, project / "bright.npy", "--html", out, "--quiet", "--server", server, "--fail-on", "change") == 3
+    )
     assert out.read_text().count('src="data:image/png;base64,') == 3
 
 
@@ -126,17 +152,25 @@ def test_no_server_fails_fast_with_one_line(project, capsys):
     assert error.count("\n") == 1
 
 
-@pytest.mark.parametrize("header, words", [("[1,2]", "a JSON array, not an object"),
-                                           ("5", "a JSON number, not an object"),
-                                           ('"clean.npy"', "a JSON string, not an object"),
-                                           ("{oops", "not JSON"), ("[" * 5000, "not JSON")])
+@pytest.mark.parametrize(
+    "header, words",
+    [
+        ("[1,2]", "a JSON array, not an object"),
+        ("5", "a JSON number, not an object"),
+        ('"clean.npy"', "a JSON string, not an object"),
+        ("{oops", "not JSON"),
+        ("[" * 5000, "not JSON"),
+    ],
+)
 def test_a_batch_header_not_a_json_object_is_a_400_before_the_model_runs(modelless, header, words):
     started = time.perf_counter()
     status, reply = answer(post(modelless, npy(blobs(20, seed=3)), header))
     assert time.perf_counter() - started < 2
     assert status == 400, reply  # the model-less server gives 500 had the check started
-    assert reply["error"] == f'the X-Shiftwatch-Batch header is {words}; send a JSON object such as ' \
-                             '{"path": "batch.npy"}'
+    assert (
+        reply["error"] == f"the X-Shiftwatch-Batch header is {words}; send a JSON object such as "
+        '{"path": "batch.npy"}'
+    )
 
 
 def test_a_bad_batch_header_on_the_real_server_is_a_400_and_it_keeps_serving(project, server):

@@ -45,20 +45,20 @@ def test_label_shift_keeps_the_requested_share_seeded():
 
 def _domain_b(n=200, seed=0):
     rng = np.random.default_rng(seed)
-    return ImageSet(rng.random((n, 28, 28)).astype(np.float32), np.arange(n) % 10,
-                    np.arange(1000, 1000 + n))
+    return ImageSet(rng.random((n, 28, 28)).astype(np.float32), np.arange(n) % 10, np.arange(1000, 1000 + n))
 
 
 def test_four_deployment_sets_tell_the_shifts_apart():
     domain_b = _domain_b()
-    sets = make_deployment_sets(domain_b, downsample=7, brightness=0.1, label_class=7,
-                                label_keep=0.5, seed=42)
+    sets = make_deployment_sets(domain_b, downsample=7, brightness=0.1, label_class=7, label_keep=0.5, seed=42)
     assert sets["b_raw"] is domain_b
     np.testing.assert_array_equal(sets["b_covariate"].labels, domain_b.labels)
     assert not np.allclose(sets["b_covariate"].images, domain_b.images)
     np.testing.assert_array_equal(sets["b_label"].source_index, sets["b_shift"].source_index)
-    np.testing.assert_array_equal(sets["b_label"].images, domain_b.subset(
-        np.searchsorted(domain_b.source_index, sets["b_label"].source_index)).images)
+    np.testing.assert_array_equal(
+        sets["b_label"].images,
+        domain_b.subset(np.searchsorted(domain_b.source_index, sets["b_label"].source_index)).images,
+    )
     assert (sets["b_label"].labels == 7).sum() == 10
 
 

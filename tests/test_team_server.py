@@ -5,6 +5,7 @@ and artifacts must come back through the server.
 
 Then the wrapper's faults, injected for real into `tools/team_server.py` run as a subprocess:
 SIGKILL (orphans left running), SIGTERM, a stale postmaster.pid, a busy port, a broken cluster."""
+
 import contextlib
 import os
 import re
@@ -28,8 +29,12 @@ from test_pipeline import SHIFT_STAGES, STAGES, _copy_repo, _env, _small_params
 from shiftwatch.core.io import load_set
 from shiftwatch.core.lineage import file_md5
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(  # PostgreSQL + mlflow servers: not in `make test-fast`
-    not (team_server.PG_BIN / "initdb").exists(), reason="PostgreSQL 15 not installed: apt-get install postgresql")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(  # PostgreSQL + mlflow servers: not in `make test-fast`
+        not (team_server.PG_BIN / "initdb").exists(), reason="PostgreSQL 15 not installed: apt-get install postgresql"
+    ),
+]
 BRIGHTNESS = ("0.0", "0.05", "0.15", "0.2")
 
 
@@ -55,8 +60,9 @@ def server():
 
 
 def _run(repo: Path, uri: str, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=repo, env={**_env(repo), "MLFLOW_TRACKING_URI": uri},
-                            capture_output=True, text=True, timeout=900)
+    result = subprocess.run(
+        args, cwd=repo, env={**_env(repo), "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=900
+    )
     assert result.returncode == 0, f"{' '.join(args)}: {result.stdout[-2000:]}\n{result.stderr[-2000:]}"
     return result
 
@@ -96,13 +102,15 @@ def test_four_experiments_two_at_a_time_lose_nothing_on_the_server(server, tmp_p
     experiment = client.get_experiment_by_name(EXPERIMENT)
     runs = client.search_runs([experiment.experiment_id], max_results=10_000)
     assert not [r for r in runs if r.info.status != "FINISHED"]  # none RUNNING or FAILED
-    baseline = [r for r in runs if r.data.tags.get("dvc.stage") in STAGES
-                and r.data.tags.get("dvc.exp_name") == "workspace"]
+    baseline = [
+        r for r in runs if r.data.tags.get("dvc.stage") in STAGES and r.data.tags.get("dvc.exp_name") == "workspace"
+    ]
     assert sorted(r.data.tags["dvc.stage"] for r in baseline) == sorted(STAGES)
     for value in BRIGHTNESS:
         landed = [r for r in runs if r.data.tags.get("dvc.exp_name") == f"b{value}"]
         assert sorted(r.data.tags.get("dvc.stage", "pipeline") for r in landed) == sorted(
-            ("pipeline", *SHIFT_STAGES)), value
+            ("pipeline", *SHIFT_STAGES)
+        ), value
         parent = next(r for r in landed if r.data.tags.get("shiftwatch.role") == "pipeline")
         assert parent.data.params["shift.brightness"] == value
 
@@ -115,16 +123,30 @@ def test_four_experiments_two_at_a_time_lose_nothing_on_the_server(server, tmp_p
 
     # The registry on the server: one version (every experiment reused the model), the champion,
     # and `check` loading it through the server by its models:/ URI.
-    version, = client.search_model_versions("name = 'shiftwatch-resnet18'")
+    (version,) = client.search_model_versions("name = 'shiftwatch-resnet18'")
     assert client.get_model_version_by_alias("shiftwatch-resnet18", "champion").version == version.version
     np.save(tmp_path / "b_shift.npy", load_set(repo / "data" / "shifted" / "b_shift.npz").images[:300])
-    result = subprocess.run([sys.executable, "-m", "shiftwatch", "check", str(tmp_path / "b_shift.npy"),
-                             "--model", "models:/shiftwatch-resnet18@champion", "--quiet"], cwd=repo,
-                            env={**_env(repo), "MLFLOW_TRACKING_URI": server, "XDG_CACHE_HOME": str(tmp_path)},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shiftwatch",
+            "check",
+            str(tmp_path / "b_shift.npy"),
+            "--model",
+            "models:/shiftwatch-resnet18@champion",
+            "--quiet",
+        ],
+        cwd=repo,
+        env={**_env(repo), "MLFLOW_TRACKING_URI": server, "XDG_CACHE_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1, result.stderr  # b_shift drifts
-    assert file_md5(next(tmp_path.glob("shiftwatch/models/shiftwatch-resnet18/*/resnet18.pt"))) == \
-        file_md5(repo / "models" / "resnet18.pt")
+    assert file_md5(next(tmp_path.glob("shiftwatch/models/shiftwatch-resnet18/*/resnet18.pt"))) == file_md5(
+        repo / "models" / "resnet18.pt"
+    )
 
 
 @needs_fashion_mnist
@@ -151,9 +173,19 @@ class Site:
 
     def start(self, port: int) -> subprocess.Popen:
         with (self.folder / f"wrapper-{len(self.wrappers)}.out").open("w") as output:
-            wrapper = subprocess.Popen([sys.executable, str(REPO / "tools" / "team_server.py"), "--folder",
-                                        str(self.folder), "--port", str(port)], stdout=output,
-                                       stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+            wrapper = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(REPO / "tools" / "team_server.py"),
+                    "--folder",
+                    str(self.folder),
+                    "--port",
+                    str(port),
+                ],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+            )
         self.wrappers.append(wrapper)
         return wrapper
 
@@ -353,10 +385,13 @@ def test_a_busy_port_is_one_line_naming_the_port_and_its_holder(site):
     assert not (site.folder / "postgres").exists()  # refused before anything started
 
 
-@pytest.mark.parametrize(("broken", "first_words"), [
-    ("a file where the cluster goes", "initdb failed"),
-    ("a cluster without its files", "PostgreSQL did not start"),
-])
+@pytest.mark.parametrize(
+    ("broken", "first_words"),
+    [
+        ("a file where the cluster goes", "initdb failed"),
+        ("a cluster without its files", "PostgreSQL did not start"),
+    ],
+)
 def test_a_failing_initdb_or_pg_ctl_is_one_line(site, broken, first_words):
     data = site.folder / "postgres"
     if broken == "a file where the cluster goes":

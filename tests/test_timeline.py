@@ -1,4 +1,5 @@
 """`shiftwatch timeline`: logged checks read back from a real MLflow store, in time order."""
+
 import json
 
 import pytest
@@ -19,26 +20,52 @@ def store(tmp_path, monkeypatch):
 
 def test_timeline_orders_batches_by_time_and_names_the_first_alerts(project, store):
     # Logged out of order: the timeline follows --time, not the order of logging.
-    batches = {"2026-11-01T03:00": project / "bright.npy", "2026-11-01T00:00": project / "clean.npy",
-               "2026-11-01T02:00": project / "bright.npy", "2026-11-01T01:00": project / "clean.npy"}
+    batches = {
+        "2026-11-01T03:00": project / "bright.npy",
+        "2026-11-01T00:00": project / "clean.npy",
+        "2026-11-01T02:00": project / "bright.npy",
+        "2026-11-01T01:00": project / "clean.npy",
+    }
     for taken, batch in batches.items():
         check(project, batch, "--log", "--quiet", "--time", taken)
     # a fifth batch that the estimate calls harmful: the first page
-    check(project, project / "clean.npy", "--estimator", project / "paging_estimator.json", "--log", "--quiet",
-          "--time", "2026-11-01T04:00")
+    check(
+        project,
+        project / "clean.npy",
+        "--estimator",
+        project / "paging_estimator.json",
+        "--log",
+        "--quiet",
+        "--time",
+        "2026-11-01T04:00",
+    )
     # stage harm's no-shift cell, as the pipeline writes it: 30 of 1,000 draws paged at n = 200,
     # 2 of them right after a draw that paged
     (store / "metrics").mkdir()
-    (store / "metrics" / "harm_details.json").write_text(json.dumps({"cells": {"no_shift": {"draws": {
-        "100": {"page_rate": 0.12, "ci_high": 0.2, "repetitions": 1000, "confirmed_pages": 15},
-        "200": {"page_rate": 0.03, "ci_high": 0.0425, "repetitions": 1000, "confirmed_pages": 2}}}}}))
+    (store / "metrics" / "harm_details.json").write_text(
+        json.dumps(
+            {
+                "cells": {
+                    "no_shift": {
+                        "draws": {
+                            "100": {"page_rate": 0.12, "ci_high": 0.2, "repetitions": 1000, "confirmed_pages": 15},
+                            "200": {"page_rate": 0.03, "ci_high": 0.0425, "repetitions": 1000, "confirmed_pages": 2},
+                        }
+                    }
+                }
+            }
+        )
+    )
     out = store / "timeline.json"
-    assert main(["timeline", "--png", str(store / "t.png"), "--json", str(out),
-                 "--html", str(store / "t.html")]) == 0
+    assert main(["timeline", "--png", str(store / "t.png"), "--json", str(out), "--html", str(store / "t.html")]) == 0
     timeline = json.loads(out.read_text())
     assert [p["time"] for p in timeline["points"]] == [
-        "2026-11-01T00:00:00+00:00", "2026-11-01T01:00:00+00:00", "2026-11-01T02:00:00+00:00",
-        "2026-11-01T03:00:00+00:00", "2026-11-01T04:00:00+00:00"]
+        "2026-11-01T00:00:00+00:00",
+        "2026-11-01T01:00:00+00:00",
+        "2026-11-01T02:00:00+00:00",
+        "2026-11-01T03:00:00+00:00",
+        "2026-11-01T04:00:00+00:00",
+    ]
     assert [p["verdict"] for p in timeline["points"]] == ["ok", "ok", "ALERT", "ALERT", "ok"]
     assert [p["page"] for p in timeline["points"]] == ["ok", "ok", "ok", "ok", "PAGE"]
     assert timeline["first_alerts"]["verdict"]["index"] == 2 and timeline["first_alerts"]["page"]["index"] == 4
@@ -49,16 +76,15 @@ def test_timeline_orders_batches_by_time_and_names_the_first_alerts(project, sto
     assert timeline["false_pages"]["judged_n"] == 200
     assert timeline["false_pages"]["per_week"] == pytest.approx(168 * 0.03)
     assert timeline["false_pages"]["per_week_upper"] == pytest.approx(168 * 0.0425)
-    assert timeline["false_pages"]["confirmed_per_week"] == pytest.approx(168 * 0.03 ** 2)
-    assert timeline["false_pages"]["confirmed_per_week_upper"] == pytest.approx(168 * 0.0425 ** 2)
+    assert timeline["false_pages"]["confirmed_per_week"] == pytest.approx(168 * 0.03**2)
+    assert timeline["false_pages"]["confirmed_per_week_upper"] == pytest.approx(168 * 0.0425**2)
     assert (timeline["false_pages"]["draws"], timeline["false_pages"]["confirmed_seen"]) == (1000, 2)
     assert timeline["first_alerts"]["image_stats"]["index"] == 2  # the black background lifts
     assert (store / "t.png").stat().st_size > 10_000
     assert 'id="first-alerts"' in (store / "t.html").read_text()
 
     since = store / "since.json"
-    assert main(["timeline", "--png", str(store / "s.png"), "--json", str(since),
-                 "--since", "2026-11-01T02:00"]) == 0
+    assert main(["timeline", "--png", str(store / "s.png"), "--json", str(since), "--since", "2026-11-01T02:00"]) == 0
     assert json.loads(since.read_text())["first_alerts"]["verdict"]["index"] == 0
 
 
@@ -75,8 +101,6 @@ def test_a_bad_time_is_refused_before_any_work(project, store, capsys):
     assert not (store / "mlruns").exists() and not (store / "mlflow.db").exists()
 
 
-
-
 def test_timeline_reads_checks_from_their_experiment_and_older_ones_from_the_pipelines(project, store):
     """`check --log` runs land in shiftwatch-checks; a store from before that split keeps its
     checks in the pipeline's experiment, and the timeline still draws them."""
@@ -87,17 +111,27 @@ def test_timeline_reads_checks_from_their_experiment_and_older_ones_from_the_pip
 
     check(project, project / "bright.npy", "--log", "--quiet", "--time", "2026-11-01T02:00")
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    logged, = client.search_runs([client.get_experiment_by_name(CHECKS_EXPERIMENT).experiment_id])
-    older = client.create_run(client.create_experiment(EXPERIMENT), tags={
-        **{k: v for k, v in logged.data.tags.items() if not k.startswith("mlflow.")},
-        "shiftwatch.batch_time": "2026-11-01T01:00:00+00:00", "shiftwatch.verdict": "ok"}).info.run_id
+    (logged,) = client.search_runs([client.get_experiment_by_name(CHECKS_EXPERIMENT).experiment_id])
+    older = client.create_run(
+        client.create_experiment(EXPERIMENT),
+        tags={
+            **{k: v for k, v in logged.data.tags.items() if not k.startswith("mlflow.")},
+            "shiftwatch.batch_time": "2026-11-01T01:00:00+00:00",
+            "shiftwatch.verdict": "ok",
+        },
+    ).info.run_id
     metrics = {**logged.data.metrics, "check.batch.time": logged.data.metrics["check.batch.time"] - 3600}
-    client.log_batch(older, metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
-                     params=[Param(k, v) for k, v in logged.data.params.items()])
+    client.log_batch(
+        older,
+        metrics=[Metric(k, v, 0, 0) for k, v in metrics.items()],
+        params=[Param(k, v) for k, v in logged.data.params.items()],
+    )
     client.set_terminated(older)
 
     out = store / "timeline.json"
     assert main(["timeline", "--png", str(store / "t.png"), "--json", str(out)]) == 0
     points = json.loads(out.read_text())["points"]
-    assert [(p["time"], p["verdict"]) for p in points] == [("2026-11-01T01:00:00+00:00", "ok"),
-                                                           ("2026-11-01T02:00:00+00:00", "ALERT")]
+    assert [(p["time"], p["verdict"]) for p in points] == [
+        ("2026-11-01T01:00:00+00:00", "ok"),
+        ("2026-11-01T02:00:00+00:00", "ALERT"),
+    ]

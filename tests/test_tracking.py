@@ -96,8 +96,12 @@ def test_declared_params_and_headline_metrics_come_from_dvc_yaml(store):
     _write(store / "metrics" / "other.json", {"not": 1})  # not a declared metric: ignored
     assert headline_metrics() == {"detect.b_shift.drift": 1, "detect.b_shift.ks_statistic": 0.3}
     _write(store / "metrics" / "evaluate.json", {"accuracy": {"test": 0.9, "b_shift": 0.6}})
-    assert list(headline_metrics()) == [COMPARE_FIRST, "detect.b_shift.drift", "detect.b_shift.ks_statistic",
-                                        "evaluate.accuracy.test"]  # what MLflow's compare view plots first
+    assert list(headline_metrics()) == [
+        COMPARE_FIRST,
+        "detect.b_shift.drift",
+        "detect.b_shift.ks_statistic",
+        "evaluate.accuracy.test",
+    ]  # what MLflow's compare view plots first
     assert headline_metrics(stage="evaluate") == {"evaluate.accuracy.b_shift": 0.6, "evaluate.accuracy.test": 0.9}
     assert headline_plots() == [Path("metrics/plots/detect.png"), Path("metrics/plots/evaluate.png")]
     assert headline_plots(stage="evaluate") == [Path("metrics/plots/evaluate.png")]
@@ -133,14 +137,13 @@ def test_parents_carry_every_headline_metric_and_plot_whichever_stages_ran(store
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id])
     parents = {r.data.tags["dvc.exp_name"]: r for r in runs if r.data.tags.get("shiftwatch.role") == "pipeline"}
-    children = {(c.data.tags["dvc.exp_name"], c.data.tags["dvc.stage"]): c for c in runs
-                if "mlflow.parentRunId" in c.data.tags}
+    children = {
+        (c.data.tags["dvc.exp_name"], c.data.tags["dvc.stage"]): c for c in runs if "mlflow.parentRunId" in c.data.tags
+    }
     assert set(parents) == {"workspace", "bright-exp"} and len(children) == 3
     # headline only, and the skipped stage's numbers too; the compare view's first metric first
-    assert parents["workspace"].data.metrics == {"detect.b_shift.ks_statistic": 0.3,
-                                                 "evaluate.accuracy.b_shift": 0.6}
-    assert parents["bright-exp"].data.metrics == {"detect.b_shift.ks_statistic": 0.4,
-                                                  "evaluate.accuracy.b_shift": 0.6}
+    assert parents["workspace"].data.metrics == {"detect.b_shift.ks_statistic": 0.3, "evaluate.accuracy.b_shift": 0.6}
+    assert parents["bright-exp"].data.metrics == {"detect.b_shift.ks_statistic": 0.4, "evaluate.accuracy.b_shift": 0.6}
     for parent in parents.values():  # the workspace's too, though evaluate.json came after detect's
         assert next(iter(parent.data.metrics)) == COMPARE_FIRST
     # One name per number: a stage run carries its headline numbers under the parent's names,
@@ -150,13 +153,17 @@ def test_parents_carry_every_headline_metric_and_plot_whichever_stages_ran(store
     assert stage_details(client, evaluate.info.run_id) == {"evaluate.b_shift.accuracy": 0.6, "evaluate.b_shift.n": 900}
     detect = children["workspace", "detect"]
     assert detect.data.metrics == {"detect.b_shift.ks_statistic": 0.3}
-    assert stage_details(client, detect.info.run_id) == {"detect.b_shift.ks_statistic": 0.3,
-                                                         "detect.b_shift.ks_pvalue": 0.01}
+    assert stage_details(client, detect.info.run_id) == {
+        "detect.b_shift.ks_statistic": 0.3,
+        "detect.b_shift.ks_pvalue": 0.01,
+    }
     assert [a.path for a in client.list_artifacts(detect.info.run_id)] == ["artifact.json", "details"]
     assert children["bright-exp", "detect"].data.metrics == {"detect.b_shift.ks_statistic": 0.4, "detect.seconds": 2.5}
     # The headline plots on each parent: the skipped stage's from disk, each stage's own as it wrote it.
-    for name, plots in (("workspace", {"detect.png": b"detect 0.1", "evaluate.png": b"evaluate 0.1"}),
-                        ("bright-exp", {"detect.png": b"detect 0.2", "evaluate.png": b"evaluate 0.1"})):
+    for name, plots in (
+        ("workspace", {"detect.png": b"detect 0.1", "evaluate.png": b"evaluate 0.1"}),
+        ("bright-exp", {"detect.png": b"detect 0.2", "evaluate.png": b"evaluate 0.1"}),
+    ):
         folder = Path(client.download_artifacts(parents[name].info.run_id, "", str(store / name)))
         assert {path.name: path.read_bytes() for path in folder.iterdir()} == plots, name
     workspace = parents["workspace"]
@@ -164,8 +171,15 @@ def test_parents_carry_every_headline_metric_and_plot_whichever_stages_ran(store
     assert len(workspace.data.params) == len(params.flat())
     assert evaluate.data.tags["mlflow.parentRunId"] == workspace.info.run_id
     assert set(evaluate.data.params) == {"shift.label_class", "evaluate.batch_size"}
-    assert {"dvc.exp_name", "dvc.baseline_rev", "git.commit", PIPELINE_TAG, "mlflow.user",
-            "mlflow.source.name", "mlflow.source.git.commit"} <= set(evaluate.data.tags)
+    assert {
+        "dvc.exp_name",
+        "dvc.baseline_rev",
+        "git.commit",
+        PIPELINE_TAG,
+        "mlflow.user",
+        "mlflow.source.name",
+        "mlflow.source.git.commit",
+    } <= set(evaluate.data.tags)
     assert evaluate.data.tags["mlflow.source.name"] == "dvc.yaml:evaluate"
     assert all(r.info.status == "FINISHED" for r in runs)
 
@@ -178,7 +192,9 @@ def test_a_failing_stage_marks_its_run_and_parent_failed(store):
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
     assert sorted((r.data.tags.get("dvc.stage", "parent"), r.info.status) for r in runs) == [
-        ("detect", "FAILED"), ("parent", "FAILED")]
+        ("detect", "FAILED"),
+        ("parent", "FAILED"),
+    ]
     child = next(r for r in runs if r.data.tags.get("dvc.stage") == "detect")
     assert child.info.end_time - child.info.start_time >= 50  # open while the stage worked
     assert child.data.metrics == {}  # the file on disk is not this failed run's result ...
@@ -188,8 +204,12 @@ def test_a_failing_stage_marks_its_run_and_parent_failed(store):
 
 
 def test_parent_names_say_which_params_differ_from_the_baseline(store, monkeypatch):
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     (store / "params.yaml").write_text((REPO / "params.yaml").read_text())
@@ -202,10 +222,12 @@ def test_parent_names_say_which_params_differ_from_the_baseline(store, monkeypat
     changed = changed_params(current, commit)
     assert changed == {"shift.brightness": 0.2, "power.sizes": [10, 20]}
     assert parent_name({"dvc.baseline_rev": commit, "dvc.exp_name": "bally-loot"}, changed) == (
-        "shift.brightness=0.2, power.sizes=[10, 20] (bally-loot)")
+        "shift.brightness=0.2, power.sizes=[10, 20] (bally-loot)"
+    )
     assert changed_params(PARAMS.flat(), commit) == {}  # the baseline itself (tuples vs lists too)
     assert parent_name({"dvc.baseline_rev": commit, "dvc.exp_name": "workspace"}, {}) == (
-        f"baseline {commit[:7]} (workspace)")
+        f"baseline {commit[:7]} (workspace)"
+    )
     assert changed_params(current, "no-such-commit") == {}
 
     # A baseline from before a key existed (the schema has no defaults to fill it), with a
@@ -217,7 +239,8 @@ def test_parent_names_say_which_params_differ_from_the_baseline(store, monkeypat
     subprocess.run(["git", "commit", "-qam", "older"], cwd=store, check=True)
     raw["shift"]["brightness"], raw["power"]["sizes"] = 0.0, PARAMS.power.sizes
     assert changed_params(parse_params(raw).flat(), git_commit(store)) == {
-        "power.detection_repetitions": PARAMS.power.detection_repetitions}
+        "power.detection_repetitions": PARAMS.power.detection_repetitions
+    }
 
 
 def test_a_store_that_does_not_answer_stops_the_stage_before_its_work(store, monkeypatch):
@@ -230,8 +253,10 @@ def test_a_store_that_does_not_answer_stops_the_stage_before_its_work(store, mon
         port = probe.getsockname()[1]
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     worked = []
-    with (pytest.raises(ShiftwatchError, match=rf"127\.0\.0\.1:{port} does not answer") as raised,
-          stage_run("detect", PARAMS)):
+    with (
+        pytest.raises(ShiftwatchError, match=rf"127\.0\.0\.1:{port} does not answer") as raised,
+        stage_run("detect", PARAMS),
+    ):
         worked.append(True)
     assert not worked
     assert "\n" not in str(raised.value)
@@ -258,8 +283,14 @@ run_stage("detect", main)
 def _start_slow_stage(store: Path, env: dict | None = None) -> subprocess.Popen:
     script = store / "slow_stage.py"
     script.write_text(SLOW_STAGE)
-    stage = subprocess.Popen([sys.executable, str(script)], cwd=store, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    stage = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=store,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     assert stage.stdout.readline().strip() == "working"  # the body runs ...
     uri = (env or {}).get("MLFLOW_TRACKING_URI") or f"sqlite:///{store / 'mlflow.db'}"
     deadline = time.monotonic() + 30
@@ -274,9 +305,13 @@ def _open_runs_of(uri: str, pid: int) -> list:
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         return []
-    return client.search_runs([experiment.experiment_id], filter_string=(
-        f"attributes.status = 'RUNNING' and tags.`dvc.stage` = 'detect' and "
-        f"tags.`shiftwatch.process` LIKE '%:{pid}:%'"))
+    return client.search_runs(
+        [experiment.experiment_id],
+        filter_string=(
+            f"attributes.status = 'RUNNING' and tags.`dvc.stage` = 'detect' and "
+            f"tags.`shiftwatch.process` LIKE '%:{pid}:%'"
+        ),
+    )
 
 
 def _statuses(uri: str) -> list[tuple[str, str]]:
@@ -293,8 +328,9 @@ def test_sigterm_closes_the_stage_runs_as_failed_with_one_line(store):
     _, err = stage.communicate(timeout=30)
     assert stage.returncode == 143
     assert time.monotonic() - sent < 10
-    assert err.strip().splitlines() == ["shiftwatch detect: terminated (SIGTERM); no output is half-written, "
-                                        "rerun the stage"]
+    assert err.strip().splitlines() == [
+        "shiftwatch detect: terminated (SIGTERM); no output is half-written, rerun the stage"
+    ]
     assert _statuses(f"sqlite:///{store / 'mlflow.db'}") == [("detect", "FAILED"), ("parent", "FAILED")]
 
 
@@ -311,8 +347,7 @@ def test_runs_of_a_killed_stage_are_closed_as_killed_by_the_next_start(store):
         runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])
         by_status = sorted((r.info.status, r.data.tags.get("dvc.stage", "parent")) for r in runs)
         # two executions (two processes outside DVC), two parents: the dead one's closed too
-        assert by_status == [("KILLED", "detect"), ("KILLED", "parent"), ("RUNNING", "detect"),
-                             ("RUNNING", "parent")]
+        assert by_status == [("KILLED", "detect"), ("KILLED", "parent"), ("RUNNING", "detect"), ("RUNNING", "parent")]
         swept = next(r for r in runs if r.info.status == "KILLED")
         assert "process was gone" in swept.data.tags["shiftwatch.closed_by"]
     finally:
@@ -320,8 +355,14 @@ def test_runs_of_a_killed_stage_are_closed_as_killed_by_the_next_start(store):
         alive.wait(timeout=10)
     with stage_run("detect", PARAMS):  # the next start closes the second one too
         pass
-    assert _statuses(uri) == [("detect", "FINISHED"), ("detect", "KILLED"), ("detect", "KILLED"),
-                              ("parent", "FINISHED"), ("parent", "KILLED"), ("parent", "KILLED")]
+    assert _statuses(uri) == [
+        ("detect", "FINISHED"),
+        ("detect", "KILLED"),
+        ("detect", "KILLED"),
+        ("parent", "FINISHED"),
+        ("parent", "KILLED"),
+        ("parent", "KILLED"),
+    ]
 
 
 def test_a_later_execution_does_not_rewrite_an_earlier_parents_status(store):
@@ -332,10 +373,11 @@ def test_a_later_execution_does_not_rewrite_an_earlier_parents_status(store):
     uri = f"sqlite:///{store / 'mlflow.db'}"
     client = MlflowClient(uri)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    earlier, = client.search_runs([experiment_id], "tags.`shiftwatch.role` = 'pipeline'")
+    (earlier,) = client.search_runs([experiment_id], "tags.`shiftwatch.role` = 'pipeline'")
     failing = store / "failing_stage.py"
-    failing.write_text(SLOW_STAGE.replace('print("working", flush=True)\n        time.sleep(120)',
-                                          'raise RuntimeError("boom")'))
+    failing.write_text(
+        SLOW_STAGE.replace('print("working", flush=True)\n        time.sleep(120)', 'raise RuntimeError("boom")')
+    )
     assert subprocess.run([sys.executable, str(failing)], cwd=store, capture_output=True).returncode == 1
     parents = client.search_runs([experiment_id], "tags.`shiftwatch.role` = 'pipeline'")
     assert sorted(r.info.status for r in parents) == ["FAILED", "FINISHED"]
@@ -347,8 +389,9 @@ def test_stages_of_one_dvc_process_share_a_parent(tmp_path):
     """The execution is the `dvc` ancestor of the stage process, found through /proc."""
     if not Path("/proc/self/stat").exists():
         pytest.skip("no /proc: the execution is the stage process itself")
-    script = ("import os\nfrom shiftwatch.tracking.runs import pipeline_execution\n"
-              "print(pipeline_execution(os.getpid()))\n")
+    script = (
+        "import os\nfrom shiftwatch.tracking.runs import pipeline_execution\nprint(pipeline_execution(os.getpid()))\n"
+    )
     runner = tmp_path / "dvc_runs_twice"  # a process named dvc that runs two stages through sh
     runner.write_text(f"#!/bin/sh\n{sys.executable} -c '{script}'\n{sys.executable} -c '{script}'\n")
     runner.chmod(0o755)
@@ -359,8 +402,9 @@ def test_stages_of_one_dvc_process_share_a_parent(tmp_path):
     assert first == second  # both stages: the same dvc process
     alone = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert alone.stdout.strip() != first  # outside DVC: the stage itself
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     assert pipeline_execution(int(gone.stdout)) == ""  # no /proc entry (as on macOS): no execution in the key
 
 
@@ -369,8 +413,9 @@ def test_process_identity_tells_a_reused_pid_from_the_original():
     assert process_alive(me)
     host, pid, started = me.rsplit(":", 2)
     assert not process_alive(f"{host}:{pid}:{int(started) + 1}")  # same pid, another start time
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True, check=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     assert not process_alive(f"{host}:{finished.stdout.strip()}:")
 
 
@@ -386,11 +431,25 @@ def _mlflow_server(folder: Path, port: int) -> subprocess.Popen:
     """A real tracking server on a SQLite backend in `folder`, answering /health."""
     import requests
 
-    server = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-                               f"sqlite:///{folder / 'server.db'}", "--artifacts-destination",
-                               str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-                               "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{folder / 'server.db'}",
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
@@ -421,14 +480,19 @@ def test_a_server_killed_mid_stage_stops_the_stage_in_seconds_and_no_run_stays_r
         assert stage.returncode == 2
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(
-            f"shiftwatch detect: error: the MLflow tracking store at {uri} stopped answering mid-stage")
+            f"shiftwatch detect: error: the MLflow tracking store at {uri} stopped answering mid-stage"
+        )
         server = _mlflow_server(store, port)  # back, same database: the runs were left RUNNING
         assert ("detect", "RUNNING") in _statuses(uri)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         with stage_run("detect", PARAMS):  # the next stage's start closes them
             pass
-        assert _statuses(uri) == [("detect", "FINISHED"), ("detect", "KILLED"), ("parent", "FINISHED"),
-                                  ("parent", "KILLED")]
+        assert _statuses(uri) == [
+            ("detect", "FINISHED"),
+            ("detect", "KILLED"),
+            ("parent", "FINISHED"),
+            ("parent", "KILLED"),
+        ]
     finally:
         _stop(server)
 
@@ -445,8 +509,14 @@ def test_operator_commands_fail_in_seconds_with_one_line_on_a_dead_server(comman
     np.save(batch, np.random.default_rng(0).random((20, 28, 28), dtype=np.float32))
     argv = [part.format(tmp=tmp_path, batch=batch) for part in command]
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "shiftwatch", *argv], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "shiftwatch", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
+        timeout=120,
+    )
     assert time.monotonic() - started <= 10  # `check --log` asks the store before the check
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.strip()]
@@ -459,13 +529,15 @@ def test_sigterm_stops_a_stage_with_busy_workers_at_once_and_leaves_none(tmp_pat
     queue (power's streams ran for minutes after a SIGTERM)."""
     script = tmp_path / "busy_stage.py"
     # one os.write per line: two workers' lines cannot interleave on the pipe (print's could)
-    script.write_text("import os, time\n"
-                      "from shiftwatch.core.stage import run_stage\n"
-                      "from shiftwatch.core.workers import fork_map\n"
-                      "def work(item):\n"
-                      "    os.write(1, f'worker {os.getpid()}\\n'.encode())\n"
-                      "    time.sleep(120)\n"
-                      "run_stage('power', lambda: fork_map(work, range(6)))\n")
+    script.write_text(
+        "import os, time\n"
+        "from shiftwatch.core.stage import run_stage\n"
+        "from shiftwatch.core.workers import fork_map\n"
+        "def work(item):\n"
+        "    os.write(1, f'worker {os.getpid()}\\n'.encode())\n"
+        "    time.sleep(120)\n"
+        "run_stage('power', lambda: fork_map(work, range(6)))\n"
+    )
     stage = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers = [int(stage.stdout.readline().split()[1]) for _ in range(2)]
     sent = time.monotonic()
@@ -473,7 +545,8 @@ def test_sigterm_stops_a_stage_with_busy_workers_at_once_and_leaves_none(tmp_pat
     _, err = stage.communicate(timeout=60)
     assert time.monotonic() - sent < 10
     assert stage.returncode == 143 and err.strip().splitlines() == [
-        "shiftwatch power: terminated (SIGTERM); no output is half-written, rerun the stage"]
+        "shiftwatch power: terminated (SIGTERM); no output is half-written, rerun the stage"
+    ]
     for pid in workers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -47,8 +47,9 @@ def test_the_verdict_is_holm_over_the_verdict_detectors_only(rng):
     reference, _ = _features(rng, 1000)
     same, _ = _features(rng, 300)
     kwargs = dict(seed=0, alpha=0.05, mmd_permutations=50, mmd_max_per_side=300)
-    with_diagnostic = run_detectors(reference, same, **kwargs,
-                                    diagnostics={"domain_classifier": DetectorResult(0.9, 0.0)})
+    with_diagnostic = run_detectors(
+        reference, same, **kwargs, diagnostics={"domain_classifier": DetectorResult(0.9, 0.0)}
+    )
     assert with_diagnostic["drift"] == 0 and with_diagnostic["alerting"] == []
     assert with_diagnostic["diagnostics"]["domain_classifier"]["pvalue"] == 0.0
     assert with_diagnostic["tests"] == run_detectors(reference, same, **kwargs)["tests"]
@@ -63,8 +64,7 @@ def test_the_zero_pixel_share_alone_does_not_raise_the_verdict(rng):
     stats = same.image_stats.copy()
     stats[:, 1] = 0.0  # no exact zeros left, every other statistic as before
     resized = Features(same.probabilities, same.embeddings, stats, same.pixels)
-    result = run_detectors(reference, resized, seed=0, alpha=0.05, mmd_permutations=50,
-                           mmd_max_per_side=300)
+    result = run_detectors(reference, resized, seed=0, alpha=0.05, mmd_permutations=50, mmd_max_per_side=300)
     assert result["drift"] == 0
 
 
@@ -73,8 +73,14 @@ def test_label_shift_report_recovers_fewer_sneakers(rng):
     weights = np.full(10, 1.0)
     weights[7] = 0.1
     deployment, labels = _features(rng, 20_000, class_weights=weights / weights.sum())
-    report = label_shift_report(reference.probabilities, reference_labels, deployment.probabilities,
-                                focus_class=7, tolerance=0.05, true_labels=labels)
+    report = label_shift_report(
+        reference.probabilities,
+        reference_labels,
+        deployment.probabilities,
+        focus_class=7,
+        tolerance=0.05,
+        true_labels=labels,
+    )
     assert report["class_7_share_true"] == pytest.approx(0.1 / 9.1, abs=0.005)
     assert report["class_7_share_bbse"] == pytest.approx(report["class_7_share_true"], abs=0.01)
     assert report["class_7_share_reference"] == pytest.approx(0.1, abs=0.01)
@@ -83,8 +89,13 @@ def test_label_shift_report_recovers_fewer_sneakers(rng):
     assert low <= report["class_7_share_bbse"] <= high and low <= report["class_7_share_true"] <= high
     assert 0 < high - low < 0.02  # 20,000 images per side pin the share to about a point
     assert report["em_converged"] == 1 and 1 <= report["em_iterations"] < 1000
-    small = label_shift_report(reference.probabilities[:500], reference_labels[:500],
-                               deployment.probabilities[:300], focus_class=7, tolerance=0.05)
+    small = label_shift_report(
+        reference.probabilities[:500],
+        reference_labels[:500],
+        deployment.probabilities[:300],
+        focus_class=7,
+        tolerance=0.05,
+    )
     assert small["class_7_share_bbse_interval"][1] - small["class_7_share_bbse_interval"][0] > high - low
 
 

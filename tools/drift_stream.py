@@ -9,6 +9,7 @@ batch at which each detector and the verdict alerted.
 Usage (repository root, after `dvc repro`): python tools/drift_stream.py
 Writes metrics/plots/timeline.png and metrics/timeline.json (the "timeline" table of docs/operations.md).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,13 +31,13 @@ FIGURE, SUMMARY = Path("metrics/plots/timeline.png"), Path("metrics/timeline.jso
 
 def main() -> None:
     domain_b = load_set("data/prepared/domain_b.npz", hint="run `dvc repro prepare`")
-    rows = np.random.default_rng(20261129).permutation(len(domain_b))[:BATCHES * IMAGES]
+    rows = np.random.default_rng(20261129).permutation(len(domain_b))[: BATCHES * IMAGES]
     brightness = np.linspace(0, MAX_BRIGHTNESS, BATCHES)
     with tempfile.TemporaryDirectory() as folder:
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(folder) / 'mlflow.db'}"
         for k in range(BATCHES):
             batch = Path(folder) / f"batch_{k:02d}.npy"
-            images = domain_b.images[rows[k * IMAGES:(k + 1) * IMAGES]]
+            images = domain_b.images[rows[k * IMAGES : (k + 1) * IMAGES]]
             np.save(batch, degrade_images(images, 28, float(brightness[k])))
             taken = (START + timedelta(hours=k)).isoformat()
             status = shiftwatch(["check", str(batch), "--log", "--quiet", "--time", taken])

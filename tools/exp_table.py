@@ -9,6 +9,7 @@ baseline, 26 columns and 771 characters of Markdown even with --only-changed; in
 terminal it shows two metric columns and folds the rest into "…". A handful of experiments side
 by side fits a terminal.
 """
+
 from __future__ import annotations
 
 import argparse

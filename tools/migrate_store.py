@@ -16,6 +16,7 @@ Why not mlflow-export-import: its PyPI release (1.2.0, 2023) predates MLflow 3; 
 MLflow 3.17, importing into a SQL store fails on its second run ("Experiment already exists")
 and `import-all` still exits 0, and through a server it resets every run's start/end time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ def migrate(source_uri: str, target_uri: str, log=print) -> dict[str, int]:
     new_ids: dict[str, str] = {}
     for experiment in source.search_experiments():
         target_id = _experiment(target, target_uri, experiment)
-        runs = sorted(_all_runs(source, experiment.experiment_id),
-                      key=lambda r: (PARENT in r.data.tags, r.info.start_time))  # parents first
+        runs = sorted(
+            _all_runs(source, experiment.experiment_id), key=lambda r: (PARENT in r.data.tags, r.info.start_time)
+        )  # parents first
         for run in runs:
             copied = _already_copied(target, target_id, run.info.run_id)
             if copied is not None:
@@ -58,8 +60,9 @@ def _experiment(target, target_uri: str, experiment) -> str:
     found = target.get_experiment_by_name(experiment.name)
     if found is not None:
         return found.experiment_id
-    return target.create_experiment(experiment.name, artifact_location=_artifact_location(target_uri),
-                                    tags=experiment.tags)
+    return target.create_experiment(
+        experiment.name, artifact_location=_artifact_location(target_uri), tags=experiment.tags
+    )
 
 
 def _all_runs(client, experiment_id: str) -> list:
@@ -73,8 +76,7 @@ def _all_runs(client, experiment_id: str) -> list:
 
 
 def _already_copied(target, experiment_id: str, source_run_id: str) -> str | None:
-    found = target.search_runs([experiment_id], f"tags.`{MIGRATED_FROM}` = '{source_run_id}'",
-                               max_results=1)
+    found = target.search_runs([experiment_id], f"tags.`{MIGRATED_FROM}` = '{source_run_id}'", max_results=1)
     return found[0].info.run_id if found else None
 
 
@@ -84,15 +86,19 @@ def _copy_run(source, target, experiment_id: str, run, new_ids: dict[str, str]) 
     tags = {**run.data.tags, MIGRATED_FROM: run.info.run_id}
     if PARENT in tags:
         tags[PARENT] = new_ids.get(tags[PARENT], tags[PARENT])
-    copy = target.create_run(experiment_id, start_time=run.info.start_time, tags=tags,
-                             run_name=run.info.run_name).info.run_id
+    copy = target.create_run(
+        experiment_id, start_time=run.info.start_time, tags=tags, run_name=run.info.run_name
+    ).info.run_id
     params = [Param(k, v) for k, v in run.data.params.items()]
     for start in range(0, len(params), 100):
-        target.log_batch(copy, params=params[start:start + 100])
-    history = [Metric(m.key, m.value, m.timestamp, m.step)
-               for key in run.data.metrics for m in source.get_metric_history(run.info.run_id, key)]
+        target.log_batch(copy, params=params[start : start + 100])
+    history = [
+        Metric(m.key, m.value, m.timestamp, m.step)
+        for key in run.data.metrics
+        for m in source.get_metric_history(run.info.run_id, key)
+    ]
     for start in range(0, len(history), 1000):
-        target.log_batch(copy, metrics=history[start:start + 1000])
+        target.log_batch(copy, metrics=history[start : start + 1000])
     if run.inputs and run.inputs.dataset_inputs:
         target.log_inputs(copy, list(run.inputs.dataset_inputs))
     if source.list_artifacts(run.info.run_id):
@@ -121,9 +127,13 @@ def _copy_model(source, target, model, new_ids: dict[str, str], counts: dict[str
             continue
         run_id = new_ids.get(version.run_id, version.run_id)
         source_uri = version.source.replace(f"runs:/{version.run_id}/", f"runs:/{run_id}/")
-        copy = target.create_model_version(model.name, source=source_uri, run_id=run_id,
-                                           tags={**version.tags, MIGRATED_FROM: key},
-                                           description=version.description)
+        copy = target.create_model_version(
+            model.name,
+            source=source_uri,
+            run_id=run_id,
+            tags={**version.tags, MIGRATED_FROM: key},
+            description=version.description,
+        )
         numbers[str(version.version)] = copy.version
         counts["versions"] += 1
     for alias, number in (model.aliases or {}).items():
@@ -133,25 +143,31 @@ def _copy_model(source, target, model, new_ids: dict[str, str], counts: dict[str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--from", dest="source", default=None,
-                        help="source tracking URI (default: sqlite:///<repo root>/mlflow.db)")
+    parser.add_argument(
+        "--from", dest="source", default=None, help="source tracking URI (default: sqlite:///<repo root>/mlflow.db)"
+    )
     parser.add_argument("--to", dest="target", required=True, help="target tracking URI, e.g. http://127.0.0.1:5050")
     args = parser.parse_args(argv)
     for name in ("mlflow.store.db.utils", "alembic"):  # a new SQLite store's set-up chatter
         logging.getLogger(name).setLevel(logging.WARNING)
     source = args.source or f"sqlite:///{repo_root() / 'mlflow.db'}"
-    if source.startswith("sqlite:///") and not Path(source[len("sqlite:///"):]).exists():
+    if source.startswith("sqlite:///") and not Path(source[len("sqlite:///") :]).exists():
         print(f"migrate_store: error: {source}: no such store; pass --from", file=sys.stderr)
         return 2
     try:
         counts = migrate(source, args.target)
     except Exception as err:  # MlflowException, connection errors: one line, exit 2
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        print(f"migrate_store: error: {first}; rerun when the stores answer (what was copied stays, "
-              "and is not copied twice)", file=sys.stderr)
+        print(
+            f"migrate_store: error: {first}; rerun when the stores answer (what was copied stays, "
+            "and is not copied twice)",
+            file=sys.stderr,
+        )
         return 2
-    print(f"copied {counts['runs']} runs and {counts['versions']} model versions to {args.target} "
-          f"({counts['runs_already_there']} runs, {counts['versions_already_there']} versions were already there)")
+    print(
+        f"copied {counts['runs']} runs and {counts['versions']} model versions to {args.target} "
+        f"({counts['runs_already_there']} runs, {counts['versions_already_there']} versions were already there)"
+    )
     return 0
 
 

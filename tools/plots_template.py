@@ -9,6 +9,7 @@ The scripts come from the exact versions pinned in package.json / package-lock.j
 majors DVC's page asks the CDN for: its specs are Vega-Lite v5). The output is generated, not
 committed: about 830 KB of minified JavaScript.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,8 +77,12 @@ def page_template(node_modules: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--node-modules", type=Path, default=Path("node_modules"),
-                        help="where `npm ci` installed the pinned packages (default: ./node_modules)")
+    parser.add_argument(
+        "--node-modules",
+        type=Path,
+        default=Path("node_modules"),
+        help="where `npm ci` installed the pinned packages (default: ./node_modules)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"template to write (default: {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     try:

@@ -10,6 +10,7 @@ are identical across the runs; everything downstream of `train` varies.
 Usage (from the repository root, after `dvc repro`): python tools/seed_spread.py [--seeds 42 1 2]
 [--collect: only read back experiments that already ran]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,12 +23,23 @@ from pathlib import Path
 
 OUT = Path("metrics/seed_spread.json")
 HEADLINE = {  # metrics file -> dotted keys reported
-    "metrics/evaluate.json": ["accuracy.test", "accuracy.b_covariate", "accuracy.b_label", "accuracy.b_shift",
-                              "class_7_b_shift.precision", "class_7_b_shift.recall", "class_7_b_shift.f1"],
-    "metrics/monitor.json": ["b_shift.page", "b_shift.estimated_loss_points", "b_shift.class_7_share_bbse",
-                             "b_shift.drift", "b_label.drift"],
-    "metrics/mitigate.json": ["b_shift_accuracy.none", "b_shift_accuracy.adabn",
-                              "b_shift_accuracy.finetune_augmented"],
+    "metrics/evaluate.json": [
+        "accuracy.test",
+        "accuracy.b_covariate",
+        "accuracy.b_label",
+        "accuracy.b_shift",
+        "class_7_b_shift.precision",
+        "class_7_b_shift.recall",
+        "class_7_b_shift.f1",
+    ],
+    "metrics/monitor.json": [
+        "b_shift.page",
+        "b_shift.estimated_loss_points",
+        "b_shift.class_7_share_bbse",
+        "b_shift.drift",
+        "b_label.drift",
+    ],
+    "metrics/mitigate.json": ["b_shift_accuracy.none", "b_shift_accuracy.adabn", "b_shift_accuracy.finetune_augmented"],
     "metrics/detect.json": ["b_shift.domain_auc", "b_label.drift"],
 }
 
@@ -35,8 +47,9 @@ HEADLINE = {  # metrics file -> dotted keys reported
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2])
-    parser.add_argument("--collect", action="store_true",
-                        help="only read back experiments that already ran (no queueing)")
+    parser.add_argument(
+        "--collect", action="store_true", help="only read back experiments that already ran (no queueing)"
+    )
     args = parser.parse_args()
     names = {seed: f"train-seed-{seed}" for seed in args.seeds}
     if not args.collect:
@@ -44,8 +57,7 @@ def main() -> None:
         for seed, name in names.items():
             if name in existing:
                 subprocess.run(["dvc", "exp", "remove", name], check=True)
-            subprocess.run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.seed={seed}"],
-                           check=True)
+            subprocess.run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.seed={seed}"], check=True)
         subprocess.run(["dvc", "queue", "start"], check=True)
         _wait()
     found = _experiments()
@@ -60,23 +72,28 @@ def main() -> None:
             table[f"{Path(path).stem}.{key}"] = {
                 "by_seed": {str(s): v for s, v in values.items()},
                 "mean": statistics.fmean(numbers) if numbers else None,
-                "sd": statistics.stdev(numbers) if len(numbers) > 1 else None}
+                "sd": statistics.stdev(numbers) if len(numbers) > 1 else None,
+            }
     OUT.write_text(json.dumps({"seeds": args.seeds, "metrics": table}, indent=2) + "\n")
     print(f"seed_spread: {len(table)} headline numbers over seeds {args.seeds} -> {OUT}")
 
 
 def _experiments() -> dict[str, dict]:
     """{experiment name: {metrics file: its data}} for the experiments of every commit."""
-    shown = json.loads(subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"],
-                                      capture_output=True, text=True, check=True).stdout)
+    shown = json.loads(
+        subprocess.run(
+            ["dvc", "exp", "show", "--json", "--all-commits"], capture_output=True, text=True, check=True
+        ).stdout
+    )
     found = {}
     for commit in shown:
         for experiment in commit.get("experiments") or []:
             for rev in experiment.get("revs") or []:
                 data = rev.get("data") or {}
                 if rev.get("name"):
-                    found[rev["name"]] = {path: (m or {}).get("data", {})
-                                          for path, m in (data.get("metrics") or {}).items()}
+                    found[rev["name"]] = {
+                        path: (m or {}).get("data", {}) for path, m in (data.get("metrics") or {}).items()
+                    }
     return found
 
 

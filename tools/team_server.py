@@ -13,6 +13,7 @@ stops them and starts afresh; a pid file whose process is gone is ignored. Any f
 line on stderr and exit status 1. tests/test_team_server.py uses the same functions with a
 throw-away folder, and injects each of these faults into the real wrapper.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,6 +44,7 @@ def free_port() -> int:
 
 
 # --- processes, read from /proc (Linux) --------------------------------------------------------
+
 
 def _stat(pid: int) -> list[str] | None:
     """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...); None if gone."""
@@ -120,6 +122,7 @@ def stop_group(pgid: int, timeout_s: float = STOP_TIMEOUT_S) -> None:
 
 # --- PostgreSQL ------------------------------------------------------------------------------
 
+
 def _as_postgres(command: list[str]) -> list[str]:
     """initdb and postgres refuse to run as root: run them as the `postgres` user then."""
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
@@ -155,10 +158,14 @@ def clear_earlier_cluster(data: Path) -> None:
     command = cmdline(pid)
     if not alive(pid) or (command and "postgres" not in command):
         (data / "postmaster.pid").unlink(missing_ok=True)
-    elif (f"-D {data}" in command
-          and _pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "-t", str(STOP_TIMEOUT_S), "stop").returncode != 0):
-        raise SystemExit(f"PostgreSQL of an earlier run (pid {pid}) still runs in {data} and did not stop "
-                         f"within {STOP_TIMEOUT_S} s: run `{_stop_command(data)}`, then start again")
+    elif (
+        f"-D {data}" in command
+        and _pg("pg_ctl", "-D", str(data), "-m", "fast", "-w", "-t", str(STOP_TIMEOUT_S), "stop").returncode != 0
+    ):
+        raise SystemExit(
+            f"PostgreSQL of an earlier run (pid {pid}) still runs in {data} and did not stop "
+            f"within {STOP_TIMEOUT_S} s: run `{_stop_command(data)}`, then start again"
+        )
     # else: another cluster's postgres with this pid; pg_ctl start below says what it makes of it.
 
 
@@ -196,6 +203,7 @@ def stop_postgres(folder: Path) -> None:
 
 # --- MLflow ----------------------------------------------------------------------------------
 
+
 def stop_earlier_mlflow(folder: Path) -> None:
     """`mlflow server` runs in its own process group, which survives a wrapper killed by SIGKILL:
     stop that group if FOLDER/mlflow.pid names one that still runs MLflow."""
@@ -222,11 +230,26 @@ def start_mlflow(backend_uri: str, folder: Path, port: int) -> subprocess.Popen:
     artifacts, log = folder / "artifacts", folder / "mlflow-server.log"
     artifacts.mkdir(parents=True, exist_ok=True)
     mlflow = Path(sys.executable).parent / "mlflow"
-    server = subprocess.Popen([str(mlflow), "server", "--backend-store-uri", backend_uri,
-                               "--artifacts-destination", str(artifacts), "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "2"],
-                              stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
-                              env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    server = subprocess.Popen(
+        [
+            str(mlflow),
+            "server",
+            "--backend-store-uri",
+            backend_uri,
+            "--artifacts-destination",
+            str(artifacts),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
     (folder / MLFLOW_PIDFILE).write_text(f"{server.pid}\n")
     try:
         _wait_healthy(server, port, log)
@@ -251,6 +274,7 @@ def _wait_healthy(server: subprocess.Popen, port: int, log: Path, timeout_s: flo
 
 # --- the wrapper -----------------------------------------------------------------------------
 
+
 def _raise_stop(signum: int, _frame) -> None:
     raise Stop(signal.Signals(signum).name)
 
@@ -264,8 +288,11 @@ def serve(folder: Path, port: int) -> None:
     try:
         backend = start_postgres(folder, free_port())
         server = start_mlflow(backend, folder, port)
-        print(f"MLflow server on PostgreSQL is up. In each shell that runs the pipeline:\n"
-              f"  export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}\nCtrl-C or SIGTERM stops it.", flush=True)
+        print(
+            f"MLflow server on PostgreSQL is up. In each shell that runs the pipeline:\n"
+            f"  export MLFLOW_TRACKING_URI=http://127.0.0.1:{port}\nCtrl-C or SIGTERM stops it.",
+            flush=True,
+        )
         server.wait()
         raise SystemExit(f"mlflow server exited with {server.returncode}; see {folder / 'mlflow-server.log'}")
     finally:

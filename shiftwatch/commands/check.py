@@ -28,6 +28,7 @@ probed with a file created and removed there). A write that fails anyway (disk f
 that cannot reach MLflow also gives 2 (one line on stderr), after the report is printed: a gate
 never passes silently.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,45 +59,91 @@ HELP = "check a batch of images for distribution shift against the saved referen
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("batch", metavar="BATCH", type=Path,
-                        help=".npz / .npy array of images, or a folder of PNG/JPEG files")
-    parser.add_argument("--reference", type=Path, default=None,
-                        help=f"reference summary written by the reference stage "
-                             f"(default: <repo root>/{DEFAULT_REFERENCE})")
-    parser.add_argument("--model", default=None, metavar="PATH|models:/NAME@ALIAS",
-                        help=f"ResNet-18 state_dict (default: <repo root>/{DEFAULT_MODEL}), or a "
-                             "registered model in the MLflow store, e.g. models:/shiftwatch-resnet18@champion "
-                             "(downloaded once per version); the reference must have been made by it")
-    parser.add_argument("--params", type=Path, default=None,
-                        help=f"params file (default: <repo root>/{DEFAULT_PARAMS})")
-    parser.add_argument("--estimator", type=Path, default=None,
-                        help=f"accuracy estimator written by the harm stage (default: <repo root>/{DEFAULT_ESTIMATOR})")
-    parser.add_argument("--finetuned", type=Path, default=None,
-                        help=f"the fine-tuned model the estimator compares with "
-                             f"(default: <repo root>/{DEFAULT_FINETUNED})")
-    parser.add_argument("--fail-on", choices=FAIL_ON, default="harm",
-                        help="harm (default): exit 1 only when the batch is harmful; change: also exit 3 "
-                             "when it changed without harm (the change verdict's alarm)")
-    parser.add_argument("--confirm-with", type=Path, default=None, metavar="PREVIOUS.json",
-                        help="page (exit 1) only when the previous batch's --json report says it was harmful "
-                             "too: two in a row (a missing file: the stream's first batch, not confirmed). "
-                             "It may be this run's own --json path: it is read before it is overwritten")
-    parser.add_argument("--json", type=Path, default=None, metavar="OUT.json",
-                        help="also write the report as JSON (atomically); `--json -` writes it to "
-                             "standard output instead of the human report")
-    parser.add_argument("--html", type=Path, default=None, metavar="OUT.html",
-                        help="also write a self-contained HTML report (verdict, p-values, histograms, "
-                             "class mix, accuracy estimate, sample images)")
-    parser.add_argument("--log", action="store_true",
-                        help="log params, metrics and the JSON report (and the HTML report with its "
-                             "figures) as an MLflow run in the experiment shiftwatch-checks "
-                             "(MLFLOW_TRACKING_URI, else <repo root>/mlflow.db)")
-    parser.add_argument("--time", default=None, metavar="ISO-8601",
-                        help="when the batch was taken, e.g. 2026-11-29T14:00 (default: the batch "
-                             "file's or folder's modification time); the x axis of `shiftwatch timeline`")
-    parser.add_argument("--server", default=None, metavar="URL",
-                        help="send the batch to a running `shiftwatch serve` (e.g. http://127.0.0.1:8765) "
-                             "instead of loading torch and the model here: the same report, in ~1 s")
+    parser.add_argument(
+        "batch", metavar="BATCH", type=Path, help=".npz / .npy array of images, or a folder of PNG/JPEG files"
+    )
+    parser.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help=f"reference summary written by the reference stage (default: <repo root>/{DEFAULT_REFERENCE})",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="PATH|models:/NAME@ALIAS",
+        help=f"ResNet-18 state_dict (default: <repo root>/{DEFAULT_MODEL}), or a "
+        "registered model in the MLflow store, e.g. models:/shiftwatch-resnet18@champion "
+        "(downloaded once per version); the reference must have been made by it",
+    )
+    parser.add_argument(
+        "--params", type=Path, default=None, help=f"params file (default: <repo root>/{DEFAULT_PARAMS})"
+    )
+    parser.add_argument(
+        "--estimator",
+        type=Path,
+        default=None,
+        help=f"accuracy estimator written by the harm stage (default: <repo root>/{DEFAULT_ESTIMATOR})",
+    )
+    parser.add_argument(
+        "--finetuned",
+        type=Path,
+        default=None,
+        help=f"the fine-tuned model the estimator compares with (default: <repo root>/{DEFAULT_FINETUNED})",
+    )
+    parser.add_argument(
+        "--fail-on",
+        choices=FAIL_ON,
+        default="harm",
+        help="harm (default): exit 1 only when the batch is harmful; change: also exit 3 "
+        "when it changed without harm (the change verdict's alarm)",
+    )
+    parser.add_argument(
+        "--confirm-with",
+        type=Path,
+        default=None,
+        metavar="PREVIOUS.json",
+        help="page (exit 1) only when the previous batch's --json report says it was harmful "
+        "too: two in a row (a missing file: the stream's first batch, not confirmed). "
+        "It may be this run's own --json path: it is read before it is overwritten",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        metavar="OUT.json",
+        help="also write the report as JSON (atomically); `--json -` writes it to "
+        "standard output instead of the human report",
+    )
+    parser.add_argument(
+        "--html",
+        type=Path,
+        default=None,
+        metavar="OUT.html",
+        help="also write a self-contained HTML report (verdict, p-values, histograms, "
+        "class mix, accuracy estimate, sample images)",
+    )
+    parser.add_argument(
+        "--log",
+        action="store_true",
+        help="log params, metrics and the JSON report (and the HTML report with its "
+        "figures) as an MLflow run in the experiment shiftwatch-checks "
+        "(MLFLOW_TRACKING_URI, else <repo root>/mlflow.db)",
+    )
+    parser.add_argument(
+        "--time",
+        default=None,
+        metavar="ISO-8601",
+        help="when the batch was taken, e.g. 2026-11-29T14:00 (default: the batch "
+        "file's or folder's modification time); the x axis of `shiftwatch timeline`",
+    )
+    parser.add_argument(
+        "--server",
+        default=None,
+        metavar="URL",
+        help="send the batch to a running `shiftwatch serve` (e.g. http://127.0.0.1:8765) "
+        "instead of loading torch and the model here: the same report, in ~1 s",
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing; use the exit status")
 
 
@@ -120,9 +167,15 @@ def run(args: argparse.Namespace) -> int:
         if args.server:
             report, views = _check_on_server(args.server, args.batch, want_views=args.html is not None)
         else:
-            report, views = check_batch(args.batch, reference=args.reference, model=args.model,
-                                        params=args.params, estimator=args.estimator,
-                                        finetuned=args.finetuned, progress=not quiet)
+            report, views = check_batch(
+                args.batch,
+                reference=args.reference,
+                model=args.model,
+                params=args.params,
+                estimator=args.estimator,
+                finetuned=args.finetuned,
+                progress=not quiet,
+            )
         report["batch"]["time"] = taken
         if args.confirm_with is not None:
             confirm(report, previous, args.confirm_with)
@@ -149,8 +202,10 @@ def run(args: argparse.Namespace) -> int:
             run_id = log_check(report, report["params"], started_ms, html=args.html, pictures=pictures)
         except Exception as err:  # MlflowException, sqlite errors: the check itself is done
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            print(f"shiftwatch check: error: --log: could not log to MLflow ({first}); "
-                  f"check MLFLOW_TRACKING_URI", file=sys.stderr)
+            print(
+                f"shiftwatch check: error: --log: could not log to MLflow ({first}); check MLFLOW_TRACKING_URI",
+                file=sys.stderr,
+            )
             return 2
         if not quiet:
             print(f"logged: MLflow run {run_id}")
@@ -162,20 +217,21 @@ def writable(option: str, path: Path) -> None:
     nearest existing folder takes a new file (the atomic write's temporary file goes there)."""
     try:
         if path.is_dir():
-            raise ShiftwatchError(f"{option} {path}: is a folder; give a file name such as "
-                                  f"{path / ('check.' + option[2:])}")
+            raise ShiftwatchError(
+                f"{option} {path}: is a folder; give a file name such as {path / ('check.' + option[2:])}"
+            )
         folder = path.parent
         while not folder.exists():  # the writer creates missing folders: they must go in here
             folder = folder.parent
         if not folder.is_dir():
-            raise ShiftwatchError(f"{option} {path}: cannot write ({folder} is a file, not a folder); "
-                                  "pick a writable path")
+            raise ShiftwatchError(
+                f"{option} {path}: cannot write ({folder} is a file, not a folder); pick a writable path"
+            )
         handle, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
         os.close(handle)
         os.unlink(probe)
     except OSError as err:  # no permission to look or to create, read-only file system, ...
-        raise ShiftwatchError(f"{option} {path}: cannot write ({err.strerror or err}); "
-                              "pick a writable path") from None
+        raise ShiftwatchError(f"{option} {path}: cannot write ({err.strerror or err}); pick a writable path") from None
 
 
 def _write_reports(outputs: dict, report: dict, views) -> dict | None:
@@ -195,8 +251,9 @@ def _write_reports(outputs: dict, report: dict, views) -> dict | None:
 
                 pictures = html_report.write(path, report, views)
         except OSError as err:
-            raise ShiftwatchError(f"{option} {path}: cannot write ({err.strerror or err}); "
-                                  "pick a writable path") from None
+            raise ShiftwatchError(
+                f"{option} {path}: cannot write ({err.strerror or err}); pick a writable path"
+            ) from None
     return pictures
 
 
@@ -208,8 +265,9 @@ def _check_on_server(url: str, batch: Path, want_views: bool):
     images, batch_info = load_batch(batch)
     loaded = time.perf_counter()
     report, views = request_check(url, images, {"path": str(batch), **batch_info}, views=want_views)
-    report["seconds"].update({"load": loaded - started, "imports": 0.0, "model": 0.0,
-                              "total": time.perf_counter() - started})
+    report["seconds"].update(
+        {"load": loaded - started, "imports": 0.0, "model": 0.0, "total": time.perf_counter() - started}
+    )
     report["server"] = url
     if views is None:
         return report, None
@@ -234,6 +292,7 @@ def parse_time(text: str, option: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise ShiftwatchError(f"{option} {text!r}: not an ISO 8601 time; use e.g. 2026-11-29T14:00 "
-                              "or 2026-11-29T14:00+01:00") from None
+        raise ShiftwatchError(
+            f"{option} {text!r}: not an ISO 8601 time; use e.g. 2026-11-29T14:00 or 2026-11-29T14:00+01:00"
+        ) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -19,6 +19,7 @@ body is validated by batch.as_images, the rules and messages of a local check); 
 client sends nothing for --read-timeout seconds mid-request (its thread is freed); 500 for
 anything unexpected (one line with file:line goes to stderr, no traceback to the client).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ import numpy as np
 from shiftwatch import ShiftwatchError
 
 HELP = "keep the model loaded and answer `check --server` requests on 127.0.0.1"
-MAX_BODY = 2 * 1024 ** 3  # 2 GiB of float32 images: ~680,000 images per request
+MAX_BODY = 2 * 1024**3  # 2 GiB of float32 images: ~680,000 images per request
 READ_TIMEOUT = 30.0  # seconds a client may stay silent mid-request before its thread is freed
 BATCH_HEADER = "X-Shiftwatch-Batch"
 
@@ -48,25 +49,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", type=Path, default=None, help="as for check")
     parser.add_argument("--estimator", type=Path, default=None, help="as for check")
     parser.add_argument("--finetuned", type=Path, default=None, help="as for check")
-    parser.add_argument("--read-timeout", type=_seconds, default=READ_TIMEOUT, metavar="SECONDS",
-                        help=f"close a connection whose client sends nothing for this long mid-request "
-                             f"(default {READ_TIMEOUT:g}); stalled uploads would otherwise hold a thread each")
+    parser.add_argument(
+        "--read-timeout",
+        type=_seconds,
+        default=READ_TIMEOUT,
+        metavar="SECONDS",
+        help=f"close a connection whose client sends nothing for this long mid-request "
+        f"(default {READ_TIMEOUT:g}); stalled uploads would otherwise hold a thread each",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from shiftwatch.operations.check import load_inputs, load_network
 
     try:
-        settings, ref, paths = load_inputs(args.reference, args.model, args.params, args.estimator,
-                                           args.finetuned)
+        settings, ref, paths = load_inputs(args.reference, args.model, args.params, args.estimator, args.finetuned)
         network, _ = load_network(paths["model"])
         ref["finetuned_network"] = load_network(paths["finetuned"])[0]
         server = make_server(settings, ref, network, paths, args.port, args.read_timeout)
     except (ShiftwatchError, OSError) as err:
         print(f"shiftwatch serve: error: {err}", file=sys.stderr)
         return 2
-    print(f"shiftwatch serve: http://127.0.0.1:{server.server_port} (model {paths['model']}, "
-          f"reference {paths['reference']}); Ctrl-C stops", flush=True)
+    print(
+        f"shiftwatch serve: http://127.0.0.1:{server.server_port} (model {paths['model']}, "
+        f"reference {paths['reference']}); Ctrl-C stops",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -76,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_server(settings, ref: dict, network, paths: dict, port: int = 0,
-                read_timeout: float = READ_TIMEOUT) -> ThreadingHTTPServer:
+def make_server(
+    settings, ref: dict, network, paths: dict, port: int = 0, read_timeout: float = READ_TIMEOUT
+) -> ThreadingHTTPServer:
     """A server on 127.0.0.1:`port` (0: any free port) answering checks with these loaded inputs;
     call serve_forever() on it."""
     return _Server(("127.0.0.1", port), _handler(settings, ref, network, paths, read_timeout))
@@ -107,8 +116,15 @@ def _handler(settings, ref: dict, network, paths: dict, read_timeout: float):
         def do_GET(self):
             if urlparse(self.path).path != "/health":
                 return self._reply(404, {"error": "GET /health or POST /check"})
-            return self._reply(200, {"ok": True, "model": str(paths["model"]),
-                                     "reference": str(paths["reference"]), "images": len(ref["labels"])})
+            return self._reply(
+                200,
+                {
+                    "ok": True,
+                    "model": str(paths["model"]),
+                    "reference": str(paths["reference"]),
+                    "images": len(ref["labels"]),
+                },
+            )
 
         def do_POST(self):
             url = urlparse(self.path)
@@ -123,8 +139,11 @@ def _handler(settings, ref: dict, network, paths: dict, read_timeout: float):
             except Exception as err:  # a bug, not the client's: one line each side, no traceback sent
                 from shiftwatch.tracking.store import one_line
 
-                print(f"shiftwatch serve: error: POST /check: {one_line(err)} at {_where(err)}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"shiftwatch serve: error: POST /check: {one_line(err)} at {_where(err)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self._reply(500, {"error": f"internal error ({one_line(err)}); see the server's log"})
 
         def _check(self, want_views: bool) -> dict:
@@ -143,8 +162,9 @@ def _handler(settings, ref: dict, network, paths: dict, read_timeout: float):
             length = self.headers.get("Content-Length", "0")
             size = int(length) if length.isdigit() else -1
             if not 0 < size <= MAX_BODY:
-                raise ShiftwatchError(f"request body of Content-Length {length}; send one .npy array "
-                                      f"of images (at most {MAX_BODY} bytes)")
+                raise ShiftwatchError(
+                    f"request body of Content-Length {length}; send one .npy array of images (at most {MAX_BODY} bytes)"
+                )
             try:
                 body = self.rfile.read(size)
             except TimeoutError:  # the handler's timeout: a stalled upload frees its thread
@@ -194,8 +214,7 @@ def _batch_info(header: str | None) -> dict:
     return info
 
 
-_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
-               type(None): "null"}
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean", type(None): "null"}
 
 
 class _Stalled(Exception):
@@ -208,17 +227,21 @@ def _where(err: Exception) -> str:
     return f"{Path(frame.filename).name}:{frame.lineno}"
 
 
-def request_check(url: str, images: np.ndarray, batch_info: dict, views: bool = False,
-                  timeout: float = 600) -> tuple[dict, dict | None]:
+def request_check(
+    url: str, images: np.ndarray, batch_info: dict, views: bool = False, timeout: float = 600
+) -> tuple[dict, dict | None]:
     """The client side: (report, views as lists or None) from a `shiftwatch serve` at `url`."""
     from urllib.error import HTTPError, URLError
     from urllib.request import Request, urlopen
 
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(images, dtype=np.float32))
-    request = Request(f"{url.rstrip('/')}/check{'?views=1' if views else ''}", data=buffer.getvalue(),
-                      headers={"Content-Type": "application/octet-stream",
-                               BATCH_HEADER: json.dumps(batch_info)}, method="POST")
+    request = Request(
+        f"{url.rstrip('/')}/check{'?views=1' if views else ''}",
+        data=buffer.getvalue(),
+        headers={"Content-Type": "application/octet-stream", BATCH_HEADER: json.dumps(batch_info)},
+        method="POST",
+    )
     try:
         with urlopen(request, timeout=timeout) as response:
             answer = json.load(response)
@@ -227,6 +250,7 @@ def request_check(url: str, images: np.ndarray, batch_info: dict, views: bool = 
         raise ShiftwatchError(f"--server {url}: {detail}") from None
     except (URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise ShiftwatchError(f"--server {url}: no answer ({reason}); start one with `shiftwatch serve` "
-                              "or drop --server") from None
+        raise ShiftwatchError(
+            f"--server {url}: no answer ({reason}); start one with `shiftwatch serve` or drop --server"
+        ) from None
     return answer["report"], answer.get("views")

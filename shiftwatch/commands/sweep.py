@@ -7,6 +7,7 @@ For each value of the swept parameter (latest pipeline run per value), prints an
 detectors' scores on b_shift and the label-free accuracy estimates against the true accuracy,
 so an alert threshold can be chosen to match the accuracy loss a team cares about.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,21 +41,26 @@ def sweep_rows(param: str, deployment_set: str = "b_shift") -> list[dict]:
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         raise ShiftwatchError(f"no MLflow experiment '{EXPERIMENT}' at {tracking_uri()}; run `dvc repro` first")
-    runs = client.search_runs([experiment.experiment_id], "tags.`shiftwatch.role` = 'pipeline'",
-                              order_by=["attributes.start_time DESC"], max_results=5000)
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`shiftwatch.role` = 'pipeline'",
+        order_by=["attributes.start_time DESC"],
+        max_results=5000,
+    )
     rows: dict[str, dict] = {}
     for run in runs:
         value = run.data.params.get(param)
         if value is None or value in rows:
             continue
         logged = {**_stage_metrics(client, run), **run.data.metrics}
-        metrics = {label: logged.get(key.format(set=deployment_set))
-                   for label, key in {**SCORES, **ACCURACY}.items()}
+        metrics = {label: logged.get(key.format(set=deployment_set)) for label, key in {**SCORES, **ACCURACY}.items()}
         if metrics["true acc."] is not None:
             rows[value] = {param: value, "run": run.data.tags.get("dvc.exp_name", ""), **metrics}
     if not rows:
-        raise ShiftwatchError(f"no pipeline run in MLflow logs param '{param}' with evaluate results; "
-                              f"run a sweep first (see docs/extending.md, \"Severity sweeps\")")
+        raise ShiftwatchError(
+            f"no pipeline run in MLflow logs param '{param}' with evaluate results; "
+            f'run a sweep first (see docs/extending.md, "Severity sweeps")'
+        )
     return sorted(rows.values(), key=lambda row: float(row[param]))
 
 
@@ -63,9 +69,12 @@ def _stage_metrics(client, parent) -> dict[str, float]:
     or their metrics where they were logged as metrics (runs from before the artifacts)."""
     from shiftwatch.tracking.runs import stage_details
 
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                  order_by=["attributes.start_time ASC"], max_results=100)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=100,
+    )
     merged: dict[str, float] = {}
     for child in children:
         merged.update(child.data.metrics)
@@ -76,8 +85,10 @@ def _stage_metrics(client, parent) -> dict[str, float]:
 def format_table(rows: list[dict]) -> str:
     columns = list(rows[0])
     lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
-    lines += [" | ".join(f"{v:.3f}" if isinstance(v, float) else str(v if v is not None else "—")
-                         for v in row.values()) for row in rows]
+    lines += [
+        " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v if v is not None else "—") for v in row.values())
+        for row in rows
+    ]
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 Every output is written to a temporary file beside its target and renamed into place,
 so a failed stage never leaves a half-written file behind.
 """
+
 from __future__ import annotations
 
 import errno
@@ -76,12 +77,14 @@ def _current_umask() -> int:
 
 UMASK = _current_umask()
 # Errors of room or rights: the user can fix them, so they get one line, not a traceback.
-_WRITE_ERRORS = {errno.ENOSPC: "no space left on the device; free some and rerun",
-                 errno.EDQUOT: "the disk quota is exceeded; free some and rerun",
-                 errno.EFBIG: "larger than the file-size limit (ulimit -f); raise it and rerun",
-                 errno.EROFS: "the file system is read-only; write somewhere else",
-                 errno.EACCES: "permission denied; check the folder's owner and mode",
-                 errno.EPERM: "operation not permitted; check the folder's owner and mode"}
+_WRITE_ERRORS = {
+    errno.ENOSPC: "no space left on the device; free some and rerun",
+    errno.EDQUOT: "the disk quota is exceeded; free some and rerun",
+    errno.EFBIG: "larger than the file-size limit (ulimit -f); raise it and rerun",
+    errno.EROFS: "the file system is read-only; write somewhere else",
+    errno.EACCES: "permission denied; check the folder's owner and mode",
+    errno.EPERM: "operation not permitted; check the folder's owner and mode",
+}
 
 
 @contextmanager
@@ -92,8 +95,9 @@ def _naming(path: Path) -> Iterator[None]:
     except OSError as err:
         if err.errno not in _WRITE_ERRORS:
             raise
-        raise ShiftwatchError(f"cannot write {path}: {_WRITE_ERRORS[err.errno]} "
-                              "(nothing half-written is left)") from None
+        raise ShiftwatchError(
+            f"cannot write {path}: {_WRITE_ERRORS[err.errno]} (nothing half-written is left)"
+        ) from None
 
 
 def write_json(path: str | Path, payload: object) -> None:
@@ -115,6 +119,7 @@ def read_json(path: str | Path, hint: str) -> dict:
 class ImageSet:
     """Images in [0, 1] as float32 (N, 28, 28), labels int64 (N,), and each image's
     index in its source (the 60,000 training images or the 10,000 test images)."""
+
     images: np.ndarray
     labels: np.ndarray
     source_index: np.ndarray
@@ -132,8 +137,12 @@ def save_set(path: str | Path, image_set: ImageSet, as_uint8: bool = False) -> N
     if as_uint8:
         images = np.rint(images * 255).astype(np.uint8)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, images=images, labels=image_set.labels.astype(np.int64),
-                 source_index=image_set.source_index.astype(np.int64))
+        np.savez(
+            handle,
+            images=images,
+            labels=image_set.labels.astype(np.int64),
+            source_index=image_set.source_index.astype(np.int64),
+        )
 
 
 def load_set(path: str | Path, hint: str = "rerun `dvc repro`") -> ImageSet:
@@ -161,8 +170,11 @@ def _shape_problem(images: np.ndarray, labels: np.ndarray, source_index: np.ndar
         return f"{len(images)} images but {len(labels)} labels and {len(source_index)} indices"
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         return f"labels outside 0..{NUM_CLASSES - 1}"
-    if images.dtype != np.uint8 and len(images) and (
-            not np.isfinite(images).all() or images.min() < 0 or images.max() > 1):
+    if (
+        images.dtype != np.uint8
+        and len(images)
+        and (not np.isfinite(images).all() or images.min() < 0 or images.max() > 1)
+    ):
         return "pixel values outside [0, 1] or not finite"
     return None
 
@@ -170,6 +182,7 @@ def _shape_problem(images: np.ndarray, labels: np.ndarray, source_index: np.ndar
 @dataclass(frozen=True)
 class Predictions:
     """A model's softmax outputs (N, 10) on one set, with its true labels and source indices."""
+
     probabilities: np.ndarray
     labels: np.ndarray
     source_index: np.ndarray
@@ -195,9 +208,12 @@ def load_predictions(path: str | Path, hint: str) -> Predictions:
 
 def save_predictions(path: str | Path, predictions: Predictions) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, probabilities=predictions.probabilities.astype(np.float32),
-                 labels=predictions.labels.astype(np.int64),
-                 source_index=predictions.source_index.astype(np.int64))
+        np.savez(
+            handle,
+            probabilities=predictions.probabilities.astype(np.float32),
+            labels=predictions.labels.astype(np.int64),
+            source_index=predictions.source_index.astype(np.int64),
+        )
 
 
 def rows_matching(source_index: np.ndarray, parent_index: np.ndarray) -> np.ndarray:
@@ -208,6 +224,5 @@ def rows_matching(source_index: np.ndarray, parent_index: np.ndarray) -> np.ndar
     positions = np.clip(np.searchsorted(parent_index, source_index, sorter=order), 0, len(order) - 1)
     rows = order[positions]
     if not np.array_equal(parent_index[rows], source_index):
-        raise ShiftwatchError("a deployment set holds images that are not in its parent set; "
-                              "rerun `dvc repro shift`")
+        raise ShiftwatchError("a deployment set holds images that are not in its parent set; rerun `dvc repro shift`")
     return rows

@@ -4,6 +4,7 @@ model that made it, and an MLflow run to the data it read.
 A file's md5 is the digest DVC records for it (in dvc.lock, or in the .dir listing of a
 tracked folder), so a digest logged to MLflow can be looked up in DVC's cache and back.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,9 @@ def folder_md5(path: str | Path) -> str:
     changes when any file's name or bytes change. (Not DVC's .dir hash, which also depends on
     DVC's JSON layout; a batch folder checked by `shiftwatch check` is usually not DVC-tracked.)"""
     root = Path(path)
-    listing = "".join(f"{p.relative_to(root).as_posix()} {file_md5(p)}\n"
-                      for p in sorted(root.rglob("*")) if p.is_file())
+    listing = "".join(
+        f"{p.relative_to(root).as_posix()} {file_md5(p)}\n" for p in sorted(root.rglob("*")) if p.is_file()
+    )
     return hashlib.md5(listing.encode()).hexdigest()
 
 

@@ -5,6 +5,7 @@ default, so a key the file does not set cannot run on a second, unseen value. `l
 returns a validated `Params`; a bad file raises `ShiftwatchError` with one line naming the key
 and what to do.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -124,20 +125,23 @@ class HarmParams(_Strict):
     @model_validator(mode="after")
     def _page_below_harm(self):
         if self.page_points > self.harm_points:
-            raise ValueError(f"page_points = {self.page_points} must not exceed harm_points = {self.harm_points} "
-                             "(a batch that loses harm_points must page)")
+            raise ValueError(
+                f"page_points = {self.page_points} must not exceed harm_points = {self.harm_points} "
+                "(a batch that loses harm_points must page)"
+            )
         overlap = set(self.held_out) & set(self.design)
         if overlap:
-            raise ValueError(f"held_out families {sorted(overlap)} are design families too; a family is "
-                             "held out only if no fit sees it")
+            raise ValueError(
+                f"held_out families {sorted(overlap)} are design families too; a family is "
+                "held out only if no fit sees it"
+            )
         return self
 
 
 class MitigateParams(_Strict):
     finetune_epochs: int = Field(ge=1, le=100)
     augment_downsample: list[Annotated[int, Field(ge=1, le=28)]] = Field(min_length=1)
-    augment_brightness: tuple[Annotated[float, Field(ge=-1, le=1)],
-                              Annotated[float, Field(ge=-1, le=1)]]
+    augment_brightness: tuple[Annotated[float, Field(ge=-1, le=1)], Annotated[float, Field(ge=-1, le=1)]]
     oversample_factor: int = Field(ge=1, le=100)
     adabn_images: int = Field(ge=10, le=60_000)
     review_threshold: float = Field(ge=0, le=1)
@@ -170,8 +174,11 @@ class Params(_Strict):
         With `sections`, only the keys under those (dotted) prefixes: the ones a stage
         declares in dvc.yaml, e.g. ("seed", "shift.label_class").
         """
-        return {k: v for k, v in _flatten(self.model_dump()).items()
-                if not sections or any(k == s or k.startswith(f"{s}.") for s in sections)}
+        return {
+            k: v
+            for k, v in _flatten(self.model_dump()).items()
+            if not sections or any(k == s or k.startswith(f"{s}.") for s in sections)
+        }
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -194,8 +201,10 @@ def parse_params(raw: object, origin: str = "params.yaml") -> Params:
         raise ShiftwatchError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
     for key, value in _flatten(raw).items():
         if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
-            raise ShiftwatchError(f"{origin}: {key} = {value!r} is a boolean; give a number or a name "
-                                  "(see the comment beside it in params.yaml)")
+            raise ShiftwatchError(
+                f"{origin}: {key} = {value!r} is a boolean; give a number or a name "
+                "(see the comment beside it in params.yaml)"
+            )
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
@@ -204,8 +213,10 @@ def parse_params(raw: object, origin: str = "params.yaml") -> Params:
 
 def _not_set(origin: str, key: str, others: int = 0) -> str:
     nor = f" (nor {others} other key{'s' if others > 1 else ''})" if others else ""
-    return (f"{origin}: {key} is not set{nor}; add it to params.yaml (every key is required: "
-            "`git show HEAD:params.yaml` has them all)")
+    return (
+        f"{origin}: {key} is not set{nor}; add it to params.yaml (every key is required: "
+        "`git show HEAD:params.yaml` has them all)"
+    )
 
 
 def _setting_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -231,8 +242,10 @@ def _has(tree: object, path: list[str]) -> bool:
 
 def _one_line(err: ValidationError, origin: str, raw: dict) -> str:
     problems = err.errors()
-    first = next((p for p in problems if p["type"] == "extra_forbidden"),
-                 next((p for p in problems if p["type"] == "missing"), problems[0]))
+    first = next(
+        (p for p in problems if p["type"] == "extra_forbidden"),
+        next((p for p in problems if p["type"] == "missing"), problems[0]),
+    )
     key = ".".join(str(part) for part in first["loc"])
     if first["type"] == "extra_forbidden":
         return f"{origin}: unknown key '{key}'; remove it or fix its spelling (allowed keys: see params.yaml)"
@@ -283,4 +296,3 @@ def _duplicate_key(node, path: list[str]) -> str | None:
             if found:
                 return found
     return None
-

@@ -1,4 +1,5 @@
 """Figures: sample grids, mean-pixel histograms, confusion matrices (PNG, via matplotlib)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,7 @@ def sample_grid(rows: dict[str, np.ndarray], titles: list[str], path: str | Path
     """One row of images per named set; columns line up (same image in every row where
     the sets share it, e.g. B_raw vs B_shift)."""
     columns = max(len(images) for images in rows.values())
-    fig, axes = plt.subplots(len(rows), columns, figsize=(1.3 * columns, 1.5 * len(rows)),
-                             squeeze=False)
+    fig, axes = plt.subplots(len(rows), columns, figsize=(1.3 * columns, 1.5 * len(rows)), squeeze=False)
     for r, (name, images) in enumerate(rows.items()):
         for c in range(columns):
             ax = axes[r, c]
@@ -39,14 +39,20 @@ def sample_grid(rows: dict[str, np.ndarray], titles: list[str], path: str | Path
     _save(fig, path)
 
 
-def mean_pixel_histogram(reference: np.ndarray, deployment: np.ndarray, bins: int,
-                         labels: tuple[str, str], title: str, path: str | Path) -> None:
+def mean_pixel_histogram(
+    reference: np.ndarray, deployment: np.ndarray, bins: int, labels: tuple[str, str], title: str, path: str | Path
+) -> None:
     """Overlaid probability-mass histograms on the detector's own fixed bins on [0, 1]."""
     edges = np.linspace(0, 1, bins + 1)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for values, label in zip((reference, deployment), labels):
-        ax.hist(values, bins=edges.tolist(), weights=np.full(len(values), 1 / len(values)),
-                alpha=0.55, label=f"{label} (n={len(values):,})")
+        ax.hist(
+            values,
+            bins=edges.tolist(),
+            weights=np.full(len(values), 1 / len(values)),
+            alpha=0.55,
+            label=f"{label} (n={len(values):,})",
+        )
     ax.set_xlabel("mean pixel intensity per image")
     ax.set_ylabel("share of images")
     ax.set_xlim(0, 0.8)
@@ -65,8 +71,9 @@ def confusion_heatmap(matrix: np.ndarray, title: str, path: str | Path) -> None:
     ax.set_yticks(ticks, CLASS_NAMES, fontsize=8)
     for (i, j), count in np.ndenumerate(matrix):
         if count:
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=6,
-                    color="white" if rates[i, j] > 0.5 else "black")
+            ax.text(
+                j, i, str(count), ha="center", va="center", fontsize=6, color="white" if rates[i, j] > 0.5 else "black"
+            )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -80,11 +87,16 @@ def estimates_vs_truth(monitor_results: dict, focus_class: int, path: str | Path
     x = np.arange(len(names))
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     for offset, (key, label) in zip((-0.27, 0, 0.27), (("true", "true"), ("bbse", "BBSE"), ("em", "EM"))):
-        left.bar(x + offset, [monitor_results[n]["label_shift"][f"class_{focus_class}_share_{key}"]
-                              for n in names], width=0.27, label=label)
+        left.bar(
+            x + offset,
+            [monitor_results[n]["label_shift"][f"class_{focus_class}_share_{key}"] for n in names],
+            width=0.27,
+            label=label,
+        )
     left.set_title(f"share of class {focus_class} ({CLASS_NAMES[focus_class]})")
-    for offset, (key, label) in zip((-0.27, 0, 0.27), (("true", "true"), ("atc", "ATC"),
-                                                       ("average_confidence", "avg. confidence"))):
+    for offset, (key, label) in zip(
+        (-0.27, 0, 0.27), (("true", "true"), ("atc", "ATC"), ("average_confidence", "avg. confidence"))
+    ):
         right.bar(x + offset, [monitor_results[n]["accuracy"][key] for n in names], width=0.27, label=label)
     right.set_title("accuracy: true vs estimated without labels")
     right.set_ylim(0, 1)
@@ -97,33 +109,42 @@ def estimates_vs_truth(monitor_results: dict, focus_class: int, path: str | Path
 def power_curves(power_results: dict, alpha: float, path: str | Path) -> None:
     """One panel per stream: alarm rate vs deployment sample size per detector, 95 % Wilson band.
     Null streams (false alarms) first, with the nominal alpha level drawn in."""
-    panels = [(kind, stream, by_detector) for kind, streams in power_results.items()
-              for stream, by_detector in streams.items()]
+    panels = [
+        (kind, stream, by_detector)
+        for kind, streams in power_results.items()
+        for stream, by_detector in streams.items()
+    ]
     columns = 4
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
     for ax, (kind, stream, by_detector) in zip(axes.flat, panels):
         for detector, points in by_detector.items():
             sizes = [int(n) for n in points]
-            ax.plot(sizes, [p["rate"] for p in points.values()], marker="o", markersize=3,
-                    label=detector, linewidth=2.5 if detector == "combined" else 1.2)
-            ax.fill_between(sizes, [p["ci_low"] for p in points.values()],
-                            [p["ci_high"] for p in points.values()], alpha=0.12)
+            ax.plot(
+                sizes,
+                [p["rate"] for p in points.values()],
+                marker="o",
+                markersize=3,
+                label=detector,
+                linewidth=2.5 if detector == "combined" else 1.2,
+            )
+            ax.fill_between(
+                sizes, [p["ci_low"] for p in points.values()], [p["ci_high"] for p in points.values()], alpha=0.12
+            )
         if kind == "false_alarms":
             ax.axhline(alpha, color="black", linestyle=":", linewidth=1)
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{'false alarms' if kind == 'false_alarms' else 'detection'}: {stream}", fontsize=9)
         ax.set_xlabel("deployment images (n)", fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
 
 
-def harm_plot(power_results: dict, harm_points: float, harm_n: int, target_power: float,
-              path: str | Path) -> None:
+def harm_plot(power_results: dict, harm_points: float, harm_n: int, target_power: float, path: str | Path) -> None:
     """Detection tied to harm: each shifted stream's accuracy loss (x) against how often the
     verdict alarms at n = harm_n (y), n against n (filled) and, where measured, against the
     monitor's reference (open, joined by a line); the target region (harmful) shaded."""
@@ -135,21 +156,51 @@ def harm_plot(power_results: dict, harm_points: float, harm_n: int, target_power
         if point is None:
             continue
         missed = loss >= harm_points and point["rate"] < target_power
-        ax.errorbar(loss, point["rate"], yerr=[[point["rate"] - point["ci_low"]], [point["ci_high"] - point["rate"]]],
-                    fmt="o", color="crimson" if missed else "tab:blue", markersize=4, capsize=2)
+        ax.errorbar(
+            loss,
+            point["rate"],
+            yerr=[[point["rate"] - point["ci_low"]], [point["ci_high"] - point["rate"]]],
+            fmt="o",
+            color="crimson" if missed else "tab:blue",
+            markersize=4,
+            capsize=2,
+        )
         ax.annotate(stream, (loss, point["rate"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         monitored = as_monitored.get(stream, {}).get("combined", {})
         if n in monitored:  # the same stream against the monitor's reference: an open marker
             ax.plot([loss, loss], [point["rate"], monitored[n]["rate"]], color="grey", linewidth=0.5)
-            ax.plot(loss, monitored[n]["rate"], "o", markerfacecolor="none", markersize=5,
-                    color="crimson" if monitored[n]["rate"] < target_power else "tab:green")
+            ax.plot(
+                loss,
+                monitored[n]["rate"],
+                "o",
+                markerfacecolor="none",
+                markersize=5,
+                color="crimson" if monitored[n]["rate"] < target_power else "tab:green",
+            )
     if as_monitored:
-        ax.legend(handles=[
-            Line2D([], [], marker="o", linestyle="none", color="tab:blue",
-                   label=f"n against n ({harm_n}-image reference)"),
-            Line2D([], [], marker="o", linestyle="none", markerfacecolor="none", color="tab:green",
-                   label="as monitored (the monitor's reference), harmful shifts")],
-            loc="lower right", fontsize=7)
+        ax.legend(
+            handles=[
+                Line2D(
+                    [],
+                    [],
+                    marker="o",
+                    linestyle="none",
+                    color="tab:blue",
+                    label=f"n against n ({harm_n}-image reference)",
+                ),
+                Line2D(
+                    [],
+                    [],
+                    marker="o",
+                    linestyle="none",
+                    markerfacecolor="none",
+                    color="tab:green",
+                    label="as monitored (the monitor's reference), harmful shifts",
+                ),
+            ],
+            loc="lower right",
+            fontsize=7,
+        )
     ax.axvline(harm_points, color="black", linestyle=":", linewidth=1)
     ax.axhline(target_power, color="black", linestyle=":", linewidth=1)
     ax.axvspan(harm_points, ax.get_xlim()[1], ymin=0, ymax=1, color="tab:green", alpha=0.05)
@@ -179,8 +230,14 @@ def page_plot(cells: dict, harm_points: float, page_points: float, sizes: list[s
     markers = dict(zip(sizes, "os^D"))
     for cell in cells.values():
         for n in sizes:
-            right.plot(cell["loss_points"], cell["draws"][n]["page_rate"], markers[n], markersize=3,
-                       color=colours[cell["group"]], markerfacecolor="none" if n != "200" else None)
+            right.plot(
+                cell["loss_points"],
+                cell["draws"][n]["page_rate"],
+                markers[n],
+                markersize=3,
+                color=colours[cell["group"]],
+                markerfacecolor="none" if n != "200" else None,
+            )
     right.axvline(harm_points, color="black", linestyle=":", linewidth=1)
     right.axvline(1, color="black", linestyle=":", linewidth=1)
     right.axvspan(harm_points, top, color="tab:red", alpha=0.05)
@@ -188,9 +245,11 @@ def page_plot(cells: dict, harm_points: float, page_points: float, sizes: list[s
     right.set_xlabel("true accuracy loss (points)")
     right.set_ylabel("page rate (share of draws)")
     right.set_title(f"page fires when the estimated loss >= {page_points:g} points")
-    right.legend(handles=[Line2D([], [], marker=markers[n], linestyle="none", color="grey", label=f"n = {n}")
-                          for n in sizes] +
-                 [Line2D([], [], marker="o", linestyle="none", color=c, label=g) for g, c in colours.items()],
-                 fontsize=7, loc="center right")
+    right.legend(
+        handles=[Line2D([], [], marker=markers[n], linestyle="none", color="grey", label=f"n = {n}") for n in sizes]
+        + [Line2D([], [], marker="o", linestyle="none", color=c, label=g) for g, c in colours.items()],
+        fontsize=7,
+        loc="center right",
+    )
     fig.tight_layout()
     _save(fig, path)

@@ -1,4 +1,5 @@
 """The shared entry-point wrapper of the stage scripts: clear one-line errors, exit codes."""
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,11 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
         sys.exit(2)
     except OSError as err:  # outside the library's checks: name the file and the cause
         where = f"{err.filename}: " if err.filename else ""
-        print(f"shiftwatch {name}: error: {where}{err.strerror or err}; earlier outputs are kept, "
-              "fix the cause and rerun the stage", file=sys.stderr)
+        print(
+            f"shiftwatch {name}: error: {where}{err.strerror or err}; earlier outputs are kept, "
+            "fix the cause and rerun the stage",
+            file=sys.stderr,
+        )
         sys.exit(2)
     except (KeyboardInterrupt, Terminated) as err:  # outputs are written atomically: none is half-written
         how, code = ("terminated (SIGTERM)", 143) if isinstance(err, Terminated) else ("interrupted", 130)

@@ -5,6 +5,7 @@ of inputs, only of results) and are shut down before `fork_map` returns, so a st
 process behind. BLAS runs single-threaded in each worker, as joblib does: two workers on two
 cores, and results that do not depend on how many threads BLAS would otherwise pick.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -18,8 +19,7 @@ Result = TypeVar("Result")
 _task: tuple[Callable, Sequence] | None = None  # what the forked workers run, set before the fork
 
 
-def fork_map(function: Callable[[Item], Result], items: Sequence[Item],
-             workers: int = 2) -> list[Result]:
+def fork_map(function: Callable[[Item], Result], items: Sequence[Item], workers: int = 2) -> list[Result]:
     """[function(item) for item in items], computed in `workers` forked processes."""
     global _task
     items = list(items)

@@ -12,6 +12,7 @@ Every function maps float images (N, 28, 28) in [0, 1] to a new float32 array in
 the random ones draw from `np.random.default_rng(seed)`, so a (family, severity, seed) gives
 the same images on every machine.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,36 +22,49 @@ import numpy as np
 from shiftwatch import ShiftwatchError
 
 # Each family and the (low, high] range its severity must lie in; the order is the families'.
-SEVERITY_RANGES = {"contrast": (0, 1), "gamma": (0, 10), "noise": (0, 1), "rotate": (0, 180),
-                   "translate": (0, 14), "zoom": (0, 0.5), "crop": (0, 0.5), "shear": (0, 1), "blur": (0, 5),
-                   "occlusion": (0, 27), "jpeg": (0, 95),
-                   # Held out from every choice of the accuracy estimator (stage `harm`), fixed here
-                   # before their first run: blocky resize, camera shake, dead/hot pixels.
-                   "pixelate": (1, 27), "motion_blur": (1, 27), "salt_pepper": (0, 0.5),
-                   # What a healthy image pipeline does every day (the page must stay quiet).
-                   "contrast_mean": (0, 2), "png": (0, 9)}
+SEVERITY_RANGES = {
+    "contrast": (0, 1),
+    "gamma": (0, 10),
+    "noise": (0, 1),
+    "rotate": (0, 180),
+    "translate": (0, 14),
+    "zoom": (0, 0.5),
+    "crop": (0, 0.5),
+    "shear": (0, 1),
+    "blur": (0, 5),
+    "occlusion": (0, 27),
+    "jpeg": (0, 95),
+    # Held out from every choice of the accuracy estimator (stage `harm`), fixed here
+    # before their first run: blocky resize, camera shake, dead/hot pixels.
+    "pixelate": (1, 27),
+    "motion_blur": (1, 27),
+    "salt_pepper": (0, 0.5),
+    # What a healthy image pipeline does every day (the page must stay quiet).
+    "contrast_mean": (0, 2),
+    "png": (0, 9),
+}
 FAMILIES = tuple(SEVERITY_RANGES)
 
 
 def corrupt(images: np.ndarray, family: str, severity: float, seed: int) -> np.ndarray:
     """`images` under corruption `family` at `severity` (its meaning per family below)."""
     apply = {
-        "contrast": lambda: images * severity,                      # scale towards black, 0 < s < 1
-        "gamma": lambda: images ** severity,                        # x^s: black and white stay put
+        "contrast": lambda: images * severity,  # scale towards black, 0 < s < 1
+        "gamma": lambda: images**severity,  # x^s: black and white stay put
         "noise": lambda: images + severity * _rng(seed).standard_normal(images.shape),  # sigma = s
         "rotate": lambda: _affine(images, max_degrees=severity, max_pixels=0, seed=seed),
         "translate": lambda: _affine(images, max_degrees=0, max_pixels=severity, seed=seed),
         "zoom": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, zoom=(-severity, severity)),
         "crop": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, zoom=(0, severity)),
         "shear": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, max_shear=severity),
-        "blur": lambda: _blur(images, sigma=severity),                        # Gaussian, sigma = s px
+        "blur": lambda: _blur(images, sigma=severity),  # Gaussian, sigma = s px
         "occlusion": lambda: _occlude(images, side=round(severity), seed=seed),  # an s x s black square
-        "jpeg": lambda: _jpeg(images, quality=max(1, round(severity))),       # re-compressed at quality s
-        "pixelate": lambda: _pixelate(images, size=round(severity)),   # area-shrunk to s x s px, blown up blocky
+        "jpeg": lambda: _jpeg(images, quality=max(1, round(severity))),  # re-compressed at quality s
+        "pixelate": lambda: _pixelate(images, size=round(severity)),  # area-shrunk to s x s px, blown up blocky
         "motion_blur": lambda: _motion_blur(images, length=round(severity)),  # horizontal box blur, s px
         "salt_pepper": lambda: _salt_pepper(images, share=severity, seed=seed),  # share s of pixels 0 or 1
         "contrast_mean": lambda: _contrast_about_mean(images, severity),  # c * (x - image mean) + mean
-        "png": lambda: _png(images, level=round(severity)),                # 8-bit PNG round trip, zlib level s
+        "png": lambda: _png(images, level=round(severity)),  # 8-bit PNG round trip, zlib level s
     }
     check_severity(family, severity)
     return np.clip(apply[family](), 0.0, 1.0).astype(np.float32)
@@ -69,8 +83,14 @@ def _rng(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _affine(images: np.ndarray, max_degrees: float, max_pixels: float, seed: int,
-            zoom: tuple[float, float] | None = None, max_shear: float | None = None) -> np.ndarray:
+def _affine(
+    images: np.ndarray,
+    max_degrees: float,
+    max_pixels: float,
+    seed: int,
+    zoom: tuple[float, float] | None = None,
+    max_shear: float | None = None,
+) -> np.ndarray:
     """Each image rotated by its own angle uniform in ±max_degrees, shifted by its own
     whole-pixel offset uniform in ±max_pixels (per axis) and, with `zoom` = (low, high), scaled
     about its centre by its own factor uniform in [1 + low, 1 + high] (a camera nearer or
@@ -105,8 +125,7 @@ def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
     frame the scene continues as at its edge (mode "nearest"), so a border is not darkened."""
     from scipy import ndimage
 
-    return ndimage.gaussian_filter(np.asarray(images, dtype=np.float32), sigma=(0, sigma, sigma),
-                                   mode="nearest")
+    return ndimage.gaussian_filter(np.asarray(images, dtype=np.float32), sigma=(0, sigma, sigma), mode="nearest")
 
 
 def _occlude(images: np.ndarray, side: int, seed: int) -> np.ndarray:
@@ -116,7 +135,7 @@ def _occlude(images: np.ndarray, side: int, seed: int) -> np.ndarray:
     size = out.shape[-1]
     corners = _rng(seed).integers(0, size - side + 1, (len(out), 2))
     for image, (top, left) in zip(out, corners):
-        image[top:top + side, left:left + side] = 0.0
+        image[top : top + side, left : left + side] = 0.0
     return out
 
 
@@ -141,8 +160,7 @@ def _motion_blur(images: np.ndarray, length: int) -> np.ndarray:
     the exposure); beyond the frame the scene continues as at its edge."""
     from scipy import ndimage
 
-    return ndimage.uniform_filter1d(np.asarray(images, dtype=np.float32), size=length, axis=-1,
-                                    mode="nearest")
+    return ndimage.uniform_filter1d(np.asarray(images, dtype=np.float32), size=length, axis=-1, mode="nearest")
 
 
 def _salt_pepper(images: np.ndarray, share: float, seed: int) -> np.ndarray:
@@ -176,8 +194,7 @@ def _round_trip(images: np.ndarray, image_format: str, **options) -> np.ndarray:
     out = np.empty(images.shape, dtype=np.float32)
     for i, image in enumerate(images):
         buffer = io.BytesIO()
-        Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(buffer, format=image_format,
-                                                                                **options)
+        Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L").save(buffer, format=image_format, **options)
         buffer.seek(0)
         out[i] = np.asarray(Image.open(buffer), dtype=np.float32) / 255
     return out

@@ -5,6 +5,7 @@ torchvision's own download (needs internet). Files may be gzipped or raw; the
 check is on the decompressed bytes, so Debian's re-compressed files and
 torchvision's originals verify alike.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -26,8 +27,10 @@ IDX_FILES = {
     "t10k-images-idx3-ubyte": (7_840_016, "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
     "t10k-labels-idx1-ubyte": (10_008, "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
 }
-FIX_HINT = ("install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
-            "or set data.source to a folder holding the four FashionMNIST IDX files")
+FIX_HINT = (
+    "install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
+    "or set data.source to a folder holding the four FashionMNIST IDX files"
+)
 
 
 def find_source(configured: str | None, download_root: Path) -> Path:
@@ -61,8 +64,9 @@ def _torchvision_download(root: Path) -> Path:
         for train in (True, False):
             FashionMNIST(root=str(root), train=train, download=True)
     except Exception as err:  # URLError, socket errors, checksum errors
-        raise ShiftwatchError(f"FashionMNIST not found locally and torchvision's download failed "
-                              f"({type(err).__name__}); {FIX_HINT}") from None
+        raise ShiftwatchError(
+            f"FashionMNIST not found locally and torchvision's download failed ({type(err).__name__}); {FIX_HINT}"
+        ) from None
     return root / "FashionMNIST" / "raw"
 
 
@@ -77,8 +81,9 @@ def read_idx(folder: Path, name: str) -> np.ndarray:
         raise ShiftwatchError(f"{path}: unreadable ({err}); {FIX_HINT}") from None
     size, sha256 = IDX_FILES[name]
     if len(raw) != size or hashlib.sha256(raw).hexdigest() != sha256:
-        raise ShiftwatchError(f"{path}: corrupt (size {len(raw)} bytes or checksum differs from "
-                              f"FashionMNIST's); {FIX_HINT}")
+        raise ShiftwatchError(
+            f"{path}: corrupt (size {len(raw)} bytes or checksum differs from FashionMNIST's); {FIX_HINT}"
+        )
     header = 16 if "images" in name else 8
     array = np.frombuffer(raw, dtype=np.uint8, offset=header)
     return array.reshape(-1, IMAGE_SIZE, IMAGE_SIZE) if "images" in name else array
@@ -108,6 +113,7 @@ def split_domains(train: ImageSet, domain_b_fraction: float, seed: int) -> tuple
     scikit-learn's `train_test_split` with `random_state=seed`, not stratified: the
     study's split, so any class imbalance it causes is measured, not hidden.
     """
-    rows_a, rows_b = train_test_split(np.arange(len(train)), test_size=domain_b_fraction,
-                                      random_state=seed, shuffle=True)
+    rows_a, rows_b = train_test_split(
+        np.arange(len(train)), test_size=domain_b_fraction, random_state=seed, shuffle=True
+    )
     return train.subset(np.sort(rows_a)), train.subset(np.sort(rows_b))

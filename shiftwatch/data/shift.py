@@ -5,6 +5,7 @@ antialiased bilinear resizing (what torchvision's Resize does on tensors), add
 `brightness`, clip to [0, 1]. Label shift (a drifting class mix): keep only a
 share of one class.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,10 +23,12 @@ def degrade_images(images: np.ndarray, downsample: int, brightness: float) -> np
     """
     degraded = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
     if downsample != IMAGE_SIZE:
-        small = F.interpolate(degraded, size=(downsample, downsample), mode="bilinear",
-                              antialias=True, align_corners=False)
-        degraded = F.interpolate(small, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
-                                 antialias=True, align_corners=False)
+        small = F.interpolate(
+            degraded, size=(downsample, downsample), mode="bilinear", antialias=True, align_corners=False
+        )
+        degraded = F.interpolate(
+            small, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False
+        )
     degraded = (degraded + brightness).clamp_(0.0, 1.0)
     return degraded.squeeze(1).numpy()
 
@@ -39,14 +42,16 @@ def label_shift_rows(labels: np.ndarray, label_class: int, keep: float, seed: in
     return np.sort(np.concatenate([np.flatnonzero(labels != label_class), kept]))
 
 
-def make_deployment_sets(domain_b: ImageSet, downsample: int, brightness: float,
-                         label_class: int, label_keep: float, seed: int) -> dict[str, ImageSet]:
+def make_deployment_sets(
+    domain_b: ImageSet, downsample: int, brightness: float, label_class: int, label_keep: float, seed: int
+) -> dict[str, ImageSet]:
     """The four deployment sets, so the effect of each shift can be told apart:
     b_raw (unchanged), b_covariate, b_label, b_shift (both; the same rows as b_label)."""
     if len(domain_b) == 0:
         raise ShiftwatchError("domain B is empty; check data.max_train_images and data.domain_b_fraction")
-    covariate = ImageSet(degrade_images(domain_b.images, downsample, brightness),
-                         domain_b.labels, domain_b.source_index)
+    covariate = ImageSet(
+        degrade_images(domain_b.images, downsample, brightness), domain_b.labels, domain_b.source_index
+    )
     rows = label_shift_rows(domain_b.labels, label_class, label_keep, seed)
     sets = {
         "b_raw": domain_b,
@@ -56,6 +61,7 @@ def make_deployment_sets(domain_b: ImageSet, downsample: int, brightness: float,
     }
     for name, image_set in sets.items():
         if len(image_set) == 0:
-            raise ShiftwatchError(f"{name} is empty after the label shift; raise shift.label_keep "
-                                  f"or data.max_train_images")
+            raise ShiftwatchError(
+                f"{name} is empty after the label shift; raise shift.label_keep or data.max_train_images"
+            )
     return sets

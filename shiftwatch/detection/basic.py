@@ -3,6 +3,7 @@
 All take float images (N, 28, 28) in [0, 1] (or any (N, ...) array) and return small
 result objects with `statistic` and, where the test has one, `pvalue`.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -56,8 +57,10 @@ def ks_columns(reference: np.ndarray, deployment: np.ndarray) -> tuple[np.ndarra
     statistics = np.empty(reference.shape[1])
     for k in range(reference.shape[1]):
         pooled = np.concatenate([reference[:, k], deployment[:, k]])
-        gaps = (np.searchsorted(reference[:, k], pooled, side="right") / n1
-                - np.searchsorted(deployment[:, k], pooled, side="right") / n2)
+        gaps = (
+            np.searchsorted(reference[:, k], pooled, side="right") / n1
+            - np.searchsorted(deployment[:, k], pooled, side="right") / n2
+        )
         statistics[k] = max(gaps.max(), np.clip(-gaps.min(), 0, 1))
     return statistics, kstwo_sf(statistics, n1, n2)
 
@@ -74,10 +77,16 @@ def per_pixel_ks(reference: np.ndarray, deployment: np.ndarray) -> DetectorResul
     """
     _require_nonempty(reference, "reference")
     _require_nonempty(deployment, "deployment")
-    if reference.dtype != np.uint8 or deployment.dtype != np.uint8 or reference.ndim != 2 \
-            or reference.shape[1] != deployment.shape[1]:
-        raise ShiftwatchError(f"per_pixel_ks takes uint8 arrays (N, P) with the same P; got "
-                              f"{reference.dtype} {reference.shape} and {deployment.dtype} {deployment.shape}")
+    if (
+        reference.dtype != np.uint8
+        or deployment.dtype != np.uint8
+        or reference.ndim != 2
+        or reference.shape[1] != deployment.shape[1]
+    ):
+        raise ShiftwatchError(
+            f"per_pixel_ks takes uint8 arrays (N, P) with the same P; got "
+            f"{reference.dtype} {reference.shape} and {deployment.dtype} {deployment.shape}"
+        )
     gaps = np.abs(_pixel_cdfs(reference) - _pixel_cdfs(deployment)).max(axis=1)
     # The p-value falls as D grows (same n, m), so the smallest is that of the largest D:
     # one kstwo.sf call, not 784 (~0.5 s).
@@ -116,8 +125,9 @@ def _pixel_cdfs(pixels: np.ndarray) -> np.ndarray:
     return np.cumsum(counts, axis=1) / n
 
 
-def histogram_probabilities(values: np.ndarray, bins: int, smoothing: float,
-                            value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+def histogram_probabilities(
+    values: np.ndarray, bins: int, smoothing: float, value_range: tuple[float, float] = (0.0, 1.0)
+) -> np.ndarray:
     """Probability masses over `bins` fixed, equal-width bins on `value_range`.
 
     Additive smoothing: `smoothing` pseudo-counts go into every bin before normalising, so
@@ -130,8 +140,9 @@ def histogram_probabilities(values: np.ndarray, bins: int, smoothing: float,
     return smoothed / smoothed.sum()
 
 
-def kl_divergence(reference: np.ndarray, deployment: np.ndarray, bins: int = 50,
-                  smoothing: float = 0.5) -> DetectorResult:
+def kl_divergence(
+    reference: np.ndarray, deployment: np.ndarray, bins: int = 50, smoothing: float = 0.5
+) -> DetectorResult:
     """KL(reference || deployment) in nats between histograms of two 1-D samples on [0, 1].
 
     Computed over probability masses (not densities), so identical samples give exactly 0.
@@ -142,8 +153,7 @@ def kl_divergence(reference: np.ndarray, deployment: np.ndarray, bins: int = 50,
     return DetectorResult(float(stats.entropy(p, q)))
 
 
-def domain_classifier_test(reference: np.ndarray, deployment: np.ndarray, samples: int,
-                           seed: int) -> DetectorResult:
+def domain_classifier_test(reference: np.ndarray, deployment: np.ndarray, samples: int, seed: int) -> DetectorResult:
     """Can a logistic regression on raw pixels tell the deployment images from the reference?
 
     Draws n = min(samples, len(reference), len(deployment)) images from each side (equal class
@@ -164,11 +174,12 @@ def domain_classifier_test(reference: np.ndarray, deployment: np.ndarray, sample
 
     n = min(samples, len(reference), len(deployment))
     if n < 4:
-        raise ShiftwatchError(f"domain classifier needs at least 4 images per side (2 to fit, 2 to "
-                              f"score), got {n}; raise the classifier's samples or the batch size")
+        raise ShiftwatchError(
+            f"domain classifier needs at least 4 images per side (2 to fit, 2 to "
+            f"score), got {n}; raise the classifier's samples or the batch size"
+        )
     rng = np.random.default_rng(seed)
-    sides = [images[rng.choice(len(images), n, replace=False)].reshape(n, -1)
-             for images in (reference, deployment)]
+    sides = [images[rng.choice(len(images), n, replace=False)].reshape(n, -1) for images in (reference, deployment)]
     fit_rows = rng.permutation(n) < n // 2  # the same split of row positions on both sides
     features_fit = np.concatenate([side[fit_rows] for side in sides])
     features_held_out = np.concatenate([side[~fit_rows] for side in sides])
@@ -179,14 +190,14 @@ def domain_classifier_test(reference: np.ndarray, deployment: np.ndarray, sample
     model = LogisticRegression(C=0.01, max_iter=300).fit(features_fit, is_deployment_fit)
     scores = model.decision_function(features_held_out)
     auc = roc_auc_score(is_deployment, scores)
-    pvalue = stats.mannwhitneyu(scores[is_deployment == 1], scores[is_deployment == 0],
-                                alternative="greater").pvalue
+    pvalue = stats.mannwhitneyu(scores[is_deployment == 1], scores[is_deployment == 0], alternative="greater").pvalue
     return DetectorResult(float(auc), float(pvalue))
 
 
 @dataclass(frozen=True)
 class DriftReport:
     """Every detector's result for one reference-vs-deployment comparison, with verdicts."""
+
     ks: DetectorResult
     kl: DetectorResult
     domain_classifier: DetectorResult
@@ -201,30 +212,44 @@ class DriftReport:
 
     def as_metrics(self) -> dict[str, float | int | None]:
         return {
-            "ks_statistic": self.ks.statistic, "ks_pvalue": self.ks.pvalue,
+            "ks_statistic": self.ks.statistic,
+            "ks_pvalue": self.ks.pvalue,
             "kl_divergence": self.kl.statistic,
             "domain_auc": self.domain_classifier.statistic,
             "domain_auc_pvalue": self.domain_classifier.pvalue,
-            "drift_ks": int(self.drift_ks), "drift_kl": int(self.drift_kl),
+            "drift_ks": int(self.drift_ks),
+            "drift_kl": int(self.drift_kl),
             "drift_domain_classifier": int(self.drift_domain_classifier),
             "drift": int(self.drift),
         }
 
 
-def detect_drift(reference: np.ndarray, deployment: np.ndarray, *, bins: int, smoothing: float,
-                 classifier_samples: int, seed: int,
-                 alpha: float, kl_threshold: float, auc_threshold: float) -> DriftReport:
+def detect_drift(
+    reference: np.ndarray,
+    deployment: np.ndarray,
+    *,
+    bins: int,
+    smoothing: float,
+    classifier_samples: int,
+    seed: int,
+    alpha: float,
+    kl_threshold: float,
+    auc_threshold: float,
+) -> DriftReport:
     """Run all three detectors on two image arrays and apply the alert thresholds."""
     reference_mean, deployment_mean = mean_pixel(reference), mean_pixel(deployment)
     ks = ks_test(reference_mean, deployment_mean)
     kl = kl_divergence(reference_mean, deployment_mean, bins, smoothing)
     classifier = domain_classifier_test(reference, deployment, classifier_samples, seed)
     return DriftReport(
-        ks=ks, kl=kl, domain_classifier=classifier,
+        ks=ks,
+        kl=kl,
+        domain_classifier=classifier,
         drift_ks=ks.pvalue is not None and ks.pvalue < alpha,
         drift_kl=kl.statistic > kl_threshold,
-        drift_domain_classifier=(classifier.statistic > auc_threshold and classifier.pvalue is not None
-                                 and classifier.pvalue < alpha),
+        drift_domain_classifier=(
+            classifier.statistic > auc_threshold and classifier.pvalue is not None and classifier.pvalue < alpha
+        ),
     )
 
 
@@ -241,8 +266,7 @@ def label_proportion_test(labels_a: np.ndarray, labels_b: np.ndarray, num_classe
     """
     _require_nonempty(labels_a, "labels_a")
     _require_nonempty(labels_b, "labels_b")
-    table = np.stack([np.bincount(labels_a, minlength=num_classes),
-                      np.bincount(labels_b, minlength=num_classes)])
+    table = np.stack([np.bincount(labels_a, minlength=num_classes), np.bincount(labels_b, minlength=num_classes)])
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2:
         return DetectorResult(0.0, 1.0)

@@ -9,6 +9,7 @@ classifier's softmax outputs, reference (domain A) vs a deployment batch, label-
 Pure functions on numpy arrays. Bad input (empty, mismatched shapes, NaN/inf) raises
 ShiftwatchError.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,7 @@ from shiftwatch.detection._arrays import _bonferroni, _features, _ks_columns, _s
 from shiftwatch.detection.basic import DetectorResult, label_proportion_test
 
 
-def bbsd_ks_columns(reference_probs: np.ndarray,
-                    deployment_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def bbsd_ks_columns(reference_probs: np.ndarray, deployment_probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-output KS tests for BBSD: (statistics, p-values), each shape (K,), uncorrected.
 
     Column k compares the k-th softmax output of the reference (N, K) and deployment (M, K)
@@ -68,8 +68,9 @@ def bbsd_class_shares(reference_probs: np.ndarray, deployment_probs: np.ndarray)
     classes = reference.shape[1]
     ref_counts = np.bincount(reference.argmax(axis=1), minlength=classes)
     dep_counts = np.bincount(deployment.argmax(axis=1), minlength=classes)
-    pvalues = np.array([_fisher_two_sided(ref_counts[c], len(reference), dep_counts[c], len(deployment))
-                        for c in range(classes)])
+    pvalues = np.array(
+        [_fisher_two_sided(ref_counts[c], len(reference), dep_counts[c], len(deployment)) for c in range(classes)]
+    )
     gaps = np.abs(ref_counts / len(reference) - dep_counts / len(deployment))
     return _bonferroni(gaps, pvalues)
 
@@ -89,7 +90,7 @@ def _fisher_greater(hits_a: int, size_a: int, hits_b: int, size_b: int) -> float
     """Fisher's exact test, one-sided: is the share hits_a/size_a larger than hits_b/size_b?
     P(at least hits_a of the hits fall in sample a), as scipy's fisher_exact(alternative="greater")."""
     low, pmf = _hypergeometric_pmf(hits_a, size_a, hits_b, size_b)
-    return float(min(1.0, pmf[hits_a - low:].sum()))
+    return float(min(1.0, pmf[hits_a - low :].sum()))
 
 
 def _hypergeometric_pmf(hits_a: int, size_a: int, hits_b: int, size_b: int) -> tuple[int, np.ndarray]:
@@ -107,8 +108,9 @@ def _hypergeometric_pmf(hits_a: int, size_a: int, hits_b: int, size_b: int) -> t
 def _probabilities(reference: np.ndarray, deployment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for name, array in (("reference_probs", reference), ("deployment_probs", deployment)):
         if np.ndim(array) != 2:
-            raise ShiftwatchError(f"{name} has shape {np.shape(array)}; pass softmax outputs "
-                                  "as a 2-D array (samples, classes)")
+            raise ShiftwatchError(
+                f"{name} has shape {np.shape(array)}; pass softmax outputs as a 2-D array (samples, classes)"
+            )
     reference = _features(reference, "reference_probs")
     deployment = _features(deployment, "deployment_probs")
     _same_width(reference, deployment, "classes")

@@ -3,6 +3,7 @@ moved, shrunk or padded object does not (`frame_span_test`, one-sided Fisher's e
 
 Pure functions on numpy arrays. Bad input raises ShiftwatchError.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,5 +43,6 @@ def frame_span_test(reference_pixels: np.ndarray, deployment_pixels: np.ndarray)
     in_reference = int(spans_frame(reference_pixels).sum())
     in_deployment = int(spans_frame(deployment_pixels).sum())
     drop = in_reference / len(reference_pixels) - in_deployment / len(deployment_pixels)
-    return DetectorResult(float(drop), _fisher_greater(in_reference, len(reference_pixels),
-                                                       in_deployment, len(deployment_pixels)))
+    return DetectorResult(
+        float(drop), _fisher_greater(in_reference, len(reference_pixels), in_deployment, len(deployment_pixels))
+    )

@@ -1,6 +1,7 @@
 """`holm`: Holm–Bonferroni over several detectors' p-values into one verdict, and the check
 that a permutation test can alarm at all under it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from shiftwatch import ShiftwatchError
 class HolmResult:
     """Holm–Bonferroni verdict: `reject` (any detector alarms), Holm-adjusted p-values by
     detector name, and the names rejected at the level used."""
+
     reject: bool
     adjusted: dict[str, float]
     rejected: tuple[str, ...]
@@ -24,10 +26,12 @@ def check_permutations_for_holm(permutations: int, detectors: int, alpha: float,
     """A permutation p-value is at least 1/(B + 1): under Holm over k detectors it can raise an
     alarm on its own only if 1/(B + 1) < alpha / k. Raise, naming `setting`, if it cannot."""
     if 1 / (permutations + 1) >= alpha / detectors:
-        raise ShiftwatchError(f"{setting} = {permutations}: the smallest permutation p-value "
-                              f"1/{permutations + 1} cannot fall below alpha/{detectors} = "
-                              f"{alpha / detectors:.4f} (Holm over {detectors} detectors); use at "
-                              f"least {int(np.floor(detectors / alpha))}")
+        raise ShiftwatchError(
+            f"{setting} = {permutations}: the smallest permutation p-value "
+            f"1/{permutations + 1} cannot fall below alpha/{detectors} = "
+            f"{alpha / detectors:.4f} (Holm over {detectors} detectors); use at "
+            f"least {int(np.floor(detectors / alpha))}"
+        )
 
 
 def holm(pvalues: Mapping[str, float | None], alpha: float = 0.05) -> HolmResult:

@@ -7,6 +7,7 @@ tested: JPEG, rotation or a resize change it without harm.)
 Pure functions on numpy arrays. Bad input (empty, mismatched shapes, NaN/inf) raises
 ShiftwatchError.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,8 +38,9 @@ def pixel_quantiles(images: np.ndarray, qs: Sequence[float] = (0.1, 0.5, 0.9)) -
     return np.quantile(_features(images, "images"), levels, axis=1).T
 
 
-def image_stats_test(reference_images: np.ndarray, deployment_images: np.ndarray,
-                     qs: Sequence[float] = (0.1, 0.5, 0.9)) -> DetectorResult:
+def image_stats_test(
+    reference_images: np.ndarray, deployment_images: np.ndarray, qs: Sequence[float] = (0.1, 0.5, 0.9)
+) -> DetectorResult:
     """KS tests on cheap per-image statistics, combined by Bonferroni.
 
     Statistics: each `pixel_quantiles` column (len(qs) tests).
@@ -49,8 +51,10 @@ def image_stats_test(reference_images: np.ndarray, deployment_images: np.ndarray
     reference_shape = np.shape(reference_images)[1:]
     deployment_shape = np.shape(deployment_images)[1:]
     if reference_shape != deployment_shape:
-        raise ShiftwatchError(f"reference images have shape {reference_shape} but deployment "
-                              f"images {deployment_shape}; resize one side to match")
+        raise ShiftwatchError(
+            f"reference images have shape {reference_shape} but deployment "
+            f"images {deployment_shape}; resize one side to match"
+        )
     reference = _image_statistics(reference_images, "reference_images", qs)
     deployment = _image_statistics(deployment_images, "deployment_images", qs)
     return _bonferroni(*_ks_columns(reference, deployment))

@@ -5,6 +5,7 @@ its kernel, bandwidths and the unbiased MMD² estimate.
 Pure functions on numpy arrays; randomness only through an explicit `seed`. Bad input
 (empty, mismatched shapes, NaN/inf) raises ShiftwatchError.
 """
+
 from __future__ import annotations
 
 import functools
@@ -118,9 +119,15 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
     return float(xx + yy - 2.0 * _kernel_sum(x, y, gamma) / (m * n))
 
 
-def mmd_test(x: np.ndarray, y: np.ndarray, n_permutations: int = 200, seed: int = 0,
-             bandwidth: float | None = None, max_per_side: int | None = None,
-             method: str = "permutation") -> DetectorResult:
+def mmd_test(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_permutations: int = 200,
+    seed: int = 0,
+    bandwidth: float | None = None,
+    max_per_side: int | None = None,
+    method: str = "permutation",
+) -> DetectorResult:
     """Kernel two-sample test: does x (m, ...) come from the same distribution as y (n, ...)?
 
     Gaussian RBF kernel; `bandwidth` (feature units) defaults to the median heuristic on
@@ -159,16 +166,18 @@ def mmd_test(x: np.ndarray, y: np.ndarray, n_permutations: int = 200, seed: int 
     if method == "linear":
         return _linear_mmd(x, y, _bandwidth(bandwidth, x, y, seed), rng)
     if n_permutations < 1 or (max_per_side is not None and max_per_side < 2):
-        raise ShiftwatchError(f"mmd_test: n_permutations = {n_permutations}, max_per_side = "
-                              f"{max_per_side}; use n_permutations >= 1 and max_per_side >= 2")
+        raise ShiftwatchError(
+            f"mmd_test: n_permutations = {n_permutations}, max_per_side = "
+            f"{max_per_side}; use n_permutations >= 1 and max_per_side >= 2"
+        )
     if max_per_side is not None:
         x, y = _subsample(x, max_per_side, rng), _subsample(y, max_per_side, rng)
-    return _permutation_mmd(np.concatenate([x, y]), len(x), _bandwidth(bandwidth, x, y, seed),
-                            n_permutations, rng)
+    return _permutation_mmd(np.concatenate([x, y]), len(x), _bandwidth(bandwidth, x, y, seed), n_permutations, rng)
 
 
-def _permutation_mmd(pooled: np.ndarray, m: int, bandwidth: float, n_permutations: int,
-                     rng: np.random.Generator) -> DetectorResult:
+def _permutation_mmd(
+    pooled: np.ndarray, m: int, bandwidth: float, n_permutations: int, rng: np.random.Generator
+) -> DetectorResult:
     """Observed unbiased MMD² of pooled[:m] vs pooled[m:] and its permutation p-value.
 
     Every split is scored by the same quadratic form (`_split_mmd2`): z'Lz with one weight
@@ -186,7 +195,7 @@ def _permutation_mmd(pooled: np.ndarray, m: int, bandwidth: float, n_permutation
         # Each row: the first m of a random permutation of the pooled rows become "x".
         x_rows = rng.permuted(np.tile(np.arange(size), (batch, 1)), axis=1)[:, :m]
         weights = np.concatenate([weights, _split_weights(size, m, x_rows)], axis=1)
-    gamma = 1.0 / (2.0 * bandwidth ** 2)
+    gamma = 1.0 / (2.0 * bandwidth**2)
     rows = (pooled - pooled.mean(axis=0)).astype(_KERNEL_DTYPE)  # distances do not move
     norms = np.einsum("ij,ij->i", rows, rows)
     quadratic, total = np.zeros(weights.shape[1]), 0.0
@@ -197,7 +206,7 @@ def _permutation_mmd(pooled: np.ndarray, m: int, bandwidth: float, n_permutation
         block = _squared_distances(rows[start:stop], rows[start:], norms[start:], gamma=gamma)
         own = np.arange(stop - start)
         block[own, own] = 0.0  # the diagonal of L: exactly 0
-        block[:, :stop - start] *= 0.5
+        block[:, : stop - start] *= 0.5
         block = block.astype(np.float64)
         total += 2.0 * block.sum()
         quadratic += 2.0 * np.einsum("ib,ib->b", weights[start:stop], block @ weights[start:])
@@ -225,13 +234,12 @@ def _shifted_kernel(pooled: np.ndarray, bandwidth: float) -> np.ndarray:
     exact zero diagonal and sums without the large constant that would cancel (identical
     samples give exactly 0).
     """
-    shifted = _squared_distances(pooled, pooled, gamma=1.0 / (2.0 * bandwidth ** 2))
+    shifted = _squared_distances(pooled, pooled, gamma=1.0 / (2.0 * bandwidth**2))
     np.fill_diagonal(shifted, 0.0)  # already 0 up to rounding: distance 0 is snapped
     return shifted
 
 
-def _split_mmd2(shifted: np.ndarray, x_rows: np.ndarray, m: int,
-                total: float | None = None) -> np.ndarray:
+def _split_mmd2(shifted: np.ndarray, x_rows: np.ndarray, m: int, total: float | None = None) -> np.ndarray:
     """Unbiased MMD² of each split of the pooled rows (row j of `x_rows`: the x side's indices).
 
     `shifted` is L = K - 1 (`_shifted_kernel`), zero on the diagonal. With z the vector that
@@ -254,19 +262,24 @@ def _split_mmd2(shifted: np.ndarray, x_rows: np.ndarray, m: int,
     return quadratic + total / (m * n * (m + n - 2))
 
 
-def _linear_mmd(x: np.ndarray, y: np.ndarray, bandwidth: float,
-                rng: np.random.Generator) -> DetectorResult:
+def _linear_mmd(x: np.ndarray, y: np.ndarray, bandwidth: float, rng: np.random.Generator) -> DetectorResult:
     pairs = min(len(x), len(y)) // 2
     if pairs < 2:
-        raise ShiftwatchError(f"mmd_test(method='linear') needs at least 4 rows per side, got "
-                              f"{len(x)} and {len(y)}; use method='permutation' for tiny samples")
+        raise ShiftwatchError(
+            f"mmd_test(method='linear') needs at least 4 rows per side, got "
+            f"{len(x)} and {len(y)}; use method='permutation' for tiny samples"
+        )
     # Shuffle before pairing: rows stored in order (e.g. sorted by class) would bias the pairs.
-    x = x[rng.permutation(len(x))[:2 * pairs]]
-    y = y[rng.permutation(len(y))[:2 * pairs]]
+    x = x[rng.permutation(len(x))[: 2 * pairs]]
+    y = y[rng.permutation(len(y))[: 2 * pairs]]
     x1, x2, y1, y2 = x[0::2], x[1::2], y[0::2], y[1::2]
-    gamma = 1.0 / (2.0 * bandwidth ** 2)
-    h = (_paired_kernel(x1, x2, gamma) + _paired_kernel(y1, y2, gamma)
-         - _paired_kernel(x1, y2, gamma) - _paired_kernel(x2, y1, gamma))
+    gamma = 1.0 / (2.0 * bandwidth**2)
+    h = (
+        _paired_kernel(x1, x2, gamma)
+        + _paired_kernel(y1, y2, gamma)
+        - _paired_kernel(x1, y2, gamma)
+        - _paired_kernel(x2, y1, gamma)
+    )
     statistic, spread = float(h.mean()), float(h.std(ddof=1))
     if spread == 0.0:
         return DetectorResult(statistic, 1.0 if statistic <= 0 else 0.0)
@@ -280,13 +293,13 @@ def _paired_kernel(a: np.ndarray, b: np.ndarray, gamma: float) -> np.ndarray:
 def _kernel_sum(a: np.ndarray, b: np.ndarray, gamma: float) -> float:
     """Σ_ij exp(-gamma ||a_i - b_j||²), computed in row blocks of `a`."""
     b_norms = np.einsum("ij,ij->i", b, b)
-    blocks = (a[start:start + _BLOCK_ROWS] for start in range(0, len(a), _BLOCK_ROWS))
-    return float(sum(np.exp(-gamma * _squared_distances(block, b, b_norms)).sum()
-                     for block in blocks))
+    blocks = (a[start : start + _BLOCK_ROWS] for start in range(0, len(a), _BLOCK_ROWS))
+    return float(sum(np.exp(-gamma * _squared_distances(block, b, b_norms)).sum() for block in blocks))
 
 
-def _squared_distances(a: np.ndarray, b: np.ndarray, b_norms: np.ndarray | None = None,
-                       gamma: float | None = None) -> np.ndarray:
+def _squared_distances(
+    a: np.ndarray, b: np.ndarray, b_norms: np.ndarray | None = None, gamma: float | None = None
+) -> np.ndarray:
     """||a_i - b_j||² via the Gram matrix (one BLAS product), or with `gamma` the shifted RBF
     kernel exp(-gamma ||a_i - b_j||²) - 1. The Gram matrix is turned into either in place, a
     few rows at a time so each pass stays in cache."""
@@ -294,8 +307,8 @@ def _squared_distances(a: np.ndarray, b: np.ndarray, b_norms: np.ndarray | None 
     b_norms = np.einsum("ij,ij->i", b, b) if b_norms is None else b_norms
     out = a @ b.T  # a @ a.T runs as a symmetric rank-k update: half the flops
     for start in range(0, len(out), _CACHE_ROWS):
-        block = out[start:start + _CACHE_ROWS]
-        scale = np.add.outer(a_norms[start:start + _CACHE_ROWS], b_norms)
+        block = out[start : start + _CACHE_ROWS]
+        scale = np.add.outer(a_norms[start : start + _CACHE_ROWS], b_norms)
         block *= -2.0
         block += scale
         # The Gram form cancels catastrophically for (near-)identical rows: snap rounding noise,
@@ -318,6 +331,5 @@ def _bandwidth(bandwidth: float | None, x: np.ndarray, y: np.ndarray, seed: int)
 
 def _check_bandwidth(bandwidth: float) -> float:
     if not np.isfinite(bandwidth) or bandwidth <= 0:
-        raise ShiftwatchError(f"bandwidth = {bandwidth}; pass a positive distance or None for "
-                              "the median heuristic")
+        raise ShiftwatchError(f"bandwidth = {bandwidth}; pass a positive distance or None for the median heuristic")
     return float(bandwidth)

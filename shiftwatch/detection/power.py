@@ -8,6 +8,7 @@ and report the share of p-values below alpha with a 95 % Wilson confidence inter
 `detection_rates` / `false_alarm_rates` show every draw to several detectors at once and add
 their combined Holm–Bonferroni verdict.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
@@ -30,6 +31,7 @@ _SINGLE = "detector"
 class AlarmRate:
     """Alarms in `repetitions` draws of `n` deployment rows: rate = alarms / repetitions, with
     its Wilson interval [ci_low, ci_high] at the requested confidence."""
+
     n: int
     alarms: int
     repetitions: int
@@ -42,6 +44,7 @@ class AlarmRate:
 class FalseAlarmRate(AlarmRate):
     """An AlarmRate under no shift, plus the one-sided binomial test of H0: rate ≤ alpha.
     `miscalibrated` means that test rejects at `level`, i.e. the detector alarms too often."""
+
     alpha: float = 0.05
     excess_pvalue: float = 1.0
     miscalibrated: bool = False
@@ -52,15 +55,24 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
     correction), as (low, high) in [0, 1]. Stays inside [0, 1] and is informative even at 0
     or `trials` successes, unlike the normal (Wald) interval."""
     if trials < 1 or not 0 <= successes <= trials:
-        raise ShiftwatchError(f"wilson_interval: {successes} successes of {trials} trials; need "
-                              "trials >= 1 and 0 <= successes <= trials")
+        raise ShiftwatchError(
+            f"wilson_interval: {successes} successes of {trials} trials; need trials >= 1 and 0 <= successes <= trials"
+        )
     interval = stats.binomtest(successes, trials).proportion_ci(confidence, method="wilson")
     return float(interval.low), float(interval.high)
 
 
-def detection_rate(reference: np.ndarray, deployment: np.ndarray, detector: Detector,
-                   ns: Iterable[int], repetitions: int, alpha: float = 0.05, seed: int = 0,
-                   reference_size: int | None = None, confidence: float = 0.95) -> list[AlarmRate]:
+def detection_rate(
+    reference: np.ndarray,
+    deployment: np.ndarray,
+    detector: Detector,
+    ns: Iterable[int],
+    repetitions: int,
+    alpha: float = 0.05,
+    seed: int = 0,
+    reference_size: int | None = None,
+    confidence: float = 0.95,
+) -> list[AlarmRate]:
     """Power curve: for each n in `ns`, the share of `repetitions` draws with p-value < alpha.
 
     Each draw takes n rows of `deployment` (without replacement; with replacement only when
@@ -72,14 +84,32 @@ def detection_rate(reference: np.ndarray, deployment: np.ndarray, detector: Dete
     reference, so the interval describes the detector *for this reference*.
     `detection_rates` runs several detectors on the same draws.
     """
-    return detection_rates(reference, deployment, {_SINGLE: detector}, ns, repetitions, alpha,
-                           seed, reference_size, confidence, combine=None)[_SINGLE]
+    return detection_rates(
+        reference,
+        deployment,
+        {_SINGLE: detector},
+        ns,
+        repetitions,
+        alpha,
+        seed,
+        reference_size,
+        confidence,
+        combine=None,
+    )[_SINGLE]
 
 
-def false_alarm_rate(reference: np.ndarray, held_out: np.ndarray, detector: Detector,
-                     ns: Iterable[int], repetitions: int, alpha: float = 0.05, seed: int = 0,
-                     reference_size: int | None = None, confidence: float = 0.95,
-                     level: float = 0.05) -> list[FalseAlarmRate]:
+def false_alarm_rate(
+    reference: np.ndarray,
+    held_out: np.ndarray,
+    detector: Detector,
+    ns: Iterable[int],
+    repetitions: int,
+    alpha: float = 0.05,
+    seed: int = 0,
+    reference_size: int | None = None,
+    confidence: float = 0.95,
+    level: float = 0.05,
+) -> list[FalseAlarmRate]:
     """Calibration: `detection_rate` with a deployment drawn from the reference distribution.
 
     `held_out` must come from the same distribution as `reference` but share no rows with
@@ -88,15 +118,33 @@ def false_alarm_rate(reference: np.ndarray, held_out: np.ndarray, detector: Dete
     test of H0: rate ≤ alpha rejects at `level` (too many alarms; too few is only a loss of
     power and is not flagged). `false_alarm_rates` runs several detectors on the same draws.
     """
-    return false_alarm_rates(reference, held_out, {_SINGLE: detector}, ns, repetitions, alpha,
-                             seed, reference_size, confidence, level, combine=None)[_SINGLE]
+    return false_alarm_rates(
+        reference,
+        held_out,
+        {_SINGLE: detector},
+        ns,
+        repetitions,
+        alpha,
+        seed,
+        reference_size,
+        confidence,
+        level,
+        combine=None,
+    )[_SINGLE]
 
 
-def detection_rates(reference: np.ndarray, deployment: np.ndarray,
-                    detectors: Mapping[str, Detector], ns: Iterable[int], repetitions: int,
-                    alpha: float = 0.05, seed: int = 0, reference_size: int | None = None,
-                    confidence: float = 0.95,
-                    combine: str | None = "holm") -> dict[str, list[AlarmRate]]:
+def detection_rates(
+    reference: np.ndarray,
+    deployment: np.ndarray,
+    detectors: Mapping[str, Detector],
+    ns: Iterable[int],
+    repetitions: int,
+    alpha: float = 0.05,
+    seed: int = 0,
+    reference_size: int | None = None,
+    confidence: float = 0.95,
+    combine: str | None = "holm",
+) -> dict[str, list[AlarmRate]]:
     """`detection_rate` for several detectors on the very same draws, by detector name.
 
     Each draw (same sampling and seeding as `detection_rate`: np.random.default_rng([seed, n])
@@ -117,40 +165,55 @@ def detection_rates(reference: np.ndarray, deployment: np.ndarray,
             raise ShiftwatchError(f"{name} is empty; pass at least one sample along the first axis")
     rates: dict[str, list[AlarmRate]] = {name: [] for name in names}
     for n in sizes:
-        alarms = _alarm_counts(reference, deployment, detectors, n, repetitions, alpha, seed,
-                               reference_size, combine is not None)
+        alarms = _alarm_counts(
+            reference, deployment, detectors, n, repetitions, alpha, seed, reference_size, combine is not None
+        )
         for name in names:
             low, high = wilson_interval(alarms[name], repetitions, confidence)
-            rates[name].append(AlarmRate(n, alarms[name], repetitions, alarms[name] / repetitions,
-                                         low, high))
+            rates[name].append(AlarmRate(n, alarms[name], repetitions, alarms[name] / repetitions, low, high))
     return rates
 
 
-def false_alarm_rates(reference: np.ndarray, held_out: np.ndarray,
-                      detectors: Mapping[str, Detector], ns: Iterable[int], repetitions: int,
-                      alpha: float = 0.05, seed: int = 0, reference_size: int | None = None,
-                      confidence: float = 0.95, level: float = 0.05,
-                      combine: str | None = "holm") -> dict[str, list[FalseAlarmRate]]:
+def false_alarm_rates(
+    reference: np.ndarray,
+    held_out: np.ndarray,
+    detectors: Mapping[str, Detector],
+    ns: Iterable[int],
+    repetitions: int,
+    alpha: float = 0.05,
+    seed: int = 0,
+    reference_size: int | None = None,
+    confidence: float = 0.95,
+    level: float = 0.05,
+    combine: str | None = "holm",
+) -> dict[str, list[FalseAlarmRate]]:
     """`false_alarm_rate` for several detectors on the same draws (see `detection_rates`),
     plus the "combined" Holm verdict unless combine=None. Holm keeps the family-wise error
     of the combined verdict ≤ alpha whatever the dependence between the detectors, so a
     `miscalibrated` "combined" entry means a detector's own p-values are not valid."""
     _check_probability(level, "level")
-    rates = detection_rates(reference, held_out, detectors, ns, repetitions, alpha, seed,
-                            reference_size, confidence, combine)
-    return {name: [_with_calibration(point, alpha, level) for point in points]
-            for name, points in rates.items()}
+    rates = detection_rates(
+        reference, held_out, detectors, ns, repetitions, alpha, seed, reference_size, confidence, combine
+    )
+    return {name: [_with_calibration(point, alpha, level) for point in points] for name, points in rates.items()}
 
 
 def _with_calibration(point: AlarmRate, alpha: float, level: float) -> FalseAlarmRate:
     excess = stats.binomtest(point.alarms, point.repetitions, alpha, alternative="greater").pvalue
-    return FalseAlarmRate(**vars(point), alpha=alpha, excess_pvalue=float(excess),
-                          miscalibrated=bool(excess < level))
+    return FalseAlarmRate(**vars(point), alpha=alpha, excess_pvalue=float(excess), miscalibrated=bool(excess < level))
 
 
-def _alarm_counts(reference: np.ndarray, deployment: np.ndarray,
-                  detectors: Mapping[str, Detector], n: int, repetitions: int, alpha: float,
-                  seed: int, reference_size: int | None, combined: bool) -> dict[str, int]:
+def _alarm_counts(
+    reference: np.ndarray,
+    deployment: np.ndarray,
+    detectors: Mapping[str, Detector],
+    n: int,
+    repetitions: int,
+    alpha: float,
+    seed: int,
+    reference_size: int | None,
+    combined: bool,
+) -> dict[str, int]:
     """Alarms per detector, plus COMBINED (Holm) when `combined`, over `repetitions` draws of
     size n, every detector seeing the same draws."""
     rng = np.random.default_rng([seed, n])
@@ -174,8 +237,9 @@ def _names(detectors: Mapping[str, Callable[..., object]], combine: str | None) 
         raise ShiftwatchError("detectors is empty; pass at least one named detector")
     if combine is not None:
         if COMBINED in names:
-            raise ShiftwatchError(f"a detector is named {COMBINED!r}, the name of the combined "
-                                  "verdict; rename it or pass combine=None")
+            raise ShiftwatchError(
+                f"a detector is named {COMBINED!r}, the name of the combined verdict; rename it or pass combine=None"
+            )
         names.append(COMBINED)
     return names
 
@@ -189,8 +253,10 @@ def _draw(rows: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
 def _pvalue(result: object) -> float:
     pvalue: Any = getattr(result, "pvalue", result)
     if pvalue is None or not 0 <= float(pvalue) <= 1:  # also catches NaN
-        raise ShiftwatchError(f"the detector returned p-value {pvalue}; it must return a number "
-                              "in [0, 1] (a detector without a p-value cannot be calibrated)")
+        raise ShiftwatchError(
+            f"the detector returned p-value {pvalue}; it must return a number "
+            "in [0, 1] (a detector without a p-value cannot be calibrated)"
+        )
     return float(pvalue)
 
 
@@ -212,11 +278,17 @@ Sampler = Callable[[np.random.Generator, int], tuple[object, object]]
 SeededDetector = Callable[[object, object, int], object]
 
 
-def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetector],
-                            ns: Iterable[int], repetitions: int,
-                            alpha: float = 0.05, seed: int = 0, confidence: float = 0.95,
-                            repetitions_for: Callable[[str, int], int] | None = None,
-                            verdict: Iterable[str] | None = None) -> dict[str, list[AlarmRate]]:
+def independent_alarm_rates(
+    sample: Sampler,
+    detectors: Mapping[str, SeededDetector],
+    ns: Iterable[int],
+    repetitions: int,
+    alpha: float = 0.05,
+    seed: int = 0,
+    confidence: float = 0.95,
+    repetitions_for: Callable[[str, int], int] | None = None,
+    verdict: Iterable[str] | None = None,
+) -> dict[str, list[AlarmRate]]:
     """Alarm rates from independent repetitions (the protocol of Rabanser et al. 2019).
 
     Repetition r at size n has its own generator, np.random.default_rng([seed, n, r]):
@@ -241,13 +313,16 @@ def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetec
         raise ShiftwatchError(f"repetitions = {repetitions}; pass at least 1")
     rates: dict[str, list[AlarmRate]] = {name: [] for name in names}
     for n in sizes:
-        count = {name: repetitions if repetitions_for is None
-                 else max(1, min(repetitions, repetitions_for(name, n))) for name in detectors}
+        count = {
+            name: repetitions if repetitions_for is None else max(1, min(repetitions, repetitions_for(name, n)))
+            for name in detectors
+        }
         everyone = min(count[name] for name in in_verdict)
         alarms = dict.fromkeys(names, 0)
         for r in range(repetitions):
-            pvalues = repetition_pvalues(sample, {name: detector for name, detector in detectors.items()
-                                                  if r < count[name]}, n, r, seed)
+            pvalues = repetition_pvalues(
+                sample, {name: detector for name, detector in detectors.items() if r < count[name]}, n, r, seed
+            )
             for name, pvalue in pvalues.items():
                 alarms[name] += pvalue < alpha
             if r < everyone:
@@ -259,26 +334,33 @@ def independent_alarm_rates(sample: Sampler, detectors: Mapping[str, SeededDetec
     return rates
 
 
-def repetition_pvalues(sample: Sampler, detectors: Mapping[str, SeededDetector], n: int, r: int,
-                       seed: int = 0) -> dict[str, float]:
+def repetition_pvalues(
+    sample: Sampler, detectors: Mapping[str, SeededDetector], n: int, r: int, seed: int = 0
+) -> dict[str, float]:
     """Repetition r at size n of `independent_alarm_rates`: its own generator
     np.random.default_rng([seed, n, r]) draws the (reference, deployment) pair, then the
     detectors' seed; returns each detector's p-value on that draw."""
     rng = np.random.default_rng([seed, n, r])
     reference, deployment = sample(rng, n)
-    detector_seed = int(rng.integers(2 ** 32))
+    detector_seed = int(rng.integers(2**32))
     return {name: _pvalue(detector(reference, deployment, detector_seed)) for name, detector in detectors.items()}
 
 
-def pool_sampler(pool, deployment, labels: np.ndarray | None = None,
-                 label_class: int | None = None, keep: float | None = None,
-                 reference_size: int | None = None) -> Sampler:
+def pool_sampler(
+    pool,
+    deployment,
+    labels: np.ndarray | None = None,
+    label_class: int | None = None,
+    keep: float | None = None,
+    reference_size: int | None = None,
+) -> Sampler:
     """Sampler for `independent_alarm_rates`: a fresh reference of n rows of `pool` (or of
     `reference_size` rows, e.g. as many as the monitor's reference has) and a disjoint
     deployment of n other rows, looked up in `deployment` (row-aligned with the pool: the
     pool's features under a shift, or the pool itself). With `keep`, the deployment rows of
     `label_class` (per `labels`) are kept with probability `keep` (label shift). Both arguments
     need only len() and .subset(rows)."""
+
     def sample(rng: np.random.Generator, n: int):
         order = rng.permutation(len(pool))
         size = n if reference_size is None else reference_size
@@ -287,6 +369,7 @@ def pool_sampler(pool, deployment, labels: np.ndarray | None = None,
             assert labels is not None, "label shift needs the pool's labels"
             rest = rest[(labels[rest] != label_class) | (rng.random(len(rest)) < keep)]
         return pool.subset(reference_rows), deployment.subset(rest[:n])
+
     return sample
 
 
@@ -297,8 +380,10 @@ def subset_sampler(pool, rows: np.ndarray, deployment, reference_size: int) -> S
     table's corruptions judged as `monitor` and `check` run: 10,000 reference images, a
     corruption pool of 5,000."""
     if reference_size + 1 > len(pool):
-        raise ShiftwatchError(f"a reference of {reference_size:,} rows leaves none of the pool's "
-                              f"{len(pool):,} for the deployment; use a smaller reference")
+        raise ShiftwatchError(
+            f"a reference of {reference_size:,} rows leaves none of the pool's "
+            f"{len(pool):,} for the deployment; use a smaller reference"
+        )
 
     def sample(rng: np.random.Generator, n: int):
         picked = rng.choice(len(rows), n, replace=False)
@@ -306,20 +391,24 @@ def subset_sampler(pool, rows: np.ndarray, deployment, reference_size: int) -> S
         outside[rows[picked]] = False
         reference_rows = rng.choice(np.flatnonzero(outside), reference_size, replace=False)
         return pool.subset(reference_rows), deployment.subset(picked)
+
     return sample
 
 
 def separate_sampler(pool, deployment) -> Sampler:
     """Sampler: a fresh reference of n pool rows and n rows of another set (disjoint by
     construction)."""
+
     def sample(rng: np.random.Generator, n: int):
-        return (pool.subset(rng.choice(len(pool), n, replace=False)),
-                deployment.subset(rng.choice(len(deployment), n, replace=False)))
+        return (
+            pool.subset(rng.choice(len(pool), n, replace=False)),
+            deployment.subset(rng.choice(len(deployment), n, replace=False)),
+        )
+
     return sample
 
 
-def accuracy(probabilities: np.ndarray, labels: np.ndarray,
-             class_weights: np.ndarray | None = None) -> float:
+def accuracy(probabilities: np.ndarray, labels: np.ndarray, class_weights: np.ndarray | None = None) -> float:
     """Share of argmax predictions equal to `labels`; with `class_weights` (one per class), the
     accuracy expected once each class's share is scaled by its weight (a label shift), i.e.
     the per-class accuracies weighted by the new class mix."""
@@ -330,10 +419,14 @@ def accuracy(probabilities: np.ndarray, labels: np.ndarray,
     return float(np.sum(weights * correct) / np.sum(weights))
 
 
-def harm_summary(detection: Mapping[str, Mapping[str, Mapping[str, dict]]],
-                 accuracy_loss_points: Mapping[str, float], points: float, n: int,
-                 target_power: float,
-                 monitored_detection: Mapping[str, Mapping[str, Mapping[str, dict]]] | None = None) -> dict:
+def harm_summary(
+    detection: Mapping[str, Mapping[str, Mapping[str, dict]]],
+    accuracy_loss_points: Mapping[str, float],
+    points: float,
+    n: int,
+    target_power: float,
+    monitored_detection: Mapping[str, Mapping[str, Mapping[str, dict]]] | None = None,
+) -> dict:
     """The harm target: every stream losing >= `points` accuracy points must be detected by
     the combined verdict at sample size `n` in >= `target_power` of draws. `detection` is
     stream -> detector -> str(n) -> {"rate", ...}. Returns the harmful streams with their
@@ -341,25 +434,35 @@ def harm_summary(detection: Mapping[str, Mapping[str, Mapping[str, dict]]],
     `monitored_detection` (the same streams against the monitor's reference), the same three
     as monitored under "as_monitored", for the harmful streams it has."""
     size = str(n)
-    harmful = {stream: detection[stream][COMBINED][size]["rate"]
-               for stream, loss in accuracy_loss_points.items()
-               if loss >= points and size in detection[stream][COMBINED]}
+    harmful = {
+        stream: detection[stream][COMBINED][size]["rate"]
+        for stream, loss in accuracy_loss_points.items()
+        if loss >= points and size in detection[stream][COMBINED]
+    }
     summary = {"points": points, "n": n, "target_power": target_power, **_misses(harmful, target_power)}
     if monitored_detection is not None:
-        summary["as_monitored"] = _misses({stream: monitored_detection[stream][COMBINED][size]["rate"]
-                                           for stream in harmful if size in
-                                           monitored_detection.get(stream, {}).get(COMBINED, {})}, target_power)
+        summary["as_monitored"] = _misses(
+            {
+                stream: monitored_detection[stream][COMBINED][size]["rate"]
+                for stream in harmful
+                if size in monitored_detection.get(stream, {}).get(COMBINED, {})
+            },
+            target_power,
+        )
     return summary
 
 
 def _misses(harmful: Mapping[str, float], target_power: float) -> dict:
-    return {"harmful": dict(harmful),
-            "missed": sorted(s for s, rate in harmful.items() if rate < target_power),
-            "weakest": min(harmful, key=lambda shift: harmful[shift], default=None)}
+    return {
+        "harmful": dict(harmful),
+        "missed": sorted(s for s, rate in harmful.items() if rate < target_power),
+        "weakest": min(harmful, key=lambda shift: harmful[shift], default=None),
+    }
 
 
-def calibration_flags(rates: Mapping[str, list[AlarmRate]], alpha: float = 0.05,
-                      level: float = 0.05) -> dict[str, list[FalseAlarmRate]]:
+def calibration_flags(
+    rates: Mapping[str, list[AlarmRate]], alpha: float = 0.05, level: float = 0.05
+) -> dict[str, list[FalseAlarmRate]]:
     """False-alarm rates with a miscalibration flag corrected for multiplicity.
 
     Each cell (detector, n) gets the one-sided binomial test of H0: rate ≤ alpha
@@ -367,13 +470,24 @@ def calibration_flags(rates: Mapping[str, list[AlarmRate]], alpha: float = 0.05,
     cells passed in rejects at `level`, so that a table of ~50 calibrated cells shows a flag
     with probability ≤ level, not ~1 - 0.95^50."""
     _check_probability(level, "level")
-    excess = {(name, i): stats.binomtest(p.alarms, p.repetitions, alpha, alternative="greater").pvalue
-              for name, points in rates.items() for i, p in enumerate(points)}
+    excess = {
+        (name, i): stats.binomtest(p.alarms, p.repetitions, alpha, alternative="greater").pvalue
+        for name, points in rates.items()
+        for i, p in enumerate(points)
+    }
     verdict = holm({f"{name}@{i}": float(p) for (name, i), p in excess.items()}, level)
-    return {name: [FalseAlarmRate(**vars(p), alpha=alpha, excess_pvalue=float(excess[(name, i)]),
-                                  miscalibrated=f"{name}@{i}" in verdict.rejected)
-                   for i, p in enumerate(points)]
-            for name, points in rates.items()}
+    return {
+        name: [
+            FalseAlarmRate(
+                **vars(p),
+                alpha=alpha,
+                excess_pvalue=float(excess[(name, i)]),
+                miscalibrated=f"{name}@{i}" in verdict.rejected,
+            )
+            for i, p in enumerate(points)
+        ]
+        for name, points in rates.items()
+    }
 
 
 def corruption_rows(pool_size: int, seed: int, pool_images: int) -> np.ndarray:

@@ -4,6 +4,7 @@ repetitions it gets, and the headline numbers of the result. `stages/power.py` r
 pre-registered studies (studies/verdict_design.py, verdict_weights.py) reuse its pool and
 seeded detectors. See stages/power.py for the protocol.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,8 +46,9 @@ def unseen_pool() -> tuple[Features, np.ndarray, np.ndarray]:
         view, labels = load_features(f"data/reference/{name}.npz")
         image_set = load_set(f"data/prepared/{name}.npz", hint="run `dvc repro prepare`")
         if not np.array_equal(labels, image_set.labels):
-            raise ShiftwatchError(f"data/reference/{name}.npz does not match data/prepared/{name}.npz; "
-                                  "run `dvc repro reference`")
+            raise ShiftwatchError(
+                f"data/reference/{name}.npz does not match data/prepared/{name}.npz; run `dvc repro reference`"
+            )
         parts.append((view, labels, image_set.images))
     views, labels, images = zip(*parts)
     return Features.concatenate(views), np.concatenate(labels), np.concatenate(images)
@@ -56,6 +58,7 @@ def unseen_pool() -> tuple[Features, np.ndarray, np.ndarray]:
 class Design:
     """What the grid is built from: the power.* settings, inference settings (evaluate.*), the
     class a label shift thins out, and the seed of the corruption rows and corruptions."""
+
     power: PowerParams
     evaluate: EvaluateParams
     label_class: int
@@ -66,6 +69,7 @@ class Design:
 class Stream:
     """A stream of (reference, deployment) draws: false alarms or detection, at which sizes,
     and the accuracy points the model loses on it (None for the null streams)."""
+
     kind: str
     sample: object
     sizes: list[int]
@@ -77,17 +81,22 @@ class Stream:
 
 def check_sizes(power, pool_size: int) -> None:
     """Every n of the grid needs 2n disjoint pool images (n as monitored: the reference plus n)."""
-    for setting, sizes, size_of_pool in (("power.sizes", power.sizes, pool_size),
-                                         ("power.corruption_sizes", power.corruption_sizes,
-                                          min(pool_size, power.corruption_pool_images))):
+    for setting, sizes, size_of_pool in (
+        ("power.sizes", power.sizes, pool_size),
+        ("power.corruption_sizes", power.corruption_sizes, min(pool_size, power.corruption_pool_images)),
+    ):
         if 2 * max(sizes) > size_of_pool:
-            raise ShiftwatchError(f"{setting}: n = {max(sizes)} needs 2n = {2 * max(sizes):,} disjoint "
-                                  f"pool images, the pool has {size_of_pool:,}; use smaller sizes")
+            raise ShiftwatchError(
+                f"{setting}: n = {max(sizes)} needs 2n = {2 * max(sizes):,} disjoint "
+                f"pool images, the pool has {size_of_pool:,}; use smaller sizes"
+            )
     if power.monitored_reference is not None:
         largest = max([*power.monitored_sizes, power.harm_n])
         if power.monitored_reference + largest > pool_size:
-            raise ShiftwatchError(f"power.monitored_reference = {power.monitored_reference:,} plus n = "
-                                  f"{largest:,} exceeds the pool of {pool_size:,} images; lower one of them")
+            raise ShiftwatchError(
+                f"power.monitored_reference = {power.monitored_reference:,} plus n = "
+                f"{largest:,} exceeds the pool of {pool_size:,} images; lower one of them"
+            )
 
 
 def _accuracy(view: Features, labels: np.ndarray, class_weights: np.ndarray | None = None) -> float:
@@ -96,29 +105,43 @@ def _accuracy(view: Features, labels: np.ndarray, class_weights: np.ndarray | No
     return accuracy(view.probabilities, labels, class_weights)
 
 
-def build_streams(model, device, pool: Features, labels: np.ndarray, images: np.ndarray,
-                  domain_a: Features, design: Design) -> dict[str, Stream]:
+def build_streams(
+    model, device, pool: Features, labels: np.ndarray, images: np.ndarray, domain_a: Features, design: Design
+) -> dict[str, Stream]:
     """Every stream of the grid, by name: the nulls, the study's covariate and label shifts,
     the corruption cells, and the same as monitored (the model runs once per pool image and
     severity here; the draws only look rows up)."""
     power = design.power
-    streams = {NULL_STREAM: Stream("false_alarms", pool_sampler(pool, pool), power.sizes),
-               "domain_a_train": Stream("false_alarms", separate_sampler(pool, domain_a), power.sizes)}
+    streams = {
+        NULL_STREAM: Stream("false_alarms", pool_sampler(pool, pool), power.sizes),
+        "domain_a_train": Stream("false_alarms", separate_sampler(pool, domain_a), power.sizes),
+    }
     clean_accuracy = _accuracy(pool, labels)
     for name, shifted in _severities(model, device, images, design).items():
         loss = clean_accuracy - _accuracy(shifted, labels)
-        streams[name] = Stream("detection", pool_sampler(pool, shifted), power.sizes, loss,
-                               repetitions=power.detection_repetitions)
-        streams.update(_harm_as_monitored(name, loss, design, lambda size, shifted=shifted: pool_sampler(
-            pool, shifted, reference_size=size)))
+        streams[name] = Stream(
+            "detection", pool_sampler(pool, shifted), power.sizes, loss, repetitions=power.detection_repetitions
+        )
+        streams.update(
+            _harm_as_monitored(
+                name, loss, design, lambda size, shifted=shifted: pool_sampler(pool, shifted, reference_size=size)
+            )
+        )
     for keep in power.label_keep_levels:
         name = f"label_keep_{keep:g}"
         thinned: dict[str, Any] = {"labels": labels, "label_class": design.label_class, "keep": keep}
         loss = clean_accuracy - _accuracy(pool, labels, _kept(design.label_class, keep))
-        streams[name] = Stream("detection", pool_sampler(pool, pool, **thinned), power.sizes, loss,
-                               repetitions=power.detection_repetitions)
-        streams.update(_harm_as_monitored(name, loss, design, lambda size, thinned=thinned: pool_sampler(
-            pool, pool, **thinned, reference_size=size)))  # harmful only for a weak model
+        streams[name] = Stream(
+            "detection", pool_sampler(pool, pool, **thinned), power.sizes, loss, repetitions=power.detection_repetitions
+        )
+        streams.update(
+            _harm_as_monitored(
+                name,
+                loss,
+                design,
+                lambda size, thinned=thinned: pool_sampler(pool, pool, **thinned, reference_size=size),
+            )
+        )  # harmful only for a weak model
     streams.update(_corruption_streams(model, device, pool, labels, images, design))
     streams.update(_monitored_streams(pool, labels, design))
     return streams
@@ -130,13 +153,22 @@ def _severities(model, device, images: np.ndarray, design: Design) -> dict[str, 
     power, evaluate = design.power, design.evaluate
     severities = {f"brightness_{b:g}": (28, b) for b in power.brightness_levels}
     severities.update({f"downsample_{d}": (d, 0.0) for d in power.downsample_levels})
-    return {name: model_features(model, degrade_images(images, downsample, brightness),
-                                 evaluate.batch_size, device, evaluate.precision, desc=name)
-            for name, (downsample, brightness) in severities.items()}
+    return {
+        name: model_features(
+            model,
+            degrade_images(images, downsample, brightness),
+            evaluate.batch_size,
+            device,
+            evaluate.precision,
+            desc=name,
+        )
+        for name, (downsample, brightness) in severities.items()
+    }
 
 
-def _corruption_streams(model, device, pool: Features, labels: np.ndarray, images: np.ndarray,
-                        design: Design) -> dict[str, Stream]:
+def _corruption_streams(
+    model, device, pool: Features, labels: np.ndarray, images: np.ndarray, design: Design
+) -> dict[str, Stream]:
     """One stream per corruption family and severity, on a seeded subset of the pool: reference
     draws from its clean features, deployment draws from its corrupted ones (disjoint rows)."""
     power, evaluate = design.power, design.evaluate
@@ -148,13 +180,28 @@ def _corruption_streams(model, device, pool: Features, labels: np.ndarray, image
     for family, severities in power.corruptions.items():
         for severity in severities:
             name = f"{family}_{severity:g}"
-            shifted = model_features(model, corrupt(images[rows], family, severity, seed=design.seed),
-                                     evaluate.batch_size, device, evaluate.precision, desc=name)
+            shifted = model_features(
+                model,
+                corrupt(images[rows], family, severity, seed=design.seed),
+                evaluate.batch_size,
+                device,
+                evaluate.precision,
+                desc=name,
+            )
             loss = _accuracy(clean, clean_labels) - _accuracy(shifted, clean_labels)
-            streams[name] = Stream("detection", pool_sampler(clean, shifted), power.corruption_sizes,
-                                   loss, corruption=True, repetitions=power.corruption_repetitions)
-            streams.update(_harm_as_monitored(name, loss, design, lambda size, shifted=shifted: subset_sampler(
-                pool, rows, shifted, size)))
+            streams[name] = Stream(
+                "detection",
+                pool_sampler(clean, shifted),
+                power.corruption_sizes,
+                loss,
+                corruption=True,
+                repetitions=power.corruption_repetitions,
+            )
+            streams.update(
+                _harm_as_monitored(
+                    name, loss, design, lambda size, shifted=shifted: subset_sampler(pool, rows, shifted, size)
+                )
+            )
     return streams
 
 
@@ -165,8 +212,16 @@ def _harm_as_monitored(name: str, accuracy_loss: float, design: Design, sampler)
     power = design.power
     if power.monitored_reference is None or 100 * accuracy_loss < power.harm_points:
         return {}
-    return {MONITORED_HARM + name: Stream(HARM_KIND, sampler(power.monitored_reference), [power.harm_n],
-                                          corruption=True, monitored=True, repetitions=power.corruption_repetitions)}
+    return {
+        MONITORED_HARM + name: Stream(
+            HARM_KIND,
+            sampler(power.monitored_reference),
+            [power.harm_n],
+            corruption=True,
+            monitored=True,
+            repetitions=power.corruption_repetitions,
+        )
+    }
 
 
 def _monitored_streams(pool: Features, labels: np.ndarray, design: Design) -> dict[str, Stream]:
@@ -178,13 +233,21 @@ def _monitored_streams(pool: Features, labels: np.ndarray, design: Design) -> di
     if power.monitored_reference is None:
         return {}
     reference = power.monitored_reference
-    streams = {MONITORED + NULL_STREAM: Stream("false_alarms", pool_sampler(pool, pool, reference_size=reference),
-                                               power.monitored_sizes, monitored=True)}
+    streams = {
+        MONITORED + NULL_STREAM: Stream(
+            "false_alarms", pool_sampler(pool, pool, reference_size=reference), power.monitored_sizes, monitored=True
+        )
+    }
     for keep in power.label_keep_levels:
-        streams[f"{MONITORED}label_keep_{keep:g}"] = Stream("detection", pool_sampler(
-            pool, pool, labels=labels, label_class=design.label_class, keep=keep,
-            reference_size=reference), power.monitored_sizes, monitored=True,
-            repetitions=power.detection_repetitions)
+        streams[f"{MONITORED}label_keep_{keep:g}"] = Stream(
+            "detection",
+            pool_sampler(
+                pool, pool, labels=labels, label_class=design.label_class, keep=keep, reference_size=reference
+            ),
+            power.monitored_sizes,
+            monitored=True,
+            repetitions=power.detection_repetitions,
+        )
     return streams
 
 
@@ -197,9 +260,11 @@ def _kept(label_class: int, keep: float) -> np.ndarray:
 
 def seeded_detector(name: str, permutations: int, mmd_max_per_side: int | None = None):
     """The registered detector `name`, seeded per repetition; MMD at full size unless a cap is given."""
+
     def detector(reference: Features, deployment: Features, seed: int):
         settings = Settings(seed=seed, permutations=permutations, max_per_side=mmd_max_per_side)
         return DETECTORS[name].bind(settings)(reference, deployment)
+
     return detector
 
 
@@ -208,6 +273,7 @@ def repetitions_rule(power):
     cost="quadratic" (mmd_embedding) gets power.mmd_repetitions at n >= each of its keys, a
     diagnostic power.diagnostic_repetitions (pixel_ks: ~10-20 ms a call at n >= 500, and not
     part of the verdict); every other detector gets power.repetitions."""
+
     def capped(caps: dict[int, int], n: int) -> int:
         return min([power.repetitions] + [r for from_n, r in caps.items() if n >= from_n])
 
@@ -218,28 +284,42 @@ def repetitions_rule(power):
         if not detector.verdict:
             return capped(power.diagnostic_repetitions, n)
         return power.repetitions
+
     return repetitions
 
 
-def tabulate(streams: dict[str, Stream], rates: dict[str, dict], pool_size: int, power,
-             mmd_max_per_side: int) -> dict:
+def tabulate(streams: dict[str, Stream], rates: dict[str, dict], pool_size: int, power, mmd_max_per_side: int) -> dict:
     """The power table from each stream's rates (AlarmRate lists by detector): rates by kind and
     stream (as monitored apart), the accuracy each shift costs, and the harm target's summary."""
-    results: dict[str, Any] = {"pool": {"images": pool_size, "largest_n_share": 2 * max(power.sizes) / pool_size,
-                        "corruption_pool_images": min(pool_size, power.corruption_pool_images)},
-               "verdict": VERDICT, "false_alarms": {}, "detection": {}, "accuracy_loss_points": {}}
-    results["as_monitored"] = {"reference_images": power.monitored_reference,
-                               "mmd_max_per_side": mmd_max_per_side,
-                               "false_alarms": {}, "detection": {}, HARM_KIND: {}}
+    results: dict[str, Any] = {
+        "pool": {
+            "images": pool_size,
+            "largest_n_share": 2 * max(power.sizes) / pool_size,
+            "corruption_pool_images": min(pool_size, power.corruption_pool_images),
+        },
+        "verdict": VERDICT,
+        "false_alarms": {},
+        "detection": {},
+        "accuracy_loss_points": {},
+    }
+    results["as_monitored"] = {
+        "reference_images": power.monitored_reference,
+        "mmd_max_per_side": mmd_max_per_side,
+        "false_alarms": {},
+        "detection": {},
+        HARM_KIND: {},
+    }
     for name, stream in streams.items():
         table = results["as_monitored"] if stream.monitored else results
         table[stream.kind][name.split("/", 1)[-1]] = {  # less the as-monitored prefix
-            d: {str(p.n): point(p) for p in points} for d, points in rates[name].items()}
+            d: {str(p.n): point(p) for p in points} for d, points in rates[name].items()
+        }
         if not stream.monitored and stream.accuracy_loss is not None:
             results["accuracy_loss_points"][name] = 100 * stream.accuracy_loss
     monitored = None if power.monitored_reference is None else results["as_monitored"][HARM_KIND]
-    results["harm"] = harm_summary(results["detection"], results["accuracy_loss_points"],
-                                   power.harm_points, power.harm_n, TARGET_POWER, monitored)
+    results["harm"] = harm_summary(
+        results["detection"], results["accuracy_loss_points"], power.harm_points, power.harm_n, TARGET_POWER, monitored
+    )
     return results
 
 
@@ -254,21 +334,36 @@ def headline(results: dict, power) -> dict:
     corruption_names = {f"{family}_{s:g}" for family, levels in power.corruptions.items() for s in levels}
     return {
         "false_alarm_max": {d: max(p["rate"] for p in points.values()) for d, points in healthy.items()},
-        "min_n_power_90": {stream: _min_n(by_detector) for stream, by_detector in results["detection"].items()
-                           if stream not in corruption_names},
+        "min_n_power_90": {
+            stream: _min_n(by_detector)
+            for stream, by_detector in results["detection"].items()
+            if stream not in corruption_names
+        },
         "as_monitored": {
-            "false_alarm_max": max((p["rate"] for p in results["as_monitored"]["false_alarms"]
-                                    .get(NULL_STREAM, {}).get(COMBINED, {}).values()), default=None),
-            "min_n_power_90": {stream: _min_n(by_detector)
-                               for stream, by_detector in results["as_monitored"]["detection"].items()}},
-        "harm": {**_harm_counts(harm),
-                 **({"as_monitored": _harm_counts(harm["as_monitored"])} if "as_monitored" in harm else {})},
+            "false_alarm_max": max(
+                (
+                    p["rate"]
+                    for p in results["as_monitored"]["false_alarms"].get(NULL_STREAM, {}).get(COMBINED, {}).values()
+                ),
+                default=None,
+            ),
+            "min_n_power_90": {
+                stream: _min_n(by_detector) for stream, by_detector in results["as_monitored"]["detection"].items()
+            },
+        },
+        "harm": {
+            **_harm_counts(harm),
+            **({"as_monitored": _harm_counts(harm["as_monitored"])} if "as_monitored" in harm else {}),
+        },
     }
 
 
 def _harm_counts(harm: dict) -> dict:
-    return {"harmful_shifts": len(harm["harmful"]), "detected": len(harm["harmful"]) - len(harm["missed"]),
-            "weakest_power": min(harm["harmful"].values(), default=None)}
+    return {
+        "harmful_shifts": len(harm["harmful"]),
+        "detected": len(harm["harmful"]) - len(harm["missed"]),
+        "weakest_power": min(harm["harmful"].values(), default=None),
+    }
 
 
 def _min_n(by_detector: dict) -> int | None:

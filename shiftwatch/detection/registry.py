@@ -20,6 +20,7 @@ with `__init__(self, settings)` and `__call__(self, reference, deployment)` may 
 instead of a function, for a detector that prepares something once per reference (the MMD's
 bandwidth).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -56,6 +57,7 @@ class Settings:
     """Everything a detector may be configured with. Which params feed it depends on the
     caller: `monitor` and `check` take monitor.mmd_permutations and monitor.mmd_max_per_side,
     `power` power.mmd_permutations and a per-repetition seed."""
+
     seed: int = 0
     permutations: int = 200  # permutation tests
     max_per_side: int | None = None  # seeded subsample cap, for tests that cost n^2
@@ -82,23 +84,35 @@ class Detector:
         if isinstance(self.implementation, type):
             test = self.implementation(settings)
         else:
+
             def test(reference, deployment):
                 return self.implementation(reference, deployment, settings)
 
         def on_features(reference, deployment) -> DetectorResult:
             views = [getattr(side, self.consumes) for side in (reference, deployment)]
             if any(view is None for view in views):
-                raise ShiftwatchError(f"detector {self.name} needs {self.consumes} ({VIEWS[self.consumes]}), "
-                                      "which these features do not hold; rerun `dvc repro reference`")
+                raise ShiftwatchError(
+                    f"detector {self.name} needs {self.consumes} ({VIEWS[self.consumes]}), "
+                    "which these features do not hold; rerun `dvc repro reference`"
+                )
             return test(*views)
+
         return on_features
 
 
 DETECTORS: dict[str, Detector] = {}
 
 
-def register(name: str, *, consumes: View, verdict: bool, summary: str, settings: tuple[str, ...] = (),
-             cost: Cost = "cheap", meaning: str = ""):
+def register(
+    name: str,
+    *,
+    consumes: View,
+    verdict: bool,
+    summary: str,
+    settings: tuple[str, ...] = (),
+    cost: Cost = "cheap",
+    meaning: str = "",
+):
     """Decorator: add a detector (function or class) to DETECTORS under `name`."""
     if consumes not in VIEWS:
         raise ValueError(f"detector {name}: consumes={consumes!r}; use one of {sorted(VIEWS)}")
@@ -111,9 +125,9 @@ def register(name: str, *, consumes: View, verdict: bool, summary: str, settings
     def add(implementation):
         if name in DETECTORS or name == "combined":
             raise ValueError(f"detector {name}: the name is taken")
-        DETECTORS[name] = Detector(name, consumes, verdict, tuple(settings), summary, implementation, cost,
-                                   meaning)
+        DETECTORS[name] = Detector(name, consumes, verdict, tuple(settings), summary, implementation, cost, meaning)
         return implementation
+
     return add
 
 
@@ -135,9 +149,14 @@ def bound(names, settings: Settings) -> dict[str, Callable]:
 # fixed before the harm table (power stage) was measured; frame_span was added after it showed
 # one-pixel translations missed, designed on domain A images (not in the power pool): see README.
 
-@register("ks_mean_pixel", consumes="image_stats", verdict=True,
-          meaning="mean brightness changed",
-          summary="KS on the per-image mean pixel (the study's test)")
+
+@register(
+    "ks_mean_pixel",
+    consumes="image_stats",
+    verdict=True,
+    meaning="mean brightness changed",
+    summary="KS on the per-image mean pixel (the study's test)",
+)
 def ks_mean_pixel(reference, deployment, settings):
     return ks_test(reference[:, 0], deployment[:, 0])
 
@@ -148,47 +167,72 @@ def ks_mean_pixel(reference, deployment, settings):
 _QUANTILE_COLUMNS = (2, 3, 4)
 
 
-@register("image_stats", consumes="image_stats", verdict=True,
-          meaning="pixel values changed (brightness, contrast or encoding)",
-          summary="KS on the 10/50/90 % pixel quantiles, Bonferroni over the three")
+@register(
+    "image_stats",
+    consumes="image_stats",
+    verdict=True,
+    meaning="pixel values changed (brightness, contrast or encoding)",
+    summary="KS on the 10/50/90 % pixel quantiles, Bonferroni over the three",
+)
 def image_stats(reference, deployment, settings):
     results = [ks_test(reference[:, c], deployment[:, c]) for c in _QUANTILE_COLUMNS]
-    return DetectorResult(max(r.statistic for r in results),
-                          min(1.0, len(results) * min(r.pvalue for r in results)))
+    return DetectorResult(max(r.statistic for r in results), min(1.0, len(results) * min(r.pvalue for r in results)))
 
 
-@register("frame_span", consumes="pixels", verdict=True,
-          meaning="objects framed differently (share of images that fill the frame)",
-          summary="share of images whose object spans the frame (ink on two opposite borders); "
-                  "one-sided Fisher: alarms when fewer do than in the reference")
+@register(
+    "frame_span",
+    consumes="pixels",
+    verdict=True,
+    meaning="objects framed differently (share of images that fill the frame)",
+    summary="share of images whose object spans the frame (ink on two opposite borders); "
+    "one-sided Fisher: alarms when fewer do than in the reference",
+)
 def frame_span(reference, deployment, settings):
     return frame_span_test(reference, deployment)
 
 
-@register("bbsd_ks", consumes="probabilities", verdict=True,
-          meaning="the model's confidence changed",
-          summary="BBSD: KS on each softmax output, Bonferroni over the 10")
+@register(
+    "bbsd_ks",
+    consumes="probabilities",
+    verdict=True,
+    meaning="the model's confidence changed",
+    summary="BBSD: KS on each softmax output, Bonferroni over the 10",
+)
 def bbsd_ks_detector(reference, deployment, settings):
     return bbsd_ks(reference, deployment)
 
 
-@register("bbsd_chi2", consumes="probabilities", verdict=True,
-          meaning="the mix of predicted classes changed",
-          summary="BBSD: chi-squared on the predicted-class counts")
+@register(
+    "bbsd_chi2",
+    consumes="probabilities",
+    verdict=True,
+    meaning="the mix of predicted classes changed",
+    summary="BBSD: chi-squared on the predicted-class counts",
+)
 def bbsd_chi2_detector(reference, deployment, settings):
     return bbsd_chi2(reference, deployment)
 
 
-@register("bbsd_class_shares", consumes="probabilities", verdict=True,
-          meaning="the mix of predicted classes changed",
-          summary="BBSD: Fisher's exact test per predicted class share, Bonferroni over the 10")
+@register(
+    "bbsd_class_shares",
+    consumes="probabilities",
+    verdict=True,
+    meaning="the mix of predicted classes changed",
+    summary="BBSD: Fisher's exact test per predicted class share, Bonferroni over the 10",
+)
 def bbsd_class_shares_detector(reference, deployment, settings):
     return bbsd_class_shares(reference, deployment)
 
 
-@register("mmd_embedding", consumes="embeddings", verdict=True, settings=("seed", "permutations", "max_per_side"),
-          cost="quadratic", meaning="the model sees different features",
-          summary="MMD (Gaussian kernel, permutation p-value) on the penultimate-layer embeddings")
+@register(
+    "mmd_embedding",
+    consumes="embeddings",
+    verdict=True,
+    settings=("seed", "permutations", "max_per_side"),
+    cost="quadratic",
+    meaning="the model sees different features",
+    summary="MMD (Gaussian kernel, permutation p-value) on the penultimate-layer embeddings",
+)
 class MMDEmbedding:
     """The reference is fixed across many deployment batches (monitor's sets): subsample it and
     fix the kernel bandwidth (median heuristic on the reference) once, not per batch. A
@@ -203,19 +247,29 @@ class MMDEmbedding:
         if self._for is not reference:
             self._for, sample = reference, reference
             if s.max_per_side is not None and len(reference) > s.max_per_side:
-                sample = reference[np.random.default_rng(s.seed).choice(len(reference), s.max_per_side,
-                                                                         replace=False)]
+                sample = reference[np.random.default_rng(s.seed).choice(len(reference), s.max_per_side, replace=False)]
             self._reference, self._bandwidth = sample, reference_bandwidth(sample, seed=s.seed)
-        return mmd_test(self._reference, deployment, n_permutations=s.permutations, seed=s.seed,
-                        bandwidth=self._bandwidth, max_per_side=s.max_per_side)
+        return mmd_test(
+            self._reference,
+            deployment,
+            n_permutations=s.permutations,
+            seed=s.seed,
+            bandwidth=self._bandwidth,
+            max_per_side=s.max_per_side,
+        )
 
 
 # ---------------------------------------------------------------- diagnostics
 
+
 # Not in the verdict: it sees crop, but also a healthy batch that was resized or saved as JPEG
 # (README, "Detection tied to harm").
-@register("pixel_ks", consumes="pixels", verdict=False,
-          summary="KS on every pixel position, Bonferroni over the 784 (alibi-detect's KSDrift); "
-                  "alarms on healthy resized or JPEG-saved images too, so a diagnostic")
+@register(
+    "pixel_ks",
+    consumes="pixels",
+    verdict=False,
+    summary="KS on every pixel position, Bonferroni over the 784 (alibi-detect's KSDrift); "
+    "alarms on healthy resized or JPEG-saved images too, so a diagnostic",
+)
 def pixel_ks(reference, deployment, settings):
     return per_pixel_ks(reference, deployment)

@@ -12,6 +12,7 @@ The reference must be held-out in-domain data (the official test set): on the mo
 training images the softmax outputs are over-confident, and BBSD would alarm on a healthy
 stream (the power stage measures this).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,34 +42,54 @@ DIAGNOSTIC_DETECTORS = diagnostic_detectors()
 VERDICT = "Holm over " + ", ".join(FEATURE_DETECTORS)
 
 
-def run_detectors(reference: Features, deployment: Features, *, seed: int, alpha: float,
-                  mmd_permutations: int, mmd_max_per_side: int | None,
-                  diagnostics: dict[str, DetectorResult] | None = None) -> dict:
+def run_detectors(
+    reference: Features,
+    deployment: Features,
+    *,
+    seed: int,
+    alpha: float,
+    mmd_permutations: int,
+    mmd_max_per_side: int | None,
+    diagnostics: dict[str, DetectorResult] | None = None,
+) -> dict:
     """Every registered detector's result and the verdict (Holm–Bonferroni over the verdict
     detectors' p-values at `alpha`). The registry's diagnostics and `diagnostics` (e.g. pixel
     MMD, domain classifier) are reported beside it with their own p-values."""
     settings = Settings(seed=seed, permutations=mmd_permutations, max_per_side=mmd_max_per_side)
-    results = {name: test(reference, deployment)
-               for name, test in bound(FEATURE_DETECTORS + DIAGNOSTIC_DETECTORS, settings).items()}
+    results = {
+        name: test(reference, deployment)
+        for name, test in bound(FEATURE_DETECTORS + DIAGNOSTIC_DETECTORS, settings).items()
+    }
     verdict = holm({name: results[name].pvalue for name in FEATURE_DETECTORS}, alpha)
     extra = {**{name: results[name] for name in DIAGNOSTIC_DETECTORS}, **(diagnostics or {})}
     report = {
-        "tests": {name: {"statistic": results[name].statistic, "pvalue": results[name].pvalue,
-                         "adjusted_pvalue": verdict.adjusted[name]} for name in FEATURE_DETECTORS},
+        "tests": {
+            name: {
+                "statistic": results[name].statistic,
+                "pvalue": results[name].pvalue,
+                "adjusted_pvalue": verdict.adjusted[name],
+            }
+            for name in FEATURE_DETECTORS
+        },
         "drift": int(verdict.reject),
         "alerting": sorted(verdict.rejected),
         "verdict": VERDICT,
     }
     if extra:
-        report["diagnostics"] = {name: {"statistic": r.statistic, "pvalue": r.pvalue}
-                                 for name, r in extra.items()}
+        report["diagnostics"] = {name: {"statistic": r.statistic, "pvalue": r.pvalue} for name, r in extra.items()}
     return report
 
 
-def label_shift_report(reference_probs: np.ndarray, reference_labels: np.ndarray,
-                       deployment_probs: np.ndarray, focus_class: int, tolerance: float,
-                       true_labels: np.ndarray | None = None, seed: int = 0,
-                       bootstrap: int = 200) -> dict:
+def label_shift_report(
+    reference_probs: np.ndarray,
+    reference_labels: np.ndarray,
+    deployment_probs: np.ndarray,
+    focus_class: int,
+    tolerance: float,
+    true_labels: np.ndarray | None = None,
+    seed: int = 0,
+    bootstrap: int = 200,
+) -> dict:
     """Estimated class proportions of the deployment set (BBSE and EM), the focus class's share
     next to its true share (when `true_labels` are given, for reporting only), and a trust flag:
     untrustworthy when BBSE needs negative weights or BBSE and EM differ by more than
@@ -85,8 +106,8 @@ def label_shift_report(reference_probs: np.ndarray, reference_labels: np.ndarray
         "em": by_em.proportions.tolist(),
         f"class_{focus_class}_share_bbse": float(by_bbse.proportions_clipped[focus_class]),
         f"class_{focus_class}_share_bbse_interval": bbse_share_interval(
-            reference_probs.argmax(1), reference_labels, deployment_probs.argmax(1), focus_class,
-            bootstrap, seed),
+            reference_probs.argmax(1), reference_labels, deployment_probs.argmax(1), focus_class, bootstrap, seed
+        ),
         f"class_{focus_class}_share_em": float(by_em.proportions[focus_class]),
         "em_converged": int(by_em.converged),
         "em_iterations": int(by_em.iterations),
@@ -103,13 +124,19 @@ def label_shift_report(reference_probs: np.ndarray, reference_labels: np.ndarray
     return report
 
 
-def accuracy_report(reference_probs: np.ndarray, reference_labels: np.ndarray,
-                    deployment_probs: np.ndarray, true_labels: np.ndarray | None = None) -> dict:
+def accuracy_report(
+    reference_probs: np.ndarray,
+    reference_labels: np.ndarray,
+    deployment_probs: np.ndarray,
+    true_labels: np.ndarray | None = None,
+) -> dict:
     """Label-free accuracy estimates of the deployment set: ATC (threshold on max confidence
     fitted on the reference) and average confidence; the true accuracy when labels are given."""
     threshold = atc_fit(reference_probs, reference_labels)
-    report = {"atc": atc_estimate(deployment_probs, threshold),
-              "average_confidence": average_confidence(deployment_probs)}
+    report = {
+        "atc": atc_estimate(deployment_probs, threshold),
+        "average_confidence": average_confidence(deployment_probs),
+    }
     if true_labels is not None:
         report["true"] = float(np.mean(deployment_probs.argmax(1) == true_labels))
     return report

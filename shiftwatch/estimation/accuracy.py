@@ -25,6 +25,7 @@ The page (the harmful answer): the estimated loss against the reference is at le
 batch that loses `harm_points` pages despite the estimate's noise, and above the ~1 point an
 everyday re-encode costs.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -44,6 +45,7 @@ class EstimatorFit:
     never saw (leave-one-family-out, at population level): `model_error` (accuracy, a
     fraction) on shifts that cost little, plus `relative_error` times the estimated loss (the
     error grows with the shift: a few points on a 30-point loss, tenths on a 1-point one)."""
+
     signals: tuple[str, ...]
     weights: tuple[float, ...]
     model_error: float = 0.0
@@ -59,16 +61,23 @@ class EstimatorFit:
     @staticmethod
     def from_dict(payload: dict, where: str = "estimator") -> EstimatorFit:
         try:
-            fit = EstimatorFit(tuple(payload["signals"]), tuple(float(w) for w in payload["weights"]),
-                               float(payload.get("model_error", 0.0)), float(payload.get("relative_error", 0.0)))
+            fit = EstimatorFit(
+                tuple(payload["signals"]),
+                tuple(float(w) for w in payload["weights"]),
+                float(payload.get("model_error", 0.0)),
+                float(payload.get("relative_error", 0.0)),
+            )
         except (KeyError, TypeError, ValueError) as err:
-            raise ShiftwatchError(f"{where}: not an accuracy estimator ({type(err).__name__}: {err}); "
-                                  "rerun `dvc repro harm`") from None
+            raise ShiftwatchError(
+                f"{where}: not an accuracy estimator ({type(err).__name__}: {err}); rerun `dvc repro harm`"
+            ) from None
         unknown = set(fit.signals) - set(SIGNALS)
         if unknown or len(fit.signals) != len(fit.weights) or not fit.signals:
-            raise ShiftwatchError(f"{where}: signals {list(fit.signals)} do not match weights "
-                                  f"{list(fit.weights)} (known signals: {', '.join(SIGNALS)}); "
-                                  "rerun `dvc repro harm`")
+            raise ShiftwatchError(
+                f"{where}: signals {list(fit.signals)} do not match weights "
+                f"{list(fit.weights)} (known signals: {', '.join(SIGNALS)}); "
+                "rerun `dvc repro harm`"
+            )
         return fit
 
 
@@ -76,6 +85,7 @@ class EstimatorFit:
 class Reference:
     """What the estimate needs of the reference: its accuracy, the ATC threshold fitted on it,
     and the mean and covariance of every signal over its images."""
+
     accuracy: float
     atc_threshold: float
     means: dict[str, float]
@@ -83,21 +93,32 @@ class Reference:
     size: int
 
     def as_dict(self) -> dict:
-        return {"accuracy": self.accuracy, "atc_threshold": self.atc_threshold, "means": self.means,
-                "covariance": np.asarray(self.covariance).tolist(), "size": self.size}
+        return {
+            "accuracy": self.accuracy,
+            "atc_threshold": self.atc_threshold,
+            "means": self.means,
+            "covariance": np.asarray(self.covariance).tolist(),
+            "size": self.size,
+        }
 
     @staticmethod
     def from_dict(payload: dict, fit: EstimatorFit, where: str = "estimator") -> Reference:
         try:
-            reference = Reference(float(payload["accuracy"]), float(payload["atc_threshold"]),
-                                  {s: float(payload["means"][s]) for s in fit.signals},
-                                  np.asarray(payload["covariance"], dtype=np.float64), int(payload["size"]))
+            reference = Reference(
+                float(payload["accuracy"]),
+                float(payload["atc_threshold"]),
+                {s: float(payload["means"][s]) for s in fit.signals},
+                np.asarray(payload["covariance"], dtype=np.float64),
+                int(payload["size"]),
+            )
         except (KeyError, TypeError, ValueError) as err:
-            raise ShiftwatchError(f"{where}: its reference summary is incomplete ({type(err).__name__}: "
-                                  f"{err}); rerun `dvc repro harm`") from None
+            raise ShiftwatchError(
+                f"{where}: its reference summary is incomplete ({type(err).__name__}: {err}); rerun `dvc repro harm`"
+            ) from None
         if reference.covariance.shape != (len(fit.signals),) * 2 or reference.size < 2:
-            raise ShiftwatchError(f"{where}: its reference summary does not match its {len(fit.signals)} "
-                                  "signals; rerun `dvc repro harm`")
+            raise ShiftwatchError(
+                f"{where}: its reference summary does not match its {len(fit.signals)} signals; rerun `dvc repro harm`"
+            )
         return reference
 
 
@@ -105,6 +126,7 @@ class Reference:
 class Estimate:
     """Estimated accuracy of a batch, its 90 % interval (the batch's own accuracy lies in it),
     the loss in points against the reference, and whether it pages."""
+
     accuracy: float
     interval: tuple[float, float]
     reference_accuracy: float
@@ -115,12 +137,16 @@ class Estimate:
     page_points: float
 
     def as_dict(self) -> dict:
-        return {**asdict(self), "interval": list(self.interval),
-                "loss_interval_points": list(self.loss_interval_points)}
+        return {
+            **asdict(self),
+            "interval": list(self.interval),
+            "loss_interval_points": list(self.loss_interval_points),
+        }
 
 
-def signals(probabilities: np.ndarray, aux_probabilities: np.ndarray | None,
-            atc_threshold: float) -> dict[str, np.ndarray]:
+def signals(
+    probabilities: np.ndarray, aux_probabilities: np.ndarray | None, atc_threshold: float
+) -> dict[str, np.ndarray]:
     """Per image: each signal of SIGNALS (the agreement signals only with the fine-tuned model's
     probabilities `aux_probabilities`, row-aligned)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -129,27 +155,39 @@ def signals(probabilities: np.ndarray, aux_probabilities: np.ndarray | None,
     if aux_probabilities is not None:
         aux = np.asarray(aux_probabilities, dtype=np.float64)
         if aux.shape != probabilities.shape:
-            raise ShiftwatchError(f"the fine-tuned model's outputs have shape {aux.shape}, the model's "
-                                  f"{probabilities.shape}; they must be of the same images")
+            raise ShiftwatchError(
+                f"the fine-tuned model's outputs have shape {aux.shape}, the model's "
+                f"{probabilities.shape}; they must be of the same images"
+            )
         values["agreement"] = (aux.argmax(1) == predicted).astype(np.float64)
         values["soft_agreement"] = aux[np.arange(len(aux)), predicted]
     return values
 
 
-def reference_summary(probabilities: np.ndarray, labels: np.ndarray,
-                      aux_probabilities: np.ndarray | None, fit: EstimatorFit) -> Reference:
+def reference_summary(
+    probabilities: np.ndarray, labels: np.ndarray, aux_probabilities: np.ndarray | None, fit: EstimatorFit
+) -> Reference:
     """The reference's accuracy, ATC threshold, and the mean and covariance of `fit`'s signals."""
     if len(labels) < 2:
         raise ShiftwatchError(f"the reference holds {len(labels)} images; the estimate needs at least 2")
     threshold = atc_fit(probabilities, labels)
     matrix = _matrix(signals(probabilities, aux_probabilities, threshold), fit.signals)
-    return Reference(float(np.mean(np.asarray(probabilities).argmax(1) == labels)), threshold,
-                     dict(zip(fit.signals, matrix.mean(0).tolist())),
-                     np.atleast_2d(np.cov(matrix, rowvar=False)), len(labels))
+    return Reference(
+        float(np.mean(np.asarray(probabilities).argmax(1) == labels)),
+        threshold,
+        dict(zip(fit.signals, matrix.mean(0).tolist())),
+        np.atleast_2d(np.cov(matrix, rowvar=False)),
+        len(labels),
+    )
 
 
-def estimate(probabilities: np.ndarray, aux_probabilities: np.ndarray | None, reference: Reference,
-             fit: EstimatorFit, page_points: float) -> Estimate:
+def estimate(
+    probabilities: np.ndarray,
+    aux_probabilities: np.ndarray | None,
+    reference: Reference,
+    fit: EstimatorFit,
+    page_points: float,
+) -> Estimate:
     """The batch's estimated accuracy with its 90 % interval, and the page decision."""
     n = len(probabilities)
     if n < 2:
@@ -158,17 +196,26 @@ def estimate(probabilities: np.ndarray, aux_probabilities: np.ndarray | None, re
     weights = np.asarray(fit.weights)
     shift = matrix.mean(0) - np.array([reference.means[s] for s in fit.signals])
     point = float(np.clip(reference.accuracy + weights @ shift, 0.0, 1.0))
-    sampling = (weights @ np.atleast_2d(np.cov(matrix, rowvar=False)) @ weights / n
-                + weights @ reference.covariance @ weights / reference.size)
+    sampling = (
+        weights @ np.atleast_2d(np.cov(matrix, rowvar=False)) @ weights / n
+        + weights @ reference.covariance @ weights / reference.size
+    )
     # The batch's own accuracy spreads binomially around what the signals predict, and so did
     # the reference's around the accuracy the weights were anchored to.
     binomial = point * (1 - point) / n + reference.accuracy * (1 - reference.accuracy) / reference.size
     spread = np.sqrt(sampling + binomial + fit.error(reference.accuracy - point) ** 2)
     low, high = float(max(0.0, point - Z_90 * spread)), float(min(1.0, point + Z_90 * spread))
     loss = 100 * (reference.accuracy - point)
-    return Estimate(point, (low, high), reference.accuracy, loss,
-                    (100 * (reference.accuracy - high), 100 * (reference.accuracy - low)),
-                    float(np.sqrt(sampling)), bool(loss >= page_points), page_points)
+    return Estimate(
+        point,
+        (low, high),
+        reference.accuracy,
+        loss,
+        (100 * (reference.accuracy - high), 100 * (reference.accuracy - low)),
+        float(np.sqrt(sampling)),
+        bool(loss >= page_points),
+        page_points,
+    )
 
 
 def fit_weights(shifts: np.ndarray, losses: np.ndarray) -> np.ndarray:
@@ -179,8 +226,10 @@ def fit_weights(shifts: np.ndarray, losses: np.ndarray) -> np.ndarray:
 
     shifts, losses = np.asarray(shifts, dtype=np.float64), np.asarray(losses, dtype=np.float64)
     if shifts.ndim != 2 or len(shifts) != len(losses) or len(shifts) == 0:
-        raise ShiftwatchError(f"fitting the estimator needs one row of signal changes per shifted set "
-                              f"(got {len(losses)} sets, shape {shifts.shape}); add harm.design cells")
+        raise ShiftwatchError(
+            f"fitting the estimator needs one row of signal changes per shifted set "
+            f"(got {len(losses)} sets, shape {shifts.shape}); add harm.design cells"
+        )
     weights, _ = nnls(shifts, losses)
     return weights
 
@@ -188,6 +237,8 @@ def fit_weights(shifts: np.ndarray, losses: np.ndarray) -> np.ndarray:
 def _matrix(values: dict[str, np.ndarray], names) -> np.ndarray:
     missing = [name for name in names if name not in values]
     if missing:
-        raise ShiftwatchError(f"the estimator needs {', '.join(missing)}, which needs the fine-tuned "
-                              "model's outputs (models/resnet18_augmented.pt); run `dvc repro finetune`")
+        raise ShiftwatchError(
+            f"the estimator needs {', '.join(missing)}, which needs the fine-tuned "
+            "model's outputs (models/resnet18_augmented.pt); run `dvc repro finetune`"
+        )
     return np.column_stack([values[name] for name in names])

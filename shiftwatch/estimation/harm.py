@@ -10,6 +10,7 @@ a label shift, the share of one class kept. From cells the stage
   shifted images, each against a fresh reference of pool images outside the draw, each draw
   estimated, paged or not, and its interval checked against the draw's own accuracy.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -29,6 +30,7 @@ class Cell:
     """One shifted pool: the family it belongs to, the model's and the fine-tuned model's
     outputs on each image, the images' pool rows and labels; `keep` thins `label_class` out
     (a label shift: each of its images kept with that probability)."""
+
     family: str
     probabilities: np.ndarray
     aux_probabilities: np.ndarray | None
@@ -57,8 +59,9 @@ def signal_shift(cell: Cell, clean: Cell, names: Sequence[str]) -> np.ndarray:
     return np.array([np.average(shifted[s], weights=cell.weights()) - before[s].mean() for s in names])
 
 
-def fit_estimator(cells: dict[str, Cell], clean: Cell, names: Sequence[str],
-                  model_error: float = 0.0, relative_error: float = 0.0) -> EstimatorFit:
+def fit_estimator(
+    cells: dict[str, Cell], clean: Cell, names: Sequence[str], model_error: float = 0.0, relative_error: float = 0.0
+) -> EstimatorFit:
     """Weights of `names` fitted on `cells` (accuracy change from signal change)."""
     if not cells:
         raise ShiftwatchError("fitting the estimator needs at least one design cell")
@@ -85,13 +88,15 @@ def population_error(fit: EstimatorFit, cell: Cell, clean: Cell) -> float:
 
 def left_out_fits(design: dict[str, Cell], clean: Cell, names: Sequence[str]) -> dict[str, EstimatorFit]:
     """Per design family: the estimator fitted on every other design family."""
-    return {family: fit_estimator({name: cell for name, cell in design.items() if cell.family != family},
-                                  clean, names)
-            for family in sorted({cell.family for cell in design.values()})}
+    return {
+        family: fit_estimator({name: cell for name, cell in design.items() if cell.family != family}, clean, names)
+        for family in sorted({cell.family for cell in design.values()})
+    }
 
 
-def leave_one_family_out(design: dict[str, Cell], clean: Cell, names: Sequence[str],
-                         fits: dict[str, EstimatorFit] | None = None) -> dict[str, float]:
+def leave_one_family_out(
+    design: dict[str, Cell], clean: Cell, names: Sequence[str], fits: dict[str, EstimatorFit] | None = None
+) -> dict[str, float]:
     """Per design cell: the population error (points) of the estimator fitted on every other
     design family (`fits`, from `left_out_fits`, when already made)."""
     fits = fits or left_out_fits(design, clean, names)
@@ -104,16 +109,30 @@ def design_fits(design: dict[str, Cell], clean: Cell, names: Sequence[str], harm
     left-out errors give (`fit_errors`). Each family's fit is made once."""
     fits = left_out_fits(design, clean, names)
     errors = leave_one_family_out(design, clean, names, fits)
-    model_error, relative_error = fit_errors(errors, {name: 100 * (clean.accuracy() - cell.accuracy())
-                                                      for name, cell in design.items()}, harm_points)
+    model_error, relative_error = fit_errors(
+        errors, {name: 100 * (clean.accuracy() - cell.accuracy()) for name, cell in design.items()}, harm_points
+    )
     with_errors = lambda fit: replace(fit, model_error=model_error, relative_error=relative_error)
-    return (with_errors(fit_estimator(design, clean, names)),
-            {family: with_errors(fit) for family, fit in fits.items()}, errors)
+    return (
+        with_errors(fit_estimator(design, clean, names)),
+        {family: with_errors(fit) for family, fit in fits.items()},
+        errors,
+    )
 
 
-def judge_cell(cell: Cell, pool_probabilities: np.ndarray, pool_aux: np.ndarray | None,
-               pool_labels: np.ndarray, fit: EstimatorFit, *, sizes: Sequence[int], repetitions: int,
-               reference_size: int, page_points: float, seed: int) -> dict[str, dict]:
+def judge_cell(
+    cell: Cell,
+    pool_probabilities: np.ndarray,
+    pool_aux: np.ndarray | None,
+    pool_labels: np.ndarray,
+    fit: EstimatorFit,
+    *,
+    sizes: Sequence[int],
+    repetitions: int,
+    reference_size: int,
+    page_points: float,
+    seed: int,
+) -> dict[str, dict]:
     """Per n: how often the page fires, the estimate's error against the cell's accuracy and
     how often its interval holds the draw's own accuracy. Repetition r at size n draws with
     np.random.default_rng([seed, n, r]): n cell images (thinned for a label shift), then a
@@ -127,11 +146,19 @@ def judge_cell(cell: Cell, pool_probabilities: np.ndarray, pool_aux: np.ndarray 
             outside = np.ones(len(pool_labels), dtype=bool)
             outside[cell.rows[picked]] = False
             reference_rows = rng.choice(np.flatnonzero(outside), reference_size, replace=False)
-            reference = reference_summary(pool_probabilities[reference_rows], pool_labels[reference_rows],
-                                          None if pool_aux is None else pool_aux[reference_rows], fit)
-            found = estimate(cell.probabilities[picked],
-                             None if cell.aux_probabilities is None else cell.aux_probabilities[picked],
-                             reference, fit, page_points)
+            reference = reference_summary(
+                pool_probabilities[reference_rows],
+                pool_labels[reference_rows],
+                None if pool_aux is None else pool_aux[reference_rows],
+                fit,
+            )
+            found = estimate(
+                cell.probabilities[picked],
+                None if cell.aux_probabilities is None else cell.aux_probabilities[picked],
+                reference,
+                fit,
+                page_points,
+            )
             drawn = float(np.mean(cell.probabilities[picked].argmax(1) == cell.labels[picked]))
             paged.append(found.harmful)
             covered += found.interval[0] <= drawn <= found.interval[1]
@@ -139,10 +166,15 @@ def judge_cell(cell: Cell, pool_probabilities: np.ndarray, pool_aux: np.ndarray 
         pages = sum(paged)
         low, high = wilson_interval(pages, repetitions)
         absolute_errors = np.abs(errors)
-        results[str(n)] = {"page_rate": float(pages) / repetitions, "ci_low": low, "ci_high": high,
-                           "coverage": float(covered) / repetitions,
-                           "median_error_points": float(np.median(absolute_errors)),
-                           "repetitions": repetitions, "confirmed_pages": _confirmed(paged)}
+        results[str(n)] = {
+            "page_rate": float(pages) / repetitions,
+            "ci_low": low,
+            "ci_high": high,
+            "coverage": float(covered) / repetitions,
+            "median_error_points": float(np.median(absolute_errors)),
+            "repetitions": repetitions,
+            "confirmed_pages": _confirmed(paged),
+        }
     return results
 
 
@@ -158,8 +190,9 @@ def _draw(cell: Cell, n: int, rng: np.random.Generator) -> np.ndarray:
     if cell.keep is not None:
         order = order[(cell.labels[order] != cell.label_class) | (rng.random(len(order)) < cell.keep)]
     if len(order) < n:
-        raise ShiftwatchError(f"a draw of n = {n} needs {n} images, the cell has {len(order)}; "
-                              "lower harm.sizes or raise harm.pool_images")
+        raise ShiftwatchError(
+            f"a draw of n = {n} needs {n} images, the cell has {len(order)}; lower harm.sizes or raise harm.pool_images"
+        )
     return order[:n]
 
 
@@ -205,28 +238,40 @@ def summary(details: dict, harm_points: float, sizes: Sequence[int], headline_n:
     for n in map(str, sizes):
         harmful = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] >= harm_points]
         harmless = [c["draws"][n]["page_rate"] for c in shifted.values() if c["loss_points"] < 1]
-        by_n[n] = {"harmful_min": min(harmful, default=None), "harmless_max": max(harmless, default=None),
-                   "no_shift_max": details[NULL_CELL]["draws"][n]["page_rate"]}
+        by_n[n] = {
+            "harmful_min": min(harmful, default=None),
+            "harmless_max": max(harmless, default=None),
+            "no_shift_max": details[NULL_CELL]["draws"][n]["page_rate"],
+        }
     coverage_sizes: list[str] = [s for s in ("100", "1000") if s in by_n] or list(by_n)
-    return {"page_n": headline_n if headline_n in sizes else sizes[0], "page_by_n": by_n,
-            "held_out": _errors([c["population_error_points"] for c in shifted.values() if c["group"] == "held_out"]),
-            "design_left_out": _errors([c["population_error_points"] for c in shifted.values()
-                                        if c["group"] == "design"]),
-            "coverage_min": min(c["draws"][s]["coverage"] for c in details.values() for s in coverage_sizes)}
+    return {
+        "page_n": headline_n if headline_n in sizes else sizes[0],
+        "page_by_n": by_n,
+        "held_out": _errors([c["population_error_points"] for c in shifted.values() if c["group"] == "held_out"]),
+        "design_left_out": _errors([c["population_error_points"] for c in shifted.values() if c["group"] == "design"]),
+        "coverage_min": min(c["draws"][s]["coverage"] for c in details.values() for s in coverage_sizes),
+    }
 
 
 def headline(summarised: dict) -> dict:
     """The five numbers `dvc exp show` and MLflow show: the page at `summary`'s page_n, the
     estimate's worst held-out error and its worst coverage."""
     page = summarised["page_by_n"][str(summarised["page_n"])]
-    return {"page": {key: page[key] for key in ("harmful_min", "harmless_max", "no_shift_max")},
-            "estimate": {"held_out": {"worst_error_points": summarised["held_out"].get("worst_error_points")},
-                         "coverage_min": summarised["coverage_min"]}}
+    return {
+        "page": {key: page[key] for key in ("harmful_min", "harmless_max", "no_shift_max")},
+        "estimate": {
+            "held_out": {"worst_error_points": summarised["held_out"].get("worst_error_points")},
+            "coverage_min": summarised["coverage_min"],
+        },
+    }
 
 
 def _errors(signed: list[float]) -> dict:
     errors = np.abs(signed)
     if len(errors) == 0:
         return {}
-    return {"median_error_points": float(np.median(errors)), "p90_error_points": float(np.quantile(errors, 0.9)),
-            "worst_error_points": float(errors.max())}
+    return {
+        "median_error_points": float(np.median(errors)),
+        "p90_error_points": float(np.quantile(errors, 0.9)),
+        "worst_error_points": float(errors.max()),
+    }

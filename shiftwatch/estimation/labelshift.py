@@ -11,6 +11,7 @@ held-out in-domain data with labels ("source") and an unlabelled deployment set 
 
 Proportions and accuracies are fractions in [0, 1] (raw BBSE proportions may leave it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,33 +34,45 @@ def _frozen(values) -> np.ndarray:
 # eq=False: `==` on array fields is elementwise, which would make dataclass equality ambiguous.
 @dataclass(frozen=True, eq=False)
 class BBSEEstimate:
-    proportions: np.ndarray          # q[j], sums to 1 but may be negative
+    proportions: np.ndarray  # q[j], sums to 1 but may be negative
     proportions_clipped: np.ndarray  # max(q, 0) renormalised: a distribution
-    weights: np.ndarray              # w[j] = q[j] / p_source[j]
+    weights: np.ndarray  # w[j] = q[j] / p_source[j]
     negative_weights: bool
-    condition_number: float          # of the joint confusion matrix C; inf when singular
+    condition_number: float  # of the joint confusion matrix C; inf when singular
 
     def as_dict(self) -> dict:
-        return {"proportions": self.proportions.tolist(),
-                "proportions_clipped": self.proportions_clipped.tolist(),
-                "weights": self.weights.tolist(), "negative_weights": self.negative_weights,
-                "condition_number": self.condition_number}
+        return {
+            "proportions": self.proportions.tolist(),
+            "proportions_clipped": self.proportions_clipped.tolist(),
+            "weights": self.weights.tolist(),
+            "negative_weights": self.negative_weights,
+            "condition_number": self.condition_number,
+        }
 
 
 @dataclass(frozen=True, eq=False)
 class EMEstimate:
     proportions: np.ndarray  # q[j], a distribution
-    weights: np.ndarray      # q[j] / p_source[j], the factors applied to the posteriors
+    weights: np.ndarray  # q[j] / p_source[j], the factors applied to the posteriors
     iterations: int
     converged: bool
 
     def as_dict(self) -> dict:
-        return {"proportions": self.proportions.tolist(), "weights": self.weights.tolist(),
-                "iterations": self.iterations, "converged": self.converged}
+        return {
+            "proportions": self.proportions.tolist(),
+            "weights": self.weights.tolist(),
+            "iterations": self.iterations,
+            "converged": self.converged,
+        }
 
 
-def bbse(source_probs: np.ndarray, source_labels: np.ndarray, target_probs: np.ndarray,
-         num_classes: int = NUM_CLASSES, hard: bool = True) -> BBSEEstimate:
+def bbse(
+    source_probs: np.ndarray,
+    source_labels: np.ndarray,
+    target_probs: np.ndarray,
+    num_classes: int = NUM_CLASSES,
+    hard: bool = True,
+) -> BBSEEstimate:
     """Black Box Shift Estimation of the target's class proportions (fractions).
 
     From the source: joint confusion C[i, j] = P(ŷ = i, y = j) and label frequencies p[j];
@@ -88,17 +101,24 @@ def bbse(source_probs: np.ndarray, source_labels: np.ndarray, target_probs: np.n
     )
 
 
-def _bbse_solve(joint: np.ndarray, source_priors: np.ndarray,
-                target_predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _bbse_solve(
+    joint: np.ndarray, source_priors: np.ndarray, target_predicted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(w, q): C w = μ by least squares (equals solve when C is invertible, and still answers
     when it is not), q = w · p."""
     weights = np.linalg.lstsq(joint, target_predicted, rcond=None)[0]
     return weights, weights * source_priors
 
 
-def bbse_share_interval(source_predicted: np.ndarray, source_labels: np.ndarray,
-                        target_predicted: np.ndarray, label_class: int, resamples: int = 200,
-                        seed: int = 0, num_classes: int = NUM_CLASSES) -> list[float]:
+def bbse_share_interval(
+    source_predicted: np.ndarray,
+    source_labels: np.ndarray,
+    target_predicted: np.ndarray,
+    label_class: int,
+    resamples: int = 200,
+    seed: int = 0,
+    num_classes: int = NUM_CLASSES,
+) -> list[float]:
     """95 % percentile-bootstrap interval [low, high] of the clipped BBSE (hard) share of
     `label_class`: `resamples` seeded resamples of both the source (its confusion matrix) and
     the target (its predicted-class counts), from argmax predictions. Each resample is two
@@ -109,16 +129,18 @@ def bbse_share_interval(source_predicted: np.ndarray, source_labels: np.ndarray,
     for _ in range(resamples):
         source = rng.integers(len(source_labels), size=len(source_labels))
         target = rng.integers(len(target_predicted), size=len(target_predicted))
-        joint = np.bincount(source_predicted[source] * k + source_labels[source],
-                            minlength=k * k).reshape(k, k) / len(source)
+        joint = np.bincount(source_predicted[source] * k + source_labels[source], minlength=k * k).reshape(k, k) / len(
+            source
+        )
         predicted = np.bincount(target_predicted[target], minlength=k) / len(target)
         _, proportions = _bbse_solve(joint, joint.sum(axis=0), predicted)
         shares.append(_clip_and_normalise(proportions)[label_class])
     return [float(q) for q in np.percentile(shares, [2.5, 97.5])]
 
 
-def em_priors(target_probs: np.ndarray, source_priors: np.ndarray, max_iter: int = 1000,
-              tol: float = 1e-8) -> EMEstimate:
+def em_priors(
+    target_probs: np.ndarray, source_priors: np.ndarray, max_iter: int = 1000, tol: float = 1e-8
+) -> EMEstimate:
     """Saerens–Latinne–Decaestecker EM estimate of the target's class proportions (fractions).
 
     Starting from q = source_priors, repeat: adjust each posterior by q / p_source,
@@ -138,12 +160,12 @@ def em_priors(target_probs: np.ndarray, source_priors: np.ndarray, max_iter: int
         priors = updated
         if converged:
             break
-    return EMEstimate(proportions=_frozen(priors), weights=_frozen(priors / source_priors),
-                      iterations=iteration, converged=converged)
+    return EMEstimate(
+        proportions=_frozen(priors), weights=_frozen(priors / source_priors), iterations=iteration, converged=converged
+    )
 
 
-def reweight_probs(probs: np.ndarray, source_priors: np.ndarray,
-                   target_priors: np.ndarray) -> np.ndarray:
+def reweight_probs(probs: np.ndarray, source_priors: np.ndarray, target_priors: np.ndarray) -> np.ndarray:
     """Posteriors corrected for label shift: probs · (q / p) renormalised per row, shape (N, K).
 
     q = target_priors may contain zeros (e.g. a clipped BBSE estimate); a row whose mass
@@ -153,8 +175,9 @@ def reweight_probs(probs: np.ndarray, source_priors: np.ndarray,
     source_priors = _check_priors(source_priors, "source_priors", positive=True)
     target_priors = _check_priors(target_priors, "target_priors", positive=False)
     if len(target_priors) != len(source_priors):
-        raise ShiftwatchError(f"source_priors has {len(source_priors)} classes but "
-                              f"target_priors has {len(target_priors)}")
+        raise ShiftwatchError(
+            f"source_priors has {len(source_priors)} classes but target_priors has {len(target_priors)}"
+        )
     probs = _check_probs(probs, "probs", len(source_priors))
     return _adjust(probs, target_priors / source_priors)
 
@@ -168,8 +191,7 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> float:
     return float(0.5 * np.abs(p - q).sum())
 
 
-def estimates_disagree(bbse_estimate: BBSEEstimate, em_estimate: EMEstimate,
-                       tolerance: float = 0.05) -> bool:
+def estimates_disagree(bbse_estimate: BBSEEstimate, em_estimate: EMEstimate, tolerance: float = 0.05) -> bool:
     """True when a label-shift estimate should not be trusted.
 
     That is when BBSE needed negative weights (its solve overshot: too few samples or a
@@ -192,8 +214,7 @@ def average_confidence(probs: np.ndarray) -> float:
     return float(_check_probs(probs, "probs").max(axis=1).mean())
 
 
-def atc_fit(source_probs: np.ndarray, source_labels: np.ndarray,
-            score: str = "max_confidence") -> float:
+def atc_fit(source_probs: np.ndarray, source_labels: np.ndarray, score: str = "max_confidence") -> float:
     """ATC threshold t: on held-out source data, the fraction with score > t is the accuracy.
 
     Scores: "max_confidence" (max prob, in [0, 1]) or "negative_entropy" (Σ p log p in
@@ -210,8 +231,7 @@ def atc_fit(source_probs: np.ndarray, source_labels: np.ndarray,
     return float(scores[len(scores) - num_correct - 1])
 
 
-def atc_estimate(target_probs: np.ndarray, threshold: float,
-                 score: str = "max_confidence") -> float:
+def atc_estimate(target_probs: np.ndarray, threshold: float, score: str = "max_confidence") -> float:
     """ATC accuracy estimate: fraction of target samples whose score exceeds `threshold`.
 
     `threshold` and `score` must come from the same `atc_fit` call. Result in [0, 1].
@@ -274,21 +294,20 @@ def _check_probs(probs, name: str, num_classes: int | None = None) -> np.ndarray
 def _check_labels(labels, num_samples: int, num_classes: int) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim != 1 or len(labels) != num_samples:
-        raise ShiftwatchError(f"source_labels has shape {labels.shape}, expected ({num_samples},) "
-                              f"to match source_probs")
+        raise ShiftwatchError(
+            f"source_labels has shape {labels.shape}, expected ({num_samples},) to match source_probs"
+        )
     if not np.issubdtype(labels.dtype, np.integer):
         raise ShiftwatchError(f"source_labels must be integers, got dtype {labels.dtype}")
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ShiftwatchError(f"source_labels must lie in 0..{num_classes - 1}, got "
-                              f"{labels.min()}..{labels.max()}")
+        raise ShiftwatchError(f"source_labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
     return labels
 
 
 def _check_priors(priors, name: str, positive: bool) -> np.ndarray:
     priors = np.asarray(priors, dtype=float)
     if priors.ndim != 1 or len(priors) < 2:
-        raise ShiftwatchError(f"{name} must be 1-D with at least 2 classes, "
-                              f"got shape {priors.shape}")
+        raise ShiftwatchError(f"{name} must be 1-D with at least 2 classes, got shape {priors.shape}")
     if not np.all(np.isfinite(priors)):
         raise ShiftwatchError(f"{name} contains NaN or infinite values")
     if np.any(priors <= 0) if positive else np.any(priors < 0):

@@ -9,6 +9,7 @@
   deployment images.
 - `selective_prediction`: route low-confidence predictions to people; coverage vs accuracy.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,15 +24,17 @@ from shiftwatch.estimation.labelshift import reweight_probs
 from shiftwatch.model.network import as_batch, inference_dtype
 
 
-def correct_label_shift(probabilities: np.ndarray, source_priors: np.ndarray,
-                        estimated_priors: np.ndarray) -> np.ndarray:
+def correct_label_shift(
+    probabilities: np.ndarray, source_priors: np.ndarray, estimated_priors: np.ndarray
+) -> np.ndarray:
     """Predicted classes after the prior correction p(y|x) · q(y)/p(y) (Saerens et al. 2002)."""
     return reweight_probs(probabilities, source_priors, estimated_priors).argmax(axis=1)
 
 
 @torch.no_grad()
-def adapt_batchnorm(model: nn.Module, images: np.ndarray, batch_size: int,
-                    device: torch.device, precision: str = "auto") -> nn.Module:
+def adapt_batchnorm(
+    model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device, precision: str = "auto"
+) -> nn.Module:
     """A copy of `model` whose BatchNorm running mean/variance are the averages over `images`
     (cumulative, momentum=None) instead of over the training data. Weights are untouched.
 
@@ -49,12 +52,13 @@ def adapt_batchnorm(model: nn.Module, images: np.ndarray, batch_size: int,
     dtype = inference_dtype(device, precision)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         for start in range(0, len(images), batch_size):
-            adapted(as_batch(images[start:start + batch_size], device))
+            adapted(as_batch(images[start : start + batch_size], device))
     return adapted.eval()
 
 
-def augment_images(images: np.ndarray, downsample_choices: list[int],
-                   brightness_range: tuple[float, float], seed: int) -> np.ndarray:
+def augment_images(
+    images: np.ndarray, downsample_choices: list[int], brightness_range: tuple[float, float], seed: int
+) -> np.ndarray:
     """Each image gets one random downsample factor from `downsample_choices` (28 = none) and a
     random brightness offset, uniform in `brightness_range`, then is clipped to [0, 1]."""
     rng = np.random.default_rng(seed)
@@ -69,25 +73,26 @@ def augment_images(images: np.ndarray, downsample_choices: list[int],
 
 def oversample_rows(labels: np.ndarray, label_class: int, factor: int, seed: int) -> np.ndarray:
     """Row indices with every image of `label_class` repeated `factor` times, shuffled."""
-    rows = np.concatenate([np.arange(len(labels)),
-                           np.repeat(np.flatnonzero(labels == label_class), max(factor - 1, 0))])
+    rows = np.concatenate(
+        [np.arange(len(labels)), np.repeat(np.flatnonzero(labels == label_class), max(factor - 1, 0))]
+    )
     return np.random.default_rng(seed).permutation(rows)
 
 
-def selective_prediction(probabilities: np.ndarray, labels: np.ndarray,
-                         threshold: float) -> dict[str, float | None]:
+def selective_prediction(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float | None]:
     """Predictions with max-softmax confidence below `threshold` are flagged for review.
     Returns the share flagged and the accuracy on the rest (None if everything is flagged)."""
     confidence = probabilities.max(axis=1)
     kept = confidence >= threshold
     correct = probabilities.argmax(axis=1) == labels
-    return {"flagged_share": float(1 - kept.mean()),
-            "accuracy_kept": float(correct[kept].mean()) if kept.any() else None,
-            "accuracy_all": float(correct.mean())}
+    return {
+        "flagged_share": float(1 - kept.mean()),
+        "accuracy_kept": float(correct[kept].mean()) if kept.any() else None,
+        "accuracy_all": float(correct.mean()),
+    }
 
 
-def coverage_curve(probabilities: np.ndarray, labels: np.ndarray,
-                   points: int = 21) -> list[dict[str, float]]:
+def coverage_curve(probabilities: np.ndarray, labels: np.ndarray, points: int = 21) -> list[dict[str, float]]:
     """Accuracy on the most confident share of images, for coverage 100 %, 95 %, ... 0 %+."""
     order = np.argsort(-probabilities.max(axis=1), kind="stable")
     correct = (probabilities.argmax(axis=1) == labels)[order]

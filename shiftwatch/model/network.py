@@ -7,6 +7,7 @@ products: together what makes CPU training affordable here (measured by `make be
 Inference runs under bfloat16 autocast where the CPU has native bf16 kernels (about 2x faster
 measured; fp32 elsewhere).
 """
+
 from __future__ import annotations
 
 import copy
@@ -61,7 +62,8 @@ def _imagenet_weights() -> dict[str, torch.Tensor]:
         raise ShiftwatchError(
             f"train.weights = 'imagenet': could not load torchvision's IMAGENET1K_V1 weights "
             f"({type(err).__name__}); put resnet18-f37072fd.pth in the torch hub cache "
-            f"(~/.cache/torch/hub/checkpoints) or use train.weights: none") from None
+            f"(~/.cache/torch/hub/checkpoints) or use train.weights: none"
+        ) from None
 
 
 def as_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -106,8 +108,8 @@ class PointConv(nn.Module):
         self.rows, self.cols = (min(size, kernel - self.pad) for size in input_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        window = x[:, :, :self.rows, :self.cols].reshape(len(x), -1)
-        taps = self.weight[:, :, self.pad:self.pad + self.rows, self.pad:self.pad + self.cols]
+        window = x[:, :, : self.rows, : self.cols].reshape(len(x), -1)
+        taps = self.weight[:, :, self.pad : self.pad + self.rows, self.pad : self.pad + self.cols]
         return (window @ taps.reshape(len(taps), -1).T)[:, :, None, None]
 
 
@@ -118,13 +120,22 @@ def lower_point_convs(model: nn.Module, image_size: tuple[int, int]) -> list[str
     oneDNN (torchvision's ResNet has none of those).
     """
     shapes: dict[str, tuple] = {}
-    plain = {name: conv for name, conv in model.named_modules()
-             if type(conv) is nn.Conv2d and conv.bias is None and conv.groups == 1
-             and conv.dilation == (1, 1) and conv.kernel_size[0] == conv.kernel_size[1]
-             and conv.padding[0] == conv.padding[1]}
-    hooks = [conv.register_forward_hook(
-        lambda _, inputs, output, name=name: shapes.__setitem__(name, (inputs[0].shape[2:], output.shape[2:])))
-        for name, conv in plain.items()]
+    plain = {
+        name: conv
+        for name, conv in model.named_modules()
+        if type(conv) is nn.Conv2d
+        and conv.bias is None
+        and conv.groups == 1
+        and conv.dilation == (1, 1)
+        and conv.kernel_size[0] == conv.kernel_size[1]
+        and conv.padding[0] == conv.padding[1]
+    }
+    hooks = [
+        conv.register_forward_hook(
+            lambda _, inputs, output, name=name: shapes.__setitem__(name, (inputs[0].shape[2:], output.shape[2:]))
+        )
+        for name, conv in plain.items()
+    ]
     weight = next(model.parameters())
     was_training = model.training
     with torch.no_grad():  # a probe image in eval mode: BatchNorm statistics stay untouched
@@ -139,23 +150,36 @@ def lower_point_convs(model: nn.Module, image_size: tuple[int, int]) -> list[str
     return lowered
 
 
-def training_graph(model: nn.Module, dtype: torch.dtype, image_size: tuple[int, int],
-                   lower: bool = True) -> nn.Module:
+def training_graph(model: nn.Module, dtype: torch.dtype, image_size: tuple[int, int], lower: bool = True) -> nn.Module:
     """The network the training steps run: a structural copy of `model`, with its one-pixel
     convolutions lowered unless lower=False. In float32 it shares the model's parameters and
     buffers (the steps update the model itself); in bfloat16 it holds its own low-precision
     copies."""
-    shared = ({id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
-              if dtype == torch.float32 else {})
+    shared = (
+        {id(tensor): tensor for tensor in itertools.chain(model.parameters(), model.buffers())}
+        if dtype == torch.float32
+        else {}
+    )
     graph = copy.deepcopy(model, shared).to(dtype)
     if lower:
         lower_point_convs(graph, image_size)
     return graph
 
 
-def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: int,
-          batch_size: int, lr: float, seed: int, device: torch.device, progress: bool = True,
-          precision: str = "fp32", lower: bool = True) -> list[dict[str, float]]:
+def train(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+    progress: bool = True,
+    precision: str = "fp32",
+    lower: bool = True,
+) -> list[dict[str, float]]:
     """Adam + cross-entropy; a fresh seeded shuffle every epoch.
 
     precision="auto" trains in mixed precision where bf16 is native (see `inference_dtype`):
@@ -182,8 +206,13 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(all_labels), generator=generator).to(device)
         total_loss, correct, started = 0.0, 0, time.perf_counter()
-        batches = tqdm(order.split(batch_size), desc=f"train epoch {epoch}/{epochs}",
-                       unit="batch", disable=not progress, mininterval=2.0)
+        batches = tqdm(
+            order.split(batch_size),
+            desc=f"train epoch {epoch}/{epochs}",
+            unit="batch",
+            disable=not progress,
+            mininterval=2.0,
+        )
         for rows in batches:
             batch, target = all_images[rows], all_labels[rows]
             if mixed:
@@ -202,8 +231,14 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
             total_loss += loss.item() * len(rows)
             correct += (logits.argmax(1) == target).sum().item()
         seconds = time.perf_counter() - started
-        history.append({"epoch": epoch, "loss": total_loss / len(order),
-                        "accuracy": correct / len(order), "images_per_second": len(order) / seconds})
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": total_loss / len(order),
+                "accuracy": correct / len(order),
+                "images_per_second": len(order) / seconds,
+            }
+        )
     if mixed:  # BatchNorm running statistics were tracked on the copy
         with torch.no_grad():
             for buffer, tracked in zip(model.buffers(), compute.buffers()):
@@ -212,16 +247,23 @@ def train(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, epochs: i
 
 
 @torch.inference_mode()
-def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device,
-                  desc: str = "predict", progress: bool = True,
-                  precision: str = "auto") -> np.ndarray:
+def predict_proba(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    desc: str = "predict",
+    progress: bool = True,
+    precision: str = "auto",
+) -> np.ndarray:
     """Softmax probabilities, shape (N, 10), in eval mode (BatchNorm running statistics)."""
     model.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # stubs split .to's forms
     chunks = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
-                      disable=not progress, mininterval=2.0):
+    for start in tqdm(
+        range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, mininterval=2.0
+    ):
         with _autocast(device, precision):
-            logits = model(as_batch(images[start:start + batch_size], device))
+            logits = model(as_batch(images[start : start + batch_size], device))
         chunks.append(torch.softmax(logits.float(), dim=1).cpu())
     if not chunks:
         return np.zeros((0, NUM_CLASSES), dtype=np.float32)
@@ -237,16 +279,23 @@ def embed(model: ResNet, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 @torch.inference_mode()
-def predict_with_embeddings(model: nn.Module, images: np.ndarray, batch_size: int,
-                            device: torch.device, desc: str = "embed", progress: bool = True,
-                            precision: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+def predict_with_embeddings(
+    model: nn.Module,
+    images: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    desc: str = "embed",
+    progress: bool = True,
+    precision: str = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities (N, 10) and penultimate-layer embeddings (N, 512), eval mode."""
     model.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # stubs split .to's forms
     probabilities, embeddings = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, unit="batch",
-                      disable=not progress, mininterval=2.0):
+    for start in tqdm(
+        range(0, len(images), batch_size), desc=desc, unit="batch", disable=not progress, mininterval=2.0
+    ):
         with _autocast(device, precision):
-            embedding, logits = embed(model, as_batch(images[start:start + batch_size], device))
+            embedding, logits = embed(model, as_batch(images[start : start + batch_size], device))
         probabilities.append(torch.softmax(logits.float(), dim=1).cpu())
         embeddings.append(embedding.float().cpu())
     if not probabilities:
@@ -254,12 +303,12 @@ def predict_with_embeddings(model: nn.Module, images: np.ndarray, batch_size: in
     return torch.cat(probabilities).numpy(), torch.cat(embeddings).numpy()
 
 
-def predict_set(model: nn.Module, image_set, batch_size: int, device: torch.device,
-                desc: str, precision: str = "auto") -> Predictions:
+def predict_set(
+    model: nn.Module, image_set, batch_size: int, device: torch.device, desc: str, precision: str = "auto"
+) -> Predictions:
     from shiftwatch.core.io import Predictions
 
-    probabilities = predict_proba(model, image_set.images, batch_size, device, desc=desc,
-                                  precision=precision)
+    probabilities = predict_proba(model, image_set.images, batch_size, device, desc=desc, precision=precision)
     return Predictions(probabilities, image_set.labels, image_set.source_index)
 
 
@@ -280,13 +329,16 @@ def load_model(path: str | Path) -> nn.Module:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ShiftwatchError(f"{path}: unreadable or corrupt ({type(err).__name__}); "
-                              f"run `dvc repro -f train`") from None
+        raise ShiftwatchError(
+            f"{path}: unreadable or corrupt ({type(err).__name__}); run `dvc repro -f train`"
+        ) from None
     model = build_resnet18("none")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
         first = str(err).strip().splitlines()[0]
-        raise ShiftwatchError(f"{path}: does not match the ResNet-18 (1 channel, 10 classes) "
-                              f"architecture ({first}); run `dvc repro -f train`") from None
+        raise ShiftwatchError(
+            f"{path}: does not match the ResNet-18 (1 channel, 10 classes) "
+            f"architecture ({first}); run `dvc repro -f train`"
+        ) from None
     return model

@@ -6,6 +6,7 @@ with the trust flag, the label-free accuracy estimate, and a grid of the batch's
 Figures are PNGs embedded as data: URIs and the style is inline, so the file needs no network
 and no other file to render.
 """
+
 from __future__ import annotations
 
 import base64
@@ -22,6 +23,7 @@ SAMPLE_GRID = 48  # images shown: the first ones of the batch, in its order
 @dataclass(frozen=True)
 class Views:
     """Per-image numbers the report draws (the report dict holds only summaries)."""
+
     batch_mean_pixel: np.ndarray
     batch_confidence: np.ndarray
     reference_mean_pixel: np.ndarray
@@ -38,8 +40,9 @@ def figures(views: Views) -> dict[str, bytes]:
 
     out = {}
     for name, batch, reference, label in (
-            ("mean_pixel", views.batch_mean_pixel, views.reference_mean_pixel, "mean pixel intensity"),
-            ("confidence", views.batch_confidence, views.reference_confidence, "model confidence (max softmax)")):
+        ("mean_pixel", views.batch_mean_pixel, views.reference_mean_pixel, "mean pixel intensity"),
+        ("confidence", views.batch_confidence, views.reference_confidence, "model confidence (max softmax)"),
+    ):
         fig, ax = plt.subplots(figsize=(5, 3))
         bins = np.linspace(0, 1, 41).tolist()  # a list: matplotlib's type stubs take no arrays
         ax.hist(reference, bins=bins, density=True, alpha=0.5, label=f"reference ({len(reference):,})")
@@ -77,25 +80,29 @@ def render(report: dict, pictures: dict[str, bytes]) -> str:
         f"<tr class='{'alert' if name in report['alerting'] else ''}'><td>{_e(name)}</td>"
         f"<td>{test['statistic']:.4f}</td><td>{_p(test['pvalue'])}</td><td>{_p(test['adjusted_pvalue'])}</td>"
         f"<td>{'ALERT' if name in report['alerting'] else 'ok'}</td></tr>"
-        for name, test in report["tests"].items())
+        for name, test in report["tests"].items()
+    )
     tests += "".join(  # diagnostics: own p-value, not in the verdict
         f"<tr class='diagnostic'><td>{_e(name)}</td><td>{test['statistic']:.4f}</td><td>{_p(test['pvalue'])}</td>"
-        f"<td></td><td>diagnostic</td></tr>" for name, test in report.get("diagnostics", {}).items())
+        f"<td></td><td>diagnostic</td></tr>"
+        for name, test in report.get("diagnostics", {}).items()
+    )
     focus = shift["focus_class"]
     mix = "".join(
         f"<tr class='{'focus' if k == focus else ''}'><td>{k} {_e(name)}</td><td>{shift['bbse'][k]:.3f}</td>"
         f"<td>{shift['em'][k]:.3f}</td><td>{shift['reference'][k]:.3f}</td></tr>"
-        for k, name in enumerate(shift["class_names"]))
+        for k, name in enumerate(shift["class_names"])
+    )
     trust = class_mix_trust(report)  # in plain words, with the reason
     low, high = shift.get(f"class_{focus}_share_bbse_interval", (None, None))
     interval = f" (95 % bootstrap interval {low:.3f}–{high:.3f})" if low is not None else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<title>shiftwatch check: {_e(report['page'])} — {_e(Path(batch['path']).name)}</title>
+<title>shiftwatch check: {_e(report["page"])} — {_e(Path(batch["path"]).name)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }}
 .verdict {{ font-size: 1.6em; padding: 0.6em 1em; border-radius: 6px; color: white;
-           background: {'#b3261e' if alert else '#1e7b34'}; }}
+           background: {"#b3261e" if alert else "#1e7b34"}; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
 td, th {{ border-bottom: 1px solid #ddd; padding: 0.25em 0.8em; text-align: right; }}
 td:first-child, th:first-child {{ text-align: left; }}
@@ -105,26 +112,26 @@ img {{ max-width: 100%; }} .muted {{ color: #666; font-size: 0.9em; }}
 <div class="verdict" id="verdict">{_e(verdict)}</div>
 <p id="change"><b>{_e(change_line(report))}</b></p>
 {todo}
-<p class="muted">{batch['images']:,} images from {_e(batch['path'])} against {report['reference']['images']:,}
-reference images; Holm over {len(report['tests'])} detectors at alpha {report['alpha']};
-model {_e(report['model'])}.</p>
+<p class="muted">{batch["images"]:,} images from {_e(batch["path"])} against {report["reference"]["images"]:,}
+reference images; Holm over {len(report["tests"])} detectors at alpha {report["alpha"]};
+model {_e(report["model"])}.</p>
 <h2>Change detectors (information: a change is not harm)</h2>
 <table id="tests"><tr><th>detector</th><th>statistic</th><th>p-value</th><th>Holm-adjusted</th><th></th></tr>
 {tests}</table>
 <h2>What the batch looks like next to the reference</h2>
-{img_tag(pictures['mean_pixel'], 'mean_pixel', 'mean-pixel histogram')}
-{img_tag(pictures['confidence'], 'confidence', 'confidence histogram')}
+{img_tag(pictures["mean_pixel"], "mean_pixel", "mean-pixel histogram")}
+{img_tag(pictures["confidence"], "confidence", "confidence histogram")}
 <h2>Estimated class mix</h2>
-<p>Class-mix <b id="trust">{_e(trust)}</b> (BBSE vs EM total variation {shift['tv_bbse_em']:.3f};
-class {focus} share by BBSE {shift[f'class_{focus}_share_bbse']:.3f}{interval}).</p>
+<p>Class-mix <b id="trust">{_e(trust)}</b> (BBSE vs EM total variation {shift["tv_bbse_em"]:.3f};
+class {focus} share by BBSE {shift[f"class_{focus}_share_bbse"]:.3f}{interval}).</p>
 <table id="mix"><tr><th>class</th><th>BBSE</th><th>EM</th><th>reference</th></tr>{mix}</table>
 <h2>Accuracy without labels</h2>
-<p id="accuracy">Estimated accuracy {report['estimate']['accuracy']:.3f} (90 % interval
-{report['estimate']['interval'][0]:.3f}–{report['estimate']['interval'][1]:.3f}; the page's estimate, stage harm);
-for comparison {accuracy['atc']:.3f} (ATC) and {accuracy['average_confidence']:.3f} (average confidence),
+<p id="accuracy">Estimated accuracy {report["estimate"]["accuracy"]:.3f} (90 % interval
+{report["estimate"]["interval"][0]:.3f}–{report["estimate"]["interval"][1]:.3f}; the page's estimate, stage harm);
+for comparison {accuracy["atc"]:.3f} (ATC) and {accuracy["average_confidence"]:.3f} (average confidence),
 which over-estimate accuracy under covariate shift.</p>
-<h2>Sample images (first {min(SAMPLE_GRID, batch['images'])})</h2>
-{img_tag(pictures['samples'], 'samples', 'sample images')}
+<h2>Sample images (first {min(SAMPLE_GRID, batch["images"])})</h2>
+{img_tag(pictures["samples"], "samples", "sample images")}
 </body></html>
 """
 

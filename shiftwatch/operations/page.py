@@ -11,6 +11,7 @@ harmful batch pages only when the previous one was harmful too: two in a row, wh
 false pages on a healthy stream from p to p² a batch (stage harm measures p; `timeline`
 states both a week).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,7 +25,6 @@ from shiftwatch.estimation.accuracy import EstimatorFit, Reference
 
 EXIT_OK, EXIT_HARMFUL, EXIT_BAD_INPUT, EXIT_CHANGED = 0, 1, 2, 3
 FAIL_ON = ("harm", "change")
-
 
 
 def exit_code(report: dict, fail_on: str = "harm") -> int:
@@ -48,8 +48,7 @@ def read_previous(path: Path) -> dict | None:
     try:
         previous = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ShiftwatchError(f"--confirm-with {path}: unreadable or not JSON ({type(err).__name__}); "
-                              f"{hint}") from None
+        raise ShiftwatchError(f"--confirm-with {path}: unreadable or not JSON ({type(err).__name__}); {hint}") from None
     if not isinstance(previous, dict) or previous.get("harmful") not in (0, 1, True, False):
         raise ShiftwatchError(f"--confirm-with {path}: not a shiftwatch check report (no harmful field); {hint}")
     return previous
@@ -58,8 +57,11 @@ def read_previous(path: Path) -> dict | None:
 def confirm(report: dict, previous: dict | None, path: Path) -> None:
     """Page only when this batch and the previous one are both harmful (--confirm-with)."""
     before = None if previous is None else bool(previous["harmful"])
-    report["confirmation"] = {"previous": str(path), "previous_harmful": before,
-                              "previous_time": None if previous is None else previous.get("batch", {}).get("time")}
+    report["confirmation"] = {
+        "previous": str(path),
+        "previous_harmful": before,
+        "previous_time": None if previous is None else previous.get("batch", {}).get("time"),
+    }
     report["page"] = "PAGE" if report["harmful"] and before else "ok"
 
 
@@ -90,8 +92,10 @@ def change_summary(report: dict) -> list[str]:
             phrase = detector.meaning
             if detector.name == "ks_mean_pixel" and "brightness" in report:
                 seen = report["brightness"]
-                phrase = (f"images {'brighter' if seen['batch'] > seen['reference'] else 'darker'} "
-                          f"(mean pixel {seen['batch']:.3f} vs {seen['reference']:.3f})")
+                phrase = (
+                    f"images {'brighter' if seen['batch'] > seen['reference'] else 'darker'} "
+                    f"(mean pixel {seen['batch']:.3f} vs {seen['reference']:.3f})"
+                )
             if detector.name in alerting and phrase not in words:
                 words.append(phrase)
         if model_free and alerting:
@@ -108,27 +112,35 @@ def _class_mix(report: dict) -> list[str]:
     share, before = shift["bbse"][focus], shift["reference"][focus]
     if abs(share - before) < 0.5 * before:
         return []
-    return [f"class mix: {'more' if share > before else 'fewer'} {CLASS_NAMES[focus].lower()}s "
-            f"(estimated {share:.0%} vs {before:.0%})"]
+    return [
+        f"class mix: {'more' if share > before else 'fewer'} {CLASS_NAMES[focus].lower()}s "
+        f"(estimated {share:.0%} vs {before:.0%})"
+    ]
 
 
 def advice(report: dict) -> list[str]:
     """What to do, from the remedies this pipeline measured (metrics/mitigate.json)."""
     if not report["harmful"]:
         if report["drift"]:
-            return ["no action needed for the model: the images changed but the estimated accuracy holds; "
-                    "watch the next batches (shiftwatch timeline)"]
+            return [
+                "no action needed for the model: the images changed but the estimated accuracy holds; "
+                "watch the next batches (shiftwatch timeline)"
+            ]
         return []
     steps = ["review the low-confidence predictions first (selective prediction: mitigate.review_threshold)"]
     measured = report.get("remedies") or {}
-    for name, label in (("adabn", "AdaBN (BatchNorm statistics from the batch)"),
-                        ("finetune_augmented", "the fine-tuned model (models/resnet18_augmented.pt)")):
+    for name, label in (
+        ("adabn", "AdaBN (BatchNorm statistics from the batch)"),
+        ("finetune_augmented", "the fine-tuned model (models/resnet18_augmented.pt)"),
+    ):
         if name in measured and measured.get("none") is not None:
             steps.append(f"{label}: on B_shift accuracy {measured['none']:.2f} -> {measured[name]:.2f}")
     if any("class mix" in w for w in report.get("change_words", [])):
         trusted = not report["label_shift"]["untrustworthy"]
-        steps.append("prior correction (BBSE) only if the label-shift estimate is trusted "
-                     f"({'it is' if trusted else 'it is not: ' + why_untrustworthy(report)})")
+        steps.append(
+            "prior correction (BBSE) only if the label-shift estimate is trusted "
+            f"({'it is' if trusted else 'it is not: ' + why_untrustworthy(report)})"
+        )
     return steps
 
 
@@ -147,8 +159,10 @@ def why_untrustworthy(report: dict) -> str:
     shift = report["label_shift"]
     if shift["bbse_negative_weights"]:
         return "BBSE needs negative weights, so the images of some class changed"
-    return (f"BBSE and EM disagree by {shift['tv_bbse_em']:.2f} in total variation, so the images changed "
-            "too, not only the class mix")
+    return (
+        f"BBSE and EM disagree by {shift['tv_bbse_em']:.2f} in total variation, so the images changed "
+        "too, not only the class mix"
+    )
 
 
 def mean_pixels(images: np.ndarray, reference_image_stats: np.ndarray) -> dict:

@@ -1,4 +1,5 @@
 """The human-readable `shiftwatch check` report (the HTML one is operations/html_report.py)."""
+
 from __future__ import annotations
 
 import os
@@ -10,16 +11,26 @@ def headline(report: dict) -> str:
     reference's, and the loss with its 90 % interval."""
     est = report["estimate"]
     low, high = est["loss_interval_points"]
-    answer = ("PAGE: the model is hurt" if report["page"] == "PAGE"
-              else "HURT, not paged yet" if report["harmful"] else "ok: the model is not hurt")
+    answer = (
+        "PAGE: the model is hurt"
+        if report["page"] == "PAGE"
+        else "HURT, not paged yet"
+        if report["harmful"]
+        else "ok: the model is not hurt"
+    )
     if report["harmful"] and "confirmation" in report:
         before = report["confirmation"]["previous_harmful"]
-        answer += (" (confirmed: the previous batch was hurt too)" if before
-                   else f" ({'no previous report' if before is None else 'the previous batch was not hurt'}; "
-                        "a second hurt batch in a row pages)")
-    return (f"{answer}: estimated accuracy {est['accuracy']:.2f} vs {est['reference_accuracy']:.2f} on the "
-            f"reference, {_points(est['loss_points'])} lost (90 % interval {low:.1f} to {high:.1f}; "
-            f"pages at {est['page_points']:g} points)")
+        answer += (
+            " (confirmed: the previous batch was hurt too)"
+            if before
+            else f" ({'no previous report' if before is None else 'the previous batch was not hurt'}; "
+            "a second hurt batch in a row pages)"
+        )
+    return (
+        f"{answer}: estimated accuracy {est['accuracy']:.2f} vs {est['reference_accuracy']:.2f} on the "
+        f"reference, {_points(est['loss_points'])} lost (90 % interval {low:.1f} to {high:.1f}; "
+        f"pages at {est['page_points']:g} points)"
+    )
 
 
 def change_line(report: dict) -> str:
@@ -39,34 +50,48 @@ def format_report(report: dict) -> str:
     focus = shift["focus_class"]
     sizes = batch["input_sizes"]
     origin = ", ".join(sizes[:3]) + (f" and {len(sizes) - 3} more sizes" if len(sizes) > 3 else "")
-    lines = [*top, f"batch      {batch['path']}: {batch['images']} images "
-             f"({origin}{', resized to 28x28' if batch['resized'] else ''}"
-             f"{_ignored(batch)}) vs {report['reference']['images']} reference images",
-             f"model      {_shown(report['model'])} (md5 {report.get('model_md5', '?')[:12]}, the reference's)",
-             "",
-             f"{'detector':<17} {'statistic':>10} {'p-value':>10} {'Holm p':>10}"]
+    lines = [
+        *top,
+        f"batch      {batch['path']}: {batch['images']} images "
+        f"({origin}{', resized to 28x28' if batch['resized'] else ''}"
+        f"{_ignored(batch)}) vs {report['reference']['images']} reference images",
+        f"model      {_shown(report['model'])} (md5 {report.get('model_md5', '?')[:12]}, the reference's)",
+        "",
+        f"{'detector':<17} {'statistic':>10} {'p-value':>10} {'Holm p':>10}",
+    ]
     for name, test in report["tests"].items():
         flag = "ALERT" if name in report["alerting"] else "ok"
-        lines.append(f"{name:<17} {test['statistic']:>10.4f} {_p(test['pvalue'])} "
-                     f"{_p(test['adjusted_pvalue'])}  {flag}")
+        lines.append(
+            f"{name:<17} {test['statistic']:>10.4f} {_p(test['pvalue'])} {_p(test['adjusted_pvalue'])}  {flag}"
+        )
     for name, test in report.get("diagnostics", {}).items():
-        lines.append(f"{name:<17} {test['statistic']:>10.4f} {_p(test['pvalue'])} {'':>10}  "
-                     f"(diagnostic, {'p < alpha' if test['pvalue'] < report['alpha'] else 'p >= alpha'})")
-    verdict = (f"changed: shift detected by {', '.join(report['alerting'])}" if report["drift"]
-               else "unchanged: no shift detected")
-    lines += [f"change     {verdict} (Holm over {len(report['tests'])} detectors, "
-              f"alpha {report['alpha']})", "",
-              f"{'class mix (estimated)':<24} {'BBSE':>6} {'EM':>6} {'reference':>9}"]
+        lines.append(
+            f"{name:<17} {test['statistic']:>10.4f} {_p(test['pvalue'])} {'':>10}  "
+            f"(diagnostic, {'p < alpha' if test['pvalue'] < report['alpha'] else 'p >= alpha'})"
+        )
+    verdict = (
+        f"changed: shift detected by {', '.join(report['alerting'])}"
+        if report["drift"]
+        else "unchanged: no shift detected"
+    )
+    lines += [
+        f"change     {verdict} (Holm over {len(report['tests'])} detectors, alpha {report['alpha']})",
+        "",
+        f"{'class mix (estimated)':<24} {'BBSE':>6} {'EM':>6} {'reference':>9}",
+    ]
     for k, name in enumerate(shift["class_names"]):
         mark = "*" if k == focus else " "
-        lines.append(f"{mark} {k} {name:<20} {shift['bbse'][k]:>6.3f} {shift['em'][k]:>6.3f} "
-                     f"{shift['reference'][k]:>9.3f}{'  <- focus (shift.label_class)' if k == focus else ''}")
-    lines += [f"class mix  {class_mix_trust(report)} (BBSE vs EM total variation {shift['tv_bbse_em']:.3f}, "
-              f"tolerance {report['params']['monitor.trust_tolerance']})",
-              f"accuracy   estimated {acc['atc']:.3f} (ATC), {acc['average_confidence']:.3f} "
-              f"(average confidence)",
-              f"time       {report['seconds']['total']:.2f} s (imports {report['seconds']['imports']:.2f}, "
-              f"forward pass {report['seconds']['predict']:.2f}, detectors {report['seconds']['detectors']:.2f})"]
+        lines.append(
+            f"{mark} {k} {name:<20} {shift['bbse'][k]:>6.3f} {shift['em'][k]:>6.3f} "
+            f"{shift['reference'][k]:>9.3f}{'  <- focus (shift.label_class)' if k == focus else ''}"
+        )
+    lines += [
+        f"class mix  {class_mix_trust(report)} (BBSE vs EM total variation {shift['tv_bbse_em']:.3f}, "
+        f"tolerance {report['params']['monitor.trust_tolerance']})",
+        f"accuracy   estimated {acc['atc']:.3f} (ATC), {acc['average_confidence']:.3f} (average confidence)",
+        f"time       {report['seconds']['total']:.2f} s (imports {report['seconds']['imports']:.2f}, "
+        f"forward pass {report['seconds']['predict']:.2f}, detectors {report['seconds']['detectors']:.2f})",
+    ]
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@ experiment `shiftwatch-checks` (CHECKS_EXPERIMENT, apart from the pipeline's run
 params, every number of the report, the report itself and its lineage. The run starts when
 the check started and ends when the check and its logging are done.
 """
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,13 @@ from shiftwatch.tracking.store import (
 )
 
 
-def log_check(report: dict, params: dict[str, object], started_ms: int, html: Path | None = None,
-              pictures: dict[str, bytes] | None = None) -> str:
+def log_check(
+    report: dict,
+    params: dict[str, object],
+    started_ms: int,
+    html: Path | None = None,
+    pictures: dict[str, bytes] | None = None,
+) -> str:
     """One MLflow run (tags dvc.stage = shiftwatch.role = "check") in the experiment
     CHECKS_EXPERIMENT, from `started_ms` (when the check started, ms since the epoch) to now,
     with the params `check` read, every number of the report as a metric (check.<path>, the
@@ -33,18 +39,30 @@ def log_check(report: dict, params: dict[str, object], started_ms: int, html: Pa
     uri = tracking_uri()
     client = store_client(uri)
     experiment_id = _retry(lambda: _experiment_id(client, uri, CHECKS_EXPERIMENT))
-    tags = {**dvc_tags("check"), "shiftwatch.role": "check", "shiftwatch.page": report["page"],
-            "shiftwatch.verdict": report["verdict"],
-            "shiftwatch.batch": report["batch"]["path"], "shiftwatch.reference": report["reference"]["path"],
-            "shiftwatch.model": report["model"], "shiftwatch.model_md5": report.get("model_md5", ""),
-            "shiftwatch.batch_time": report["batch"].get("time", "")}
-    run = _retry(lambda: client.create_run(experiment_id, run_name=f"check {Path(report['batch']['path']).name}",
-                                           start_time=started_ms, tags=tags))
+    tags = {
+        **dvc_tags("check"),
+        "shiftwatch.role": "check",
+        "shiftwatch.page": report["page"],
+        "shiftwatch.verdict": report["verdict"],
+        "shiftwatch.batch": report["batch"]["path"],
+        "shiftwatch.reference": report["reference"]["path"],
+        "shiftwatch.model": report["model"],
+        "shiftwatch.model_md5": report.get("model_md5", ""),
+        "shiftwatch.batch_time": report["batch"].get("time", ""),
+    }
+    run = _retry(
+        lambda: client.create_run(
+            experiment_id, run_name=f"check {Path(report['batch']['path']).name}", start_time=started_ms, tags=tags
+        )
+    )
     run_id = run.info.run_id
-    mixes = {method: {f"class_{k}": share for k, share in enumerate(report["label_shift"][method])}
-             for method in ("bbse", "em", "reference")}
-    numbers = flatten_numbers({key: report[key] for key in ("harmful", "estimate", "drift", "tests", "accuracy",
-                                                            "seconds")}, "check")
+    mixes = {
+        method: {f"class_{k}": share for k, share in enumerate(report["label_shift"][method])}
+        for method in ("bbse", "em", "reference")
+    }
+    numbers = flatten_numbers(
+        {key: report[key] for key in ("harmful", "estimate", "drift", "tests", "accuracy", "seconds")}, "check"
+    )
     numbers.update(flatten_numbers({"label_shift": {**report["label_shift"], **mixes}}, "check"))
     numbers["check.batch.images"] = report["batch"]["images"]
     numbers["check.estimate.interval_low"], numbers["check.estimate.interval_high"] = report["estimate"]["interval"]
@@ -53,8 +71,13 @@ def log_check(report: dict, params: dict[str, object], started_ms: int, html: Pa
     now = int(time.time() * 1000)
     status = "FAILED"
     try:
-        _retry(lambda: client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in numbers.items()],
-                                        params=[Param(k, str(v)) for k, v in params.items()]))
+        _retry(
+            lambda: client.log_batch(
+                run_id,
+                metrics=[Metric(k, float(v), now, 0) for k, v in numbers.items()],
+                params=[Param(k, str(v)) for k, v in params.items()],
+            )
+        )
         client.log_dict(run_id, report, "check.json")
         _retry(lambda: client.log_inputs(run_id, _lineage(report)))
         if html is not None:
@@ -72,9 +95,11 @@ def _lineage(report: dict) -> list:
     from shiftwatch.core.lineage import md5_of
     from shiftwatch.tracking.registry import dataset_input
 
-    return [dataset_input(report[key]["path"], md5_of(report[key]["path"]), context)
-            for key, context in (("batch", "check"), ("reference", "reference"))
-            if Path(report[key]["path"]).exists()]
+    return [
+        dataset_input(report[key]["path"], md5_of(report[key]["path"]), context)
+        for key, context in (("batch", "check"), ("reference", "reference"))
+        if Path(report[key]["path"]).exists()
+    ]
 
 
 def _decoded(png: bytes):

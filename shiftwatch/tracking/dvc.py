@@ -7,6 +7,7 @@ the dotted path `dvc metrics show` and `dvc exp show` give it (metrics/evaluate.
 {"accuracy": {"b_shift": ...}} is `evaluate.accuracy.b_shift`), on the parent run and on the
 stage run alike.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,9 @@ def _outputs(root: Path, kind: str, stage: str | None) -> list[Path]:
     files: list[Path] = []
     for name, spec in stages.items():
         if stage is None or name == stage:
-            files.extend(root / (entry if isinstance(entry, str) else next(iter(entry)))
-                         for entry in spec.get(kind, []))
+            files.extend(
+                root / (entry if isinstance(entry, str) else next(iter(entry))) for entry in spec.get(kind, [])
+            )
     return files
 
 
@@ -95,15 +97,16 @@ _MISSING = object()
 
 def _comparable(value: object) -> object:
     """JSON text with every number as a float, so 1 == 1.0 but True != 1."""
+
     def numbers_as_floats(item):
         if isinstance(item, bool) or not isinstance(item, int | float):
             return [numbers_as_floats(x) for x in item] if isinstance(item, list | tuple) else item
         return float(item)
+
     return json.dumps(numbers_as_floats(value), sort_keys=True, default=str)
 
 
 def parent_name(tags: dict[str, str], changed: dict[str, object]) -> str:
     """'shift.brightness=0.2 (bally-loot)', or 'baseline 5103cd6 (workspace)' without changes."""
-    label = (", ".join(f"{k}={v}" for k, v in changed.items()) if changed
-             else f"baseline {tags['dvc.baseline_rev'][:7]}")
+    label = ", ".join(f"{k}={v}" for k, v in changed.items()) if changed else f"baseline {tags['dvc.baseline_rev'][:7]}"
     return f"{label} ({tags['dvc.exp_name']})"

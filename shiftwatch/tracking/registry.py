@@ -11,6 +11,7 @@ that produced it, and (once `evaluate` has scored it) its held-out test accuracy
 These functions take an MlflowClient; the stages call them through `shiftwatch.tracking.runs`
 (in its helper process), `shiftwatch check` directly.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,26 +46,33 @@ def register(client, run_id: str, name: str, model_path: str | Path, md5: str, t
         return existing, False
     client.log_artifact(run_id, str(model_path), STATE_DICT_FOLDER)
     try:
-        client.create_registered_model(name, description="ResNet-18 on FashionMNIST domain A "
-                                       "(shiftwatch); the @champion alias is what monitoring uses")
+        client.create_registered_model(
+            name,
+            description="ResNet-18 on FashionMNIST domain A (shiftwatch); the @champion alias is what monitoring uses",
+        )
     except MlflowException as err:  # registered before, or by a concurrent stage
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    version = client.create_model_version(name, source=f"runs:/{run_id}/{STATE_DICT_FOLDER}",
-                                          run_id=run_id, tags={**tags, MD5_TAG: md5})
+    version = client.create_model_version(
+        name, source=f"runs:/{run_id}/{STATE_DICT_FOLDER}", run_id=run_id, tags={**tags, MD5_TAG: md5}
+    )
     return version, True
 
 
-def promote(client, name: str, version, test_accuracy: float, tolerance_points: float,
-            blocked: str | None = None) -> dict:
+def promote(
+    client, name: str, version, test_accuracy: float, tolerance_points: float, blocked: str | None = None
+) -> dict:
     """Record `version`'s held-out test accuracy and move `@champion` to it if it passes the
     gate: accuracy >= the current champion's - tolerance_points (percentage points). The
     first scored version becomes champion. `blocked` (a reason) records the accuracy but
     moves nothing (an exploratory DVC experiment). Returns what was decided, for the log."""
     client.set_model_version_tag(name, version.version, ACCURACY_TAG, f"{test_accuracy:.6f}")
     champion = _version_by_alias(client, name, CHAMPION)
-    decision: dict[str, object] = {"version": int(version.version), "test_accuracy": test_accuracy,
-                "champion_before": None if champion is None else int(champion.version)}
+    decision: dict[str, object] = {
+        "version": int(version.version),
+        "test_accuracy": test_accuracy,
+        "champion_before": None if champion is None else int(champion.version),
+    }
     if blocked and (champion is None or champion.version != version.version):
         decision.update(promoted=False, reason=blocked)
     elif champion is None:
@@ -76,11 +84,15 @@ def promote(client, name: str, version, test_accuracy: float, tolerance_points: 
         gate = best - tolerance_points / 100
         decision["champion_test_accuracy"] = best
         if not test_accuracy >= gate:  # also when the champion has no accuracy (nan): keep it
-            decision.update(promoted=False, reason=f"test accuracy {test_accuracy:.4f} < champion's "
-                            f"{best:.4f} - {tolerance_points:g} points")
+            decision.update(
+                promoted=False,
+                reason=f"test accuracy {test_accuracy:.4f} < champion's {best:.4f} - {tolerance_points:g} points",
+            )
             return decision
-        decision.update(promoted=True, reason=f"test accuracy {test_accuracy:.4f} >= champion's "
-                        f"{best:.4f} - {tolerance_points:g} points")
+        decision.update(
+            promoted=True,
+            reason=f"test accuracy {test_accuracy:.4f} >= champion's {best:.4f} - {tolerance_points:g} points",
+        )
     if decision["promoted"]:
         client.set_registered_model_alias(name, CHAMPION, version.version)
     return decision
@@ -100,8 +112,7 @@ def dataset_input(path: str | Path, md5: str, context: str):
     same digest DVC records for a file), tagged with the context (training, evaluation, check)."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    dataset = Dataset(name=str(path), digest=md5, source_type="local",
-                      source=json.dumps({"uri": str(path)}))
+    dataset = Dataset(name=str(path), digest=md5, source_type="local", source=json.dumps({"uri": str(path)}))
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
 
 
@@ -116,20 +127,27 @@ def fetch_model(uri: str, tracking_uri: str, cache: Path | None = None) -> tuple
     store that does not answer."""
     match = _MODEL_URI.match(uri)
     if match is None:
-        raise ShiftwatchError(f"--model {uri}: not a model URI; use models:/<name>@<alias> "
-                              "(e.g. models:/shiftwatch-resnet18@champion) or models:/<name>/<version>")
+        raise ShiftwatchError(
+            f"--model {uri}: not a model URI; use models:/<name>@<alias> "
+            "(e.g. models:/shiftwatch-resnet18@champion) or models:/<name>/<version>"
+        )
     from mlflow.exceptions import MlflowException
 
     from shiftwatch.tracking.store import store_client
 
     client, name = store_client(tracking_uri), match["name"]
     try:
-        version = (client.get_model_version_by_alias(name, match["alias"]) if match["alias"]
-                   else client.get_model_version(name, match["version"]))
+        version = (
+            client.get_model_version_by_alias(name, match["alias"])
+            if match["alias"]
+            else client.get_model_version(name, match["version"])
+        )
     except MlflowException as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ShiftwatchError(f"--model {uri}: not found in the MLflow store at {tracking_uri} ({first}); "
-                              "run the pipeline against that store or check MLFLOW_TRACKING_URI") from None
+        raise ShiftwatchError(
+            f"--model {uri}: not found in the MLflow store at {tracking_uri} ({first}); "
+            "run the pipeline against that store or check MLFLOW_TRACKING_URI"
+        ) from None
     folder = (cache or _cache_root()) / name / str(version.version)
     weights = folder / "resnet18.pt"
     if not weights.exists():
@@ -147,12 +165,17 @@ def _download(version, folder: Path, uri: str, tracking_uri: str) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(partial),
-                                                         tracking_uri=tracking_uri))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=version.source, dst_path=str(partial), tracking_uri=tracking_uri
+            )
+        )
         weights = local / "resnet18.pt" if local.is_dir() else local
         if weights.name != "resnet18.pt" or not weights.exists():
-            raise ShiftwatchError(f"--model {uri}: version {version.version} holds no resnet18.pt "
-                                  f"(source {version.source}); register it with `dvc repro train`")
+            raise ShiftwatchError(
+                f"--model {uri}: version {version.version} holds no resnet18.pt "
+                f"(source {version.source}); register it with `dvc repro train`"
+            )
         folder.mkdir(parents=True, exist_ok=True)
         os.replace(weights, folder / "resnet18.pt")
     finally:

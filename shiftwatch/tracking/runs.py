@@ -20,6 +20,7 @@ metric columns: MLflow's runs table shows every metric key of every run as a col
 Runs left RUNNING by a process that is gone (SIGKILL, a crash) are closed as KILLED by the
 next stage start. Where the store is: `shiftwatch.tracking.store`.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -99,7 +100,7 @@ def _proc_stat(pid: int) -> list[str] | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat[stat.rindex(")") + 2:].split()
+    return stat[stat.rindex(")") + 2 :].split()
 
 
 class StageRun:
@@ -145,13 +146,18 @@ class StageRun:
         version with the same md5 exists), tagged with its md5, git commit and DVC experiment."""
         self._commands.put(("register_model", (str(path), name)))
 
-    def promote_champion(self, path: str | Path, name: str, test_accuracy: float,
-                         tolerance_points: float, promote_from: str = "workspace") -> None:
+    def promote_champion(
+        self,
+        path: str | Path,
+        name: str,
+        test_accuracy: float,
+        tolerance_points: float,
+        promote_from: str = "workspace",
+    ) -> None:
         """Score the model at `path` (registering it first if `train` did not, e.g. after
         `dvc pull`) and move `@champion` to it if it passes the gate (see registry.promote);
         with promote_from="workspace", a DVC experiment scores its model but never moves it."""
-        self._commands.put(("promote_champion", (str(path), name, test_accuracy, tolerance_points,
-                                                 promote_from)))
+        self._commands.put(("promote_champion", (str(path), name, test_accuracy, tolerance_points, promote_from)))
 
 
 class _Logger:
@@ -165,11 +171,17 @@ class _Logger:
         key = pipeline_key(params.model_dump_json(), tags, pipeline_execution(stage_pid))
         process = {PROCESS_TAG: process_identity(stage_pid)}
         close_dead_runs(client, experiment_id)
-        self.parent_id = _retry(lambda: _parent_run(client, experiment_id, key, tags, params.flat(),
-                                                     started_ms, process))
-        self.run_id = _retry(lambda: client.create_run(
-            experiment_id, run_name=stage, start_time=started_ms,
-            tags={**tags, **process, PIPELINE_TAG: key, "mlflow.parentRunId": self.parent_id})).info.run_id
+        self.parent_id = _retry(
+            lambda: _parent_run(client, experiment_id, key, tags, params.flat(), started_ms, process)
+        )
+        self.run_id = _retry(
+            lambda: client.create_run(
+                experiment_id,
+                run_name=stage,
+                start_time=started_ms,
+                tags={**tags, **process, PIPELINE_TAG: key, "mlflow.parentRunId": self.parent_id},
+            )
+        ).info.run_id
         self.log_params(params.flat(*declared_params(stage)))
 
     def log_params(self, params: dict[str, object]) -> None:
@@ -208,25 +220,34 @@ class _Logger:
         md5 = file_md5(path)
         version, created = _retry(lambda: register(self.client, self.run_id, name, path, md5, tags))
         self.set_tag("registry.version", f"{name}/{version.version}")
-        print(f"{self.stage}: {path} is {name} version {version.version}"
-              f"{'' if created else ' (registered before: same md5)'}", flush=True)
+        print(
+            f"{self.stage}: {path} is {name} version {version.version}"
+            f"{'' if created else ' (registered before: same md5)'}",
+            flush=True,
+        )
         return version
 
-    def promote_champion(self, path: str, name: str, test_accuracy: float, tolerance_points: float,
-                         promote_from: str) -> None:
+    def promote_champion(
+        self, path: str, name: str, test_accuracy: float, tolerance_points: float, promote_from: str
+    ) -> None:
         from shiftwatch.tracking.registry import CHAMPION, promote
 
         version = self.register_model(path, name)
         experiment = self.tags["dvc.exp_name"]
-        blocked = (f"scored in experiment {experiment}; registry.promote_from = workspace"
-                   if experiment != "workspace" and promote_from == "workspace" else None)
-        decision = _retry(lambda: promote(self.client, name, version, test_accuracy, tolerance_points,
-                                          blocked=blocked))
+        blocked = (
+            f"scored in experiment {experiment}; registry.promote_from = workspace"
+            if experiment != "workspace" and promote_from == "workspace"
+            else None
+        )
+        decision = _retry(lambda: promote(self.client, name, version, test_accuracy, tolerance_points, blocked=blocked))
         self.set_tag("registry.champion", str(decision["promoted"]).lower())
         moved = "is now" if decision["promoted"] else "stays"
         holder = decision["version"] if decision["promoted"] else decision["champion_before"]
-        print(f"{self.stage}: {name}@{CHAMPION} {moved} {'unset' if holder is None else f'version {holder}'} "
-              f"({decision['reason']})", flush=True)
+        print(
+            f"{self.stage}: {name}@{CHAMPION} {moved} {'unset' if holder is None else f'version {holder}'} "
+            f"({decision['reason']})",
+            flush=True,
+        )
 
     def end(self, status: str, ended_ms: int) -> None:
         """Close the stage run with its own headline numbers (a failed stage's files are the
@@ -324,7 +345,7 @@ def _log_params(client, run_id: str, params: dict[str, object]) -> None:
 
     entries = [Param(k, str(v)) for k, v in params.items()]
     for start in range(0, len(entries), 100):  # log_batch takes at most 100 params
-        _retry(lambda: client.log_batch(run_id, params=entries[start:start + 100]))
+        _retry(lambda: client.log_batch(run_id, params=entries[start : start + 100]))
 
 
 def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
@@ -333,7 +354,7 @@ def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) 
     now = int(time.time() * 1000)
     entries = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
     for start in range(0, len(entries), 500):  # log_batch takes at most 1000 entries
-        _retry(lambda: client.log_batch(run_id, metrics=entries[start:start + 500]))
+        _retry(lambda: client.log_batch(run_id, metrics=entries[start : start + 500]))
 
 
 _started_helper: tuple | None = None  # (process, commands, outcome) from start_helper()
@@ -395,8 +416,9 @@ def stage_run(stage: str, params) -> Iterator[StageRun]:
         commands.put(("end", (status, int(time.time() * 1000))))
         problem = _wait(helper, outcome)
         if problem and status == "FINISHED":  # else the stage's own error is the one to report
-            raise ShiftwatchError(f"logging to MLflow at {tracking_uri()} failed ({problem}); "
-                                  "check MLFLOW_TRACKING_URI or the store")
+            raise ShiftwatchError(
+                f"logging to MLflow at {tracking_uri()} failed ({problem}); check MLFLOW_TRACKING_URI or the store"
+            )
 
 
 def _store_lost(outcome) -> None:
@@ -405,9 +427,11 @@ def _store_lost(outcome) -> None:
         problem = outcome.get(timeout=2)[1]
     except queue.Empty:
         problem = "the MLflow helper reported no reason"
-    raise ShiftwatchError(f"the MLflow tracking store at {tracking_uri()} stopped answering mid-stage "
-                          f"({problem}); the stage stopped, no output is half-written; rerun it once "
-                          "the store is back")
+    raise ShiftwatchError(
+        f"the MLflow tracking store at {tracking_uri()} stopped answering mid-stage "
+        f"({problem}); the stage stopped, no output is half-written; rerun it once "
+        "the store is back"
+    )
 
 
 def _ready(helper, outcome) -> str | None:
@@ -437,12 +461,22 @@ def _wait(helper, outcome) -> str | None:
     return problem
 
 
-def _parent_run(client, experiment_id: str, key: str, tags: dict[str, str],
-                all_params: dict[str, object], started_ms: int, process: dict[str, str]) -> str:
+def _parent_run(
+    client,
+    experiment_id: str,
+    key: str,
+    tags: dict[str, str],
+    all_params: dict[str, object],
+    started_ms: int,
+    process: dict[str, str],
+) -> str:
     """This pipeline execution's parent run (created by its first stage), marked RUNNING and
     tagged with the process of the stage that holds it open."""
-    found = client.search_runs([experiment_id], filter_string=(
-        f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`shiftwatch.role` = 'pipeline'"), max_results=1)
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=(f"tags.`{PIPELINE_TAG}` = '{key}' and tags.`shiftwatch.role` = 'pipeline'"),
+        max_results=1,
+    )
     if found:
         client.update_run(found[0].info.run_id, status="RUNNING")
         client.set_tag(found[0].info.run_id, PROCESS_TAG, process[PROCESS_TAG])
@@ -450,8 +484,12 @@ def _parent_run(client, experiment_id: str, key: str, tags: dict[str, str],
     run_tags = {k: v for k, v in tags.items() if k != "dvc.stage"}
     run_tags["mlflow.source.name"] = "dvc.yaml"
     name = parent_name(tags, changed_params(all_params, tags["dvc.baseline_rev"]))
-    run = client.create_run(experiment_id, run_name=name, start_time=started_ms,
-                            tags={**run_tags, **process, PIPELINE_TAG: key, "shiftwatch.role": "pipeline"})
+    run = client.create_run(
+        experiment_id,
+        run_name=name,
+        start_time=started_ms,
+        tags={**run_tags, **process, PIPELINE_TAG: key, "shiftwatch.role": "pipeline"},
+    )
     _log_params(client, run.info.run_id, all_params)
     if COMPARE_FIRST not in headline_metrics():  # a first run, no metrics files yet: keep the
         # metric's place first (MLflow lists a run's metrics in the order they were first
@@ -512,8 +550,11 @@ def close_dead_runs(client, experiment_id: str) -> list[str]:
     a crash, a store lost mid-stage), so no run shows as running forever; returns their ids.
     Runs opened on other hosts cannot be checked from here and are left as they are."""
     host = socket.gethostname()
-    running = client.search_runs([experiment_id], filter_string=(
-        f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}` LIKE '{host}:%'"), max_results=1000)
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=(f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}` LIKE '{host}:%'"),
+        max_results=1000,
+    )
     dead = [run.info.run_id for run in running if not process_alive(run.data.tags[PROCESS_TAG])]
     for run_id in dead:
         client.set_tag(run_id, "shiftwatch.closed_by", "a later stage: the run's process was gone")

@@ -10,6 +10,7 @@ artifacts in <repo root>/mlartifacts. The repo root comes from DVC_ROOT or by wa
 the working directory to dvc.yaml, and a queued experiment's temporary clone
 (<root>/.dvc/tmp/exps/...) is mapped back to <root>, so queued runs land in the main store.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -38,7 +39,7 @@ def repo_root(start: Path | None = None) -> Path:
     root = next((p for p in (start, *start.parents) if (p / "dvc.yaml").exists()), start)
     parts = root.parts
     for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     return root
 
@@ -50,7 +51,7 @@ def tracking_uri() -> str:
 def _artifact_location(uri: str) -> str | None:
     """Artifacts beside a SQLite store; a server or other store decides for itself."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
     return None
 
 
@@ -62,7 +63,7 @@ def _retry(call, attempts: int = 8):
         except Exception as err:  # MlflowException wraps the OperationalError
             if "locked" not in str(err) or attempt == attempts - 1:
                 raise
-            time.sleep(0.5 * 2 ** attempt)
+            time.sleep(0.5 * 2**attempt)
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
@@ -72,8 +73,7 @@ def _experiment_id(client, uri: str, name: str = EXPERIMENT) -> str:
     found = client.get_experiment_by_name(name)
     if found is None:
         try:
-            return client.create_experiment(name, artifact_location=_artifact_location(uri),
-                                            tags=EXPERIMENT_KIND)
+            return client.create_experiment(name, artifact_location=_artifact_location(uri), tags=EXPERIMENT_KIND)
         except MlflowException:  # created meanwhile by a concurrent stage
             found = client.get_experiment_by_name(name)
     if found.tags.get("mlflow.experimentKind") is None:  # a store from before the tag
@@ -88,8 +88,7 @@ def git_commit(root: Path) -> str:
 
 def _git(root: Path, *args: str) -> str | None:
     try:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -143,10 +142,10 @@ def numbers_only(tree: dict) -> dict:
 
 
 def one_line(err: BaseException, limit: int = 200) -> str:
-    """"Type: first line of the message" (the type alone if there is none), at most `limit` long."""
+    """ "Type: first line of the message" (the type alone if there is none), at most `limit` long."""
     text = str(err).strip()
     line = f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-    return line if len(line) <= limit else line[:limit - 1] + "…"
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _open_store() -> tuple:
@@ -167,8 +166,11 @@ def _open_store() -> tuple:
 # MLflow retries an HTTP call 7 times with exponential back-off, ~4 minutes before it gives up.
 # An unattended monitor must hear within seconds that its server is gone; a user who wants
 # more patience sets these variables.
-FAIL_FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                  "MLFLOW_HTTP_REQUEST_TIMEOUT": str(STORE_TIMEOUT_S)}
+FAIL_FAST_HTTP = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": str(STORE_TIMEOUT_S),
+}
 
 
 def store_client(uri: str | None = None):
@@ -213,8 +215,10 @@ def server_problem(uri: str, timeout: float = STORE_TIMEOUT_S) -> str | None:
 
 
 def unreachable(uri: str, problem: str) -> str:
-    return (f"the MLflow tracking store at {uri} does not answer ({problem}); "
-            "start it, or unset MLFLOW_TRACKING_URI to log to the local mlflow.db")
+    return (
+        f"the MLflow tracking store at {uri} does not answer ({problem}); "
+        "start it, or unset MLFLOW_TRACKING_URI to log to the local mlflow.db"
+    )
 
 
 class StoreUnreachable(ShiftwatchError):
