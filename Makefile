@@ -33,8 +33,9 @@ test: setup lint  ## lint, then the test suite (unit tests + a real dvc repro / 
 test-fast: setup  ## the unit tests only (no server, browser, dvc or training; about a minute): pytest -m "not slow"
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: setup  ## ruff (rules) and mypy (types of the package), configured in pyproject.toml
+lint: setup  ## ruff (rules, then formatting) and mypy (types of the package), configured in pyproject.toml
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 against the project's store

@@ -127,6 +127,7 @@ def test_the_pre_commit_hooks_are_valid_and_run_the_makefiles_tools(tmp_path):
     assert {repo["repo"] for repo in yaml.safe_load(config.read_text())["repos"]} == {"local"}
     makefile = (REPO / "Makefile").read_text()
     assert hooks["ruff"]["entry"] == ".venv/bin/ruff check" and "$(BIN)/ruff check ." in makefile
+    assert hooks["ruff-format"]["entry"] == ".venv/bin/ruff format" and "$(BIN)/ruff format --check ." in makefile
     assert hooks["test-fast"]["entry"] == "make test-fast" and "\ntest-fast:" in makefile
     broken = tmp_path / "broken.yaml"
     broken.write_text(config.read_text().replace("entry: make test-fast", "entry: [make, test-fast]"))

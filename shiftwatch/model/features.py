@@ -84,8 +84,8 @@ def save_features(
             image_stats=view.image_stats,
             labels=labels,
             source_index=index,
-            **optional,
-        )  # type: ignore[arg-type]  # numpy's stub types **kwargs as allow_pickle
+            **optional,  # type: ignore[arg-type]  # numpy's stub types **kwargs as allow_pickle
+        )
 
 
 def load_features(path: str | Path, with_index: bool = False):
