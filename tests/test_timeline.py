@@ -135,3 +135,42 @@ def test_timeline_reads_checks_from_their_experiment_and_older_ones_from_the_pip
         ("2026-11-01T01:00:00+00:00", "ok"),
         ("2026-11-01T02:00:00+00:00", "ALERT"),
     ]
+
+
+def test_a_stream_logged_with_confirm_with_shows_its_first_hurt_batch_and_its_confirmed_page(project, store):
+    """The cron pattern (`check --confirm-with last.json --json last.json --log`): the second hurt
+    batch in a row is the one that paged; the timeline, reading the logged runs back, names the
+    first hurt batch and the confirmed page, and keeps each batch's own answer."""
+    last = store / "last.json"
+    paging = ("--estimator", project / "paging_estimator.json")
+    stream = [
+        ("2026-11-02T00:00", ()),
+        ("2026-11-02T01:00", paging),
+        ("2026-11-02T02:00", paging),
+        ("2026-11-02T03:00", ()),
+    ]
+    codes = [
+        check(
+            project,
+            project / "clean.npy",
+            *estimator,
+            "--confirm-with",
+            last,
+            "--json",
+            last,
+            "--log",
+            "--quiet",
+            "--time",
+            taken,
+        )
+        for taken, estimator in stream
+    ]
+    assert codes == [0, 0, 1, 0]  # hurt twice in a row: the second pages
+
+    out = store / "timeline.json"
+    assert main(["timeline", "--png", str(store / "t.png"), "--json", str(out)]) == 0
+    timeline = json.loads(out.read_text())
+    assert [p["harmful"] for p in timeline["points"]] == [False, True, True, False]
+    assert [p["page"] for p in timeline["points"]] == ["ok", "ok", "PAGE", "ok"]
+    assert timeline["first_alerts"]["page"]["index"] == 1  # the first hurt batch
+    assert timeline["first_alerts"]["confirmed_page"]["index"] == 2  # the one that paged
