@@ -236,3 +236,57 @@ def test_a_single_image_gets_the_local_checks_message(project, server, tmp_path,
     np.save(one, blobs(1, seed=3))
     assert check(project, one) == 2
     assert capsys.readouterr().err == f"shiftwatch check: error: {one}: {SINGLE_IMAGE}\n"
+
+
+def _stream_check(url: str, images: np.ndarray, stream: str) -> dict:
+    """POST /check naming a stream; the report, or the HTTPError for a refused request."""
+    request = urllib.request.Request(
+        f"{url}/check",
+        data=npy(images),
+        headers={"X-Shiftwatch-Batch": "{}", "X-Shiftwatch-Stream": stream},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.load(response)["report"]
+
+
+def test_with_a_state_dir_each_named_stream_pages_on_its_second_hurt_batch(project, tmp_path):
+    """serve --state-dir: the confirmation of `check --confirm-with`, kept by the server per
+    stream (the paging estimator calls every batch hurt)."""
+    from shiftwatch.operations.check import load_inputs, load_network
+
+    settings, ref, paths = load_inputs(
+        project / "test.npz",
+        project / "resnet18.pt",
+        project / "params.yaml",
+        project / "paging_estimator.json",
+        project / "finetuned.pt",
+    )
+    network, _ = load_network(paths["model"])
+    ref["finetuned_network"] = load_network(paths["finetuned"])[0]
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    server = make_server(settings, ref, network, paths, read_timeout=READ_TIMEOUT, state_dir=streams)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url, images = f"http://127.0.0.1:{server.server_port}", np.load(project / "clean.npy")
+    try:
+        first, second = (_stream_check(url, images, "camera-1") for _ in range(2))
+        other = _stream_check(url, images, "camera-2")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            _stream_check(url, images, "../outside")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert first["harmful"] and first["page"] == "ok" and first["confirmation"]["previous_harmful"] is None
+    assert second["page"] == "PAGE" and second["confirmation"]["previous_harmful"] is True
+    assert other["page"] == "ok"  # streams are confirmed apart
+    assert refused.value.code == 400 and "name a stream" in json.loads(refused.value.read())["error"]
+    assert sorted(p.name for p in streams.iterdir()) == ["camera-1.json", "camera-2.json"]
+    assert json.loads((streams / "camera-1.json").read_text())["page"] == "PAGE"
+
+
+def test_a_stream_header_without_a_state_dir_is_a_400_before_the_model_runs(modelless):
+    status, body = answer(
+        post(modelless, npy(np.zeros((4, 28, 28), np.float32)), header="{}\r\nX-Shiftwatch-Stream: a")
+    )
+    assert status == 400 and "start it with --state-dir" in body["error"]

@@ -14,6 +14,12 @@ the batch's description as a JSON object in the X-Shiftwatch-Batch header -> {"r
 "views": ... (with ?views=1, for the HTML report)}. Checks are answered one at a time (the model
 uses every core).
 
+Confirmed pages, as `check --confirm-with` gives them, for clients that keep no state: start with
+`--state-dir DIR` and name the stream in an X-Shiftwatch-Stream header (letters, digits, . _ -).
+The server keeps each stream's last report in DIR/<stream>.json and pages only on the second
+hurt batch in a row; the answer's "confirmation" says what the previous batch was. A restart
+keeps the files, so a stream goes on where it was.
+
 Errors, each one line in {"error": ...}: 400 for a bad request, found before the model runs (the
 body is validated by batch.as_images, the rules and messages of a local check); 408 when the
 client sends nothing for --read-timeout seconds mid-request (its thread is freed); 500 for
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 import threading
 import traceback
@@ -40,6 +47,8 @@ HELP = "keep the model loaded and answer `check --server` requests on 127.0.0.1"
 MAX_BODY = 2 * 1024**3  # 2 GiB of float32 images: ~680,000 images per request
 READ_TIMEOUT = 30.0  # seconds a client may stay silent mid-request before its thread is freed
 BATCH_HEADER = "X-Shiftwatch-Batch"
+STREAM_HEADER = "X-Shiftwatch-Stream"
+STREAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"close a connection whose client sends nothing for this long mid-request "
         f"(default {READ_TIMEOUT:g}); stalled uploads would otherwise hold a thread each",
     )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"keep each stream's last report here (a request names its stream in {STREAM_HEADER}) and "
+        "page only on the second hurt batch in a row, as check --confirm-with does",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
         settings, ref, paths = load_inputs(args.reference, args.model, args.params, args.estimator, args.finetuned)
         network, _ = load_network(paths["model"])
         ref["finetuned_network"] = load_network(paths["finetuned"])[0]
-        server = make_server(settings, ref, network, paths, args.port, args.read_timeout)
+        if args.state_dir is not None:
+            args.state_dir.mkdir(parents=True, exist_ok=True)
+        server = make_server(settings, ref, network, paths, args.port, args.read_timeout, args.state_dir)
     except (ShiftwatchError, OSError) as err:
         print(f"shiftwatch serve: error: {err}", file=sys.stderr)
         return 2
@@ -85,11 +104,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def make_server(
-    settings, ref: dict, network, paths: dict, port: int = 0, read_timeout: float = READ_TIMEOUT
+    settings,
+    ref: dict,
+    network,
+    paths: dict,
+    port: int = 0,
+    read_timeout: float = READ_TIMEOUT,
+    state_dir: Path | None = None,
 ) -> ThreadingHTTPServer:
     """A server on 127.0.0.1:`port` (0: any free port) answering checks with these loaded inputs;
-    call serve_forever() on it."""
-    return _Server(("127.0.0.1", port), _handler(settings, ref, network, paths, read_timeout))
+    call serve_forever() on it. With `state_dir`, streams named in requests are confirmed."""
+    return _Server(("127.0.0.1", port), _handler(settings, ref, network, paths, read_timeout, state_dir))
 
 
 class _Server(ThreadingHTTPServer):
@@ -105,8 +130,10 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _handler(settings, ref: dict, network, paths: dict, read_timeout: float):
+def _handler(settings, ref: dict, network, paths: dict, read_timeout: float, state_dir: Path | None = None):
+    from shiftwatch.core.io import write_json
     from shiftwatch.operations.check import check_images
+    from shiftwatch.operations.page import confirm, read_previous
 
     one_at_a_time = threading.Lock()
 
@@ -151,8 +178,13 @@ def _handler(settings, ref: dict, network, paths: dict, read_timeout: float):
             body = self._body()  # read whole before any reply: the client may still be sending
             batch = _batch_info(self.headers.get(BATCH_HEADER))
             images = _images(body)
-            with one_at_a_time:
+            last = _stream_file(self.headers.get(STREAM_HEADER), state_dir)
+            with one_at_a_time:  # also one reader and writer of a stream's last report at a time
+                previous = None if last is None else read_previous(last)
                 report, views = check_images(images, batch, settings, ref, network, paths)
+                if last is not None:
+                    confirm(report, previous, last)
+                    write_json(last, report)
             answer = {"report": report}
             if want_views:
                 answer["views"] = {k: np.asarray(v).tolist() for k, v in vars(views).items()}
@@ -199,6 +231,17 @@ def _images(body: bytes) -> np.ndarray:
     except Exception:
         raise ShiftwatchError("the body is not a .npy array") from None
     return as_images(raw, "the request body")
+
+
+def _stream_file(header: str | None, state_dir: Path | None) -> Path | None:
+    """Where the named stream's last report is kept (None: no stream named, nothing confirmed)."""
+    if header is None:
+        return None
+    if state_dir is None:
+        raise ShiftwatchError(f"{STREAM_HEADER}: this server keeps no streams; start it with --state-dir DIR")
+    if not STREAM_NAME.fullmatch(header):
+        raise ShiftwatchError(f"{STREAM_HEADER} {header!r}: name a stream with 1-64 letters, digits, '.', '_' or '-'")
+    return state_dir / f"{header}.json"
 
 
 def _batch_info(header: str | None) -> dict:
