@@ -100,24 +100,22 @@ def write_estimator(
     (root / name).write_text(json.dumps(payload))
 
 
+INPUTS = {  # the project's files `check` and `serve` read, by option
+    "--reference": "test.npz",
+    "--model": "resnet18.pt",
+    "--params": "params.yaml",
+    "--estimator": "estimator.json",
+    "--finetuned": "finetuned.pt",
+}
+
+
+def input_args(project) -> list[str]:
+    """The options that point `check` or `serve` at the test project's inputs."""
+    return [arg for option, name in INPUTS.items() for arg in (option, str(project / name))]
+
+
 def check(project, batch, *extra):
-    return main(
-        [
-            "check",
-            str(batch),
-            "--reference",
-            str(project / "test.npz"),
-            "--model",
-            str(project / "resnet18.pt"),
-            "--params",
-            str(project / "params.yaml"),
-            "--estimator",
-            str(project / "estimator.json"),
-            "--finetuned",
-            str(project / "finetuned.pt"),
-            *map(str, extra),
-        ]
-    )
+    return main(["check", str(batch), *input_args(project), *map(str, extra)])
 
 
 def test_a_batch_like_the_reference_passes_with_every_detector_in_the_json(project, tmp_path, capsys):

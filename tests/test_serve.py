@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-from test_check import blobs, check
+from test_check import blobs, check, input_args
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.commands.serve import make_server, request_check
@@ -34,16 +34,7 @@ def server(project):
             "serve",
             "--port",
             "0",
-            "--reference",
-            str(project / "test.npz"),
-            "--model",
-            str(project / "resnet18.pt"),
-            "--params",
-            str(project / "params.yaml"),
-            "--estimator",
-            str(project / "estimator.json"),
-            "--finetuned",
-            str(project / "finetuned.pt"),
+            *input_args(project),
             "--read-timeout",
             str(READ_TIMEOUT),
         ],
