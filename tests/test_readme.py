@@ -73,6 +73,15 @@ def test_the_readme_is_short():
     assert size <= README_LIMIT_BYTES, f"README.md is {size:,} bytes: move the detail to a page under docs/"
 
 
+def test_the_readmes_first_screen_shows_how_to_set_up_test_and_check_a_batch():
+    """Issue 22: a newcomer finds the set-up, the tests and how to check a batch without scrolling
+    (a first screen: 40 lines)."""
+    first_screen = (REPO / "README.md").read_text().splitlines()[:40]
+    commands = [line.split("#")[0].strip() for line in first_screen]
+    assert "make run" in commands and "make test" in commands
+    assert any(command.startswith(".venv/bin/shiftwatch check ") for command in commands), first_screen
+
+
 def test_the_docs_site_builds_strict(tmp_path):
     site = tmp_path / "site"
     result = _mkdocs_build(REPO, site)
