@@ -106,3 +106,23 @@ def test_a_batch_of_one_image_and_bad_estimator_files_give_one_clear_error():
         Reference.from_dict({"accuracy": 0.9}, fit)
     again = Reference.from_dict(reference.as_dict(), fit)
     assert estimate(probabilities, None, again, fit, 3) == estimate(probabilities, None, reference, fit, 3)
+
+
+def test_the_class_mix_signal_is_saved_with_the_reference_only_when_fitted_with_it():
+    rng = np.random.default_rng(5)
+    probabilities, labels = calibrated(rng, 2_000, 3.0)
+    with_mix = EstimatorFit(("confidence", "class_mix"), (0.5, 0.5))
+    reference = reference_summary(probabilities, labels, None, with_mix)
+    assert len(reference.class_mix) == 10
+    assert reference.means["class_mix"] == pytest.approx(reference.accuracy)  # BBSE on its own source
+    saved = reference.as_dict()
+    again = Reference.from_dict(saved, with_mix)
+    assert estimate(probabilities, None, again, with_mix, 3) == estimate(probabilities, None, reference, with_mix, 3)
+    del saved["class_mix"]
+    with pytest.raises(ShiftwatchError, match="no class_mix scores"):
+        Reference.from_dict(saved, with_mix)
+    # without the signal the file has no class_mix entry (estimators saved before it read the same)
+    assert (
+        "class_mix"
+        not in reference_summary(probabilities, labels, None, EstimatorFit(("confidence",), (1.0,))).as_dict()
+    )

@@ -11,6 +11,7 @@ from shiftwatch.estimation.labelshift import (
     atc_fit,
     average_confidence,
     bbse,
+    class_mix_scores,
     em_priors,
     estimates_disagree,
     reweight_probs,
@@ -280,3 +281,27 @@ def test_bad_input_is_a_one_line_shiftwatch_error(call, message):
     with pytest.raises(ShiftwatchError) as caught:
         call()
     assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+# --- the class-mix score (BBSE's accuracy) -----------------------------------------------
+
+
+def uneven_classifier(rng, priors, n):
+    """Per-class accuracy from 0.5 (class 0) to 0.98 (class 9), errors spread evenly: a class
+    mix that leans to the easy classes raises the accuracy."""
+    per_class = np.linspace(0.5, 0.98, K)
+    labels = rng.choice(K, size=n, p=priors)
+    wrong = (labels + rng.integers(1, K, size=n)) % K
+    predicted = np.where(rng.random(n) < per_class[labels], labels, wrong)
+    return 0.4 * rng.dirichlet(np.ones(K), size=n) + 0.6 * np.eye(K)[predicted], labels
+
+
+def test_class_mix_scores_give_the_source_accuracy_and_follow_a_label_shift(rng):
+    source_probs, source_labels = uneven_classifier(rng, UNIFORM, 40_000)
+    scores = class_mix_scores(source_probs, source_labels)
+    assert scores[source_probs.argmax(1)].mean() == pytest.approx(accuracy(source_probs, source_labels), abs=1e-12)
+    easy = np.linspace(0.02, 0.18, K)  # leans to the accurate classes: accuracy up ~8 points
+    target_probs, target_labels = uneven_classifier(rng, easy / easy.sum(), 40_000)
+    truth = accuracy(target_probs, target_labels)
+    assert truth - accuracy(source_probs, source_labels) > 0.05
+    assert scores[target_probs.argmax(1)].mean() == pytest.approx(truth, abs=0.01)

@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from shiftwatch import ShiftwatchError
-from shiftwatch.estimation.labelshift import atc_fit
+from shiftwatch.estimation.labelshift import atc_fit, class_mix_scores
 
-SIGNALS = ("confidence", "atc", "agreement", "soft_agreement")
+SIGNALS = ("confidence", "atc", "agreement", "soft_agreement", "class_mix")
 Z_90 = 1.6448536269514722  # two-sided 90 % normal quantile
 
 
@@ -91,6 +91,7 @@ class Reference:
     means: dict[str, float]
     covariance: np.ndarray
     size: int
+    class_mix: tuple[float, ...] = ()  # class_mix_scores of the reference, per predicted class
 
     def as_dict(self) -> dict:
         return {
@@ -99,6 +100,7 @@ class Reference:
             "means": self.means,
             "covariance": np.asarray(self.covariance).tolist(),
             "size": self.size,
+            **({"class_mix": list(self.class_mix)} if self.class_mix else {}),  # only when fitted with it
         }
 
     @staticmethod
@@ -110,11 +112,14 @@ class Reference:
                 {s: float(payload["means"][s]) for s in fit.signals},
                 np.asarray(payload["covariance"], dtype=np.float64),
                 int(payload["size"]),
+                tuple(float(v) for v in payload.get("class_mix", ())),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ShiftwatchError(
                 f"{where}: its reference summary is incomplete ({type(err).__name__}: {err}); rerun `dvc repro harm`"
             ) from None
+        if "class_mix" in fit.signals and not reference.class_mix:
+            raise ShiftwatchError(f"{where}: its reference summary has no class_mix scores; rerun `dvc repro harm`")
         if reference.covariance.shape != (len(fit.signals),) * 2 or reference.size < 2:
             raise ShiftwatchError(
                 f"{where}: its reference summary does not match its {len(fit.signals)} signals; rerun `dvc repro harm`"
@@ -145,13 +150,19 @@ class Estimate:
 
 
 def signals(
-    probabilities: np.ndarray, aux_probabilities: np.ndarray | None, atc_threshold: float
+    probabilities: np.ndarray,
+    aux_probabilities: np.ndarray | None,
+    atc_threshold: float,
+    class_mix: np.ndarray | tuple[float, ...] = (),
 ) -> dict[str, np.ndarray]:
     """Per image: each signal of SIGNALS (the agreement signals only with the fine-tuned model's
-    probabilities `aux_probabilities`, row-aligned)."""
+    probabilities `aux_probabilities`, row-aligned; `class_mix` only with the reference's
+    class_mix_scores: the BBSE score of the image's predicted class)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     predicted, confidence = probabilities.argmax(1), probabilities.max(1)
     values = {"confidence": confidence, "atc": (confidence > atc_threshold).astype(np.float64)}
+    if len(class_mix):
+        values["class_mix"] = np.asarray(class_mix, dtype=np.float64)[predicted]
     if aux_probabilities is not None:
         aux = np.asarray(aux_probabilities, dtype=np.float64)
         if aux.shape != probabilities.shape:
@@ -171,13 +182,15 @@ def reference_summary(
     if len(labels) < 2:
         raise ShiftwatchError(f"the reference holds {len(labels)} images; the estimate needs at least 2")
     threshold = atc_fit(probabilities, labels)
-    matrix = _matrix(signals(probabilities, aux_probabilities, threshold), fit.signals)
+    class_mix = tuple(class_mix_scores(probabilities, labels).tolist()) if "class_mix" in fit.signals else ()
+    matrix = _matrix(signals(probabilities, aux_probabilities, threshold, class_mix), fit.signals)
     return Reference(
         float(np.mean(np.asarray(probabilities).argmax(1) == labels)),
         threshold,
         dict(zip(fit.signals, matrix.mean(0).tolist())),
         np.atleast_2d(np.cov(matrix, rowvar=False)),
         len(labels),
+        class_mix,
     )
 
 
@@ -192,7 +205,9 @@ def estimate(
     n = len(probabilities)
     if n < 2:
         raise ShiftwatchError(f"the batch holds {n} image(s); the accuracy estimate needs at least 2")
-    matrix = _matrix(signals(probabilities, aux_probabilities, reference.atc_threshold), fit.signals)
+    matrix = _matrix(
+        signals(probabilities, aux_probabilities, reference.atc_threshold, reference.class_mix), fit.signals
+    )
     weights = np.asarray(fit.weights)
     shift = matrix.mean(0) - np.array([reference.means[s] for s in fit.signals])
     point = float(np.clip(reference.accuracy + weights @ shift, 0.0, 1.0))

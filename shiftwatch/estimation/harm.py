@@ -22,7 +22,7 @@ import numpy as np
 from shiftwatch import ShiftwatchError
 from shiftwatch.detection.power import wilson_interval
 from shiftwatch.estimation.accuracy import EstimatorFit, estimate, fit_weights, reference_summary, signals
-from shiftwatch.estimation.labelshift import atc_fit
+from shiftwatch.estimation.labelshift import atc_fit, class_mix_scores
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,9 @@ def signal_shift(cell: Cell, clean: Cell, names: Sequence[str]) -> np.ndarray:
     """How far each signal's mean moved from the clean images to the cell's (same images:
     the ATC threshold fitted on the clean ones), at population level."""
     threshold = atc_fit(clean.probabilities, clean.labels)
-    shifted = signals(cell.probabilities, cell.aux_probabilities, threshold)
-    before = signals(clean.probabilities, clean.aux_probabilities, threshold)
+    class_mix = class_mix_scores(clean.probabilities, clean.labels) if "class_mix" in names else ()
+    shifted = signals(cell.probabilities, cell.aux_probabilities, threshold, class_mix)
+    before = signals(clean.probabilities, clean.aux_probabilities, threshold, class_mix)
     return np.array([np.average(shifted[s], weights=cell.weights()) - before[s].mean() for s in names])
 
 

@@ -101,6 +101,20 @@ def bbse(
     )
 
 
+def class_mix_scores(source_probs: np.ndarray, source_labels: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """One score per predicted class whose mean over a batch is BBSE's accuracy estimate: the
+    source's per-class accuracies weighted by the class mix the batch's predictions imply.
+
+    With the joint confusion C and μ the batch's predicted-class shares, BBSE's class mix is
+    q = p · C⁻¹μ and the accuracy Σ_j q_j acc_j = diag(C)ᵀ C⁻¹ μ = mean_i v[ŷ_i] for
+    v = C⁻ᵀ diag(C) (least squares where C is singular). On the source itself the mean is the
+    source's accuracy exactly; under a pure label shift it follows the batch's accuracy."""
+    source_probs = _check_probs(source_probs, "source_probs", num_classes)
+    source_labels = _check_labels(source_labels, len(source_probs), num_classes)
+    joint = _onehot_argmax(source_probs).T @ np.eye(num_classes)[source_labels] / len(source_labels)
+    return np.linalg.lstsq(joint.T, np.diag(joint), rcond=None)[0]
+
+
 def _bbse_solve(
     joint: np.ndarray, source_priors: np.ndarray, target_predicted: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
