@@ -140,10 +140,10 @@ def test_stages_run_once_per_model_read_no_shift_setting_but_the_label_class():
 def test_params_yaml_sets_every_key_so_schema_defaults_cannot_change_results():
     # core/params.py is not a dependency of the stages; a default that params.yaml did not override
     # would change results unseen by DVC, so the schema has none and params.yaml spells out every key.
-    from shiftwatch.core.params import _flatten, load_params
+    from shiftwatch.core.params import flatten_params, load_params
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert set(_flatten(raw)) == set(load_params(REPO / "params.yaml").flat())
+    assert set(flatten_params(raw)) == set(load_params(REPO / "params.yaml").flat())
 
 
 # ---------------------------------------------------------------- params read vs declared

@@ -17,6 +17,9 @@ import json
 import sys
 from pathlib import Path
 
+from shiftwatch import ShiftwatchError
+from shiftwatch.core.io import atomic_path
+
 # In load order: vega-lite needs the global `vega`, vega-embed both.
 PACKAGES = ("vega", "vega-lite", "vega-embed")
 DEFAULT_OUT = Path(".dvc/plots_page_offline.html")
@@ -87,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         page = page_template(args.node_modules)
-        args.out.write_text(page, encoding="utf-8")
-    except (TemplateError, OSError) as error:
+        with atomic_path(args.out) as tmp:  # no half-written template for DVC to pick up
+            tmp.write_text(page, encoding="utf-8")
+    except (TemplateError, ShiftwatchError, OSError) as error:
         print(f"plots_template: error: {error}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} ({len(page.encode()) / 1e3:.0f} KB)")

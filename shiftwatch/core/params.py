@@ -176,16 +176,17 @@ class Params(_Strict):
         """
         return {
             k: v
-            for k, v in _flatten(self.model_dump()).items()
+            for k, v in flatten_params(self.model_dump()).items()
             if not sections or any(k == s or k.startswith(f"{s}.") for s in sections)
         }
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+def flatten_params(tree: dict, prefix: str = "") -> dict[str, object]:
+    """A nested params mapping (validated or raw YAML) as dotted keys: {'shift.brightness': 0.1}."""
     flat: dict[str, object] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten_params(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
@@ -199,7 +200,7 @@ def parse_params(raw: object, origin: str = "params.yaml") -> Params:
     before the key it was meant to be is named as missing, and a missing section by its first key."""
     if not isinstance(raw, dict):
         raise ShiftwatchError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
-    for key, value in _flatten(raw).items():
+    for key, value in flatten_params(raw).items():
         if isinstance(value, bool) or (isinstance(value, list) and any(isinstance(v, bool) for v in value)):
             raise ShiftwatchError(
                 f"{origin}: {key} = {value!r} is a boolean; give a number or a name "

@@ -79,7 +79,7 @@ def changed_params(current: dict[str, object], baseline_rev: str, root: Path = P
     The baseline is read as YAML, not through today's schema: a key added since (the schema has
     no defaults) is simply a changed param, not a reason to name nothing. Numbers compare by
     value (YAML's 0 and the schema's 0.0 are the same setting)."""
-    from shiftwatch.core.params import _flatten
+    from shiftwatch.core.params import flatten_params
 
     text = _git(root, "show", f"{baseline_rev}:params.yaml")
     try:
@@ -88,7 +88,7 @@ def changed_params(current: dict[str, object], baseline_rev: str, root: Path = P
         return {}
     if not isinstance(raw, dict):  # no params.yaml at that commit
         return {}
-    baseline = {key: _comparable(value) for key, value in _flatten(raw).items()}
+    baseline = {key: _comparable(value) for key, value in flatten_params(raw).items()}
     return {k: v for k, v in current.items() if baseline.get(k, _MISSING) != _comparable(v)}
 
 
