@@ -5,19 +5,21 @@ it reads no `shift.*` setting except the class that the label-shift streams thin
 Protocol (Rabanser et al. 2019, "Failing Loudly"): the pool is every in-distribution image the
 model never trained on, the 10,000 test images and the 18,000 of domain B. Each repetition
 draws a fresh reference of n pool images and a fresh deployment sample of n other pool
-images (disjoint), with its own seed for the detectors' permutations. Shifted streams apply
-the shift to the deployment draw: the model ran once per pool image and severity (never per
-repetition), and a draw looks its rows up. Streams: false alarms on no_shift (the null) and on
-domain_a_train (the model's own training images as deployment: not a null, the reason the
-reference must be held out); detection on brightness_<b>, downsample_<d> and label_keep_<k>
-(pool images with only share k of class shift.label_class kept); and detection tied to harm on
-the corruption streams <family>_<severity> (shiftwatch/data/corruptions.py), drawn from a seeded
-subset of power.corruption_pool_images pool images, each with the accuracy the model loses on
-it: every shift costing >= power.harm_points must be detected at n = power.harm_n with power
->= 0.9. The verdict is the one `monitor` and `check` give (shiftwatch.detection.verdict.VERDICT).
-As monitored (power.monitored_reference, the test set's size, as `monitor` and `check` run):
-the null and the label shifts at power.monitored_sizes, and every harmful shift at harm_n,
-each draw against a fresh reference of that many pool images.
+images (disjoint), with its own seed for the detectors' permutations. Streams: false alarms on
+no_shift (the null) and on domain_a_train (the model's own training images as deployment: not
+a null, the reason the reference must be held out); detection on label_keep_<k> (pool images
+with only share k of class shift.label_class kept), on brightness_<b> and downsample_<d>, and,
+tied to harm, on the corruption streams <family>_<severity> (shiftwatch/data/corruptions.py).
+A covariate shift is applied to a seeded subset of power.corruption_pool_images pool images
+(the harm table's images): the model ran once per image and severity (never per repetition),
+and a draw takes its reference from the subset's clean rows and its deployment from other
+rows' shifted ones. Each shift carries the accuracy the model loses on it: every shift costing
+>= power.harm_points must be detected at n = power.harm_n with power >= 0.9. The verdict is
+the one `monitor` and `check` give (shiftwatch.detection.verdict.VERDICT). As monitored
+(power.monitored_reference, the test set's size, as `monitor` and `check` run): the null and
+the label shifts at power.monitored_sizes, and every harmful shift at harm_n, each draw
+against a fresh reference of that many pool images; a harmful shift's cell stops at half its
+repetitions where they settle the 0.9 target either way (two_look_alarm_rates).
 
 Reads params: seed, shift.label_class, evaluate, monitor.alpha, power.
 Writes metrics/power.json (headline: worst false-alarm rate per detector on no_shift, smallest
@@ -38,8 +40,9 @@ from shiftwatch.core.stage import run_stage
 from shiftwatch.core.workers import fork_map
 from shiftwatch.data.corruptions import check_severity
 from shiftwatch.detection.holm import check_permutations_for_holm
-from shiftwatch.detection.power import calibration_flags, independent_alarm_rates
+from shiftwatch.detection.power import calibration_flags, independent_alarm_rates, two_look_alarm_rates
 from shiftwatch.detection.power_design import (
+    HARM_KIND,
     TARGET_POWER,
     Design,
     build_streams,
@@ -91,16 +94,28 @@ def main() -> None:
             stream = streams[name]
             repetitions = stream.repetitions or power.repetitions
             stream_started = time.perf_counter()
-            found = independent_alarm_rates(
-                stream.sample,
-                as_monitored if stream.monitored else detectors,
-                stream.sizes,
-                repetitions,
-                alpha=alpha,
-                seed=params.seed,
-                repetitions_for=None if stream.monitored else repetitions_rule(power),
-                verdict=FEATURE_DETECTORS,
-            )
+            if stream.kind == HARM_KIND:  # the target decides: stop where half the draws settle it
+                found = two_look_alarm_rates(
+                    stream.sample,
+                    as_monitored,
+                    stream.sizes,
+                    repetitions,
+                    TARGET_POWER,
+                    alpha=alpha,
+                    seed=params.seed,
+                    verdict=FEATURE_DETECTORS,
+                )
+            else:
+                found = independent_alarm_rates(
+                    stream.sample,
+                    as_monitored if stream.monitored else detectors,
+                    stream.sizes,
+                    repetitions,
+                    alpha=alpha,
+                    seed=params.seed,
+                    repetitions_for=None if stream.monitored else repetitions_rule(power),
+                    verdict=FEATURE_DETECTORS,
+                )
             print(
                 f"power: {stream.kind} on {name}, n = {stream.sizes}, R = {repetitions}: "
                 f"{time.perf_counter() - stream_started:.1f} s",

@@ -210,7 +210,11 @@ def test_repro_writes_every_output_and_metric(repo):
     # and every harmful shift at harm_n only, as many draws as a corruption cell
     assert set(monitored["harm_detection"]) == set(power["harm"]["harmful"])
     assert set(monitored["harm_detection"]["contrast_0.3"]["combined"]) == {"100"}
-    assert monitored["harm_detection"]["contrast_0.3"]["combined"]["100"]["repetitions"] == 8
+    # (or half as many, where those settle the 0.9 target: two_look_alarm_rates)
+    settled = monitored["harm_detection"]["contrast_0.3"]["combined"]["100"]
+    assert settled["repetitions"] == 8 or (
+        settled["repetitions"] == 4 and not settled["ci_low"] <= 0.9 <= settled["ci_high"]
+    )
     assert monitored["false_alarms"]["no_shift"]["combined"]["100"]["repetitions"] == 10
     assert set(_metrics(repo, "power")["as_monitored"]["min_n_power_90"]) == {"label_keep_0.1", "label_keep_0.3"}
     assert set(power["harm"]["as_monitored"]["harmful"]) == set(power["harm"]["harmful"])  # downsample_7 too

@@ -14,6 +14,7 @@ from shiftwatch.detection.power import (
     false_alarm_rate,
     false_alarm_rates,
     independent_alarm_rates,
+    two_look_alarm_rates,
     wilson_interval,
 )
 
@@ -315,6 +316,53 @@ def test_a_costly_detector_can_get_fewer_repetitions_and_combined_uses_the_commo
     assert [p.repetitions for p in rates["costly"]] == [40, 10]
     assert [p.repetitions for p in rates[COMBINED]] == [40, 10]
     assert rates["cheap"][1].repetitions == 40
+
+
+def test_start_counts_only_the_later_repetitions_on_the_same_draws():
+    pool = np.random.default_rng(0).normal(size=5000)
+
+    def shifted(rng, n):
+        reference, deployment = _pool_sampler(pool)(rng, n)
+        return reference, deployment + 0.2
+
+    whole = independent_alarm_rates(shifted, {"ks": _ks}, [50], repetitions=40, seed=4)
+    head = independent_alarm_rates(shifted, {"ks": _ks}, [50], repetitions=15, seed=4)
+    tail = independent_alarm_rates(shifted, {"ks": _ks}, [50], repetitions=40, seed=4, start=15)
+    assert tail["ks"][0].repetitions == 25
+    assert head["ks"][0].alarms + tail["ks"][0].alarms == whole["ks"][0].alarms
+    assert 0 < whole["ks"][0].alarms < 40  # a shift that neither always nor never alarms
+    with pytest.raises(ShiftwatchError, match="start = 40"):
+        independent_alarm_rates(shifted, {"ks": _ks}, [50], repetitions=40, start=40)
+
+
+def test_two_looks_stop_where_half_the_draws_settle_the_target_and_else_match_one_call():
+    pool = np.random.default_rng(0).normal(size=5000)
+    calls = []
+
+    def sampler(offset):
+        def sample(rng, n):
+            reference, deployment = _pool_sampler(pool)(rng, n)
+            return reference, deployment + offset
+
+        return sample
+
+    def counted(reference, deployment, seed):
+        calls.append(seed)
+        return _ks(reference, deployment, seed)
+
+    # A large shift alarms in all of the first 50 draws (Wilson 0.93-1, above 0.9): stop there;
+    # no shift alarms in few of them (upper bound below 0.9): stop there too.
+    for offset in (2.0, 0.0):
+        calls.clear()
+        rates = two_look_alarm_rates(sampler(offset), {"ks": counted}, [100], 100, 0.9, seed=5)
+        assert rates[COMBINED][0].repetitions == 50 == len(calls)
+    # A shift detected about 0.9 of the time is not settled by 50 draws: all 100, the same
+    # numbers as one call of 100 repetitions.
+    calls.clear()
+    rates = two_look_alarm_rates(sampler(0.6), {"ks": counted}, [100], 100, 0.9, seed=5)
+    single = independent_alarm_rates(sampler(0.6), {"ks": _ks}, [100], 100, seed=5)
+    assert len(calls) == 100 and rates["ks"] == single["ks"] and rates[COMBINED] == single[COMBINED]
+    assert 0.8 < rates[COMBINED][0].rate < 1.0
 
 
 def test_calibration_flags_are_corrected_for_the_number_of_cells():

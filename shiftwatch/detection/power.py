@@ -288,6 +288,7 @@ def independent_alarm_rates(
     confidence: float = 0.95,
     repetitions_for: Callable[[str, int], int] | None = None,
     verdict: Iterable[str] | None = None,
+    start: int = 0,
 ) -> dict[str, list[AlarmRate]]:
     """Alarm rates from independent repetitions (the protocol of Rabanser et al. 2019).
 
@@ -302,6 +303,9 @@ def independent_alarm_rates(
     first ones, on the same draws); its AlarmRate then says how many it got. The "combined"
     entry is the Holm–Bonferroni verdict over the `verdict` detectors (default: all), on the
     repetitions where all of them ran; the others are diagnostics with their own rates.
+
+    `start` skips the first repetitions (r < start), so a later call counts only the draws an
+    earlier one did not see (`two_look_alarm_rates`); it takes no `repetitions_for`.
     """
     names = _names(detectors, "holm")
     in_verdict = list(detectors) if verdict is None else list(verdict)
@@ -311,6 +315,10 @@ def independent_alarm_rates(
     _check_probability(alpha, "alpha")
     if repetitions < 1:
         raise ShiftwatchError(f"repetitions = {repetitions}; pass at least 1")
+    if not 0 <= start < repetitions:
+        raise ShiftwatchError(f"start = {start}: skip fewer than the {repetitions} repetitions")
+    if start and repetitions_for is not None:
+        raise ShiftwatchError("independent_alarm_rates: start > 0 takes no repetitions_for")
     rates: dict[str, list[AlarmRate]] = {name: [] for name in names}
     for n in sizes:
         count = {
@@ -319,7 +327,7 @@ def independent_alarm_rates(
         }
         everyone = min(count[name] for name in in_verdict)
         alarms = dict.fromkeys(names, 0)
-        for r in range(repetitions):
+        for r in range(start, repetitions):
             pvalues = repetition_pvalues(
                 sample, {name: detector for name, detector in detectors.items() if r < count[name]}, n, r, seed
             )
@@ -328,10 +336,53 @@ def independent_alarm_rates(
             if r < everyone:
                 alarms[COMBINED] += holm({name: pvalues[name] for name in in_verdict}, alpha).reject
         for name in names:
-            trials = everyone if name == COMBINED else count[name]
+            trials = (everyone if name == COMBINED else count[name]) - start
             low, high = wilson_interval(int(alarms[name]), trials, confidence)
             rates[name].append(AlarmRate(n, int(alarms[name]), trials, alarms[name] / trials, low, high))
     return rates
+
+
+def two_look_alarm_rates(
+    sample: Sampler,
+    detectors: Mapping[str, SeededDetector],
+    ns: Iterable[int],
+    repetitions: int,
+    target: float,
+    *,
+    alpha: float = 0.05,
+    seed: int = 0,
+    confidence: float = 0.95,
+    verdict: Iterable[str] | None = None,
+) -> dict[str, list[AlarmRate]]:
+    """`independent_alarm_rates` that stops at half the repetitions where the verdict's Wilson
+    interval already lies wholly above or below `target` (e.g. 50 alarms in 50 draws: 0.93 to
+    1 against a target of 0.9), and otherwise runs the other half on fresh draws (the same
+    draws a single call of all the repetitions would make). The decision on the target is the
+    same as with every repetition except where the first half is wrong about it: for a true
+    rate of exactly 0.9, 50 alarms in 50 draws happen with probability 0.9^50 = 0.005. The
+    rates keep how many repetitions each one had."""
+    first_look = repetitions // 2
+    if first_look < 1:
+        return independent_alarm_rates(sample, detectors, ns, repetitions, alpha, seed, confidence, verdict=verdict)
+    rates: dict[str, list[AlarmRate]] = {}
+    for n in _sizes(ns):
+        first = independent_alarm_rates(sample, detectors, [n], first_look, alpha, seed, confidence, verdict=verdict)
+        verdict_rate = first[COMBINED][0]
+        if verdict_rate.ci_low <= target <= verdict_rate.ci_high:
+            rest = independent_alarm_rates(
+                sample, detectors, [n], repetitions, alpha, seed, confidence, verdict=verdict, start=first_look
+            )
+            first = {name: [_pooled(first[name][0], rest[name][0], confidence)] for name in first}
+        for name, points in first.items():
+            rates.setdefault(name, []).extend(points)
+    return rates
+
+
+def _pooled(a: AlarmRate, b: AlarmRate, confidence: float) -> AlarmRate:
+    """One rate from the alarms of two disjoint sets of repetitions at the same n."""
+    alarms, trials = a.alarms + b.alarms, a.repetitions + b.repetitions
+    low, high = wilson_interval(alarms, trials, confidence)
+    return AlarmRate(a.n, alarms, trials, alarms / trials, low, high)
 
 
 def repetition_pvalues(
