@@ -162,3 +162,25 @@ def test_the_survey_scores_every_estimator_on_every_cell_out_of_family(pool):
     # a fitted estimator's design cell is scored by the fit without its family
     left_out = leave_one_family_out(design, clean, ["confidence", "atc"])
     assert found["fitted: confidence + atc"]["a_2.0"] == pytest.approx(left_out["a_2.0"])
+
+
+def test_the_headline_gives_coverage_on_held_out_families_apart_from_every_cell():
+    from shiftwatch.estimation.harm import NULL_CELL, headline, summary
+
+    def judged(group: str, loss: float, coverage: dict[str, float], error: float = 0.0) -> dict:
+        draws = {n: {"page_rate": 0.5, "coverage": c} for n, c in coverage.items()}
+        return {"group": group, "loss_points": loss, "population_error_points": error, "draws": draws}
+
+    details = {
+        NULL_CELL: judged("null", 0.0, {"100": 0.97, "500": 0.5, "1000": 0.99}),
+        "crop_0.3": judged("design", 9.0, {"100": 0.95, "500": 0.85, "1000": 0.78}, 2.5),
+        "pixelate_7": judged("held_out", 22.7, {"100": 0.98, "500": 0.2, "1000": 0.93}, -0.9),
+        "salt_pepper_0.1": judged("held_out", 32.5, {"100": 0.96, "500": 0.1, "1000": 0.99}, 4.4),
+    }
+    summarised = summary(details, 5, [100, 500, 1000], 500)
+    # n = 100 and 1,000 only (the issue's sizes): 500's low shares do not count
+    assert summarised["coverage_min"] == 0.78
+    assert summarised["held_out"]["coverage_min"] == 0.93
+    assert summarised["held_out"]["worst_error_points"] == 4.4
+    estimate = headline(summarised)["estimate"]
+    assert estimate == {"held_out": {"worst_error_points": 4.4, "coverage_min": 0.93}, "coverage_min": 0.78}

@@ -245,23 +245,34 @@ def summary(details: dict, harm_points: float, sizes: Sequence[int], headline_n:
             "no_shift_max": details[NULL_CELL]["draws"][n]["page_rate"],
         }
     coverage_sizes: list[str] = [s for s in ("100", "1000") if s in by_n] or list(by_n)
+    held_out = [c for c in shifted.values() if c["group"] == "held_out"]
     return {
         "page_n": headline_n if headline_n in sizes else sizes[0],
         "page_by_n": by_n,
-        "held_out": _errors([c["population_error_points"] for c in shifted.values() if c["group"] == "held_out"]),
+        "held_out": {
+            **_errors([c["population_error_points"] for c in held_out]),
+            # the issue's coverage target is set on the held-out families
+            **({"coverage_min": _coverage_min(held_out, coverage_sizes)} if held_out else {}),
+        },
         "design_left_out": _errors([c["population_error_points"] for c in shifted.values() if c["group"] == "design"]),
-        "coverage_min": min(c["draws"][s]["coverage"] for c in details.values() for s in coverage_sizes),
+        "coverage_min": _coverage_min(list(details.values()), coverage_sizes),
     }
 
 
+def _coverage_min(cells: list[dict], sizes: list[str]) -> float:
+    """The lowest share of draws whose interval held the draw's own accuracy, over cells and n."""
+    return min(c["draws"][n]["coverage"] for c in cells for n in sizes)
+
+
 def headline(summarised: dict) -> dict:
-    """The five numbers `dvc exp show` and MLflow show: the page at `summary`'s page_n, the
-    estimate's worst held-out error and its worst coverage."""
+    """The numbers `dvc exp show` and MLflow show: the page at `summary`'s page_n, the
+    estimate's worst held-out error and coverage, and its worst coverage on every cell."""
     page = summarised["page_by_n"][str(summarised["page_n"])]
+    held_out = summarised["held_out"]
     return {
         "page": {key: page[key] for key in ("harmful_min", "harmless_max", "no_shift_max")},
         "estimate": {
-            "held_out": {"worst_error_points": summarised["held_out"].get("worst_error_points")},
+            "held_out": {key: held_out.get(key) for key in ("worst_error_points", "coverage_min")},
             "coverage_min": summarised["coverage_min"],
         },
     }
