@@ -266,13 +266,16 @@ def _coverage_min(cells: list[dict], sizes: list[str]) -> float:
 
 def headline(summarised: dict) -> dict:
     """The numbers `dvc exp show` and MLflow show: the page at `summary`'s page_n, the
-    estimate's worst held-out error and coverage, and its worst coverage on every cell."""
+    estimate's median and worst held-out error and its held-out coverage (issue 20's targets),
+    and its worst coverage on every cell."""
     page = summarised["page_by_n"][str(summarised["page_n"])]
     held_out = summarised["held_out"]
     return {
         "page": {key: page[key] for key in ("harmful_min", "harmless_max", "no_shift_max")},
         "estimate": {
-            "held_out": {key: held_out.get(key) for key in ("worst_error_points", "coverage_min")},
+            "held_out": {
+                key: held_out.get(key) for key in ("median_error_points", "worst_error_points", "coverage_min")
+            },
             "coverage_min": summarised["coverage_min"],
         },
     }
