@@ -20,8 +20,9 @@ Reads params: seed, shift.label_class, evaluate, power.corruption_pool_images, h
 Writes models/accuracy_estimator.json (the fit and its summary of the test set, read by
 `shiftwatch check`, `serve` and `monitor`), metrics/harm.json (headline at n = 200: the lowest
 page rate on a harmful cell, the highest on a harmless one (< 1 point) and on no shift; the
-estimate's worst error on held-out families and its worst coverage at n = 100 and 1,000),
-metrics/harm_details.json (the same at every n, and every cell), metrics/plots/page.png.
+estimate's median and worst error on held-out families and its worst coverage there at n = 100
+and 1,000), metrics/harm_details.json (the same at every n, the worst coverage over every cell,
+and every cell), metrics/plots/page.png.
 """
 
 import time

@@ -183,7 +183,7 @@ def test_the_headline_gives_coverage_on_held_out_families_apart_from_every_cell(
     assert summarised["held_out"]["coverage_min"] == 0.93
     assert summarised["held_out"]["worst_error_points"] == 4.4
     estimate = headline(summarised)["estimate"]
-    assert estimate["coverage_min"] == 0.78
+    assert set(estimate) == {"held_out"}  # every cell's 0.78 stays in the details
     assert estimate["held_out"] == pytest.approx(
         {"median_error_points": 2.65, "worst_error_points": 4.4, "coverage_min": 0.93}
     )

@@ -285,7 +285,7 @@ def test_repro_fits_the_estimate_and_the_page_fires_on_harm_not_on_change(repo):
     assert harm["summary"]["page_n"] == 100 and headline["page"] == {  # harm.sizes has no 200 here
         key: harm["summary"]["page_by_n"]["100"][key] for key in headline["page"]
     }
-    assert 0 <= headline["estimate"]["coverage_min"] <= headline["estimate"]["held_out"]["coverage_min"] <= 1
+    assert 0 <= harm["summary"]["coverage_min"] <= headline["estimate"]["held_out"]["coverage_min"] <= 1
     assert headline["estimate"]["held_out"]["coverage_min"] == harm["cells"]["pixelate_7"]["draws"]["100"]["coverage"]
     # monitor gives both answers per set: b_shift costs this model far more than 5 points
     monitor = _metrics(repo, "monitor")
