@@ -40,16 +40,15 @@ from shiftwatch.core.stage import run_stage
 from shiftwatch.core.workers import fork_map
 from shiftwatch.data.corruptions import check_severity
 from shiftwatch.detection.holm import check_permutations_for_holm
-from shiftwatch.detection.power import calibration_flags, independent_alarm_rates, two_look_alarm_rates
+from shiftwatch.detection.power import calibration_flags
 from shiftwatch.detection.power_design import (
-    HARM_KIND,
     TARGET_POWER,
     Design,
     build_streams,
     check_sizes,
     headline,
-    repetitions_rule,
     seeded_detector,
+    stream_rates,
     tabulate,
     unseen_pool,
 )
@@ -91,34 +90,11 @@ def main() -> None:
         alpha = params.monitor.alpha
 
         def rates(name: str) -> dict:
-            stream = streams[name]
-            repetitions = stream.repetitions or power.repetitions
-            stream_started = time.perf_counter()
-            if stream.kind == HARM_KIND:  # the target decides: stop where half the draws settle it
-                found = two_look_alarm_rates(
-                    stream.sample,
-                    as_monitored,
-                    stream.sizes,
-                    repetitions,
-                    TARGET_POWER,
-                    alpha=alpha,
-                    seed=params.seed,
-                    verdict=FEATURE_DETECTORS,
-                )
-            else:
-                found = independent_alarm_rates(
-                    stream.sample,
-                    as_monitored if stream.monitored else detectors,
-                    stream.sizes,
-                    repetitions,
-                    alpha=alpha,
-                    seed=params.seed,
-                    repetitions_for=None if stream.monitored else repetitions_rule(power),
-                    verdict=FEATURE_DETECTORS,
-                )
+            stream, stream_started = streams[name], time.perf_counter()
+            found = stream_rates(stream, detectors, as_monitored, power, alpha, params.seed)
             print(
-                f"power: {stream.kind} on {name}, n = {stream.sizes}, R = {repetitions}: "
-                f"{time.perf_counter() - stream_started:.1f} s",
+                f"power: {stream.kind} on {name}, n = {stream.sizes}, "
+                f"R = {stream.repetitions or power.repetitions}: {time.perf_counter() - stream_started:.1f} s",
                 flush=True,
             )
             return calibration_flags(found, alpha) if stream.kind == "false_alarms" else found

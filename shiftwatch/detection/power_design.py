@@ -18,15 +18,18 @@ from shiftwatch.data.corruptions import corrupt
 from shiftwatch.data.shift import degrade_images
 from shiftwatch.detection.power import (
     COMBINED,
+    Sampler,
     accuracy,
     corruption_rows,
     harm_summary,
+    independent_alarm_rates,
     pool_sampler,
     separate_sampler,
     subset_sampler,
+    two_look_alarm_rates,
 )
 from shiftwatch.detection.registry import DETECTORS, Settings
-from shiftwatch.detection.verdict import VERDICT
+from shiftwatch.detection.verdict import FEATURE_DETECTORS, VERDICT
 from shiftwatch.model.features import Features, load_features, model_features
 
 if TYPE_CHECKING:  # the schema's types, for the checker only (the stage passes validated params)
@@ -71,7 +74,7 @@ class Stream:
     and the accuracy points the model loses on it (None for the null streams)."""
 
     kind: str
-    sample: object
+    sample: Sampler
     sizes: list[int]
     accuracy_loss: float | None = None
     corruption: bool = False
@@ -111,29 +114,18 @@ def build_streams(
     model, device, pool: Features, labels: np.ndarray, images: np.ndarray, domain_a: Features, design: Design
 ) -> dict[str, Stream]:
     """Every stream of the grid, by name: the nulls, the study's covariate and label shifts,
-    the corruption cells, and the same as monitored (the model runs once per pool image and
-    severity here; the draws only look rows up)."""
+    the corruption cells, and the same as monitored (the model runs once per image and severity
+    here; the draws only look rows up)."""
     power = design.power
     streams = {
         NULL_STREAM: Stream("false_alarms", pool_sampler(pool, pool), power.sizes),
         "domain_a_train": Stream("false_alarms", separate_sampler(pool, domain_a), power.sizes),
     }
+    subset = _ShiftedSubset.of(model, device, pool, labels, images, design)
+    for name, (downsample, brightness) in _severities(power).items():
+        shifted = degrade_images(subset.images, downsample, brightness)
+        streams.update(subset.streams(name, shifted, power.sizes, power.detection_repetitions))
     clean_accuracy = _accuracy(pool, labels)
-    # The covariate severities, like the corruptions, on the seeded subset of the pool: n is at
-    # most 1,000 a side, so 5,000 images give fresh draws, and the network runs on 25,000
-    # images instead of 140,000 (about 50 s less of `power`).
-    rows = corruption_rows(len(pool), design.seed, power.corruption_pool_images)
-    clean, clean_labels = pool.subset(rows), labels[rows]
-    for name, shifted in _severities(model, device, images[rows], design).items():
-        loss = _accuracy(clean, clean_labels) - _accuracy(shifted, clean_labels)
-        streams[name] = Stream(
-            "detection", pool_sampler(clean, shifted), power.sizes, loss, repetitions=power.detection_repetitions
-        )
-        streams.update(
-            _harm_as_monitored(
-                name, loss, design, lambda size, shifted=shifted: subset_sampler(pool, rows, shifted, size)
-            )
-        )
     for keep in power.label_keep_levels:
         name = f"label_keep_{keep:g}"
         thinned: dict[str, Any] = {"labels": labels, "label_class": design.label_class, "keep": keep}
@@ -149,67 +141,74 @@ def build_streams(
                 lambda size, thinned=thinned: pool_sampler(pool, pool, **thinned, reference_size=size),
             )
         )  # harmful only for a weak model
-    streams.update(_corruption_streams(model, device, pool, labels, images, design))
+    for family, severities in power.corruptions.items():
+        for severity in severities:
+            shifted = corrupt(subset.images, family, severity, seed=design.seed)
+            streams.update(
+                subset.streams(
+                    f"{family}_{severity:g}", shifted, power.corruption_sizes, power.corruption_repetitions, True
+                )
+            )
     streams.update(_monitored_streams(pool, labels, design))
     return streams
 
 
-def _severities(model, device, images: np.ndarray, design: Design) -> dict[str, Features]:
-    """The model's features of `images` at each covariate severity of the grid (brightness
-    alone, blur alone): the network runs once per image and severity."""
-    power, evaluate = design.power, design.evaluate
+def _severities(power) -> dict[str, tuple[int, float]]:
+    """The study's covariate severities of the grid, one at a time: name -> (downsample, brightness)."""
     severities = {f"brightness_{b:g}": (28, b) for b in power.brightness_levels}
     severities.update({f"downsample_{d}": (d, 0.0) for d in power.downsample_levels})
-    return {
-        name: model_features(
-            model,
-            degrade_images(images, downsample, brightness),
-            evaluate.batch_size,
-            device,
-            evaluate.precision,
-            desc=name,
+    return severities
+
+
+@dataclass(frozen=True)
+class _ShiftedSubset:
+    """The seeded subset of the pool that every covariate shift is applied to (the harm table's
+    images, power.corruption_pool_images), with the model that runs once per image and shift.
+    A shift's stream draws its reference from the subset's clean rows and its deployment from
+    other rows' shifted ones: 5,000 images give fresh draws at n <= 1,000 a side, and the network
+    runs on 25,000 images for the study's five severities instead of 140,000."""
+
+    model: Any
+    device: Any
+    design: Design
+    pool: Features
+    rows: np.ndarray
+    clean: Features
+    labels: np.ndarray
+    images: np.ndarray
+
+    @classmethod
+    def of(cls, model, device, pool: Features, labels: np.ndarray, images: np.ndarray, design: Design):
+        rows = corruption_rows(len(pool), design.seed, design.power.corruption_pool_images)
+        return cls(model, device, design, pool, rows, pool.subset(rows), labels[rows], images[rows])
+
+    def streams(
+        self, name: str, shifted_images: np.ndarray, sizes: list[int], repetitions: int, corruption: bool = False
+    ) -> dict[str, Stream]:
+        """The stream of the subset under one shift (`shifted_images`, row-aligned with
+        `self.images`), with the accuracy it costs, and its harm cell as monitored."""
+        evaluate = self.design.evaluate
+        shifted = model_features(
+            self.model, shifted_images, evaluate.batch_size, self.device, evaluate.precision, desc=name
         )
-        for name, (downsample, brightness) in severities.items()
-    }
-
-
-def _corruption_streams(
-    model, device, pool: Features, labels: np.ndarray, images: np.ndarray, design: Design
-) -> dict[str, Stream]:
-    """One stream per corruption family and severity, on a seeded subset of the pool: reference
-    draws from its clean features, deployment draws from its corrupted ones (disjoint rows)."""
-    power, evaluate = design.power, design.evaluate
-    if not power.corruptions:
-        return {}
-    rows = corruption_rows(len(pool), design.seed, design.power.corruption_pool_images)
-    clean, clean_labels = pool.subset(rows), labels[rows]
-    streams = {}
-    for family, severities in power.corruptions.items():
-        for severity in severities:
-            name = f"{family}_{severity:g}"
-            shifted = model_features(
-                model,
-                corrupt(images[rows], family, severity, seed=design.seed),
-                evaluate.batch_size,
-                device,
-                evaluate.precision,
-                desc=name,
-            )
-            loss = _accuracy(clean, clean_labels) - _accuracy(shifted, clean_labels)
-            streams[name] = Stream(
-                "detection",
-                pool_sampler(clean, shifted),
-                power.corruption_sizes,
+        loss = _accuracy(self.clean, self.labels) - _accuracy(shifted, self.labels)
+        stream = Stream(
+            "detection",
+            pool_sampler(self.clean, shifted),
+            sizes,
+            loss,
+            corruption=corruption,
+            repetitions=repetitions,
+        )
+        return {
+            name: stream,
+            **_harm_as_monitored(
+                name,
                 loss,
-                corruption=True,
-                repetitions=power.corruption_repetitions,
-            )
-            streams.update(
-                _harm_as_monitored(
-                    name, loss, design, lambda size, shifted=shifted: subset_sampler(pool, rows, shifted, size)
-                )
-            )
-    return streams
+                self.design,
+                lambda size: subset_sampler(self.pool, self.rows, shifted, size),
+            ),
+        }
 
 
 def _harm_as_monitored(name: str, accuracy_loss: float, design: Design, sampler) -> dict[str, Stream]:
@@ -273,6 +272,35 @@ def seeded_detector(name: str, permutations: int, mmd_max_per_side: int | None =
         return DETECTORS[name].bind(settings)(reference, deployment)
 
     return detector
+
+
+def stream_rates(stream: Stream, detectors: dict, as_monitored: dict, power, alpha: float, seed: int) -> dict:
+    """A stream's alarm rates per detector and n (AlarmRate lists; the verdict under COMBINED).
+    A harmful shift judged as monitored stops at half its repetitions where they settle the 0.9
+    target (`two_look_alarm_rates`); a stream against the monitor's reference runs every
+    repetition for every detector; any other gives the costly ones fewer (`repetitions_rule`)."""
+    repetitions = stream.repetitions or power.repetitions
+    if stream.kind == HARM_KIND:
+        return two_look_alarm_rates(
+            stream.sample,
+            as_monitored,
+            stream.sizes,
+            repetitions,
+            TARGET_POWER,
+            alpha=alpha,
+            seed=seed,
+            verdict=FEATURE_DETECTORS,
+        )
+    return independent_alarm_rates(
+        stream.sample,
+        as_monitored if stream.monitored else detectors,
+        stream.sizes,
+        repetitions,
+        alpha=alpha,
+        seed=seed,
+        repetitions_for=None if stream.monitored else repetitions_rule(power),
+        verdict=FEATURE_DETECTORS,
+    )
 
 
 def repetitions_rule(power):
