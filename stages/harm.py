@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from shiftwatch.core.io import load_set, write_json
+from shiftwatch.core.io import write_json
 from shiftwatch.core.lineage import file_md5
 from shiftwatch.core.params import load_params
 from shiftwatch.core.plots import page_plot
@@ -38,10 +38,13 @@ from shiftwatch.core.workers import fork_map
 from shiftwatch.data.corruptions import check_severity, corrupt
 from shiftwatch.data.shift import degrade_images
 from shiftwatch.detection.power import corruption_rows
+from shiftwatch.detection.power_design import unseen_pool
+from shiftwatch.detection.verdict import verdict_alarms
 from shiftwatch.estimation.accuracy import reference_summary
 from shiftwatch.estimation.harm import (
     NULL_CELL,
     Cell,
+    ChangeJudge,
     design_fits,
     headline,
     judge_cell,
@@ -50,7 +53,7 @@ from shiftwatch.estimation.harm import (
     survey,
 )
 from shiftwatch.model import DEPLOYED_MODEL, FINETUNED_MODEL
-from shiftwatch.model.features import load_features
+from shiftwatch.model.features import Features, load_features, model_features
 from shiftwatch.model.network import load_model, pick_device, predict_proba
 from shiftwatch.tracking.runs import stage_run
 
@@ -74,28 +77,33 @@ def main() -> None:
         base, aux = load_model(DEPLOYED_MODEL), load_model(FINETUNED_MODEL)
         device, evaluate = pick_device(), params.evaluate
 
-        def outputs(shifted_images, name):
-            return tuple(
-                predict_proba(
-                    model,
-                    shifted_images,
-                    evaluate.batch_size,
-                    device,
-                    desc=name,
-                    progress=False,
-                    precision=evaluate.precision,
-                )
-                for model in (base, aux)
+        def aux_outputs(shifted_images, name):
+            return predict_proba(
+                aux,
+                shifted_images,
+                evaluate.batch_size,
+                device,
+                desc=name,
+                progress=False,
+                precision=evaluate.precision,
             )
 
-        pool_aux = outputs(images, "pool")[1]
-        clean = Cell(CLEAN, pool[rows], pool_aux[rows], rows, labels[rows])
+        def outputs(shifted_images, name):
+            """The deployed model's view (the change verdict's too) and the fine-tuned model's outputs."""
+            view = model_features(base, shifted_images, evaluate.batch_size, device, evaluate.precision, desc=name)
+            return view, aux_outputs(shifted_images, name)
+
+        pool_aux = aux_outputs(images, "pool")
+        clean = Cell(CLEAN, pool.probabilities[rows], pool_aux[rows], rows, labels[rows])
+        views = {CLEAN: pool.subset(rows)}  # the deployed model's view of each cell's images
         groups = {"design": {}, "held_out": {}, "everyday": {}}
         for group in groups:
             for family, severities in getattr(harm, group).items():
                 for severity in severities:
                     name = f"{family}_{severity:g}"
-                    groups[group][name] = _cell(family, severity, clean, images[rows], outputs, params)
+                    groups[group][name], views[name] = _cell(
+                        family, severity, clean, views[CLEAN], images[rows], outputs, params
+                    )
         print(
             f"harm: the models' outputs on {sum(map(len, groups.values()))} cells in "
             f"{time.perf_counter() - started:.0f} s",
@@ -119,7 +127,7 @@ def main() -> None:
                 "left_out": cell.family if cell.family in fits else None,
                 "draws": judge_cell(
                     cell,
-                    pool,
+                    pool.probabilities,
                     pool_aux,
                     labels,
                     used,
@@ -128,11 +136,12 @@ def main() -> None:
                     reference_size=harm.reference_images,
                     page_points=harm.page_points,
                     seed=params.seed,
+                    change=_change_judge(pool, views[name], params),
                 ),
             }
 
         details = dict(zip(cells, fork_map(judged, list(cells))))
-        reference = reference_summary(pool[:test_size], labels[:test_size], pool_aux[:test_size], fit)
+        reference = reference_summary(pool.probabilities[:test_size], labels[:test_size], pool_aux[:test_size], fit)
         write_json(
             ESTIMATOR,
             {
@@ -179,23 +188,20 @@ def _check(family: str, severity: float) -> None:
     check_severity(family, severity)
 
 
-def _pool():
-    """The deployed model's outputs, labels and images of the unseen pool (test + domain B),
-    and how many of its first rows are the test set (the monitor's reference)."""
-    probabilities, labels, images = [], [], []
-    for name in ("test", "domain_b"):
-        view, view_labels = load_features(f"data/reference/{name}.npz")
-        probabilities.append(view.probabilities)
-        labels.append(view_labels)
-        images.append(load_set(f"data/prepared/{name}.npz", hint="run `dvc repro prepare`").images)
-    return np.concatenate(probabilities), np.concatenate(labels), np.concatenate(images), len(labels[0])
+def _pool() -> tuple[Features, np.ndarray, np.ndarray, int]:
+    """The deployed model's view, labels and images of the unseen pool (test + domain B), and
+    how many of its first rows are the test set (the monitor's reference)."""
+    view, labels, images = unseen_pool()
+    return view, labels, images, len(load_features("data/reference/test.npz")[1])
 
 
-def _cell(family: str, severity: float, clean: Cell, images: np.ndarray, outputs, params) -> Cell:
-    """The clean cell's images under one shift, through both models (a label shift reuses the
-    clean outputs and thins class shift.label_class out)."""
+def _cell(
+    family: str, severity: float, clean: Cell, clean_view: Features, images: np.ndarray, outputs, params
+) -> tuple[Cell, Features]:
+    """The clean cell's images under one shift, through both models, and the deployed model's
+    view of them (a label shift reuses the clean outputs and thins class shift.label_class out)."""
     if family == "label_keep":
-        return Cell(
+        cell = Cell(
             family,
             clean.probabilities,
             clean.aux_probabilities,
@@ -204,14 +210,33 @@ def _cell(family: str, severity: float, clean: Cell, images: np.ndarray, outputs
             keep=severity,
             label_class=params.shift.label_class,
         )
+        return cell, clean_view
     if family == "brightness":
         shifted = degrade_images(images, 28, severity)
     elif family == "downsample":
         shifted = degrade_images(images, int(severity), 0.0)
     else:
         shifted = corrupt(images, family, severity, seed=params.seed)
-    probabilities, aux = outputs(shifted, f"{family}_{severity:g}")
-    return Cell(family, probabilities, aux, clean.rows, clean.labels)
+    view, aux = outputs(shifted, f"{family}_{severity:g}")
+    return Cell(family, view.probabilities, aux, clean.rows, clean.labels), view
+
+
+def _change_judge(pool: Features, view: Features, params) -> ChangeJudge:
+    """The change verdict as `check` runs it (its MMD on monitor.mmd_max_per_side reference
+    images), on a draw's reference rows of the pool and positions in the cell's view."""
+    harm, monitor = params.harm, params.monitor
+
+    def alarms(reference_rows: np.ndarray, picked: np.ndarray, seed: int) -> bool:
+        return verdict_alarms(
+            pool.subset(reference_rows),
+            view.subset(picked),
+            seed=seed,
+            alpha=monitor.alpha,
+            mmd_permutations=monitor.mmd_permutations,
+            mmd_max_per_side=monitor.mmd_max_per_side,
+        )
+
+    return ChangeJudge(alarms, harm.change_sizes, harm.change_repetitions, harm.change_first_look)
 
 
 if __name__ == "__main__":

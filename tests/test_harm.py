@@ -114,6 +114,48 @@ def test_judge_cell_pages_on_a_costly_shift_and_stays_quiet_on_no_shift(pool):
     assert quiet["300"]["confirmed_pages"] <= round(40 * quiet["300"]["page_rate"])
 
 
+def test_the_change_verdict_runs_on_the_pages_own_draws_and_stops_where_settled(pool):
+    from shiftwatch.estimation.harm import ChangeJudge
+
+    probabilities, labels = pool
+    clean = shifted_cell(pool, "none", None, 0)
+    fit = EstimatorFit(("confidence",), (1.0,), 0.005)
+    seen = []
+
+    def every_other(reference_rows, picked, seed):
+        """A verdict that alarms on every other draw, recording what it was handed."""
+        seen.append((reference_rows, picked, seed))
+        return len(seen) % 2 == 0
+
+    def judged(change):
+        return judge_cell(
+            clean,
+            probabilities,
+            None,
+            labels,
+            fit,
+            sizes=[100, 200],
+            repetitions=30,
+            reference_size=1500,
+            page_points=3,
+            seed=0,
+            change=change,
+        )
+
+    without = judged(None)
+    mixed = judged(ChangeJudge(every_other, [100], repetitions=20, first_look=8))
+    # the page's numbers do not move: the verdict's seed is drawn after the draw
+    assert {n: {k: v for k, v in d.items() if not k.startswith("change")} for n, d in mixed.items()} == without
+    assert "change_rate" not in mixed["200"]  # only at change sizes
+    assert mixed["100"]["change_repetitions"] == 20 and mixed["100"]["change_rate"] == 0.5  # mixed: every draw
+    reference_rows, picked, _ = seen[0]
+    assert len(reference_rows) == 1500 and len(picked) == 100
+    assert not set(reference_rows) & set(clean.rows[picked])  # the reference excludes the draw's images
+    always = judged(ChangeJudge(lambda *_: True, [100, 200], repetitions=20, first_look=8))
+    assert always["100"]["change_repetitions"] == always["200"]["change_repetitions"] == 8  # settled at the first look
+    assert always["100"]["change_rate"] == 1.0 and always["100"]["change_ci_low"] > 0.6
+
+
 def test_confirmed_pages_count_pages_right_after_a_page():
     from shiftwatch.estimation.harm import _confirmed
 

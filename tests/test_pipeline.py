@@ -45,6 +45,9 @@ SMALL = {
         "sizes": [100],
         "repetitions": 10,
         "null_repetitions": 12,
+        "change_sizes": [100],
+        "change_repetitions": 8,
+        "change_first_look": 4,
         "reference_images": 300,
         "design": {"contrast": [0.5, 0.3], "rotate": [30], "label_keep": [0.1]},
         "held_out": {"pixelate": [7]},
@@ -271,6 +274,9 @@ def test_repro_fits_the_estimate_and_the_page_fires_on_harm_not_on_change(repo):
         assert draws["repetitions"] == (12 if name == "no_shift" else 10)  # harm.null_repetitions on no shift
         assert 0 <= draws["page_rate"] <= 1 and 0 <= draws["coverage"] <= 1
         assert 0 <= draws["confirmed_pages"] <= round(draws["page_rate"] * draws["repetitions"])
+        assert draws["change_repetitions"] in (4, 8) and 0 <= draws["change_rate"] <= 1  # the verdict, same draws
+    # the change verdict (as check runs it) sees what a 30 % contrast does to the pixels
+    assert harm["cells"]["contrast_0.3"]["draws"]["100"]["change_rate"] == 1.0
     # Where the estimate (population, the fit that never saw the family) puts the loss at >= 10
     # points, the page fires in most draws. (On a 4-cell design grid a left-out fit can be far off:
     # this weak model's contrast_0.3 loses 22 points and its fit without contrast sees none.)

@@ -57,6 +57,21 @@ def test_the_verdict_is_holm_over_the_verdict_detectors_only(rng):
     assert all(name in VERDICT for name in FEATURE_DETECTORS)
 
 
+def test_verdict_alarms_is_run_detectors_drift_without_the_diagnostics(rng):
+    # stage harm judges the verdict on thousands of draws with verdict_alarms: it must be the
+    # verdict check gives, on a quiet draw and on a loud one
+    from shiftwatch.detection.verdict import verdict_alarms
+
+    reference, _ = _features(rng, 1000)
+    kwargs = dict(seed=3, alpha=0.05, mmd_permutations=50, mmd_max_per_side=300)
+    for brightness in (0.0, 0.02):
+        deployment, _ = _features(rng, 300, brightness=brightness)
+        assert verdict_alarms(reference, deployment, **kwargs) == bool(
+            run_detectors(reference, deployment, **kwargs)["drift"]
+        )
+    assert verdict_alarms(reference, deployment, **kwargs)  # the brighter one
+
+
 def test_the_zero_pixel_share_alone_does_not_raise_the_verdict(rng):
     # Benign preprocessing (a resize, JPEG) changes how many pixels are exactly 0 without harm.
     reference, _ = _features(rng, 1000)

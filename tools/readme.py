@@ -353,22 +353,21 @@ def harm_table() -> str:
 
 def page_table() -> str:
     """Stage harm, every cell: the accuracy it costs, the estimate (population, by a fit that
-    never saw the family) and its error, the change verdict's rate (power's grid, n against n)
-    and the page rate at each judged n; the weakest harmful and harmless rows in bold."""
+    never saw the family) and its error, and at each judged n the change verdict's rate and the
+    page rate on the same draws; the weakest harmful and harmless rows in bold."""
     details = _generated("metrics/harm_details.json")
     if details is None:
         return "_run `dvc repro harm`_"
-    power = _generated("metrics/power_details.json") or {}
     cells = details["cells"]
     sizes = list(cells["no_shift"]["draws"])
     shown = [n for n in sizes if n != "1000"] or sizes
     harm_points = details["harm_points"]
     worst = _weakest(cells, harm_points, "200" if "200" in shown else shown[0])
     rows = [
-        "| shift | group | points lost | estimated (error) | change verdict at n = 100 / 200 | "
-        + " | ".join(f"page at n = {n}" for n in shown)
+        "| shift | group | points lost | estimated (error) | "
+        + " | ".join(f"n = {n}: change / page" for n in shown)
         + " |",
-        "|---|---|---|---|---|" + "---|" * len(shown),
+        "|---|---|---|---|" + "---|" * len(shown),
     ]
     order = {"null": 0, "everyday": 1, "design": 2, "held_out": 3}
     for name, cell in sorted(cells.items(), key=lambda kv: (order[kv[1]["group"]], kv[1]["loss_points"])):
@@ -382,15 +381,18 @@ def page_table() -> str:
         label = f"**{name}** (weakest)" if name in worst else name
         rows.append(
             f"| {label} | {group} | {loss:.1f} | {loss - error:.1f} ({-error:+.1f}) | "
-            f"{_change_rates(power, name)} | "
-            + " | ".join(_page_cell(cell["draws"][n], loss, harm_points) for n in shown)
+            + " | ".join(
+                f"{_change_rate(cell['draws'][n])} / {_page_cell(cell['draws'][n], loss, harm_points)}" for n in shown
+            )
             + " |"
         )
     return "\n".join(rows) + (
         "\n\n(estimated: the population loss the estimate gives the cell's 5,000 images, "
-        "error = estimated minus true loss; page: share of draws that page, as check runs, "
-        "each against a fresh reference of pool images; ✗ marks a cell that misses its "
-        f"target: ≥ 0.9 where ≥ {harm_points:g} points are lost, ≤ 0.10 where < 1 point)"
+        "error = estimated minus true loss; change / page: share of draws where the change "
+        "verdict alarms / the page fires, as check runs, each draw against a fresh reference of "
+        f"pool images; the change verdict on the first {_change_draws(cells)} of the page's draws "
+        "(more where the first ones were mixed); ✗ marks a page rate that misses its target: ≥ 0.9 where "
+        f"≥ {harm_points:g} points are lost, ≤ 0.10 where < 1 point)"
     )
 
 
@@ -411,13 +413,13 @@ def _page_cell(draw: dict, loss: float, harm_points: float) -> str:
     return f"{rate:.2f}{' ✗' if missed else ''}"
 
 
-def _change_rates(power: dict, name: str) -> str:
-    stream = "no_shift" if name == "no_shift" else name
-    verdict = power.get("detection", {}).get(stream) or power.get("false_alarms", {}).get(stream)
-    if not verdict:
-        return "—"
-    combined = verdict["combined"]
-    return " / ".join(f"{combined[n]['rate']:.2f}" if n in combined else "—" for n in ("100", "200"))
+def _change_draws(cells: dict) -> str:
+    counts = {d["change_repetitions"] for c in cells.values() for d in c["draws"].values() if "change_repetitions" in d}
+    return "—" if not counts else f"{min(counts)}" if len(counts) == 1 else f"{min(counts)} to {max(counts)}"
+
+
+def _change_rate(draw: dict) -> str:
+    return f"{draw['change_rate']:.2f}" if "change_rate" in draw else "—"
 
 
 def page_targets_table() -> str:
@@ -449,6 +451,12 @@ def page_targets_table() -> str:
         lambda v: v <= 0.10,
     )
     row("page on no shift ≤ 0.05", [cells["no_shift"]["draws"][n]["page_rate"] for n in sizes], lambda v: v <= 0.05)
+    rows.append(
+        "| the change verdict on the same draws (information, no target): lowest rate on a harmful "
+        "cell / highest on a harmless one / on no shift | "
+        + " | ".join(_change_extremes(shifted, harmful, harmless, cells["no_shift"], n) for n in sizes)
+        + " |"
+    )
     held_out = [c for c in shifted.values() if c["group"] == "held_out"]
     for label, judged in (("held-out cells (the target)", held_out), ("every cell", list(cells.values()))):
         if judged:
@@ -466,6 +474,15 @@ def page_targets_table() -> str:
                 f"{errors[-1]:.1f} |" + " |" * (len(sizes) - 1)
             )
     return "\n".join(rows)
+
+
+def _change_extremes(shifted: dict, harmful: list, harmless: list, null: dict, n: str) -> str:
+    rate = lambda cell: cell["draws"][n].get("change_rate")
+    if rate(null) is None:
+        return "—"
+    lowest = min(rate(shifted[k]) for k in harmful) if harmful else None
+    highest = max(rate(shifted[k]) for k in harmless) if harmless else None
+    return " / ".join("—" if v is None else f"{v:.2f}" for v in (lowest, highest, rate(null)))
 
 
 def false_pages_table() -> str:

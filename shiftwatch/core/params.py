@@ -118,6 +118,9 @@ class HarmParams(_Strict):
     sizes: list[Annotated[int, Field(ge=2, le=5_000)]] = Field(min_length=1)
     repetitions: int = Field(ge=1, le=100_000)
     null_repetitions: int = Field(ge=2, le=100_000)
+    change_sizes: list[Annotated[int, Field(ge=2, le=5_000)]]
+    change_repetitions: int = Field(ge=1, le=100_000)
+    change_first_look: int = Field(ge=1, le=100_000)
     design: dict[_HarmFamily, _Severities] = Field(min_length=1)
     held_out: dict[_HarmFamily, _Severities]
     everyday: dict[_HarmFamily, _Severities]
@@ -128,6 +131,17 @@ class HarmParams(_Strict):
             raise ValueError(
                 f"page_points = {self.page_points} must not exceed harm_points = {self.harm_points} "
                 "(a batch that loses harm_points must page)"
+            )
+        if set(self.change_sizes) - set(self.sizes):
+            raise ValueError(
+                f"change_sizes = {self.change_sizes}: the change verdict runs on the page's draws, "
+                f"so each of its sizes must be in sizes = {self.sizes}"
+            )
+        if not self.change_first_look <= self.change_repetitions <= self.repetitions:
+            raise ValueError(
+                f"change_first_look = {self.change_first_look}, change_repetitions = "
+                f"{self.change_repetitions}, repetitions = {self.repetitions}: the change verdict "
+                "runs on the first of the page's draws, so each must be at most the next"
             )
         overlap = set(self.held_out) & set(self.design)
         if overlap:

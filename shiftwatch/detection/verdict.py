@@ -80,6 +80,22 @@ def run_detectors(
     return report
 
 
+def verdict_alarms(
+    reference: Features,
+    deployment: Features,
+    *,
+    seed: int,
+    alpha: float,
+    mmd_permutations: int,
+    mmd_max_per_side: int | None,
+) -> bool:
+    """`run_detectors`' "drift" alone, without the diagnostics: for judging the verdict on many
+    draws (stage harm)."""
+    settings = Settings(seed=seed, permutations=mmd_permutations, max_per_side=mmd_max_per_side)
+    tests = bound(FEATURE_DETECTORS, settings)
+    return holm({name: test(reference, deployment).pvalue for name, test in tests.items()}, alpha).reject
+
+
 def label_shift_report(
     reference_probs: np.ndarray,
     reference_labels: np.ndarray,
