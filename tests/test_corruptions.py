@@ -21,6 +21,7 @@ SEVERITY = {
     "pixelate": 10,
     "motion_blur": 5,
     "salt_pepper": 0.05,
+    "stretch": 0.2,
     "contrast_mean": 0.9,
     "png": 6,
 }
@@ -161,6 +162,16 @@ def test_params_schema_knows_every_family_and_params_yaml_runs_the_harm_tables()
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     power = list(parse_params(raw).power.corruptions)
     assert power == [family for family in FAMILIES if family in power]
-    assert {"pixelate", "motion_blur", "salt_pepper", "contrast_mean", "png"} <= set(FAMILIES) - set(power)
+    assert {"pixelate", "motion_blur", "salt_pepper", "stretch", "contrast_mean", "png"} <= set(FAMILIES) - set(power)
     raw["power"]["corruptions"] = {family: [0.1] for family in FAMILIES}
     assert list(parse_params(raw).power.corruptions) == list(FAMILIES)
+
+
+def test_stretch_makes_an_object_taller_about_the_centre_and_no_wider():
+    square = np.zeros((1, 28, 28), np.float32)
+    square[:, 10:18, 10:18] = 1.0
+    stretched = corrupt(square, "stretch", 0.5, seed=0)[0]
+    rows, columns = np.flatnonzero(stretched.max(1) > 0.5), np.flatnonzero(stretched.max(0) > 0.5)
+    assert len(rows) == 12 and len(columns) == 8  # 8 rows x 1.5, the same 8 columns
+    assert rows.min() + rows.max() == 27  # about the centre
+    np.testing.assert_array_equal(corrupt(square, "stretch", 0.5, seed=9)[0], stretched)  # no randomness

@@ -39,6 +39,9 @@ SEVERITY_RANGES = {
     "pixelate": (1, 27),
     "motion_blur": (1, 27),
     "salt_pepper": (0, 0.5),
+    # Held out the same way, fixed before the border signal's first run (issue 20): a resize
+    # that loses the aspect ratio.
+    "stretch": (0, 1),
     # What a healthy image pipeline does every day (the page must stay quiet).
     "contrast_mean": (0, 2),
     "png": (0, 9),
@@ -63,6 +66,7 @@ def corrupt(images: np.ndarray, family: str, severity: float, seed: int) -> np.n
         "pixelate": lambda: _pixelate(images, size=round(severity)),  # area-shrunk to s x s px, blown up blocky
         "motion_blur": lambda: _motion_blur(images, length=round(severity)),  # horizontal box blur, s px
         "salt_pepper": lambda: _salt_pepper(images, share=severity, seed=seed),  # share s of pixels 0 or 1
+        "stretch": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, stretch=severity),  # 1 + s taller
         "contrast_mean": lambda: _contrast_about_mean(images, severity),  # c * (x - image mean) + mean
         "png": lambda: _png(images, level=round(severity)),  # 8-bit PNG round trip, zlib level s
     }
@@ -90,14 +94,16 @@ def _affine(
     seed: int,
     zoom: tuple[float, float] | None = None,
     max_shear: float | None = None,
+    stretch: float = 0.0,
 ) -> np.ndarray:
     """Each image rotated by its own angle uniform in ±max_degrees, shifted by its own
     whole-pixel offset uniform in ±max_pixels (per axis) and, with `zoom` = (low, high), scaled
     about its centre by its own factor uniform in [1 + low, 1 + high] (a camera nearer or
     farther: > 1 crops the edges, < 1 leaves a black margin); with `max_shear`, sheared
     horizontally about its centre by its own factor k uniform in ±max_shear (each row moved
-    sideways by k times its height above the centre: a camera tilted off the product's plane).
-    Bilinear, black outside."""
+    sideways by k times its height above the centre: a camera tilted off the product's plane);
+    with `stretch`, every image 1 + stretch times taller about its centre (a resize that loses
+    the aspect ratio: the top and bottom are cut). Bilinear, black outside."""
     import torch
     import torch.nn.functional as F
 
@@ -113,6 +119,7 @@ def _affine(
     # the shear adds k * y to the x an output pixel samples (square images: in pixels too).
     theta[:, 0, 0], theta[:, 0, 1] = np.cos(angles) / scale, (shear * np.cos(angles) - np.sin(angles)) / scale
     theta[:, 1, 0], theta[:, 1, 1] = np.sin(angles) / scale, (shear * np.sin(angles) + np.cos(angles)) / scale
+    theta[:, 1, :2] /= 1.0 + stretch  # an output row samples the input nearer the centre: taller
     theta[:, :, 2] = offsets
     batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
     grid = F.affine_grid(torch.from_numpy(theta), list(batch.shape), align_corners=False)
