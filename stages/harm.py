@@ -40,7 +40,7 @@ from shiftwatch.data.shift import degrade_images
 from shiftwatch.detection.power import corruption_rows
 from shiftwatch.detection.power_design import unseen_pool
 from shiftwatch.detection.verdict import verdict_alarms
-from shiftwatch.estimation.accuracy import reference_summary
+from shiftwatch.estimation.accuracy import clear_border, reference_summary
 from shiftwatch.estimation.harm import (
     NULL_CELL,
     Cell,
@@ -93,8 +93,8 @@ def main() -> None:
             view = model_features(base, shifted_images, evaluate.batch_size, device, evaluate.precision, desc=name)
             return view, aux_outputs(shifted_images, name)
 
-        pool_aux = aux_outputs(images, "pool")
-        clean = Cell(CLEAN, pool.probabilities[rows], pool_aux[rows], rows, labels[rows])
+        pool_aux, pool_clear = aux_outputs(images, "pool"), clear_border(pool.pixels)
+        clean = Cell(CLEAN, pool.probabilities[rows], pool_aux[rows], rows, labels[rows], clear=pool_clear[rows])
         views = {CLEAN: pool.subset(rows)}  # the deployed model's view of each cell's images
         groups = {"design": {}, "held_out": {}, "everyday": {}}
         for group in groups:
@@ -137,11 +137,14 @@ def main() -> None:
                     page_points=harm.page_points,
                     seed=params.seed,
                     change=_change_judge(pool, views[name], params),
+                    pool_clear=pool_clear,
                 ),
             }
 
         details = dict(zip(cells, fork_map(judged, list(cells))))
-        reference = reference_summary(pool.probabilities[:test_size], labels[:test_size], pool_aux[:test_size], fit)
+        reference = reference_summary(
+            pool.probabilities[:test_size], labels[:test_size], pool_aux[:test_size], fit, pool_clear[:test_size]
+        )
         write_json(
             ESTIMATOR,
             {
@@ -209,6 +212,7 @@ def _cell(
             clean.labels,
             keep=severity,
             label_class=params.shift.label_class,
+            clear=clean.clear,
         )
         return cell, clean_view
     if family == "brightness":
@@ -218,7 +222,7 @@ def _cell(
     else:
         shifted = corrupt(images, family, severity, seed=params.seed)
     view, aux = outputs(shifted, f"{family}_{severity:g}")
-    return Cell(family, view.probabilities, aux, clean.rows, clean.labels), view
+    return Cell(family, view.probabilities, aux, clean.rows, clean.labels, clear=clear_border(view.pixels)), view
 
 
 def _change_judge(pool: Features, view: Features, params) -> ChangeJudge:

@@ -126,3 +126,44 @@ def test_the_class_mix_signal_is_saved_with_the_reference_only_when_fitted_with_
         "class_mix"
         not in reference_summary(probabilities, labels, None, EstimatorFit(("confidence",), (1.0,))).as_dict()
     )
+
+
+def test_clear_border_is_the_share_of_the_frame_without_ink_whatever_the_contrast():
+    from shiftwatch.data.corruptions import corrupt
+    from shiftwatch.estimation.accuracy import clear_border
+    from shiftwatch.model.features import pixels_8bit
+
+    images = np.zeros((4, 28, 28), np.float32)
+    images[1, 8:20, 8:20] = 0.9  # a centred object: the frame is clear
+    images[2] = 0.7  # ink everywhere but a dark centre
+    images[2, 10:18, 10:18] = 0.0
+    images[3, :, 12:16] = 0.8  # a bar through the top and bottom edges: 8 of the frame's 208 pixels, twice
+    clear = clear_border(images)
+    np.testing.assert_allclose(clear, [1.0, 1.0, 0.0, 1 - 16 / 208])
+    # relative to each image's own range: scaled or brightened images read the same
+    np.testing.assert_allclose(clear_border(0.3 * images), clear)
+    np.testing.assert_allclose(clear_border(np.clip(images + 0.1, 0, 1)), clear)
+    np.testing.assert_allclose(clear_border(pixels_8bit(images)), clear)  # 8-bit, flattened
+    # a crop that pushes the object past the frame loses clear border
+    big = np.zeros((1, 28, 28), np.float32)
+    big[:, 3:25, 3:25] = 1.0
+    assert clear_border(corrupt(big, "stretch", 0.3, seed=0))[0] < clear_border(big)[0] == 1.0
+    with pytest.raises(ShiftwatchError, match="not square"):
+        clear_border(np.zeros((2, 780)))
+
+
+def test_an_estimator_that_reads_the_border_needs_the_batchs_clear_border_values():
+    rng = np.random.default_rng(1)
+    probabilities, labels = calibrated(rng, 400, 4.0)
+    fit = EstimatorFit(("confidence", "clear_border"), (1.0, 0.5))
+    clear = rng.uniform(0.8, 1.0, 400)
+    reference = reference_summary(probabilities, labels, None, fit, clear)
+    assert set(reference.means) == {"confidence", "clear_border"}
+    batch, _ = calibrated(rng, 100, 4.0)
+    moved = estimate(batch, None, reference, fit, 3, clear=np.full(100, reference.means["clear_border"] - 0.1))
+    level = estimate(batch, None, reference, fit, 3, clear=np.full(100, reference.means["clear_border"]))
+    assert moved.accuracy == pytest.approx(level.accuracy - 0.05)  # weight 0.5 x 0.1 less clear border
+    with pytest.raises(ShiftwatchError, match="clear_border"):
+        estimate(batch, None, reference, fit, 3)
+    with pytest.raises(ShiftwatchError, match="one per image"):
+        estimate(batch, None, reference, fit, 3, clear=np.ones(99))

@@ -184,9 +184,10 @@ def test_a_draw_larger_than_the_thinned_cell_is_refused(pool):
 def test_the_survey_scores_every_estimator_on_every_cell_out_of_family(pool):
     from shiftwatch.estimation.harm import SURVEY, survey
 
-    def with_twin(cell: Cell) -> Cell:  # the fine-tuned model's outputs: a softer copy
-        twin = np.sqrt(cell.probabilities)
-        return Cell(cell.family, cell.probabilities, twin / twin.sum(1, keepdims=True), cell.rows, cell.labels)
+    def with_twin(cell: Cell) -> Cell:  # the fine-tuned model's outputs: a softer copy; a border per image
+        twin, confidence = np.sqrt(cell.probabilities), cell.probabilities.max(1)
+        twin = twin / twin.sum(1, keepdims=True)
+        return Cell(cell.family, cell.probabilities, twin, cell.rows, cell.labels, clear=0.5 + confidence / 2)
 
     clean = with_twin(shifted_cell(pool, "none", None, 0))
     design = {

@@ -522,8 +522,13 @@ def survey_table() -> str:
         "/ worst | everyday: worst |",
         "|---|---|---|---|",
     ]
+    from shiftwatch.estimation.harm import SURVEY
+
+    page_signals = tuple(details["estimator"]["signals"])
     for label, errors in details["survey_points"].items():
         cells = []
+        if SURVEY.get(label, ((), ()))[1] is None and SURVEY[label][0] == page_signals:
+            label += " (the page's)"
         for group in ("design", "held_out", "everyday"):
             values = np.abs([e for name, e in errors.items() if groups.get(name) == group])
             cells.append(

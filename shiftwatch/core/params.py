@@ -111,7 +111,9 @@ _HarmFamily = Literal[(*FAMILIES, "brightness", "downsample", "label_keep")]  # 
 
 
 class HarmParams(_Strict):
-    signals: list[Literal["confidence", "atc", "agreement", "soft_agreement", "class_mix"]] = Field(min_length=1)
+    signals: list[Literal["confidence", "atc", "agreement", "soft_agreement", "class_mix", "clear_border"]] = Field(
+        min_length=1
+    )
     harm_points: float = Field(gt=0, le=100)
     page_points: float = Field(gt=0, le=100)
     reference_images: int = Field(ge=10, le=28_000)

@@ -8,7 +8,9 @@ signals moved between the reference and the batch:
 with x_j, per image: the deployed model's top softmax probability (`confidence`), whether it
 clears the ATC threshold fitted on the reference (`atc`), whether the fine-tuned model of the
 `finetune` stage picks the same class (`agreement`), and the fine-tuned model's probability of
-the deployed model's class (`soft_agreement`). With one signal and weight 1 this is DoC
+the deployed model's class (`soft_agreement`); and, from the image alone, how much of its
+2-pixel border is free of ink (`clear_border`: a cropped object runs off the frame, which
+the model's confidence underrates). With one signal and weight 1 this is DoC
 (difference of confidences, Guillory et al. 2021); the weights are fitted AutoEval-style
 (Deng & Zheng 2021) on shifts with known accuracy, the design families of stage `harm`, by
 least squares without an intercept and with non-negative weights: no change means no loss,
@@ -28,6 +30,7 @@ everyday re-encode costs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -35,7 +38,8 @@ import numpy as np
 from shiftwatch import ShiftwatchError
 from shiftwatch.estimation.labelshift import atc_fit, class_mix_scores
 
-SIGNALS = ("confidence", "atc", "agreement", "soft_agreement", "class_mix")
+SIGNALS = ("confidence", "atc", "agreement", "soft_agreement", "class_mix", "clear_border")
+BORDER_PIXELS = 2  # clear_border's frame width
 Z_90 = 1.6448536269514722  # two-sided 90 % normal quantile
 
 
@@ -149,18 +153,46 @@ class Estimate:
         }
 
 
+def clear_border(images: np.ndarray) -> np.ndarray:
+    """Per image (N, H, W), or flattened square (N, H*W), in any scale (8-bit pixels or
+    [0, 1]): the share of its BORDER_PIXELS-wide frame without ink, ink being a pixel above half
+    of the image's own range (so a contrast, gamma or brightness change alone barely moves it;
+    a blank image is clear)."""
+    x = np.asarray(images, dtype=np.float32)
+    if x.ndim == 2:
+        side = math.isqrt(x.shape[1])
+        if side * side != x.shape[1]:
+            raise ShiftwatchError(f"clear_border: rows of {x.shape[1]} pixels are not square images")
+        x = x.reshape(len(x), side, side)
+    if x.ndim != 3 or min(x.shape[1:]) <= 2 * BORDER_PIXELS:
+        raise ShiftwatchError(f"clear_border: images of shape {x.shape[1:]}; pass (N, H, W) larger than the frame")
+    low, high = x.min((1, 2), keepdims=True), x.max((1, 2), keepdims=True)
+    ink = (x - low) > 0.5 * np.maximum(high - low, np.finfo(np.float32).tiny)
+    frame = np.ones(x.shape[1:], dtype=bool)
+    frame[BORDER_PIXELS:-BORDER_PIXELS, BORDER_PIXELS:-BORDER_PIXELS] = False
+    return 1.0 - ink[:, frame].mean(1)
+
+
 def signals(
     probabilities: np.ndarray,
     aux_probabilities: np.ndarray | None,
     atc_threshold: float,
     class_mix: np.ndarray | tuple[float, ...] = (),
+    clear: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per image: each signal of SIGNALS (the agreement signals only with the fine-tuned model's
     probabilities `aux_probabilities`, row-aligned; `class_mix` only with the reference's
-    class_mix_scores: the BBSE score of the image's predicted class)."""
+    class_mix_scores: the BBSE score of the image's predicted class; `clear_border` only with
+    the images' `clear_border` values, `clear`, row-aligned)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     predicted, confidence = probabilities.argmax(1), probabilities.max(1)
     values = {"confidence": confidence, "atc": (confidence > atc_threshold).astype(np.float64)}
+    if clear is not None:
+        if len(clear) != len(probabilities):
+            raise ShiftwatchError(
+                f"{len(clear)} clear_border values for {len(probabilities)} images; pass one per image"
+            )
+        values["clear_border"] = np.asarray(clear, dtype=np.float64)
     if len(class_mix):
         values["class_mix"] = np.asarray(class_mix, dtype=np.float64)[predicted]
     if aux_probabilities is not None:
@@ -176,14 +208,19 @@ def signals(
 
 
 def reference_summary(
-    probabilities: np.ndarray, labels: np.ndarray, aux_probabilities: np.ndarray | None, fit: EstimatorFit
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    aux_probabilities: np.ndarray | None,
+    fit: EstimatorFit,
+    clear: np.ndarray | None = None,
 ) -> Reference:
-    """The reference's accuracy, ATC threshold, and the mean and covariance of `fit`'s signals."""
+    """The reference's accuracy, ATC threshold, and the mean and covariance of `fit`'s signals
+    (`clear`: the reference images' clear_border values, where the fit uses them)."""
     if len(labels) < 2:
         raise ShiftwatchError(f"the reference holds {len(labels)} images; the estimate needs at least 2")
     threshold = atc_fit(probabilities, labels)
     class_mix = tuple(class_mix_scores(probabilities, labels).tolist()) if "class_mix" in fit.signals else ()
-    matrix = _matrix(signals(probabilities, aux_probabilities, threshold, class_mix), fit.signals)
+    matrix = _matrix(signals(probabilities, aux_probabilities, threshold, class_mix, clear), fit.signals)
     return Reference(
         float(np.mean(np.asarray(probabilities).argmax(1) == labels)),
         threshold,
@@ -200,13 +237,15 @@ def estimate(
     reference: Reference,
     fit: EstimatorFit,
     page_points: float,
+    clear: np.ndarray | None = None,
 ) -> Estimate:
-    """The batch's estimated accuracy with its 90 % interval, and the page decision."""
+    """The batch's estimated accuracy with its 90 % interval, and the page decision (`clear`:
+    the batch images' clear_border values, where the fit uses them)."""
     n = len(probabilities)
     if n < 2:
         raise ShiftwatchError(f"the batch holds {n} image(s); the accuracy estimate needs at least 2")
     matrix = _matrix(
-        signals(probabilities, aux_probabilities, reference.atc_threshold, reference.class_mix), fit.signals
+        signals(probabilities, aux_probabilities, reference.atc_threshold, reference.class_mix, clear), fit.signals
     )
     weights = np.asarray(fit.weights)
     shift = matrix.mean(0) - np.array([reference.means[s] for s in fit.signals])
@@ -251,6 +290,10 @@ def fit_weights(shifts: np.ndarray, losses: np.ndarray) -> np.ndarray:
 
 def _matrix(values: dict[str, np.ndarray], names) -> np.ndarray:
     missing = [name for name in names if name not in values]
+    if "clear_border" in missing:
+        raise ShiftwatchError(
+            "the estimator uses clear_border, which needs the images' clear_border values; pass clear="
+        )
     if missing:
         raise ShiftwatchError(
             f"the estimator needs {', '.join(missing)}, which needs the fine-tuned "

@@ -29,7 +29,8 @@ from shiftwatch.estimation.labelshift import atc_fit, class_mix_scores
 class Cell:
     """One shifted pool: the family it belongs to, the model's and the fine-tuned model's
     outputs on each image, the images' pool rows and labels; `keep` thins `label_class` out
-    (a label shift: each of its images kept with that probability)."""
+    (a label shift: each of its images kept with that probability); `clear`, the images'
+    clear_border values (the one signal read from the images)."""
 
     family: str
     probabilities: np.ndarray
@@ -38,6 +39,7 @@ class Cell:
     labels: np.ndarray
     keep: float | None = None
     label_class: int | None = None
+    clear: np.ndarray | None = None  # the images' clear_border values (row-aligned)
 
     def weights(self) -> np.ndarray:
         """Each image's weight in the cell's population (the label shift's class mix)."""
@@ -55,8 +57,8 @@ def signal_shift(cell: Cell, clean: Cell, names: Sequence[str]) -> np.ndarray:
     the ATC threshold fitted on the clean ones), at population level."""
     threshold = atc_fit(clean.probabilities, clean.labels)
     class_mix = class_mix_scores(clean.probabilities, clean.labels) if "class_mix" in names else ()
-    shifted = signals(cell.probabilities, cell.aux_probabilities, threshold, class_mix)
-    before = signals(clean.probabilities, clean.aux_probabilities, threshold, class_mix)
+    shifted = signals(cell.probabilities, cell.aux_probabilities, threshold, class_mix, cell.clear)
+    before = signals(clean.probabilities, clean.aux_probabilities, threshold, class_mix, clean.clear)
     return np.array([np.average(shifted[s], weights=cell.weights()) - before[s].mean() for s in names])
 
 
@@ -134,10 +136,12 @@ def judge_cell(
     page_points: float,
     seed: int,
     change: ChangeJudge | None = None,
+    pool_clear: np.ndarray | None = None,
 ) -> dict[str, dict]:
     """Per n: how often the page fires, the estimate's error against the cell's accuracy and
     how often its interval holds the draw's own accuracy; with `change`, how often the change
-    verdict alarms on the first of the same draws. Repetition r at size n draws with
+    verdict alarms on the first of the same draws (`pool_clear`: the pool images' clear_border
+    values, where the fit uses them). Repetition r at size n draws with
     np.random.default_rng([seed, n, r]): n cell images (thinned for a label shift), then a
     reference of `reference_size` pool rows that excludes the drawn images' own rows, then (for
     the change verdict only) its detectors' seed."""
@@ -158,6 +162,7 @@ def judge_cell(
                 pool_labels[reference_rows],
                 None if pool_aux is None else pool_aux[reference_rows],
                 fit,
+                None if pool_clear is None else pool_clear[reference_rows],
             )
             found = estimate(
                 cell.probabilities[picked],
@@ -165,6 +170,7 @@ def judge_cell(
                 reference,
                 fit,
                 page_points,
+                None if cell.clear is None else cell.clear[picked],
             )
             drawn = float(np.mean(cell.probabilities[picked].argmax(1) == cell.labels[picked]))
             paged.append(found.harmful)
@@ -247,7 +253,8 @@ SURVEY = {
     "fine-tuned model's probability of the class (weight 1)": (("soft_agreement",), (1.0,)),
     "fitted: confidence + atc": (("confidence", "atc"), None),
     "fitted: agreement + soft agreement": (("agreement", "soft_agreement"), None),
-    "fitted: all four (the page's)": (("confidence", "atc", "agreement", "soft_agreement"), None),
+    "fitted: all four": (("confidence", "atc", "agreement", "soft_agreement"), None),
+    "fitted: all four + clear border": (("confidence", "atc", "agreement", "soft_agreement", "clear_border"), None),
 }
 
 

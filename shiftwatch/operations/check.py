@@ -256,7 +256,8 @@ def check_images(
 
 def _estimate(images: np.ndarray, probabilities: np.ndarray, settings, ref: dict):
     """The page's estimate: the fine-tuned model's outputs on the batch, then the estimator."""
-    from shiftwatch.estimation.accuracy import estimate
+    from shiftwatch.estimation.accuracy import clear_border, estimate
+    from shiftwatch.model.features import pixels_8bit
     from shiftwatch.model.network import pick_device, predict_proba
 
     fit, summary, payload = ref["estimator"]
@@ -268,7 +269,8 @@ def _estimate(images: np.ndarray, probabilities: np.ndarray, settings, ref: dict
         progress=False,
         precision=settings.evaluate.precision,
     )
-    return estimate(probabilities, aux, summary, fit, float(payload["page_points"]))
+    clear = clear_border(pixels_8bit(images)) if "clear_border" in fit.signals else None
+    return estimate(probabilities, aux, summary, fit, float(payload["page_points"]), clear)
 
 
 def load_reference(path: Path) -> dict[str, np.ndarray]:
