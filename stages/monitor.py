@@ -84,7 +84,8 @@ def main() -> None:
                     reference.probabilities, test.labels, deployment.probabilities, true_labels=labels
                 ),
             }
-            clear = clear_border(deployment.pixels) if deployment.pixels is not None else None
+            uses_border = "clear_border" in fit.signals and deployment.pixels is not None
+            clear = clear_border(deployment.pixels) if uses_border else None
             found = estimate(deployment.probabilities, aux[name], summary, fit, float(estimator["page_points"]), clear)
             results[name]["page"] = {
                 **found.as_dict(),
