@@ -27,7 +27,7 @@ from shiftwatch.detection.basic import domain_classifier_test
 from shiftwatch.detection.holm import check_permutations_for_holm
 from shiftwatch.detection.mmd import mmd_test
 from shiftwatch.detection.verdict import FEATURE_DETECTORS, accuracy_report, label_shift_report, run_detectors
-from shiftwatch.estimation.accuracy import clear_border, estimate
+from shiftwatch.estimation.accuracy import border_values, estimate
 from shiftwatch.model.features import deployment_views, finetuned_outputs, load_features, load_view
 from shiftwatch.model.network import pick_device
 from shiftwatch.operations.page import load_estimator
@@ -84,8 +84,7 @@ def main() -> None:
                     reference.probabilities, test.labels, deployment.probabilities, true_labels=labels
                 ),
             }
-            uses_border = "clear_border" in fit.signals and deployment.pixels is not None
-            clear = clear_border(deployment.pixels) if uses_border else None
+            clear = border_values(fit, deployment.pixels)
             found = estimate(deployment.probabilities, aux[name], summary, fit, float(estimator["page_points"]), clear)
             results[name]["page"] = {
                 **found.as_dict(),

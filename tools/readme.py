@@ -527,7 +527,8 @@ def survey_table() -> str:
     page_signals = tuple(details["estimator"]["signals"])
     for label, errors in details["survey_points"].items():
         cells = []
-        if SURVEY.get(label, ((), ()))[1] is None and SURVEY[label][0] == page_signals:
+        names, weights = SURVEY.get(label, ((), ()))
+        if weights is None and names == page_signals:  # fitted on the page's signals
             label += " (the page's)"
         for group in ("design", "held_out", "everyday"):
             values = np.abs([e for name, e in errors.items() if groups.get(name) == group])

@@ -173,6 +173,12 @@ def clear_border(images: np.ndarray) -> np.ndarray:
     return 1.0 - ink[:, frame].mean(1)
 
 
+def border_values(fit: EstimatorFit, pixels: np.ndarray | None) -> np.ndarray | None:
+    """The images' clear_border values where `fit` reads them (None where it does not, or
+    where there are no pixels: the estimate then says what it misses)."""
+    return clear_border(pixels) if "clear_border" in fit.signals and pixels is not None else None
+
+
 def signals(
     probabilities: np.ndarray,
     aux_probabilities: np.ndarray | None,
@@ -288,15 +294,19 @@ def fit_weights(shifts: np.ndarray, losses: np.ndarray) -> np.ndarray:
     return weights
 
 
+_FINETUNED = "the fine-tuned model's outputs (models/resnet18_augmented.pt); run `dvc repro finetune`"
+# What each signal that is not read from the deployed model's outputs alone needs.
+_NEEDS = {
+    "agreement": _FINETUNED,
+    "soft_agreement": _FINETUNED,
+    "class_mix": "the reference's class_mix scores; rerun `dvc repro harm`",
+    "clear_border": "the images' clear_border values (clear=, from border_values)",
+}
+
+
 def _matrix(values: dict[str, np.ndarray], names) -> np.ndarray:
     missing = [name for name in names if name not in values]
-    if "clear_border" in missing:
-        raise ShiftwatchError(
-            "the estimator uses clear_border, which needs the images' clear_border values; pass clear="
-        )
     if missing:
-        raise ShiftwatchError(
-            f"the estimator needs {', '.join(missing)}, which needs the fine-tuned "
-            "model's outputs (models/resnet18_augmented.pt); run `dvc repro finetune`"
-        )
+        needs = sorted({_NEEDS[name] for name in missing})
+        raise ShiftwatchError(f"the estimator uses {', '.join(missing)}, which needs {'; and '.join(needs)}")
     return np.column_stack([values[name] for name in names])

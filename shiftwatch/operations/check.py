@@ -199,9 +199,10 @@ def check_images(
     predicted = time.perf_counter()
 
     monitor, focus = settings.monitor, settings.shift.label_class
+    batch = features(images, probabilities, embeddings)
     verdict = run_detectors(
         _reference_features(ref),
-        features(images, probabilities, embeddings),
+        batch,
         seed=settings.seed,
         alpha=monitor.alpha,
         mmd_permutations=monitor.mmd_permutations,
@@ -210,7 +211,7 @@ def check_images(
     label_shift = label_shift_report(ref["probabilities"], ref["labels"], probabilities, focus, monitor.trust_tolerance)
     reference_mix = np.bincount(ref["labels"], minlength=NUM_CLASSES) / len(ref["labels"])
     accuracy = accuracy_report(ref["probabilities"], ref["labels"], probabilities)
-    found = _estimate(images, probabilities, settings, ref)
+    found = _estimate(images, batch.pixels, probabilities, settings, ref)
     finished = time.perf_counter()
 
     from shiftwatch.operations.html_report import SAMPLE_GRID, Views
@@ -254,10 +255,10 @@ def check_images(
     return report, views
 
 
-def _estimate(images: np.ndarray, probabilities: np.ndarray, settings, ref: dict):
-    """The page's estimate: the fine-tuned model's outputs on the batch, then the estimator."""
-    from shiftwatch.estimation.accuracy import clear_border, estimate
-    from shiftwatch.model.features import pixels_8bit
+def _estimate(images: np.ndarray, pixels: np.ndarray | None, probabilities: np.ndarray, settings, ref: dict):
+    """The page's estimate: the fine-tuned model's outputs on the batch, then the estimator
+    (`pixels`: the batch's 8-bit pixels, for a fit that reads the border)."""
+    from shiftwatch.estimation.accuracy import border_values, estimate
     from shiftwatch.model.network import pick_device, predict_proba
 
     fit, summary, payload = ref["estimator"]
@@ -269,8 +270,7 @@ def _estimate(images: np.ndarray, probabilities: np.ndarray, settings, ref: dict
         progress=False,
         precision=settings.evaluate.precision,
     )
-    clear = clear_border(pixels_8bit(images)) if "clear_border" in fit.signals else None
-    return estimate(probabilities, aux, summary, fit, float(payload["page_points"]), clear)
+    return estimate(probabilities, aux, summary, fit, float(payload["page_points"]), border_values(fit, pixels))
 
 
 def load_reference(path: Path) -> dict[str, np.ndarray]:
