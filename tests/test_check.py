@@ -19,7 +19,7 @@ from shiftwatch.__main__ import main
 from shiftwatch.core.lineage import file_md5
 from shiftwatch.data.batch import load_batch
 from shiftwatch.detection.verdict import DIAGNOSTIC_DETECTORS, FEATURE_DETECTORS
-from shiftwatch.estimation.accuracy import SIGNALS, EstimatorFit, reference_summary
+from shiftwatch.estimation.accuracy import SIGNALS, EstimatorFit, clear_border, reference_summary
 from shiftwatch.model.features import features
 from shiftwatch.model.network import build_resnet18, predict_proba, predict_with_embeddings, save_state_dict
 
@@ -85,8 +85,8 @@ def write_estimator(
     finetuned = build_resnet18(seed=5)
     save_state_dict(finetuned, root / "finetuned.pt")
     aux = predict_proba(finetuned, images, 1000, torch.device("cpu"), progress=False)
-    fit = EstimatorFit(SIGNALS[:4], (0.0, 0.5, 0.2, 0.4), 0.01)  # the four harm.signals uses
-    summary = reference_summary(probabilities, labels, aux, fit)
+    fit = EstimatorFit((*SIGNALS[:4], "clear_border"), (0.0, 0.5, 0.2, 0.4, 0.3), 0.01)  # as harm.signals
+    summary = reference_summary(probabilities, labels, aux, fit, clear_border(images))
     payload = {
         **fit.as_dict(),
         "page_points": page_points,

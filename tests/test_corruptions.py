@@ -22,6 +22,8 @@ SEVERITY = {
     "motion_blur": 5,
     "salt_pepper": 0.05,
     "stretch": 0.2,
+    "elastic": 2,
+    "vignette": 0.5,
     "contrast_mean": 0.9,
     "png": 6,
 }
@@ -162,7 +164,9 @@ def test_params_schema_knows_every_family_and_params_yaml_runs_the_harm_tables()
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     power = list(parse_params(raw).power.corruptions)
     assert power == [family for family in FAMILIES if family in power]
-    assert {"pixelate", "motion_blur", "salt_pepper", "stretch", "contrast_mean", "png"} <= set(FAMILIES) - set(power)
+    unseen_by_power = {"pixelate", "motion_blur", "salt_pepper", "stretch", "elastic", "vignette"}
+    unseen_by_power |= {"contrast_mean", "png"}  # the everyday operations
+    assert unseen_by_power <= set(FAMILIES) - set(power)
     raw["power"]["corruptions"] = {family: [0.1] for family in FAMILIES}
     assert list(parse_params(raw).power.corruptions) == list(FAMILIES)
 
@@ -175,3 +179,27 @@ def test_stretch_makes_an_object_taller_about_the_centre_and_no_wider():
     assert len(rows) == 12 and len(columns) == 8  # 8 rows x 1.5, the same 8 columns
     assert rows.min() + rows.max() == 27  # about the centre
     np.testing.assert_array_equal(corrupt(square, "stretch", 0.5, seed=9)[0], stretched)  # no randomness
+
+
+def test_elastic_moves_pixels_smoothly_by_the_asked_root_mean_square_length():
+    # On a linear ramp bilinear sampling is exact, so an interior pixel's change is its
+    # displacement along the ramp: the ramp reads one axis of the field back.
+    axis = np.arange(64, dtype=np.float32) / 63
+    ramp = np.tile(axis, (64, 1))[None]
+    inner = (slice(12, -12), slice(12, -12))  # far from the frame, where black would be sampled
+    for rms in (1.0, 3.0):
+        dx = (corrupt(ramp, "elastic", rms, seed=0)[0] - ramp[0])[inner] * 63
+        # One axis of an isotropic field carries half the squared length.
+        assert np.sqrt(np.mean(dx**2)) == pytest.approx(rms / np.sqrt(2), rel=0.5)
+        # Smooth: neighbours move alike (white noise would differ by about rms per neighbour).
+        assert np.sqrt(np.mean(np.diff(dx, axis=1) ** 2)) < rms / 4
+    np.testing.assert_array_equal(corrupt(ramp, "elastic", 2.0, seed=3), corrupt(ramp, "elastic", 2.0, seed=3))
+    assert not np.array_equal(corrupt(ramp, "elastic", 2.0, seed=4), corrupt(ramp, "elastic", 2.0, seed=3))
+
+
+def test_vignette_darkens_the_corners_by_the_share_and_keeps_the_centre():
+    white = np.ones((1, 28, 28), np.float32)
+    dark = corrupt(white, "vignette", 0.6, seed=0)[0]
+    assert dark[0, 0] == pytest.approx(0.4) and dark[27, 27] == pytest.approx(0.4)
+    assert dark[13, 13] > 0.99 and dark[0, 13] == pytest.approx(0.7, abs=0.02)
+    np.testing.assert_array_equal(corrupt(np.zeros_like(white), "vignette", 0.6, seed=0), 0)  # black stays black

@@ -254,7 +254,7 @@ def test_repro_fits_the_estimate_and_the_page_fires_on_harm_not_on_change(repo):
     from shiftwatch.operations.page import load_estimator
 
     fit, summary, payload = load_estimator(repo / "models" / "accuracy_estimator.json")
-    assert fit.signals == ("confidence", "atc", "agreement", "soft_agreement") and min(fit.weights) >= 0
+    assert fit.signals == ("confidence", "atc", "agreement", "soft_agreement", "clear_border") and min(fit.weights) >= 0
     assert summary.size == 500 and payload["page_points"] == 3  # the test set's 500 images
     harm = _metrics(repo, "harm_details")
     assert set(harm["cells"]) == {

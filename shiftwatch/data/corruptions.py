@@ -42,6 +42,10 @@ SEVERITY_RANGES = {
     # Held out the same way, fixed before the border signal's first run (issue 20): a resize
     # that loses the aspect ratio.
     "stretch": (0, 1),
+    # Held out the same way, fixed before the five-signal estimator's first run (issue 20): a
+    # soft warp (a crumpled or draped product) and a lens that darkens the corners.
+    "elastic": (0, 10),
+    "vignette": (0, 1),
     # What a healthy image pipeline does every day (the page must stay quiet).
     "contrast_mean": (0, 2),
     "png": (0, 9),
@@ -67,6 +71,8 @@ def corrupt(images: np.ndarray, family: str, severity: float, seed: int) -> np.n
         "motion_blur": lambda: _motion_blur(images, length=round(severity)),  # horizontal box blur, s px
         "salt_pepper": lambda: _salt_pepper(images, share=severity, seed=seed),  # share s of pixels 0 or 1
         "stretch": lambda: _affine(images, max_degrees=0, max_pixels=0, seed=seed, stretch=severity),  # 1 + s taller
+        "elastic": lambda: _elastic(images, rms_pixels=severity, seed=seed),  # smooth warp, RMS s px
+        "vignette": lambda: _vignette(images, strength=severity),  # corners darkened by a share s
         "contrast_mean": lambda: _contrast_about_mean(images, severity),  # c * (x - image mean) + mean
         "png": lambda: _png(images, level=round(severity)),  # 8-bit PNG round trip, zlib level s
     }
@@ -125,6 +131,43 @@ def _affine(
     grid = F.affine_grid(torch.from_numpy(theta), list(batch.shape), align_corners=False)
     moved = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return moved.squeeze(1).numpy()
+
+
+ELASTIC_SMOOTHING = 3.0  # pixels: the warp's Gaussian length scale (a fold, not pixel jitter)
+
+
+def _elastic(images: np.ndarray, rms_pixels: float, seed: int) -> np.ndarray:
+    """Each image warped by its own smooth random displacement field (Simard et al. 2003: white
+    noise per pixel and axis, Gaussian-smoothed over ELASTIC_SMOOTHING pixels), scaled so
+    that the displacement's root mean square length is `rms_pixels`. Bilinear, black outside."""
+    import torch
+    import torch.nn.functional as F
+    from scipy import ndimage
+
+    count, size = len(images), images.shape[-1]
+    field = _rng(seed).standard_normal((count, size, size, 2))
+    field = ndimage.gaussian_filter(field, sigma=(0, ELASTIC_SMOOTHING, ELASTIC_SMOOTHING, 0), mode="reflect")
+    length = np.sqrt(np.mean(np.sum(field**2, axis=-1), axis=(1, 2)))
+    field *= (rms_pixels / length)[:, None, None, None]
+    # grid_sample's coordinates run from -1 to 1 over the image, x (columns) first.
+    axis = (np.arange(size) + 0.5) * 2 / size - 1
+    columns, rows = np.meshgrid(axis, axis)
+    grid = np.stack([columns, rows], axis=-1)[None] + field * 2 / size
+    batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
+    warped = F.grid_sample(
+        batch, torch.from_numpy(grid.astype(np.float32)), mode="bilinear", padding_mode="zeros", align_corners=False
+    )
+    return warped.squeeze(1).numpy()
+
+
+def _vignette(images: np.ndarray, strength: float) -> np.ndarray:
+    """Each pixel times 1 - strength * (r / R)^2, r its distance from the image's centre and R
+    the corners' (a lens that darkens the edges: the corners lose a share `strength` of their
+    light, the middle of each side half of it, the centre none)."""
+    size = images.shape[-1]
+    centred = np.arange(size) + 0.5 - size / 2
+    squared = centred[:, None] ** 2 + centred[None, :] ** 2
+    return (images * (1.0 - strength * squared / squared.max())).astype(np.float32)
 
 
 def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
