@@ -465,6 +465,11 @@ def page_targets_table() -> str:
                 [min(c["draws"][n]["coverage"] for c in judged) for n in sizes],
                 lambda v: v >= 0.9,
             )
+    if held_out:
+        rows.append(
+            f"| the same, every held-out draw pooled (information): share held / held-out cells below 0.9 "
+            f"(of {len(held_out)}) | " + " | ".join(_pooled_coverage(held_out, n) for n in sizes) + " |"
+        )
     for group, label in (("held_out", "held-out families"), ("design", "design families, each left out")):
         errors = sorted(abs(c["population_error_points"]) for c in shifted.values() if c["group"] == group)
         if errors:
@@ -474,6 +479,12 @@ def page_targets_table() -> str:
                 f"{errors[-1]:.1f} |" + " |" * (len(sizes) - 1)
             )
     return "\n".join(rows)
+
+
+def _pooled_coverage(cells: list, n: str) -> str:
+    draws = [c["draws"][n] for c in cells]
+    held = sum(d["coverage"] * d["repetitions"] for d in draws) / sum(d["repetitions"] for d in draws)
+    return f"{held:.2f} / {sum(d['coverage'] < 0.9 for d in draws)}"
 
 
 def _change_extremes(shifted: dict, harmful: list, harmless: list, null: dict, n: str) -> str:
