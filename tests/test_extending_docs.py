@@ -125,16 +125,16 @@ PROBE = textwrap.dedent("""
     sizes = sorted({*params.power.sizes, 100, 500, 2000})
     new = DETECTORS["max_confidence_ks"]
     try:
-        check_severity("vignette", 1.5)
+        check_severity("posterize", 300)
         too_severe = None
     except shiftwatch.ShiftwatchError as err:
         too_severe = str(err)
     square = np.zeros((2, 28, 28), np.float32)
     square[:, 10:18, 10:18] = 0.8
-    white = np.ones((1, 28, 28), np.float32)
-    shifted, faded = corrupt(square, "vignette", 0.6, seed=0), corrupt(white, "vignette", 0.6, seed=0)[0]
+    ramp = np.linspace(0, 1, 28 * 28, dtype=np.float32).reshape(1, 28, 28)
+    shifted, stepped = corrupt(square, "posterize", 4, seed=0), corrupt(ramp, "posterize", 4, seed=0)
     raw = yaml.safe_load(open("params.yaml"))
-    raw["harm"]["everyday"]["vignette"] = [0.1]
+    raw["harm"]["everyday"]["posterize"] = [64]
     print(json.dumps({
         "package": shiftwatch.__file__,
         "detector": {"consumes": new.consumes, "verdict": new.verdict, "cost": new.cost},
@@ -144,12 +144,12 @@ PROBE = textwrap.dedent("""
         "power_pvalue": seeded_detector("max_confidence_ks", 20)(reference, unsure, seed=1).pvalue,
         "repetitions": {name: [rule(name, n) for n in sizes] for name in ("max_confidence_ks", "pixel_ks")},
         "families": FAMILIES, "too_severe": too_severe,
-        "vignette": {"black_stays_black": bool((shifted[square == 0] == 0).all()),
-                     "corners": [float(faded[0, 0]), float(faded[-1, -1])], "centre": float(faded[13, 13]),
-                     "dtype": str(shifted.dtype), "same_again": bool((corrupt(square, "vignette", 0.6, seed=5)
-                                                                       == shifted).all())},
-        "power_corruptions": params.power.corruptions["vignette"],
-        "everyday_accepted": parse_params(raw).harm.everyday["vignette"],
+        "posterize": {"black_stays_black": bool((shifted[square == 0] == 0).all()),
+                      "levels": np.unique(stepped).tolist(), "square": np.unique(shifted).tolist(),
+                      "dtype": str(shifted.dtype), "same_again": bool((corrupt(square, "posterize", 4, seed=5)
+                                                                        == shifted).all())},
+        "power_corruptions": params.power.corruptions["posterize"],
+        "everyday_accepted": parse_params(raw).harm.everyday["posterize"],
     }))
 """)
 
@@ -220,14 +220,15 @@ def test_following_the_page_adds_a_detector_and_a_corruption_family(tmp_path):
     ) in (copy / "docs" / "extending.md").read_text()
 
     # the corruption family: in the table, range-checked, applied as the page says
-    assert facts["families"][-1] == "vignette"
-    assert "vignette" in facts["too_severe"] and "(0, 1]" in facts["too_severe"]
-    vignette = facts["vignette"]
-    assert vignette["black_stays_black"] and vignette["same_again"] and vignette["dtype"] == "float32"
-    assert vignette["corners"] == pytest.approx([0.4, 0.4], abs=1e-6) and vignette["centre"] > 0.97
+    assert facts["families"][-1] == "posterize"
+    assert "posterize" in facts["too_severe"] and "(1, 256]" in facts["too_severe"]
+    posterize = facts["posterize"]
+    assert posterize["black_stays_black"] and posterize["same_again"] and posterize["dtype"] == "float32"
+    assert posterize["levels"] == pytest.approx([0, 1 / 3, 2 / 3, 1])  # a ramp keeps 4 levels
+    assert posterize["square"] == pytest.approx([0, 2 / 3])  # 0.8 rounds to the nearest
     # params.yaml: measured by power, and accepted by the schema in a harm group
-    assert facts["power_corruptions"] == [0.3, 0.6, 0.9]
-    assert facts["everyday_accepted"] == [0.1]
+    assert facts["power_corruptions"] == [16, 8, 4]
+    assert facts["everyday_accepted"] == [64]
 
     # and the page's code passes the project's lint
     ruff = shutil.which("ruff", path=env["PATH"])
