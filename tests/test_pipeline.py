@@ -49,6 +49,10 @@ SMALL = {
         "change_repetitions": 8,
         "change_first_look": 4,
         "reference_images": 300,
+        # Four design cells pin down four weights at most: with clear_border as a fifth signal a
+        # CI run fitted it 8.1 (the real grid's 40 cells: 0.19), and the estimate's standard error
+        # on 300 of the reference's own images grew to 8.5 points, enough to page on them.
+        "signals": ["confidence", "atc", "agreement", "soft_agreement"],
         "design": {"contrast": [0.5, 0.3], "rotate": [30], "label_keep": [0.1]},
         "held_out": {"pixelate": [7]},
         "everyday": {"jpeg": [90]},
@@ -254,7 +258,7 @@ def test_repro_fits_the_estimate_and_the_page_fires_on_harm_not_on_change(repo):
     from shiftwatch.operations.page import load_estimator
 
     fit, summary, payload = load_estimator(repo / "models" / "accuracy_estimator.json")
-    assert fit.signals == ("confidence", "atc", "agreement", "soft_agreement", "clear_border") and min(fit.weights) >= 0
+    assert fit.signals == ("confidence", "atc", "agreement", "soft_agreement") and min(fit.weights) >= 0
     assert summary.size == 500 and payload["page_points"] == 3  # the test set's 500 images
     harm = _metrics(repo, "harm_details")
     assert set(harm["cells"]) == {
