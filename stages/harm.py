@@ -51,6 +51,7 @@ from shiftwatch.estimation.harm import (
     population_error,
     summary,
     survey,
+    thin_grid,
 )
 from shiftwatch.model import DEPLOYED_MODEL, FINETUNED_MODEL
 from shiftwatch.model.features import Features, load_features, model_features
@@ -110,6 +111,9 @@ def main() -> None:
             flush=True,
         )
 
+        warning = thin_grid(groups["design"], harm.signals)
+        if warning:
+            print(f"harm: warning: {warning}", flush=True)
         fit, fits, lofo = design_fits(groups["design"], clean, harm.signals, harm.harm_points)
         cells = {
             CLEAN: ("null", clean),

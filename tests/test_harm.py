@@ -5,7 +5,14 @@ import pytest
 
 from shiftwatch import ShiftwatchError
 from shiftwatch.estimation.accuracy import EstimatorFit
-from shiftwatch.estimation.harm import Cell, fit_estimator, judge_cell, leave_one_family_out, population_error
+from shiftwatch.estimation.harm import (
+    Cell,
+    fit_estimator,
+    judge_cell,
+    leave_one_family_out,
+    population_error,
+    thin_grid,
+)
 
 
 def outputs(rng, n: int, sharpness: float) -> tuple[np.ndarray, np.ndarray]:
@@ -230,3 +237,18 @@ def test_the_headline_gives_coverage_on_held_out_families_apart_from_every_cell(
     assert estimate["held_out"] == pytest.approx(
         {"median_error_points": 2.65, "worst_error_points": 4.4, "coverage_min": 0.93}
     )
+
+
+def test_a_grid_too_thin_for_its_signals_is_named_and_a_full_one_is_not(pool):
+    four = ("confidence", "atc", "agreement", "soft_agreement")
+    small = {  # the pipeline test's grid: two families of one cell, one of two
+        "a_1": shifted_cell(pool, "a", 1.0, 1),
+        "a_2": shifted_cell(pool, "a", 2.0, 2),
+        "b_1": shifted_cell(pool, "b", 1.0, 3),
+        "c_1": shifted_cell(pool, "c", 1.0, 4),
+    }
+    warning = thin_grid(small, four)
+    assert warning is not None and "4 signals fitted on 4 design cells (2 left" in warning
+    assert thin_grid(small, four[:2]) is None  # every fit keeps at least 2 cells for 2 signals
+    wide = {f"{family}_{k}": shifted_cell(pool, family, 1.0 + k, k) for family in "abcde" for k in range(3)}
+    assert thin_grid(wide, (*four, "clear_border")) is None  # 12 cells in every left-out fit
