@@ -127,8 +127,17 @@ def _affine(
     theta[:, 1, 0], theta[:, 1, 1] = np.sin(angles) / scale, (shear * np.sin(angles) + np.cos(angles)) / scale
     theta[:, 1, :2] /= 1.0 + stretch  # an output row samples the input nearer the centre: taller
     theta[:, :, 2] = offsets
+    grid = F.affine_grid(torch.from_numpy(theta), [count, 1, *images.shape[-2:]], align_corners=False)
+    return _sample(images, grid)
+
+
+def _sample(images: np.ndarray, grid) -> np.ndarray:
+    """`images` read at `grid` ((N, H, W, 2) torch coordinates in [-1, 1], x first): bilinear,
+    black outside the frame."""
+    import torch
+    import torch.nn.functional as F
+
     batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
-    grid = F.affine_grid(torch.from_numpy(theta), list(batch.shape), align_corners=False)
     moved = F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return moved.squeeze(1).numpy()
 
@@ -141,7 +150,6 @@ def _elastic(images: np.ndarray, rms_pixels: float, seed: int) -> np.ndarray:
     noise per pixel and axis, Gaussian-smoothed over ELASTIC_SMOOTHING pixels), scaled so
     that the displacement's root mean square length is `rms_pixels`. Bilinear, black outside."""
     import torch
-    import torch.nn.functional as F
     from scipy import ndimage
 
     count, size = len(images), images.shape[-1]
@@ -153,11 +161,7 @@ def _elastic(images: np.ndarray, rms_pixels: float, seed: int) -> np.ndarray:
     axis = (np.arange(size) + 0.5) * 2 / size - 1
     columns, rows = np.meshgrid(axis, axis)
     grid = np.stack([columns, rows], axis=-1)[None] + field * 2 / size
-    batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
-    warped = F.grid_sample(
-        batch, torch.from_numpy(grid.astype(np.float32)), mode="bilinear", padding_mode="zeros", align_corners=False
-    )
-    return warped.squeeze(1).numpy()
+    return _sample(images, torch.from_numpy(grid.astype(np.float32)))
 
 
 def _vignette(images: np.ndarray, strength: float) -> np.ndarray:
@@ -167,7 +171,7 @@ def _vignette(images: np.ndarray, strength: float) -> np.ndarray:
     size = images.shape[-1]
     centred = np.arange(size) + 0.5 - size / 2
     squared = centred[:, None] ** 2 + centred[None, :] ** 2
-    return (images * (1.0 - strength * squared / squared.max())).astype(np.float32)
+    return images * (1.0 - strength * squared / squared.max())
 
 
 def _blur(images: np.ndarray, sigma: float) -> np.ndarray:
