@@ -1,4 +1,6 @@
 import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,3 +31,27 @@ def project(tmp_path_factory):
     from test_check import make_project
 
     return make_project(tmp_path_factory.mktemp("project"))
+
+
+@dataclass(frozen=True)
+class Reproduced:
+    live: Path  # test_pipeline's repo: its tests run experiments in it
+    frozen: Path  # a copy taken right after `dvc repro`: copy it again, never change it
+
+    def fresh_copy(self, destination: Path) -> Path:
+        """The reproduced repo as `dvc repro` left it (git history, DVC cache, outputs, and its
+        local MLflow store, whose artifact paths still name the live repo)."""
+        shutil.copytree(self.frozen, destination, symlinks=True)
+        return destination
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory):
+    """One small `dvc repro` (~2 min) for the session, shared by the pipeline tests and the
+    team-server test, which starts its experiments from a fresh copy instead of reproducing."""
+    from test_pipeline import reproduce_small
+
+    live = reproduce_small(tmp_path_factory.mktemp("shiftwatch"))
+    frozen = tmp_path_factory.mktemp("reproduced") / "repo"
+    shutil.copytree(live, frozen, symlinks=True)
+    return Reproduced(live, frozen)

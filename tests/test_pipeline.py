@@ -122,9 +122,10 @@ def _runs(repo: Path):
     return client, client.search_runs([experiment.experiment_id], max_results=1000)
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    repo = _copy_repo(tmp_path_factory.mktemp("shiftwatch"))
+def reproduce_small(repo: Path) -> Path:
+    """A temp copy of the repo on the small configuration, committed, reproduced by `dvc repro`
+    (every stage logged to the copy's own MLflow store), and the results committed."""
+    _copy_repo(repo)
     _small_params(repo)
     _run(repo, "git", "init", "-q", "-b", "main")
     _run(repo, "git", "add", "-A")
@@ -134,6 +135,12 @@ def repo(tmp_path_factory):
     _run(repo, "git", "add", "-A")
     _run(repo, "git", "commit", "-qm", "baseline results")
     return repo
+
+
+@pytest.fixture(scope="module")
+def repo(reproduced):
+    """The session's reproduced small repo itself: these tests change it (experiments, queue)."""
+    return reproduced.live
 
 
 def test_repro_writes_every_output_and_metric(repo):
