@@ -515,6 +515,57 @@ def test_help_lists_the_commands(capsys):
     assert exited.value.code == 2
 
 
+EXITING = """
+import atexit, sys, threading, time
+from pathlib import Path
+from shiftwatch.__main__ import entry_point
+
+folder, wait_for_thread = Path(sys.argv[1]), sys.argv[2] == "thread"
+
+
+class TornDown:  # its __del__ runs in the interpreter's teardown, which the fast exit skips
+    def __del__(self):
+        (folder / "teardown").write_text("ran")
+
+
+def late():
+    time.sleep(0.5)
+    (folder / "thread").write_text("finished")
+
+
+kept = TornDown()
+atexit.register(lambda: (folder / "atexit").write_text("ran"))
+if wait_for_thread:
+    threading.Thread(target=late).start()
+sys.stdout.write("x" * 200_000)  # more than a pipe holds: all of it must reach the reader
+sys.argv = ["shiftwatch", "check", str(folder / "missing.npy")]
+entry_point()
+"""
+
+
+@pytest.mark.parametrize("thread", ["none", "thread"])
+def test_the_fast_exit_keeps_the_status_atexit_handlers_threads_and_output(tmp_path, thread):
+    """entry_point ends with os._exit (no interpreter teardown: ~1 s of a cold check) unless a
+    non-daemon thread still runs; either way the status, the atexit handlers and every byte
+    written to stdout survive."""
+    result = subprocess.run(
+        [sys.executable, "-c", EXITING, str(tmp_path), thread],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr  # bad input: no params.yaml, no batch
+    assert result.stdout == "x" * 200_000
+    assert len(result.stderr.strip().splitlines()) == 1 and "shiftwatch check: error:" in result.stderr
+    assert (tmp_path / "atexit").read_text() == "ran"
+    if thread == "thread":  # waited for, then the usual exit, teardown included
+        assert (tmp_path / "thread").read_text() == "finished"
+        assert (tmp_path / "teardown").exists()
+    else:
+        assert not (tmp_path / "teardown").exists()
+
+
 def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
