@@ -75,16 +75,28 @@ def entry_point() -> None:
 def exit_now(status: int) -> NoReturn:
     """Exit without the interpreter's teardown: after `check` has imported torch and
     torchvision, freeing their modules one by one takes ~1.2 s of a ~9 s cold check, for
-    nothing. What that teardown would still do for us is done first: the atexit handlers (MLflow,
-    logging), then stdout and stderr flushed. With a non-daemon thread still running (Python
-    waits for those) the exit is the usual one; so is any exit from inside `main` (argparse's,
-    an uncaught error's traceback)."""
+    nothing. What that teardown would still do for us is done first: the atexit handlers
+    (MLflow, logging), then stdout and stderr flushed. A failed flush of stdout (disk full) is
+    one line on stderr and status 2 (Python's own exit gives 120). With a non-daemon thread
+    still running (Python waits for those) the exit is the usual one; so is any exit from
+    inside `main` (argparse's, an uncaught error's traceback)."""
     if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
         sys.exit(status)
     atexit._run_exitfuncs()  # CPython's own exit path runs these; os._exit would skip them
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe (`| head`) or stream
-            stream.flush()
+    try:
+        sys.stdout.flush()
+    except OSError as err:  # disk full, a reader gone: never pass a gate with a cut report
+        status = 2
+        with contextlib.suppress(OSError, ValueError):
+            print(
+                f"shiftwatch: error: writing to standard output failed ({err.strerror or err}); "
+                "the report is incomplete",
+                file=sys.stderr,
+            )
+    except ValueError:  # stdout closed on purpose: nothing left to write
+        pass
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
     os._exit(status)
 
 

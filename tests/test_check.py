@@ -566,6 +566,20 @@ def test_the_fast_exit_keeps_the_status_atexit_handlers_threads_and_output(tmp_p
         assert not (tmp_path / "teardown").exists()
 
 
+def test_a_report_that_cannot_be_written_to_stdout_exits_2_with_one_line(tmp_path):
+    """Disk full on stdout (/dev/full): the fast exit must not let a gate pass on a cut report."""
+    script = "import sys; from shiftwatch.__main__ import exit_now; print('report'); exit_now(0)"
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the report waits in the buffer
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-c", script], stdout=full, stderr=subprocess.PIPE, text=True, env=buffered, timeout=60
+        )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "shiftwatch: error: writing to standard output failed (No space left on device); the report is incomplete"
+    ]
+
+
 def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
