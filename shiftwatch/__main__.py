@@ -88,11 +88,7 @@ def exit_now(status: int) -> NoReturn:
     except OSError as err:  # disk full, a reader gone: never pass a gate with a cut report
         status = 2
         with contextlib.suppress(OSError, ValueError):
-            print(
-                f"shiftwatch: error: writing to standard output failed ({err.strerror or err}); "
-                "the report is incomplete",
-                file=sys.stderr,
-            )
+            print(f"shiftwatch: error: standard output: cannot write ({err.strerror or err})", file=sys.stderr)
     except ValueError:  # stdout closed on purpose: nothing left to write
         pass
     with contextlib.suppress(OSError, ValueError):

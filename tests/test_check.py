@@ -576,8 +576,31 @@ def test_a_report_that_cannot_be_written_to_stdout_exits_2_with_one_line(tmp_pat
         )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "shiftwatch: error: writing to standard output failed (No space left on device); the report is incomplete"
+        "shiftwatch: error: standard output: cannot write (No space left on device)"
     ]
+
+
+@pytest.mark.parametrize("unbuffered", ["1", None])
+def test_a_check_whose_report_cannot_reach_stdout_exits_2_with_one_line(project, tmp_path, unbuffered):
+    """Unbuffered (PYTHONUNBUFFERED), the print itself fails inside `check`; buffered, the flush
+    at exit does. Either way one line and status 2, not a traceback and 1 (a page)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update({"MLFLOW_DISABLE_TELEMETRY": "true", **({"PYTHONUNBUFFERED": unbuffered} if unbuffered else {})})
+    options = ["--reference", "test.npz", "--params", "params.yaml", "--estimator", "estimator.json"]
+    command = [sys.executable, "-m", "shiftwatch", "check", "bright.npy", "--model", "resnet18.pt", *options]
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [*command, "--finetuned", "finetuned.pt"],
+            cwd=project,
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    where = "shiftwatch check: error: standard output" if unbuffered else "shiftwatch: error: standard output"
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"{where}: cannot write (No space left on device)"]
 
 
 def test_log_creates_one_mlflow_run_with_the_metrics(project, tmp_path, monkeypatch):

@@ -182,15 +182,16 @@ def run(args: argparse.Namespace) -> int:
     except ShiftwatchError as err:
         print(f"shiftwatch check: error: {err}", file=sys.stderr)
         return 2
-    if not quiet:
-        print(format_report(report))
     try:
+        if not quiet:
+            print(format_report(report))
         if to_stdout:
             json.dump(report, sys.stdout, indent=2)
             sys.stdout.write("\n")
         pictures = _write_reports(outputs, report, views)
-    except OSError as err:  # standard output closed under --json -
-        print(f"shiftwatch check: error: --json -: cannot write ({err.strerror or err})", file=sys.stderr)
+    except OSError as err:  # standard output: disk full, a reader gone (files raise ShiftwatchError)
+        where = "--json -" if to_stdout else "standard output"
+        print(f"shiftwatch check: error: {where}: cannot write ({err.strerror or err})", file=sys.stderr)
         return 2
     except ShiftwatchError as err:
         print(f"shiftwatch check: error: {err}", file=sys.stderr)
