@@ -581,16 +581,18 @@ def test_a_report_that_cannot_be_written_to_stdout_exits_2_with_one_line(tmp_pat
 
 
 @pytest.mark.parametrize("unbuffered", ["1", None])
-def test_a_check_whose_report_cannot_reach_stdout_exits_2_with_one_line(project, tmp_path, unbuffered):
+def test_a_check_whose_report_cannot_reach_stdout_exits_2_with_one_line(project, unbuffered):
     """Unbuffered (PYTHONUNBUFFERED), the print itself fails inside `check`; buffered, the flush
     at exit does. Either way one line and status 2, not a traceback and 1 (a page)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    env.update({"MLFLOW_DISABLE_TELEMETRY": "true", **({"PYTHONUNBUFFERED": unbuffered} if unbuffered else {})})
-    options = ["--reference", "test.npz", "--params", "params.yaml", "--estimator", "estimator.json"]
-    command = [sys.executable, "-m", "shiftwatch", "check", "bright.npy", "--model", "resnet18.pt", *options]
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    files = {"--model": "resnet18.pt", "--reference": "test.npz", "--params": "params.yaml"}
+    files.update({"--estimator": "estimator.json", "--finetuned": "finetuned.pt"})
     with open("/dev/full", "w") as full:
         result = subprocess.run(
-            [*command, "--finetuned", "finetuned.pt"],
+            [sys.executable, "-m", "shiftwatch", "check", "bright.npy", *(x for pair in files.items() for x in pair)],
             cwd=project,
             env=env,
             stdout=full,
